@@ -1,0 +1,1 @@
+"""Microtask operator: API model, pure core, kopf adapter, local executor, simulator and CLI."""

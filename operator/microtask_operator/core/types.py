@@ -1,0 +1,165 @@
+"""Plain data the core reads and writes: the spec it needs, what is observed, and the actions it decides.
+
+Everything here is framework-free (no pydantic, no kopf, no clock): the kopf adapter, the local
+executor and the simulator all translate their world into these types and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from microtask_runner.indexset import IndexSet
+from microtask_runner.report import Report
+
+
+class Pool(StrEnum):
+    """Where a shard runs."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Accelerator(StrEnum):
+    """What the user asked for: a pool, or `auto` (prefer GPU, fall back to CPU)."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+    AUTO = "auto"
+
+
+class ShardPhase(StrEnum):
+    """A shard's state as observed from its Job, pod and node."""
+
+    PENDING = "Pending"  # created, not running yet (unscheduled, pulling its image, queued)
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"  # the pod ended (exit 0 or "some microtasks failed"); report readable
+    FAILED = "Failed"  # the pod ended badly (crash, OOM, deadline); report may be partial or absent
+    LOST = "Lost"  # infrastructure took it away: node lost, evicted, preempted, Job/pod vanished
+
+
+class Reason(StrEnum):
+    """Why the core moved work (the `reason` label of rebalance metrics and events)."""
+
+    UNSCHEDULABLE_FALLBACK = "unschedulable_fallback"
+    NODE_LOST = "node_lost"
+    STRAGGLER = "straggler"
+    BAD_NODE = "bad_node"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff_seconds: float = 10.0
+    max_backoff_seconds: float = 300.0
+    non_retryable_exit_codes: frozenset[int] = frozenset()
+    max_failed_microtasks: int = 0
+
+
+@dataclass(frozen=True)
+class SpeculationPolicy:
+    enabled: bool = False
+    slowdown_factor: float = 3.0
+    min_samples: int = 5
+    max_fraction: float = 0.1  # of parallelism, at most this many copies in flight (at least 1)
+
+
+@dataclass(frozen=True)
+class BadNodePolicy:
+    enabled: bool = True
+    soft_after_failures: int = 2
+    hard_after_failures: int = 4
+    exclude_seconds: float = 600.0
+    max_excluded_fraction: float = 0.5  # of a pool's ready nodes, never more
+
+
+@dataclass(frozen=True)
+class CoreSpec:
+    """The part of a validated MicrotaskJob spec that decisions depend on."""
+
+    total: int
+    microtasks_per_shard: int = 1
+    parallelism: int = 10
+    accelerator: Accelerator = Accelerator.CPU
+    fallback_after_seconds: float = 120.0
+    fallback_cooldown_seconds: float = 300.0  # new shards go to CPU this long after a fallback
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    speculation: SpeculationPolicy = field(default_factory=SpeculationPolicy)
+    bad_nodes: BadNodePolicy = field(default_factory=BadNodePolicy)
+    node_lost_grace_seconds: float = 30.0
+    job_timeout_seconds: float | None = None
+    suspend: bool = False
+    keep_failed_shards: int = 3
+
+
+@dataclass(frozen=True)
+class ObservedShard:
+    """One shard in flight (a Job that exists), as the body observed it."""
+
+    shard_id: int
+    indexes: IndexSet
+    attempt: int  # 1 for first attempts; k for the k-th attempt of every microtask in it
+    pool: Pool
+    created_at: float
+    phase: ShardPhase
+    copy_of: int | None = None  # set on speculative copies: the shard id they duplicate
+    node: str | None = None
+    started_at: float | None = None  # when its pod started running
+    finished_at: float | None = None
+    pending_reason: str | None = None  # e.g. Unschedulable, ImagePullBackOff, Queued, Suspended
+    pending_since: float | None = None
+    node_lost_since: float | None = None  # its node went NotReady/Unknown at this time
+    report: Report | None = None  # the runner's report (termination message), if any
+    exit_code: int | None = None  # the worker container's exit code, if it terminated
+    failure_reason: str | None = None  # e.g. OOMKilled, DeadlineExceeded, Evicted, Error
+    suspended: bool = False  # the Job is suspended (by us or by a queue)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Ready nodes per pool, so exclusion never takes a pool's whole capacity."""
+
+    ready_nodes: dict[Pool, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """A shard the core wants launched; the body turns it into a Job (or a process)."""
+
+    shard_id: int
+    indexes: IndexSet
+    attempt: int
+    pool: Pool
+    copy_of: int | None = None
+    avoid_nodes_hard: tuple[str, ...] = ()  # required node anti-affinity
+    avoid_nodes_soft: tuple[str, ...] = ()  # preferred node anti-affinity
+
+
+@dataclass(frozen=True)
+class CreateShard:
+    plan: ShardPlan
+
+
+@dataclass(frozen=True)
+class DeleteShard:
+    shard_id: int
+    reason: str  # harvested | fallback | node_lost | speculation_loser | cancelled | ...
+    keep: bool = False  # keep the Job for debugging (failed shards), just stop tracking it
+
+
+@dataclass(frozen=True)
+class SuspendShard:
+    shard_id: int
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event worth emitting (started, shard failed, permanently failed, finished...)."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+Action = CreateShard | DeleteShard | SuspendShard | Event
