@@ -144,7 +144,6 @@ class CreateShard:
 class DeleteShard:
     shard_id: int
     reason: str  # harvested | fallback | node_lost | speculation_loser | cancelled | ...
-    keep: bool = False  # keep the Job for debugging (failed shards), just stop tracking it
 
 
 @dataclass(frozen=True)

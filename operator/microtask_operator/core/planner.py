@@ -1,0 +1,679 @@
+"""The core's one entry point: `plan(spec, state, observed, cluster, now) -> Decision`.
+
+Every body (operator, local executor, simulator) calls it whenever something changed and at
+`Decision.next_wakeup`. It harvests finished shards, moves work away from trouble, launches new
+shards within the window, and says what the status is. It is deterministic and free of I/O.
+
+Bodies apply the actions in this order: creates, then the status write, then deletes and suspends.
+A harvest is thereby recorded (shard id in `retired`, outcomes merged) before its Job goes away, and a
+shard created just before a crash is observed afterwards and recognised, never duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from microtask_runner.indexset import IndexSet
+
+from . import badnodes, conditions, retries, speculation
+from .conditions import Condition
+from .state import CoreState, PoolDurations, RetryBatch
+from .types import (
+    Accelerator,
+    Action,
+    ClusterView,
+    CoreSpec,
+    CreateShard,
+    DeleteShard,
+    Event,
+    ObservedShard,
+    Pool,
+    Reason,
+    ShardPhase,
+    ShardPlan,
+    SuspendShard,
+)
+
+PENDING = "Pending"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+SUSPENDED = "Suspended"
+
+# Exit code charged to a microtask whose pod died without a usable report.
+NO_REPORT_EXIT_CODE = 137
+# Pending reasons that mean "waiting in a queue on purpose": never a reason to fall back.
+QUEUED_REASONS = frozenset({"Queued", "Suspended"})
+
+
+@dataclass
+class Deltas:
+    """What happened in one plan() call, for metrics and summaries."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    attempts: int = 0
+    rebalances: dict[Reason, int] = field(default_factory=dict)
+    shard_durations: list[tuple[Pool, float]] = field(default_factory=list)
+    wasted_seconds: float = 0.0
+    speculative_copies: int = 0
+
+
+@dataclass
+class Decision:
+    actions: list[Action]
+    state: CoreState
+    status: dict[str, Any]
+    deltas: Deltas
+    phase: str
+    done: bool
+    next_wakeup: float | None
+
+
+def group_of(shard: ObservedShard) -> int:
+    """Speculative copies and their original form one group; one member's result counts."""
+    return shard.copy_of if shard.copy_of is not None else shard.shard_id
+
+
+class _Planner:
+    """One decision in the making. Mutable scratch space; `plan()` is the pure function around it."""
+
+    def __init__(
+        self,
+        spec: CoreSpec,
+        state: CoreState,
+        observed: Sequence[ObservedShard],
+        cluster: ClusterView,
+        now: float,
+    ) -> None:
+        self.spec = spec
+        self.cluster = cluster
+        self.now = now
+        self.actions: list[Action] = []
+        self.deltas = Deltas()
+        self.wakeups: list[float] = []
+        self.succeeded = state.succeeded
+        self.failed = state.failed
+        self.retry = state.retry
+        self.retired = state.retired
+        self.kept = state.kept
+        self.attempts = state.attempts
+        self.copies = state.speculative_copies
+        self.rebalances = dict(state.rebalances)
+        self.nodes = dict(state.nodes)
+        self.durations = dict(state.durations)
+        self.gpu_fallback_until = state.gpu_fallback_until
+        self.wasted = state.wasted_seconds
+        self.start_time = state.start_time
+        self.completion_time = state.completion_time
+        self.previous_phase = state.phase
+        self.message = state.message
+        self.conditions = state.conditions
+        self.events: list[Event] = []
+        # Observed shards already harvested or abandoned only need their Jobs gone.
+        self.live: dict[int, ObservedShard] = {}
+        for shard in observed:
+            if shard.shard_id in state.retired:
+                if shard.shard_id not in state.kept:
+                    self.actions.append(DeleteShard(shard.shard_id, "retired"))
+            else:
+                self.live[shard.shard_id] = shard
+        self.next_shard = max([state.next_shard, *(s.shard_id + 1 for s in observed)])
+        # A retry batch that is in flight was launched before a restart lost the status write.
+        self.retry = retries.without(self.retry, self.in_flight())
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def in_flight(self) -> IndexSet:
+        result = IndexSet.EMPTY
+        for shard in self.live.values():
+            result = result | shard.indexes
+        return result
+
+    def final(self) -> IndexSet:
+        return self.succeeded | self.failed
+
+    def retire(self, shard: ObservedShard, reason: str, *, keep: bool = False) -> None:
+        self.retired = self.retired | IndexSet.from_range(shard.shard_id, shard.shard_id + 1)
+        self.live.pop(shard.shard_id, None)
+        if keep:
+            self.kept = self.kept | IndexSet.from_range(shard.shard_id, shard.shard_id + 1)
+        else:
+            self.actions.append(DeleteShard(shard.shard_id, reason))
+
+    def run_time(self, shard: ObservedShard) -> float:
+        if shard.started_at is None:
+            return 0.0
+        end = shard.finished_at if shard.finished_at is not None else self.now
+        return max(0.0, end - shard.started_at)
+
+    def waste(self, shard: ObservedShard) -> None:
+        seconds = self.run_time(shard)
+        self.wasted += seconds
+        self.deltas.wasted_seconds += seconds
+
+    def rebalanced(self, reason: Reason, message: str) -> None:
+        self.rebalances[reason.value] = self.rebalances.get(reason.value, 0) + 1
+        self.deltas.rebalances[reason] = self.deltas.rebalances.get(reason, 0) + 1
+        self.events.append(Event("Rebalanced", f"{reason.value}: {message}"))
+
+    def requeue_unfinished(self, shard: ObservedShard, indexes: IndexSet) -> None:
+        """Give work back without spending an attempt (it was not the microtasks' fault)."""
+        indexes = indexes - self.final()
+        spent = shard.attempt - 1
+        if spent > 0 and indexes:
+            self.retry = retries.add_batch(self.retry, spent, self.now, indexes)
+        # spent == 0: nothing to store, fresh work is everything not accounted for.
+
+    def charge(self, shard: ObservedShard, code: int, indexes: IndexSet) -> None:
+        """Microtasks that failed an attempt: retry after backoff, or fail for good."""
+        indexes = indexes - self.final()
+        if not indexes:
+            return
+        if retries.is_permanent(self.spec.retry, code, shard.attempt):
+            self.failed = self.failed | indexes
+            self.deltas.failed += len(indexes)
+        else:
+            delay = retries.backoff_seconds(self.spec.retry, shard.attempt)
+            self.retry = retries.add_batch(self.retry, shard.attempt, self.now + delay, indexes)
+            self.deltas.retried += len(indexes)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def harvest_finished(self) -> None:
+        groups: dict[int, list[ObservedShard]] = {}
+        for shard in self.live.values():
+            groups.setdefault(group_of(shard), []).append(shard)
+        for members in groups.values():
+            finished = [
+                s for s in members if s.phase in (ShardPhase.SUCCEEDED, ShardPhase.FAILED)
+            ]
+            if not finished:
+                continue
+            winner = min(finished, key=lambda s: (s.finished_at or self.now, s.shard_id))
+            for other in members:
+                if other is not winner:
+                    # First to finish wins; the rest of the group is thrown away, not counted.
+                    self.waste(other)
+                    self.retire(other, "speculation_loser")
+            self.harvest(winner)
+
+    def harvest(self, shard: ObservedShard) -> None:
+        report = shard.report
+        inside = shard.indexes
+        final_before = self.final()
+        charged: dict[int, IndexSet] = {}
+        error_text = ""
+        if report is None or report.runner_error:
+            # No usable report: every microtask is charged, so a broken image cannot loop forever.
+            code = shard.exit_code if shard.exit_code not in (None, 0) else NO_REPORT_EXIT_CODE
+            assert code is not None
+            charged[code] = inside
+            ok = IndexSet.EMPTY
+            error_text = (report.runner_error if report else None) or (
+                shard.failure_reason or "the pod left no report"
+            )
+        else:
+            ok = report.succeeded & inside
+            for code, indexes in report.failed.items():
+                charged[code] = (charged.get(code, IndexSet.EMPTY) | (indexes & inside)) - ok
+            reported = ok | report.failed_indexes()
+            if (
+                shard.phase == ShardPhase.FAILED
+                and report.current is not None
+                and report.current in inside
+                and report.current not in reported
+            ):
+                # The pod died while this microtask ran (OOM, deadline, crash): it was the culprit.
+                code = shard.exit_code if shard.exit_code not in (None, 0) else NO_REPORT_EXIT_CODE
+                assert code is not None
+                one = IndexSet.from_range(report.current, report.current + 1)
+                charged[code] = charged.get(code, IndexSet.EMPTY) | one
+            if report.errors:
+                error_text = next(iter(report.errors.values()))
+        newly_ok = ok - final_before
+        self.succeeded = self.succeeded | ok
+        self.failed = self.failed - ok  # a late success (speculative copy) beats a failure
+        self.deltas.succeeded += len(newly_ok)
+        all_charged = IndexSet.EMPTY
+        for code in sorted(charged):
+            self.charge(shard, code, charged[code])
+            all_charged = all_charged | charged[code]
+        unreported = inside - ok - all_charged
+        self.requeue_unfinished(shard, unreported)
+        self.retry = retries.without(self.retry, self.final())
+
+        failures = len(all_charged - ok)
+        pool = shard.pool
+        if report is not None and report.count > 0:
+            d = self.durations.get(pool, PoolDurations())
+            self.durations[pool] = PoolDurations(
+                d.shards + 1, d.microtasks + report.count, d.seconds + report.seconds_total
+            )
+        self.deltas.shard_durations.append((pool, self.run_time(shard)))
+        keep = False
+        if failures:
+            if shard.node is not None:
+                self.nodes = badnodes.record_failure(self.nodes, shard.node, self.now)
+            keep = self.spec.keep_failed_shards > 0
+            where = f" on node {shard.node}" if shard.node else ""
+            detail = f": {error_text}" if error_text else ""
+            self.events.append(
+                Event(
+                    "ShardFailed",
+                    f"shard {shard.shard_id}{where}: {failures} of {len(inside)} microtasks "
+                    f"failed (attempt {shard.attempt}){detail}",
+                    warning=True,
+                )
+            )
+            if error_text:
+                self.message = f"last failure: {error_text}"[:512]
+        self.retire(shard, "harvested", keep=keep)
+
+    def recover_lost(self) -> None:
+        grace = self.spec.node_lost_grace_seconds
+        for shard in list(self.live.values()):
+            lost = shard.phase == ShardPhase.LOST
+            if not lost and shard.node_lost_since is not None:
+                deadline = shard.node_lost_since + grace
+                if self.now >= deadline:
+                    lost = True
+                else:
+                    self.wakeups.append(deadline)
+            if not lost:
+                continue
+            self.waste(shard)
+            siblings = [
+                s
+                for s in self.live.values()
+                if s is not shard and group_of(s) == group_of(shard)
+            ]
+            report = shard.report
+            ok = (report.succeeded & shard.indexes) if report and not report.runner_error else None
+            if ok:
+                self.deltas.succeeded += len(ok - self.final())
+                self.succeeded = self.succeeded | ok
+                self.failed = self.failed - ok
+            self.retire(shard, "node_lost")
+            if not siblings:
+                # The work goes back without spending an attempt: the node failed, not the work.
+                self.requeue_unfinished(shard, shard.indexes - (ok or IndexSet.EMPTY))
+                where = f"node {shard.node}" if shard.node else "its node"
+                self.rebalanced(
+                    Reason.NODE_LOST,
+                    f"shard {shard.shard_id} lost with {where} ({shard.failure_reason or 'lost'}); "
+                    f"{len(shard.indexes)} microtasks relaunched",
+                )
+
+    def fall_back(self) -> None:
+        if self.spec.accelerator != Accelerator.AUTO:
+            return
+        for shard in list(self.live.values()):
+            if shard.pool != Pool.GPU or shard.phase != ShardPhase.PENDING:
+                continue
+            if shard.suspended or (shard.pending_reason in QUEUED_REASONS):
+                continue
+            since = shard.pending_since if shard.pending_since is not None else shard.created_at
+            deadline = since + self.spec.fallback_after_seconds
+            if self.now < deadline:
+                self.wakeups.append(deadline)
+                continue
+            self.gpu_fallback_until = self.now + self.spec.fallback_cooldown_seconds
+            self.retire(shard, "fallback")
+            if shard.copy_of is not None and shard.copy_of in self.live:
+                continue  # a pending speculative copy just goes away; the original still runs
+            hard, soft = badnodes.avoid_lists(self.nodes, Pool.CPU, self.cluster)
+            moved = ShardPlan(
+                shard_id=self.new_shard_id(),
+                indexes=shard.indexes - self.final(),
+                attempt=shard.attempt,
+                pool=Pool.CPU,
+                avoid_nodes_hard=hard,
+                avoid_nodes_soft=soft,
+            )
+            if moved.indexes:
+                self.launch(moved, count_attempts=False)
+            self.rebalanced(
+                Reason.UNSCHEDULABLE_FALLBACK,
+                f"shard {shard.shard_id} waited {self.now - since:.0f}s on the GPU pool "
+                f"({shard.pending_reason or 'pending'}); moved to CPU as shard {moved.shard_id}",
+            )
+
+    def new_shard_id(self) -> int:
+        shard_id = self.next_shard
+        self.next_shard += 1
+        return shard_id
+
+    def launch(self, plan: ShardPlan, *, count_attempts: bool = True) -> None:
+        self.actions.append(CreateShard(plan))
+        if count_attempts:
+            self.attempts += len(plan.indexes)
+            self.deltas.attempts += len(plan.indexes)
+        self.live[plan.shard_id] = ObservedShard(
+            shard_id=plan.shard_id,
+            indexes=plan.indexes,
+            attempt=plan.attempt,
+            pool=plan.pool,
+            created_at=self.now,
+            phase=ShardPhase.PENDING,
+            copy_of=plan.copy_of,
+        )
+
+    def pool_for_new_work(self) -> Pool:
+        if self.spec.accelerator == Accelerator.GPU:
+            return Pool.GPU
+        if self.spec.accelerator == Accelerator.CPU:
+            return Pool.CPU
+        if self.gpu_fallback_until is not None and self.now < self.gpu_fallback_until:
+            self.wakeups.append(self.gpu_fallback_until)
+            return Pool.CPU
+        return Pool.GPU
+
+    def fill_window(self) -> None:
+        free = self.spec.parallelism - len(self.live)
+        if free <= 0:
+            return
+        size = self.spec.microtasks_per_shard
+        ready, self.retry = retries.take_ready(self.retry, self.now, size, free)
+        for batch in self.retry:
+            if batch.not_before > self.now:
+                self.wakeups.append(batch.not_before)
+        pool = self.pool_for_new_work()
+        hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
+        for spent, indexes in ready:
+            self.launch(
+                ShardPlan(self.new_shard_id(), indexes, spent + 1, pool, None, hard, soft)
+            )
+        free -= len(ready)
+        if free <= 0:
+            return
+        fresh = self.fresh()
+        while fresh and free > 0:
+            chunk, fresh = fresh.take(size)
+            self.launch(ShardPlan(self.new_shard_id(), chunk, 1, pool, None, hard, soft))
+            free -= 1
+
+    def fresh(self) -> IndexSet:
+        universe = IndexSet.from_range(0, self.spec.total)
+        return universe - self.final() - self.in_flight() - self.queued()
+
+    def queued(self) -> IndexSet:
+        result = IndexSet.EMPTY
+        for batch in self.retry:
+            result = result | batch.indexes
+        return result
+
+    def speculate(self) -> None:
+        policy = self.spec.speculation
+        if not policy.enabled:
+            return
+        free = self.spec.parallelism - len(self.live)
+        if free <= 0:
+            return
+        if self.fresh() or any(b.not_before <= self.now for b in self.retry):
+            return  # not the tail: real work would use the capacity better
+        cap = max(1, math.floor(policy.max_fraction * self.spec.parallelism))
+        in_flight_copies = sum(1 for s in self.live.values() if s.copy_of is not None)
+        budget = min(free, cap - in_flight_copies)
+        candidates, wakeups = speculation.stragglers(
+            list(self.live.values()), self.durations, policy, self.now
+        )
+        self.wakeups.extend(wakeups)
+        for shard in candidates[: max(0, budget)]:
+            hard, soft = badnodes.avoid_lists(self.nodes, shard.pool, self.cluster)
+            if shard.node is not None and shard.node not in hard:
+                hard = (*hard, shard.node)
+            plan = ShardPlan(
+                shard_id=self.new_shard_id(),
+                indexes=shard.indexes,
+                attempt=shard.attempt,
+                pool=shard.pool,
+                copy_of=shard.shard_id,
+                avoid_nodes_hard=tuple(sorted(hard)),
+                avoid_nodes_soft=soft,
+            )
+            self.launch(plan, count_attempts=False)
+            self.copies += 1
+            self.deltas.speculative_copies += 1
+            elapsed = self.now - (shard.started_at or shard.created_at)
+            self.rebalanced(
+                Reason.STRAGGLER,
+                f"shard {shard.shard_id} on node {shard.node} has run {elapsed:.0f}s; "
+                f"copy {plan.shard_id} started elsewhere",
+            )
+
+    def update_nodes(self) -> None:
+        self.nodes, changed = badnodes.update_levels(
+            self.nodes, self.spec.bad_nodes, self.cluster, self.now
+        )
+        for name, level in changed:
+            record = self.nodes[name]
+            self.rebalanced(
+                Reason.BAD_NODE,
+                f"node {name} failed {record.failures} shards; avoided ({level}) "
+                f"for {self.spec.bad_nodes.exclude_seconds:.0f}s",
+            )
+        for record in self.nodes.values():
+            if record.until is not None:
+                self.wakeups.append(record.until)
+
+    def cancel_all(self, reason: str) -> None:
+        for shard in list(self.live.values()):
+            self.waste(shard)
+            self.retire(shard, reason)
+
+    # -- the whole decision ----------------------------------------------------------------
+
+    def decide(self) -> Decision:
+        spec = self.spec
+        already_done = self.previous_phase in (SUCCEEDED, FAILED)
+        if already_done:
+            self.cancel_all("finished")
+            return self.finish(self.previous_phase)
+
+        self.harvest_finished()
+        self.recover_lost()
+        self.update_nodes()
+
+        if len(self.failed) > spec.retry.max_failed_microtasks:
+            self.cancel_all("too_many_failures")
+            self.message = (
+                f"{len(self.failed)} microtasks failed permanently, more than "
+                f"maxFailedMicrotasks={spec.retry.max_failed_microtasks}"
+            )
+            return self.finish(FAILED, conditions.REASON_TOO_MANY_FAILURES)
+
+        if len(self.final()) >= spec.total:
+            self.cancel_all("finished")
+            return self.finish(SUCCEEDED)
+
+        if spec.job_timeout_seconds is not None and self.start_time is not None:
+            deadline = self.start_time + spec.job_timeout_seconds
+            if self.now >= deadline:
+                self.cancel_all("deadline")
+                unfinished = IndexSet.from_range(0, spec.total) - self.final()
+                self.failed = self.failed | unfinished
+                self.deltas.failed += len(unfinished)
+                self.retry = ()
+                self.message = (
+                    f"timeouts.jobSeconds={spec.job_timeout_seconds:g} exceeded; "
+                    f"{len(unfinished)} microtasks unfinished"
+                )
+                return self.finish(FAILED, conditions.REASON_DEADLINE_EXCEEDED)
+            self.wakeups.append(deadline)
+
+        if spec.suspend:
+            for shard in self.live.values():
+                if not shard.suspended:
+                    self.actions.append(SuspendShard(shard.shard_id, True))
+            return self.finish(SUSPENDED)
+        for shard in self.live.values():
+            if shard.suspended and shard.pending_reason != "Queued":
+                self.actions.append(SuspendShard(shard.shard_id, False))
+
+        self.fall_back()
+        if self.start_time is None:
+            self.start_time = self.now
+            self.events.append(
+                Event(
+                    "Started",
+                    f"{spec.total} microtasks in shards of {spec.microtasks_per_shard}, "
+                    f"up to {spec.parallelism} at once",
+                )
+            )
+        self.fill_window()
+        self.speculate()
+        running = any(s.phase == ShardPhase.RUNNING for s in self.live.values())
+        started = running or len(self.final()) > 0 or self.previous_phase == RUNNING
+        return self.finish(RUNNING if started else PENDING)
+
+    def finish(self, phase: str, reason: str | None = None) -> Decision:
+        now = self.now
+        conds = self.conditions
+        total = self.spec.total
+        done = phase in (SUCCEEDED, FAILED)
+        if done and self.completion_time is None:
+            self.completion_time = now
+        if phase == SUCCEEDED:
+            tolerated = len(self.failed)
+            why = (
+                conditions.REASON_SUCCEEDED_WITH_FAILURES
+                if tolerated
+                else conditions.REASON_ALL_SUCCEEDED
+            )
+            text = f"{len(self.succeeded)} of {total} microtasks succeeded" + (
+                f", {tolerated} failed (tolerated)" if tolerated else ""
+            )
+            conds = conditions.set_condition(conds, conditions.COMPLETE, True, why, text, now)
+            conds = conditions.set_condition(conds, conditions.FAILED, False, why, text, now)
+            conds = conditions.set_condition(
+                conds, conditions.READY, False, conditions.REASON_FINISHED, text, now
+            )
+            self.message = text
+        elif phase == FAILED:
+            why = reason or conditions.REASON_TOO_MANY_FAILURES
+            text = self.message or f"{len(self.failed)} microtasks failed"
+            conds = conditions.set_condition(conds, conditions.FAILED, True, why, text, now)
+            conds = conditions.set_condition(conds, conditions.COMPLETE, False, why, text, now)
+            conds = conditions.set_condition(
+                conds, conditions.READY, False, conditions.REASON_FINISHED, text, now
+            )
+        else:
+            ready_reason = {
+                RUNNING: conditions.REASON_RUNNING,
+                PENDING: conditions.REASON_PENDING,
+                SUSPENDED: conditions.REASON_SUSPENDED,
+            }[phase]
+            conds = conditions.set_condition(
+                conds,
+                conditions.READY,
+                phase != SUSPENDED,
+                ready_reason,
+                f"{len(self.succeeded)} of {total} microtasks succeeded",
+                now,
+            )
+        if phase == SUSPENDED or conditions.get_condition(conds, conditions.SUSPENDED):
+            conds = conditions.set_condition(
+                conds,
+                conditions.SUSPENDED,
+                phase == SUSPENDED,
+                conditions.REASON_SUSPENDED if phase == SUSPENDED else conditions.REASON_RESUMED,
+                "spec.suspend is true" if phase == SUSPENDED else "spec.suspend is false",
+                now,
+            )
+        if done and self.previous_phase != phase:
+            self.events.append(
+                Event(
+                    phase,
+                    f"{len(self.succeeded)} of {total} microtasks succeeded, "
+                    f"{len(self.failed)} failed; {self.attempts} attempts",
+                    warning=phase == FAILED,
+                )
+            )
+        if self.deltas.failed:
+            self.events.append(
+                Event(
+                    "MicrotasksFailed",
+                    f"{self.deltas.failed} microtasks failed permanently "
+                    f"({len(self.failed)} in all)",
+                    warning=True,
+                )
+            )
+        if phase == SUSPENDED and self.previous_phase != SUSPENDED:
+            self.events.append(Event("Suspended", "spec.suspend is true: no new shards"))
+        self.trim_kept()
+        state = CoreState(
+            succeeded=self.succeeded,
+            failed=self.failed,
+            retry=self.retry,
+            retired=self.retired,
+            kept=self.kept,
+            next_shard=self.next_shard,
+            attempts=self.attempts,
+            speculative_copies=self.copies,
+            rebalances=self.rebalances,
+            nodes=self.nodes,
+            durations=self.durations,
+            gpu_fallback_until=self.gpu_fallback_until,
+            wasted_seconds=self.wasted,
+            start_time=self.start_time,
+            completion_time=self.completion_time,
+            phase=phase,
+            message=self.message,
+            conditions=conds,
+        )
+        status = state.to_status()
+        running = self.in_flight() - self.final()
+        queued = self.queued()
+        status.update(
+            total=total,
+            succeeded=len(self.succeeded),
+            failed=len(self.failed),
+            running=len(running),
+            queued=len(queued),
+            shardsInFlight=len(self.live),
+        )
+        future = [t for t in self.wakeups if t > now]
+        return Decision(
+            actions=[*self.actions, *self.events],
+            state=state,
+            status=status,
+            deltas=self.deltas,
+            phase=phase,
+            done=done,
+            next_wakeup=None if done else (min(future) if future else None),
+        )
+
+    def trim_kept(self) -> None:
+        """Keep at most keepFailedShards failed Jobs for debugging, the newest ones."""
+        limit = self.spec.keep_failed_shards
+        while len(self.kept) > limit:
+            oldest = self.kept.first()
+            assert oldest is not None
+            self.kept = self.kept - IndexSet.from_range(oldest, oldest + 1)
+            self.actions.append(DeleteShard(oldest, "retired"))
+
+
+def plan(
+    spec: CoreSpec,
+    state: CoreState,
+    observed: Sequence[ObservedShard],
+    cluster: ClusterView,
+    now: float,
+) -> Decision:
+    """Decide what to do now. Pure: same inputs, same decision."""
+    return _Planner(spec, state, observed, cluster, now).decide()
+
+
+__all__ = [
+    "Condition",
+    "Decision",
+    "Deltas",
+    "RetryBatch",
+    "group_of",
+    "plan",
+]

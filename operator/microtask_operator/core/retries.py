@@ -1,0 +1,101 @@
+"""Item-level retry policy: backoff, the verdict on a failed microtask, and the bounded retry queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from microtask_runner.indexset import IndexSet
+
+from .state import MAX_RETRY_BATCHES, RetryBatch
+from .types import RetryPolicy
+
+
+def backoff_seconds(policy: RetryPolicy, attempts: int) -> float:
+    """Exponential: base, 2x base, 4x base... after the 1st, 2nd, 3rd attempt; capped."""
+    exponent = max(0, attempts - 1)
+    # Cap the exponent before computing, so 100 attempts cannot overflow a float.
+    delay = policy.backoff_seconds * (2.0 ** min(exponent, 32))
+    return float(min(delay, policy.max_backoff_seconds))
+
+
+def is_permanent(policy: RetryPolicy, exit_code: int, attempts: int) -> bool:
+    """A failure is final when its code says retrying is pointless or attempts are exhausted."""
+    return exit_code in policy.non_retryable_exit_codes or attempts >= policy.max_attempts
+
+
+def add_batch(
+    batches: Iterable[RetryBatch], attempts: int, not_before: float, indexes: IndexSet
+) -> tuple[RetryBatch, ...]:
+    """Queue `indexes` (each having spent `attempts`) and keep the queue within its bound.
+
+    Over the bound, two batches of the same attempt count with the closest times merge, taking the
+    later time: a microtask may wait a little longer than its backoff, never less.
+    """
+    result = list(batches)
+    if not indexes:
+        return tuple(result)
+    for i, batch in enumerate(result):
+        if batch.attempts == attempts and batch.not_before == not_before:
+            result[i] = RetryBatch(attempts, not_before, batch.indexes | indexes)
+            break
+    else:
+        result.append(RetryBatch(attempts, not_before, indexes))
+    while len(result) > MAX_RETRY_BATCHES:
+        result = _merge_closest(result)
+    result.sort(key=lambda b: (b.not_before, b.attempts, b.indexes.first() or 0))
+    return tuple(result)
+
+
+def _merge_closest(batches: list[RetryBatch]) -> list[RetryBatch]:
+    best: tuple[float, int, int] | None = None
+    for i, a in enumerate(batches):
+        for j in range(i + 1, len(batches)):
+            b = batches[j]
+            gap = abs(a.not_before - b.not_before)
+            # Same attempt count first; across counts only when every count has one batch left.
+            penalty = 0.0 if a.attempts == b.attempts else 1e18
+            if best is None or gap + penalty < best[0]:
+                best = (gap + penalty, i, j)
+    assert best is not None
+    _, i, j = best
+    a, b = batches[i], batches[j]
+    # Across counts, keep the larger count: never grants an attempt beyond maxAttempts.
+    merged = RetryBatch(
+        max(a.attempts, b.attempts), max(a.not_before, b.not_before), a.indexes | b.indexes
+    )
+    return [x for k, x in enumerate(batches) if k not in (i, j)] + [merged]
+
+
+def without(batches: Iterable[RetryBatch], indexes: IndexSet) -> tuple[RetryBatch, ...]:
+    """The queue minus `indexes` (now in flight or final); empty batches disappear."""
+    if not indexes:
+        return tuple(batches)
+    kept = []
+    for batch in batches:
+        rest = batch.indexes - indexes
+        if rest:
+            kept.append(RetryBatch(batch.attempts, batch.not_before, rest))
+    return tuple(kept)
+
+
+def take_ready(
+    batches: Iterable[RetryBatch], now: float, size: int, count: int
+) -> tuple[list[tuple[int, IndexSet]], tuple[RetryBatch, ...]]:
+    """Pack up to `count` retry shards of at most `size` microtasks from batches due by `now`.
+
+    A retry shard holds microtasks of one attempt count, so the shard's attempt label is exact.
+    Returns [(attempts already spent, indexes)] and the remaining queue.
+    """
+    due: dict[int, IndexSet] = {}
+    for batch in batches:
+        if batch.not_before <= now:
+            due[batch.attempts] = due.get(batch.attempts, IndexSet.EMPTY) | batch.indexes
+    shards: list[tuple[int, IndexSet]] = []
+    taken = IndexSet.EMPTY
+    for attempts in sorted(due):
+        pool = due[attempts]
+        while pool and len(shards) < count:
+            chunk, pool = pool.take(size)
+            shards.append((attempts, chunk))
+            taken = taken | chunk
+    return shards, without(batches, taken)

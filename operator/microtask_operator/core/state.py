@@ -1,0 +1,230 @@
+"""What the core remembers between decisions, and how it is kept in a MicrotaskJob's status.
+
+The state is small whatever the number of microtasks: outcomes are index sets (ranges), retries are
+a bounded list of batches, node records are capped. Shards in flight are NOT stored here: they are
+observed (the Jobs that exist), so a restarted body rebuilds the full picture from status plus the
+Jobs it finds, and a shard created just before a crash is recognised instead of duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from microtask_runner.indexset import IndexSet
+
+from .conditions import Condition
+from .timefmt import from_rfc3339, to_rfc3339
+from .types import Pool
+
+# Bounds that keep status small; chosen far above what a healthy job needs.
+MAX_RETRY_BATCHES = 32
+MAX_NODE_RECORDS = 50
+
+
+class StateError(ValueError):
+    """The stored status cannot be read back (edited by hand, or from an incompatible version)."""
+
+
+@dataclass(frozen=True)
+class RetryBatch:
+    """Microtasks that each spent `attempts` attempts and may run again from `not_before`."""
+
+    attempts: int
+    not_before: float
+    indexes: IndexSet
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """Failures seen on one node across the whole MicrotaskJob (bad-node tracking)."""
+
+    failures: int
+    last_failure: float
+    level: str | None = None  # None | "soft" | "hard"
+    until: float | None = None  # the exclusion expires then
+
+
+@dataclass(frozen=True)
+class PoolDurations:
+    """Finished work per pool: the baseline that straggler detection compares against."""
+
+    shards: int = 0
+    microtasks: int = 0
+    seconds: float = 0.0
+
+    def per_microtask(self) -> float | None:
+        if self.microtasks <= 0:
+            return None
+        return self.seconds / self.microtasks
+
+
+@dataclass(frozen=True)
+class CoreState:
+    succeeded: IndexSet = IndexSet.EMPTY
+    failed: IndexSet = IndexSet.EMPTY  # permanently
+    retry: tuple[RetryBatch, ...] = ()
+    retired: IndexSet = IndexSet.EMPTY  # shard ids harvested or abandoned: never harvested again
+    kept: IndexSet = IndexSet.EMPTY  # retired failed shards whose Jobs are kept for debugging
+    next_shard: int = 0
+    attempts: int = 0  # microtask attempts launched (speculative copies not included)
+    speculative_copies: int = 0
+    rebalances: Mapping[str, int] = field(default_factory=dict)
+    nodes: Mapping[str, NodeRecord] = field(default_factory=dict)
+    durations: Mapping[Pool, PoolDurations] = field(default_factory=dict)
+    gpu_fallback_until: float | None = None
+    wasted_seconds: float = 0.0
+    start_time: float | None = None
+    completion_time: float | None = None
+    phase: str = "Pending"
+    message: str = ""
+    conditions: tuple[Condition, ...] = ()
+
+    @classmethod
+    def initial(cls) -> CoreState:
+        return cls()
+
+    def queued(self) -> IndexSet:
+        result = IndexSet.EMPTY
+        for batch in self.retry:
+            result = result | batch.indexes
+        return result
+
+    def to_status(self) -> dict[str, Any]:
+        """The persistent part of the status (the planner adds derived counters)."""
+        status: dict[str, Any] = {
+            "phase": self.phase,
+            "succeededIndexes": self.succeeded.to_compact(),
+            "failedIndexes": self.failed.to_compact(),
+            "retryQueue": [
+                {
+                    "attempts": b.attempts,
+                    "notBefore": to_rfc3339(b.not_before, round_up=True),
+                    "indexes": b.indexes.to_compact(),
+                }
+                for b in self.retry
+            ],
+            "retiredShards": self.retired.to_compact(),
+            "keptShards": self.kept.to_compact(),
+            "nextShard": self.next_shard,
+            "attempts": self.attempts,
+            "speculativeCopies": self.speculative_copies,
+            "rebalances": dict(sorted(self.rebalances.items())),
+            "excludedNodes": [
+                {
+                    "node": name,
+                    "level": record.level,
+                    "until": to_rfc3339(record.until or record.last_failure, round_up=True),
+                    "failures": record.failures,
+                }
+                for name, record in sorted(self.nodes.items())
+                if record.level is not None
+            ],
+            "nodeFailures": [
+                {
+                    "node": name,
+                    "failures": record.failures,
+                    "lastFailure": to_rfc3339(record.last_failure),
+                }
+                for name, record in sorted(self.nodes.items())
+            ],
+            "durations": {
+                str(pool): {"shards": d.shards, "count": d.microtasks, "seconds": round(d.seconds, 3)}
+                for pool, d in sorted(self.durations.items())
+            },
+            "wastedSeconds": round(self.wasted_seconds, 3),
+            "message": self.message,
+            "conditions": [
+                {
+                    "type": c.type,
+                    "status": c.status,
+                    "reason": c.reason,
+                    "message": c.message,
+                    "lastTransitionTime": to_rfc3339(c.last_transition),
+                }
+                for c in self.conditions
+            ],
+        }
+        if self.gpu_fallback_until is not None:
+            status["gpuFallbackUntil"] = to_rfc3339(self.gpu_fallback_until, round_up=True)
+        if self.start_time is not None:
+            status["startTime"] = to_rfc3339(self.start_time)
+        if self.completion_time is not None:
+            status["completionTime"] = to_rfc3339(self.completion_time)
+        return status
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> CoreState:
+        """Read back what `to_status` wrote; an empty or missing status is a fresh job."""
+        if not status:
+            return cls()
+        try:
+            return _parse_status(status)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise StateError(f"status cannot be read back: {error}") from error
+
+
+def _time(value: Any) -> float | None:
+    return None if value in (None, "") else from_rfc3339(str(value))
+
+
+def _indexes(value: Any) -> IndexSet:
+    return IndexSet.from_compact(str(value)) if value else IndexSet.EMPTY
+
+
+def _parse_status(status: Mapping[str, Any]) -> CoreState:
+    excluded = {e["node"]: e for e in status.get("excludedNodes") or []}
+    nodes: dict[str, NodeRecord] = {}
+    for entry in status.get("nodeFailures") or []:
+        name = str(entry["node"])
+        exclusion = excluded.get(name)
+        nodes[name] = NodeRecord(
+            failures=int(entry["failures"]),
+            last_failure=from_rfc3339(entry["lastFailure"]),
+            level=str(exclusion["level"]) if exclusion else None,
+            until=_time(exclusion["until"]) if exclusion else None,
+        )
+    durations = {
+        Pool(pool): PoolDurations(
+            shards=int(d.get("shards", 0)), microtasks=int(d["count"]), seconds=float(d["seconds"])
+        )
+        for pool, d in (status.get("durations") or {}).items()
+    }
+    conditions = tuple(
+        Condition(
+            type=str(c["type"]),
+            status=str(c["status"]),
+            reason=str(c.get("reason", "")),
+            message=str(c.get("message", "")),
+            last_transition=from_rfc3339(c["lastTransitionTime"]),
+        )
+        for c in status.get("conditions") or []
+    )
+    return CoreState(
+        succeeded=_indexes(status.get("succeededIndexes")),
+        failed=_indexes(status.get("failedIndexes")),
+        retry=tuple(
+            RetryBatch(
+                attempts=int(b["attempts"]),
+                not_before=from_rfc3339(b["notBefore"]),
+                indexes=_indexes(b["indexes"]),
+            )
+            for b in status.get("retryQueue") or []
+        ),
+        retired=_indexes(status.get("retiredShards")),
+        kept=_indexes(status.get("keptShards")),
+        next_shard=int(status.get("nextShard", 0)),
+        attempts=int(status.get("attempts", 0)),
+        speculative_copies=int(status.get("speculativeCopies", 0)),
+        rebalances={str(k): int(v) for k, v in (status.get("rebalances") or {}).items()},
+        nodes=nodes,
+        durations=durations,
+        gpu_fallback_until=_time(status.get("gpuFallbackUntil")),
+        wasted_seconds=float(status.get("wastedSeconds", 0.0)),
+        start_time=_time(status.get("startTime")),
+        completion_time=_time(status.get("completionTime")),
+        phase=str(status.get("phase") or "Pending"),
+        message=str(status.get("message") or ""),
+        conditions=conditions,
+    )

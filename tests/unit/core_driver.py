@@ -1,0 +1,151 @@
+"""A minimal body for core tests: keeps shards as the core asks, finishes them on command.
+
+It plays the part the operator, the local executor and the simulator play for real, with no clock
+and no processes, so table and property tests can walk the core through any story.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from microtask_operator.core.planner import Decision, plan
+from microtask_operator.core.state import CoreState
+from microtask_operator.core.types import (
+    ClusterView,
+    CoreSpec,
+    CreateShard,
+    DeleteShard,
+    ObservedShard,
+    Pool,
+    ShardPhase,
+    SuspendShard,
+)
+from microtask_runner.indexset import IndexSet
+from microtask_runner.report import Report
+
+# outcome(index, attempt) -> exit code (0 = success)
+Outcome = Callable[[int, int], int]
+
+CLUSTER = ClusterView(
+    ready_nodes={
+        Pool.CPU: frozenset({"cpu-0", "cpu-1", "cpu-2", "cpu-3"}),
+        Pool.GPU: frozenset({"gpu-0", "gpu-1"}),
+    }
+)
+
+
+def report_for(indexes: IndexSet, attempt: int, outcome: Outcome, seconds: float = 1.0) -> Report:
+    ok: list[int] = []
+    failed: dict[int, list[int]] = {}
+    for i in indexes:
+        code = outcome(i, attempt)
+        if code == 0:
+            ok.append(i)
+        else:
+            failed.setdefault(code, []).append(i)
+    return Report(
+        succeeded=IndexSet.from_indexes(ok),
+        failed={c: IndexSet.from_indexes(v) for c, v in failed.items()},
+        errors={c: f"exit {c}" for c in failed},
+        seconds_total=seconds * len(indexes),
+        seconds_max=seconds,
+        count=len(indexes),
+    )
+
+
+@dataclass
+class Driver:
+    spec: CoreSpec
+    cluster: ClusterView = CLUSTER
+    state: CoreState = field(default_factory=CoreState.initial)
+    shards: dict[int, ObservedShard] = field(default_factory=dict)
+    now: float = 1000.0
+    created: list[CreateShard] = field(default_factory=list)
+    deleted: list[DeleteShard] = field(default_factory=list)
+    max_in_flight: int = 0
+    last: Decision | None = None
+    restart_every_step: bool = False
+
+    def step(self, dt: float = 0.0) -> Decision:
+        self.now += dt
+        state = self.state
+        if self.restart_every_step:
+            # A restarted body only has what the status holds.
+            state = CoreState.from_status(state.to_status())
+        decision = plan(self.spec, state, list(self.shards.values()), self.cluster, self.now)
+        self.apply(decision)
+        return decision
+
+    def apply(self, decision: Decision) -> None:
+        self.state = decision.state
+        self.last = decision
+        for action in decision.actions:
+            if isinstance(action, CreateShard):
+                p = action.plan
+                assert p.shard_id not in self.shards, f"duplicate shard {p.shard_id}"
+                self.created.append(action)
+                node = self.pick_node(p.pool, p.avoid_nodes_hard)
+                self.shards[p.shard_id] = ObservedShard(
+                    shard_id=p.shard_id,
+                    indexes=p.indexes,
+                    attempt=p.attempt,
+                    pool=p.pool,
+                    created_at=self.now,
+                    phase=ShardPhase.RUNNING,
+                    copy_of=p.copy_of,
+                    node=node,
+                    started_at=self.now,
+                )
+            elif isinstance(action, DeleteShard):
+                self.deleted.append(action)
+                self.shards.pop(action.shard_id, None)
+            elif isinstance(action, SuspendShard):
+                shard = self.shards[action.shard_id]
+                self.shards[action.shard_id] = replace(shard, suspended=action.suspend)
+        live = [s for s in self.shards.values() if s.shard_id not in self.state.retired]
+        self.max_in_flight = max(self.max_in_flight, len(live))
+
+    def pick_node(self, pool: Pool, avoid: Iterable[str]) -> str:
+        nodes = sorted(self.cluster.ready_nodes.get(pool, frozenset()) - set(avoid))
+        return nodes[len(self.created) % len(nodes)] if nodes else "nowhere"
+
+    def running(self) -> list[ObservedShard]:
+        return [
+            s
+            for s in self.shards.values()
+            if s.phase == ShardPhase.RUNNING and s.shard_id not in self.state.retired
+        ]
+
+    def finish(self, shard_id: int, outcome: Outcome, seconds: float = 1.0) -> None:
+        s = self.shards[shard_id]
+        self.shards[shard_id] = replace(
+            s,
+            phase=ShardPhase.SUCCEEDED,
+            finished_at=self.now,
+            report=report_for(s.indexes, s.attempt, outcome, seconds),
+            exit_code=0,
+        )
+
+    def set(self, shard_id: int, **changes: object) -> None:
+        self.shards[shard_id] = replace(self.shards[shard_id], **changes)  # type: ignore[arg-type]
+
+    def finish_all(self, outcome: Outcome, seconds: float = 1.0) -> None:
+        for shard in self.running():
+            self.finish(shard.shard_id, outcome, seconds)
+
+    def run_to_end(self, outcome: Outcome, max_steps: int = 10_000, dt: float = 1.0) -> Decision:
+        decision = self.step()
+        for _ in range(max_steps):
+            if decision.done:
+                return decision
+            self.finish_all(outcome)
+            wait = dt
+            if not self.running() and decision.next_wakeup is not None:
+                wait = max(dt, decision.next_wakeup - self.now)
+            decision = self.step(wait)
+        raise AssertionError("the job did not finish")
+
+
+def ok(_index: int, _attempt: int) -> int:
+    return 0
