@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "REPORT_VERSION",
     "Report",
     "ReportError",
+    "replace_current",
 ]
 
 REPORT_VERSION = 1
@@ -44,6 +46,7 @@ _PLAIN_SET_CHARS = 48
 #: Anything longer cannot be a report; refuse before parsing it.
 _MAX_DECODE_CHARS = 16 * MAX_REPORT_BYTES
 _MAX_EXIT_CODE_DIGITS = 10
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class ReportError(ValueError):
@@ -63,7 +66,7 @@ def _clean(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        return _SURROGATES.sub("\ufffd", text)
     return text
 
 
@@ -78,9 +81,11 @@ def _size(text: str) -> int:
 
 
 def _seconds(value: float) -> float | int:
+    if not math.isfinite(value) or value < 0:
+        return 0  # not a duration; never let it break the encoding
     # Milliseconds are plenty for durations and keep the JSON short.
     rounded = round(value, 3)
-    return int(rounded) if rounded == int(rounded) else rounded
+    return int(rounded) if rounded.is_integer() and rounded < 1e15 else rounded
 
 
 @dataclass(frozen=True)
@@ -159,13 +164,37 @@ class Report:
         return _decode_object(data)
 
 
+_CURRENT_FIELD = re.compile(r',"cur":\d+')
+
+
+def replace_current(encoded: str, current: int | None) -> str | None:
+    """``encoded`` (from ``Report.encode``) with ``current`` changed; None if over budget.
+
+    Lets the runner move the crash-attribution marker without re-encoding a
+    large report. Only the top level holds a ``"cur"`` key, and a raw quote
+    cannot occur inside a JSON string, so the match is unambiguous.
+    """
+    new = "" if current is None else f',"cur":{current}'
+    match = _CURRENT_FIELD.search(encoded)
+    if match is not None:
+        text = encoded[: match.start()] + new + encoded[match.end() :]
+    else:
+        # "n" is always written, right after where "cur" goes.
+        at = encoded.find(',"n":')
+        if at < 0:
+            return None
+        text = encoded[:at] + new + encoded[at:]
+    return text if _size(text) <= MAX_REPORT_BYTES else None
+
+
 class _Encoder:
     """Shrinks a report into the byte budget (errors first, then coverage)."""
 
     def __init__(self, report: Report) -> None:
         self.report = report
         self.errors = {
-            code: _cut(_clean(text), MAX_ERROR_CHARS) for code, text in sorted(report.errors.items())
+            code: _cut(_clean(text), MAX_ERROR_CHARS)
+            for code, text in sorted(report.errors.items())
         }
         self.runner_error = (
             None
@@ -190,7 +219,7 @@ class _Encoder:
             obj["thru"] = covered_through
         if r.current is not None:
             obj["cur"] = r.current
-        obj["n"] = r.count
+        obj["n"] = max(r.count, 0)
         obj["secs"] = _seconds(r.seconds_total)
         obj["max"] = _seconds(r.seconds_max)
         if self.runner_error is not None:
@@ -230,8 +259,9 @@ class _Encoder:
                 first = reported.first()
                 through = -1 if first is None else first - 1
                 return self.render("", {}, {}, through)
-            through = reported.take(k)[0].last()
-            assert through is not None
+            last = reported.take(k)[0].last()
+            assert last is not None
+            through = last
             window = IndexSet.from_range(0, through + 1)
             part_ok = _encode_set(r.succeeded & window)
             part_failed = {

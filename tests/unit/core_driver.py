@@ -111,10 +111,12 @@ class Driver:
         return nodes[len(self.created) % len(nodes)] if nodes else "nowhere"
 
     def running(self) -> list[ObservedShard]:
+        """Live shards that have not ended: running, or pending a node."""
         return [
             s
             for s in self.shards.values()
-            if s.phase == ShardPhase.RUNNING and s.shard_id not in self.state.retired
+            if s.phase in (ShardPhase.RUNNING, ShardPhase.PENDING)
+            and s.shard_id not in self.state.retired
         ]
 
     def finish(self, shard_id: int, outcome: Outcome, seconds: float = 1.0) -> None:
@@ -131,7 +133,10 @@ class Driver:
         self.shards[shard_id] = replace(self.shards[shard_id], **changes)  # type: ignore[arg-type]
 
     def finish_all(self, outcome: Outcome, seconds: float = 1.0) -> None:
+        """Every live shard ends now; pending ones are scheduled first (capacity came back)."""
         for shard in self.running():
+            if shard.started_at is None:
+                self.set(shard.shard_id, started_at=self.now, node=self.pick_node(shard.pool, ()))
             self.finish(shard.shard_id, outcome, seconds)
 
     def run_to_end(self, outcome: Outcome, max_steps: int = 10_000, dt: float = 1.0) -> Decision:

@@ -1,4 +1,4 @@
-"""The lower bound that makespans are compared with: no schedule of this work on this cluster beats it.
+"""The lower bound makespans are compared with: no schedule of this work on this cluster beats it.
 
 Two pools of different speeds make "total work over capacity" ambiguous, so it is defined on a
 common unit. A microtask has a *size* (its jitter factor, mean 1) independent of where it runs;

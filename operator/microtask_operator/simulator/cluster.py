@@ -1,4 +1,4 @@
-"""The simulated cluster: nodes, the workload model and node losses, read from a documented YAML file.
+"""The simulated cluster: nodes, workload model and node losses, read from a documented YAML file.
 
 The format is described in `examples/clusters/README.md`. Parsing is strict (unknown keys are
 errors) because a typo in a capacity-planning input silently changes the answer; every problem is
@@ -86,7 +86,7 @@ class ClusterSpec:
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
-    """Read and validate a cluster file; ClusterFileError (never another exception) when unusable."""
+    """Read and validate a cluster file; ClusterFileError (and no other error) when unusable."""
     import yaml
 
     source = str(path)
@@ -160,7 +160,9 @@ class _Reader:
         for key in value:
             if key not in keys:
                 hint = ", ".join(sorted(keys))
-                self.problem(f"{path}.{key}" if path else str(key), f"unknown field (known: {hint})")
+                self.problem(
+                    f"{path}.{key}" if path else str(key), f"unknown field (known: {hint})"
+                )
         return value
 
     def number(
@@ -178,7 +180,11 @@ class _Reader:
         if value is None:
             return default
         where = f"{path}.{key}"
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             self.problem(where, f"must be a number, got {value!r}")
             return default
         if minimum is not None:
@@ -340,10 +346,12 @@ class _Reader:
                 continue
             name = data.get("name")
             if not isinstance(name, str) or not _valid_name(name):
-                self.problem(f"{path}.name", f"must be a DNS-style name (a-z, 0-9, -), got {name!r}")
+                self.problem(
+                    f"{path}.name", f"must be a DNS-style name (a-z, 0-9, -), got {name!r}"
+                )
                 continue
             try:
-                pool = Pool(data.get("pool"))
+                pool = Pool(str(data.get("pool")))
             except ValueError:
                 self.problem(f"{path}.pool", f"must be 'gpu' or 'cpu', got {data.get('pool')!r}")
                 continue

@@ -58,6 +58,7 @@ class SimulationResult:
     plan_calls: int = 0
     counted_succeeded: int = 0  # sum of the core's per-decision succeeded deltas
     counted_failed: int = 0
+    anomalies: list[str] = field(default_factory=list)  # invariants the core broke
     message: str = ""
     status: dict[str, Any] = field(default_factory=dict)  # the core's final status
 
@@ -92,6 +93,7 @@ class SimulationResult:
             "completedByPool": dict(sorted(self.completed_by_pool.items())),
             "excludedNodes": self.excluded_nodes,
             "shards": self.shards,
+            "anomalies": self.anomalies,
             "message": self.message,
         }
 

@@ -92,7 +92,7 @@ class Nodes:
         self.by_pool: dict[Pool, list[SimNode]] = {pool: [] for pool in Pool}
         for node in self.all:
             self.by_pool[node.pool].append(node)
-        self.free: dict[Pool, int] = {pool: 0 for pool in Pool}
+        self.free: dict[Pool, int] = dict.fromkeys(Pool, 0)
         for node in self.all:
             self.free[node.pool] += node.slots
 
@@ -146,6 +146,7 @@ class Execution:
     failure_reason: str | None
     straggler: bool
     useful_seconds: float  # run time of microtasks that finished (succeeded or failed)
+    seconds_per_size: float  # this run's pace: seconds for a microtask of size 1
 
 
 class WorkModel:
@@ -157,7 +158,9 @@ class WorkModel:
         size_rng = random.Random(f"{seed}:sizes")
         jitter = workload.jitter
         # A microtask's size is pool-independent; its duration is size * seconds[pool] / speed.
-        self.sizes = array("d", (1.0 + jitter * (2.0 * size_rng.random() - 1.0) for _ in range(total)))
+        self.sizes = array(
+            "d", (1.0 + jitter * (2.0 * size_rng.random() - 1.0) for _ in range(total))
+        )
         prefix = array("d", [0.0]) * (total + 1)
         running = 0.0
         for i, size in enumerate(self.sizes):
@@ -208,7 +211,16 @@ class WorkModel:
                 count=count,
             )
             exit_code = EXIT_SOME_FAILED if count else 0
-            return Execution(startup + seconds, ShardPhase.SUCCEEDED, exit_code, report, None, False, seconds)
+            return Execution(
+                startup + seconds,
+                ShardPhase.SUCCEEDED,
+                exit_code,
+                report,
+                None,
+                False,
+                seconds,
+                0.0,
+            )
 
         straggler = node.straggler_rate > 0 and self.straggler_rng.random() < node.straggler_rate
         per_size = self.seconds_per_size(node) * (node.straggler_slowdown if straggler else 1.0)
@@ -230,7 +242,7 @@ class WorkModel:
                 for index, code in zip(_indexes_at(completed, positions), codes, strict=True):
                     failed.setdefault(code, set()).add(index)
         failed_sets = {code: IndexSet.from_indexes(sorted(ix)) for code, ix in failed.items()}
-        errors = {code: TRANSIENT_ERROR for code in failed_sets}
+        errors = dict.fromkeys(failed_sets, TRANSIENT_ERROR)
         poisoned = completed & self.permanent if self.permanent else IndexSet.EMPTY
         if poisoned:
             code = self.workload.permanent_exit_code
@@ -262,10 +274,26 @@ class WorkModel:
         )
         if current is not None:
             return Execution(
-                startup + run, ShardPhase.FAILED, EXIT_OOM_KILLED, report, "OOMKilled", straggler, useful
+                startup + run,
+                ShardPhase.FAILED,
+                EXIT_OOM_KILLED,
+                report,
+                "OOMKilled",
+                straggler,
+                useful,
+                per_size,
             )
         exit_code = EXIT_SOME_FAILED if failed_all else 0
-        return Execution(startup + run, ShardPhase.SUCCEEDED, exit_code, report, None, straggler, useful)
+        return Execution(
+            startup + run,
+            ShardPhase.SUCCEEDED,
+            exit_code,
+            report,
+            None,
+            straggler,
+            useful,
+            per_size,
+        )
 
 
 def _geometric(rng: random.Random, p: float) -> int:

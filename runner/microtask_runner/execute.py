@@ -1,0 +1,643 @@
+"""Running a shard's microtasks one after another, rewriting the report after each.
+
+Two executors share one loop: a command per microtask (any language, its own
+process group so a timeout kills everything it started) and a Python function
+called in-process (no interpreter start per microtask). The report file is
+rewritten in place before every microtask, with ``current`` naming the
+microtask about to run: if the pod dies, the operator knows which microtask to
+charge and which outcomes are already safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import stat
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+from typing import Any, Protocol
+
+from .indexset import IndexSet
+from .items import ItemSource, item_text
+from .report import Report, replace_current
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_RUNNER_ERROR",
+    "EXIT_TIMEOUT",
+    "CommandExecutor",
+    "Outcomes",
+    "Progress",
+    "PythonExecutor",
+    "ReportFile",
+    "Signals",
+    "log",
+    "run_shard",
+]
+
+EXIT_OK = 0
+#: Some microtasks failed (their outcomes are in the report).
+EXIT_FAILED = 10
+#: The runner could not work at all (bad input); the report has runner_error.
+EXIT_RUNNER_ERROR = 2
+#: A microtask that ran out of time, as GNU timeout reports it.
+EXIT_TIMEOUT = 124
+#: Command not found / not executable, as shells report them.
+EXIT_NOT_FOUND = 127
+EXIT_CANNOT_RUN = 126
+
+#: A timed-out command gets SIGTERM, then SIGKILL after this grace period.
+KILL_GRACE_SECONDS = 2.0
+#: Bytes of a command's stderr kept for the error text.
+_TAIL_BYTES = 4096
+_ERROR_TAIL_CHARS = 800
+#: Encodes cheaper than this are redone after every microtask; costlier ones
+#: (huge, scattered reports) at most once per 10x their cost, so reporting
+#: never takes more than ~10% of the shard's time.
+_CHEAP_ENCODE_SECONDS = 0.001
+_ENCODE_TIME_RATIO = 10.0
+
+LOG_PREFIX = "microtask-runner: "
+
+INDEX_TOKEN = "$(MICROTASK_INDEX)"
+ITEM_TOKEN = "$(MICROTASK_ITEM)"
+
+
+def log(message: str) -> None:
+    """One line on stderr (the pod log); never fails the runner."""
+    try:
+        sys.stderr.write(LOG_PREFIX + message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------- report file
+
+
+class ReportFile:
+    """The termination-message file, rewritten in place.
+
+    Kubernetes bind-mounts /dev/termination-log, so it cannot be replaced by a
+    rename. Instead every report is written at offset 0 with one ``pwrite`` and
+    padded with spaces to the previous length (JSON ignores trailing
+    whitespace): the file is never truncated between reports, so a kill at any
+    moment leaves the previous or the next report, never an empty file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._opened = False
+        self._regular = True
+        self._length = 0
+        self._warned = False
+
+    def _warn(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            log(f"cannot write the report to {self.path}: {exc.strerror or exc}")
+
+    def _open(self) -> None:
+        self._opened = True
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            self._warn(exc)
+            return
+        try:
+            self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if self._regular:
+                # Whatever was there belongs to no run of ours.
+                os.ftruncate(fd, 0)
+        except OSError as exc:
+            self._warn(exc)
+        self._fd = fd
+
+    def write(self, text: str) -> None:
+        """Replace the file's report with ``text``."""
+        if not self._opened:
+            self._open()
+        if self._fd is None:
+            return
+        data = text.encode("utf-8")
+        try:
+            if not self._regular:
+                # A pipe or terminal (debugging): each report on its own line.
+                os.write(self._fd, data + b"\n")
+                return
+            if len(data) < self._length:
+                data += b" " * (self._length - len(data))
+            written = os.pwrite(self._fd, data, 0)
+            while written < len(data):  # regular files write fully; be safe anyway
+                written += os.pwrite(self._fd, data[written:], written)
+            self._length = len(data)
+        except OSError as exc:
+            self._warn(exc)
+
+    def close(self) -> None:
+        """Close the file (the report stays)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# ------------------------------------------------------------------ outcomes
+
+
+class Outcomes:
+    """Outcomes of the finished microtasks, built up one at a time."""
+
+    def __init__(self) -> None:
+        # exit code (0 = success) -> half-open ranges, appended in run order
+        self._ranges: dict[int, list[tuple[int, int]]] = {}
+        self._sets: dict[int, IndexSet] = {}
+        self.errors: dict[int, str] = {}
+        self.count = 0
+        self.failures = 0
+        self.seconds_total = 0.0
+        self.seconds_max = 0.0
+
+    def add(self, index: int, code: int, seconds: float, error: str | None) -> None:
+        """Record one finished microtask (its error text is kept if first of its code)."""
+        ranges = self._ranges.setdefault(code, [])
+        # Indexes run in increasing order, so extending the last range is the
+        # usual case and costs O(1); anything else is normalized later.
+        if ranges and ranges[-1][1] == index:
+            ranges[-1] = (ranges[-1][0], index + 1)
+        else:
+            ranges.append((index, index + 1))
+        self._sets.pop(code, None)
+        self.count += 1
+        self.seconds_total += seconds
+        self.seconds_max = max(self.seconds_max, seconds)
+        if code != 0:
+            self.failures += 1
+            if code not in self.errors and error:
+                self.errors[code] = error
+
+    def _set(self, code: int) -> IndexSet:
+        cached = self._sets.get(code)
+        if cached is None:
+            cached = IndexSet.from_ranges(self._ranges.get(code, ()))
+            self._sets[code] = cached
+        return cached
+
+    def codes(self) -> dict[int, int]:
+        """Exit code -> number of microtasks that failed with it."""
+        return {
+            code: sum(end - start for start, end in ranges)
+            for code, ranges in sorted(self._ranges.items())
+            if code != 0
+        }
+
+    def report(self, current: int | None, runner_error: str | None = None) -> Report:
+        """The report of everything finished so far."""
+        return Report(
+            succeeded=self._set(0),
+            failed={code: self._set(code) for code in self._ranges if code != 0},
+            errors=dict(self.errors),
+            current=current,
+            seconds_total=self.seconds_total,
+            seconds_max=self.seconds_max,
+            count=self.count,
+            runner_error=runner_error,
+        )
+
+
+class Progress:
+    """Writes the report before each microtask and at the end, cheaply."""
+
+    def __init__(self, outcomes: Outcomes, file: ReportFile) -> None:
+        self.outcomes = outcomes
+        self.file = file
+        self._last_text: str | None = None
+        self._last_cost = 0.0
+        self._last_full = -math.inf
+
+    def write(self, current: int | None, *, final: bool = False) -> None:
+        """Rewrite the report; ``current`` is the microtask about to run (None: none)."""
+        now = time.perf_counter()
+        text: str | None = None
+        if (
+            not final
+            and self._last_text is not None
+            and self._last_cost >= _CHEAP_ENCODE_SECONDS
+            and now - self._last_full < _ENCODE_TIME_RATIO * self._last_cost
+        ):
+            # A big report was encoded a moment ago: keep its outcomes (a few
+            # microtasks stale, which only means they would be rerun) and move
+            # the crash-attribution marker, which must always be right.
+            text = replace_current(self._last_text, current)
+        if text is None:
+            text = self.outcomes.report(current).encode()
+            done = time.perf_counter()
+            self._last_cost = done - now
+            self._last_full = done
+            self._last_text = text
+        self.file.write(text)
+
+
+# ------------------------------------------------------------------- signals
+
+
+class Interrupted(BaseException):
+    """Raised inside a Python-mode microtask when the runner is told to stop."""
+
+
+class MicrotaskTimeout(BaseException):
+    """Raised inside a Python-mode microtask when its time is up.
+
+    BaseException, like KeyboardInterrupt, so ``except Exception`` in user code
+    does not swallow it.
+    """
+
+
+class Signals:
+    """SIGTERM/SIGINT handling: forward to the running child, stop after it.
+
+    A self-pipe wakes the command executor's poll loop, so the report is
+    rewritten at once even if the child takes its time to exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.child_pgid: int | None = None
+        #: Python mode: raise into the running function instead of waiting.
+        self.in_call = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self._previous: dict[int, Any] = {}
+        #: SIGALRM is ours: Python-mode timeouts can use the interval timer.
+        self.can_time_out = False
+
+    def install(self) -> None:
+        """Install the handlers (only possible in the main thread)."""
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_stop)
+            self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+            self.can_time_out = True
+        except ValueError:
+            # Not the main thread (embedded use): no signal handling.
+            pass
+
+    def restore(self) -> None:
+        """Put back the previous handlers and close the pipe."""
+        if signal.SIGALRM in self._previous:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        if self.child_pgid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.child_pgid, signum)
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"!")
+        if self.in_call:
+            self.in_call = False
+            raise Interrupted(signum)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self.in_call:
+            self.in_call = False
+            raise MicrotaskTimeout()
+
+
+# ----------------------------------------------------------------- executors
+
+
+class Executor(Protocol):
+    """Runs one microtask: (exit code, error text) or None if interrupted."""
+
+    def run(self, index: int, item: Any) -> tuple[int, str | None] | None: ...
+
+
+class CommandExecutor:
+    """A subprocess per microtask, never through a shell."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        timeout: float | None,
+        signals: Signals,
+        on_signal: Callable[[], None],
+    ) -> None:
+        self.command = list(command)
+        # Positions holding a $(...) token; the others are reused as they are.
+        self.templated = [
+            pos for pos, arg in enumerate(self.command) if INDEX_TOKEN in arg or ITEM_TOKEN in arg
+        ]
+        self.env = dict(env)
+        self.timeout = timeout
+        self.signals = signals
+        self.on_signal = on_signal
+        self.use_pidfd = hasattr(os, "pidfd_open")
+
+    def run(self, index: int, item: Any) -> tuple[int, str | None] | None:
+        text = item_text(item)
+        argv = self.command
+        if self.templated:
+            argv = list(argv)
+            for pos in self.templated:
+                argv[pos] = argv[pos].replace(INDEX_TOKEN, str(index)).replace(ITEM_TOKEN, text)
+        env = dict(self.env)
+        env["MICROTASK_INDEX"] = str(index)
+        env["MICROTASK_ITEM"] = text
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                # Its own process group: a timeout or SIGTERM reaches everything
+                # the microtask started, and terminal signals do not.
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            return EXIT_NOT_FOUND, f"index {index}: command not found: {argv[0]}"
+        except PermissionError as exc:
+            return EXIT_CANNOT_RUN, f"index {index}: cannot run {argv[0]}: {exc.strerror}"
+        except (OSError, ValueError) as exc:
+            return EXIT_CANNOT_RUN, f"index {index}: cannot run {argv[0]}: {exc}"
+        self.signals.child_pgid = proc.pid
+        if self.signals.received is not None:
+            # The signal came while the child was being started.
+            _kill_group(proc.pid, self.signals.received)
+        try:
+            returncode, timed_out, tail = self._wait(proc)
+        finally:
+            self.signals.child_pgid = None
+        if timed_out and returncode != 0:
+            code = EXIT_TIMEOUT
+        elif returncode < 0:
+            code = 128 - returncode  # killed by a signal, as shells report it
+        else:
+            code = returncode
+        if code != 0 and self.signals.received is not None:
+            # Stopped by us: not the microtask's failure, so not reported.
+            return None
+        if code == 0:
+            return 0, None
+        stderr = tail.decode("utf-8", "replace").strip()[-_ERROR_TAIL_CHARS:]
+        if timed_out:
+            head = f"index {index}: timed out after {self.timeout:g}s"
+        elif returncode < 0:
+            head = f"index {index}: killed by {_signal_name(-returncode)}"
+        else:
+            head = f"index {index}: exit code {code}"
+        return code, f"{head}: {stderr}" if stderr else head
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, bool, bytes]:
+        """Pass stderr through (keeping its tail) until the child exits or times out."""
+        assert proc.stderr is not None
+        err_fd = proc.stderr.fileno()
+        pidfd: int | None = None
+        if self.use_pidfd:
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                self.use_pidfd = False  # e.g. an old kernel or a seccomp filter
+        poller = select.poll()
+        poller.register(err_fd, select.POLLIN)
+        poller.register(self.signals.wake_r, select.POLLIN)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        tail = bytearray()
+        stderr_open = True
+        exited = False
+        timed_out = False
+        noticed_signal = False
+        start = time.monotonic()
+        deadline = None if self.timeout is None else start + self.timeout
+        kill_at: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if deadline is not None and not timed_out and now >= deadline:
+                    timed_out = True
+                    _kill_group(proc.pid, signal.SIGTERM)
+                    kill_at = now + KILL_GRACE_SECONDS
+                if kill_at is not None and now >= kill_at:
+                    _kill_group(proc.pid, signal.SIGKILL)
+                    kill_at = None
+                if self.signals.received is not None and not noticed_signal:
+                    noticed_signal = True
+                    self.on_signal()
+                if exited:
+                    break
+                limits = [
+                    t - now for t in (None if timed_out else deadline, kill_at) if t is not None
+                ]
+                limit = min(limits) if limits else None
+                if pidfd is None and not stderr_open:
+                    # No pidfd to poll: let Popen.wait poll the child (it backs off
+                    # from 0.5 ms), in short slices to notice signals and deadlines.
+                    try:
+                        proc.wait(0.05 if limit is None else max(min(limit, 0.05), 0.0))
+                        exited = True
+                    except subprocess.TimeoutExpired:
+                        pass
+                    continue
+                ms = -1 if limit is None else max(math.ceil(limit * 1000), 0)
+                if pidfd is None:
+                    # Stderr may be held open by a grandchild: check the child now and then.
+                    ms = 500 if ms < 0 else min(ms, 500)
+                for fd, _ in poller.poll(ms):
+                    if fd == err_fd:
+                        data = os.read(err_fd, 65536)
+                        if data:
+                            _passthrough(data)
+                            tail += data
+                            del tail[:-_TAIL_BYTES]
+                        else:
+                            poller.unregister(err_fd)
+                            stderr_open = False
+                    elif fd == self.signals.wake_r:
+                        _drain(self.signals.wake_r)
+                    elif fd == pidfd:
+                        exited = True
+                if pidfd is None and stderr_open and proc.poll() is not None:
+                    exited = True
+            if stderr_open:
+                # The child is gone; take what it wrote, but do not wait for
+                # grandchildren that inherited its stderr.
+                os.set_blocking(err_fd, False)
+                try:
+                    while data := os.read(err_fd, 65536):
+                        _passthrough(data)
+                        tail += data
+                        del tail[:-_TAIL_BYTES]
+                except BlockingIOError:
+                    pass
+            returncode = proc.wait()
+            # Whatever the microtask left running in its group (background jobs,
+            # a timed-out child's children) must not outlive it: microtasks are
+            # independent, and strays would pile up over a shard.
+            _kill_group(proc.pid, signal.SIGKILL)
+            return returncode, timed_out, bytes(tail)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+            proc.stderr.close()
+            if proc.returncode is None:
+                # Only on an unexpected error: do not leave the child behind.
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _kill_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signum)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _passthrough(data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, data)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+class PythonExecutor:
+    """Calls ``function(index, item)`` in-process."""
+
+    def __init__(
+        self, function: Callable[[int, Any], object], timeout: float | None, signals: Signals
+    ) -> None:
+        self.function = function
+        self.signals = signals
+        self.tracebacks_shown = 0
+        self.timeout = timeout
+        if timeout is not None and not signals.can_time_out:
+            # Without our SIGALRM handler the alarm would kill the process.
+            log("per-microtask timeout not enforced: signals are unavailable here")
+            self.timeout = None
+
+    def run(self, index: int, item: Any) -> tuple[int, str | None] | None:
+        signals = self.signals
+        timeout = self.timeout
+        try:
+            signals.in_call = True
+            if timeout is not None:
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                self.function(index, item)
+            finally:
+                # First thing: a late signal must not raise outside the call.
+                signals.in_call = False
+                if timeout is not None:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+        except Interrupted:
+            return None
+        except MicrotaskTimeout:
+            return EXIT_TIMEOUT, f"index {index}: timed out after {timeout:g}s"
+        except SystemExit as exc:
+            code, message = _system_exit(exc)
+            if code == 0:
+                return 0, None
+            return code, f"index {index}: SystemExit({message})"
+        except BaseException as exc:
+            # One traceback helps debugging; thousands would drown the log.
+            if self.tracebacks_shown == 0:
+                self.tracebacks_shown += 1
+                traceback.print_exception(exc, file=sys.stderr)
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            return 1, f"index {index}: {detail}"
+        finally:
+            _flush(sys.stdout)
+        return 0, None
+
+
+def _flush(stream: Any) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        stream.flush()
+
+
+def _system_exit(exc: SystemExit) -> tuple[int, str]:
+    """The exit code a SystemExit stands for, as the interpreter would exit."""
+    value = exc.code
+    if value is None:
+        return 0, ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Codes outside 1..255 cannot be exit statuses; call them plain failures.
+        return (value if 0 <= value <= 255 else 1), str(value)
+    return 1, repr(value)
+
+
+# ---------------------------------------------------------------------- loop
+
+
+def run_shard(
+    *,
+    indexes: IndexSet,
+    items: ItemSource,
+    executor: Executor,
+    outcomes: Outcomes,
+    progress: Progress,
+    signals: Signals,
+) -> int:
+    """Run every microtask of the shard; return the runner's exit code."""
+    started = time.monotonic()
+    log(f"running {len(indexes)} microtasks: {indexes.format_bounded(80) or '(none)'}")
+    for index in indexes:
+        if signals.received is not None:
+            break
+        progress.write(current=index)
+        item = items.get(index)
+        begin = time.monotonic()
+        result = executor.run(index, item)
+        if result is None:
+            break
+        code, error = result
+        seconds = time.monotonic() - begin
+        outcomes.add(index, code, seconds, error)
+        if code != 0:
+            log(f"index {index} failed (exit {code}, {seconds:.2f}s): {_first_line(error or '')}")
+    progress.write(current=None, final=True)
+    elapsed = time.monotonic() - started
+    codes = ", ".join(f"exit {code}: {n}" for code, n in outcomes.codes().items())
+    summary = (
+        f"{outcomes.count} of {len(indexes)} microtasks run in {elapsed:.2f}s: "
+        f"{outcomes.count - outcomes.failures} succeeded, {outcomes.failures} failed"
+        + (f" ({codes})" if codes else "")
+    )
+    if signals.received is not None:
+        log(f"stopped by {_signal_name(signals.received)}; {summary}")
+        return 128 + signals.received
+    log(summary)
+    return EXIT_FAILED if outcomes.failures else EXIT_OK

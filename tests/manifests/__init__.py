@@ -1,0 +1,1 @@
+"""Offline checks of deploy/, the Helm chart, the kind config and the images."""

@@ -1,0 +1,231 @@
+"""Table tests of the rebalancing policies: GPU→CPU fallback, lost nodes, stragglers, bad nodes."""
+
+from __future__ import annotations
+
+from core_driver import Driver, ok
+from microtask_operator.core.badnodes import avoid_lists, update_levels
+from microtask_operator.core.state import NodeRecord
+from microtask_operator.core.types import (
+    Accelerator,
+    BadNodePolicy,
+    ClusterView,
+    CoreSpec,
+    CreateShard,
+    DeleteShard,
+    Pool,
+    Reason,
+    RetryPolicy,
+    ShardPhase,
+    SpeculationPolicy,
+)
+
+
+def creates(actions: list[object]) -> list[CreateShard]:
+    return [a for a in actions if isinstance(a, CreateShard)]
+
+
+def auto_spec(**kw: object) -> CoreSpec:
+    base: dict[str, object] = dict(
+        total=40,
+        microtasks_per_shard=10,
+        parallelism=2,
+        accelerator=Accelerator.AUTO,
+        fallback_after_seconds=120,
+        fallback_cooldown_seconds=300,
+    )
+    base.update(kw)
+    return CoreSpec(**base)  # type: ignore[arg-type]
+
+
+def test_auto_starts_on_gpu_and_falls_back_to_cpu_when_unschedulable_too_long() -> None:
+    d = Driver(auto_spec())
+    first = d.step()
+    assert {c.plan.pool for c in creates(first.actions)} == {Pool.GPU}
+    for shard_id in (0, 1):
+        d.set(shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
+              pending_since=d.now, started_at=None, node=None)
+    early = d.step(60)
+    assert creates(early.actions) == []
+    assert early.next_wakeup == d.now + 60
+    moved = d.step(60)
+    plans = [c.plan for c in creates(moved.actions)]
+    assert [p.pool for p in plans] == [Pool.CPU, Pool.CPU]
+    assert sorted(str(p.indexes) for p in plans) == ["0-9", "10-19"]
+    assert all(p.attempt == 1 for p in plans)  # not counted as an attempt
+    assert {a.shard_id for a in moved.actions if isinstance(a, DeleteShard)} == {0, 1}
+    assert moved.state.rebalances == {"unschedulable_fallback": 2}
+    assert moved.state.attempts == 20  # the moves spent nothing
+    # While the cool-down lasts new work goes straight to CPU...
+    d.finish_all(ok)
+    nxt = d.step(1)
+    assert {c.plan.pool for c in creates(nxt.actions)} == {Pool.CPU}
+
+
+def test_fallback_never_moves_cpu_work_and_never_ping_pongs() -> None:
+    d = Driver(auto_spec(fallback_cooldown_seconds=10))
+    d.step()
+    for shard_id in (0, 1):
+        d.set(shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
+              pending_since=d.now, started_at=None)
+    d.step(121)
+    cpu_ids = [i for i, s in d.shards.items() if s.pool == Pool.CPU]
+    for shard_id in cpu_ids:
+        d.set(shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
+              pending_since=d.now, started_at=None)
+    later = d.step(10_000)
+    assert creates(later.actions) == []
+    assert later.state.rebalances == {"unschedulable_fallback": 2}
+
+
+def test_queued_or_gpu_only_shards_never_fall_back() -> None:
+    d = Driver(auto_spec())
+    d.step()
+    d.set(0, phase=ShardPhase.PENDING, pending_reason="Queued", suspended=True, pending_since=d.now)
+    d.set(1, phase=ShardPhase.PENDING, pending_reason="Unschedulable", pending_since=d.now)
+    decision = d.step(500)
+    moved = [c.plan for c in creates(decision.actions)]
+    assert [str(p.indexes) for p in moved] == ["10-19"]
+    gpu_only = Driver(auto_spec(accelerator=Accelerator.GPU))
+    gpu_only.step()
+    gpu_only.set(0, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
+                 pending_since=gpu_only.now)
+    assert creates(gpu_only.step(500).actions) == []
+
+
+def test_lost_node_relaunches_without_spending_an_attempt_after_the_grace() -> None:
+    spec = CoreSpec(total=20, microtasks_per_shard=10, parallelism=2, node_lost_grace_seconds=30)
+    d = Driver(spec)
+    d.step()
+    d.set(0, node_lost_since=d.now)
+    waiting = d.step(10)
+    assert creates(waiting.actions) == []
+    assert waiting.next_wakeup == d.now + 20
+    decision = d.step(20)
+    [again] = creates(decision.actions)
+    assert str(again.plan.indexes) == "0-9"
+    assert again.plan.attempt == 1
+    assert decision.state.rebalances == {"node_lost": 1}
+    assert decision.state.retry == ()
+    assert DeleteShard(0, "node_lost") in decision.actions
+
+
+def test_evicted_retry_shard_keeps_its_attempt_count() -> None:
+    spec = CoreSpec(
+        total=10, microtasks_per_shard=10, parallelism=1, retry=RetryPolicy(backoff_seconds=1)
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, lambda i, a: 1 if i == 4 else 0)
+    d.step(1)
+    d.step(2)
+    [retry_id] = [i for i in d.shards if i != 0]
+    assert d.shards[retry_id].attempt == 2
+    d.set(retry_id, phase=ShardPhase.LOST, failure_reason="Evicted")
+    decision = d.step(1)
+    [again] = creates(decision.actions)
+    assert (str(again.plan.indexes), again.plan.attempt) == ("4", 2)
+
+
+def test_straggler_gets_one_copy_on_another_node_and_the_first_finisher_wins() -> None:
+    spec = CoreSpec(
+        total=60,
+        microtasks_per_shard=10,
+        parallelism=4,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3, min_samples=3),
+    )
+    d = Driver(spec)
+    d.step()
+    # Shards 0-2 finish in 10 s (1 s per microtask); shard 3 hangs.
+    for shard_id in (0, 1, 2):
+        d.finish(shard_id, ok, seconds=1.0)
+    d.step(10)
+    # Work remains (shards 4, 5 and the new window): no speculation before the tail.
+    for s in d.running():
+        if s.shard_id != 3:
+            d.finish(s.shard_id, ok, seconds=1.0)
+    tail = d.step(10)
+    copies = [c.plan for c in creates(tail.actions) if c.plan.copy_of is not None]
+    assert copies == []  # 20 s elapsed < 3 x 10 s expected
+    late = d.step(15)
+    [copy] = [c.plan for c in creates(late.actions) if c.plan.copy_of is not None]
+    assert copy.copy_of == 3
+    assert d.shards[3].node in copy.avoid_nodes_hard
+    assert copy.indexes == d.shards[3].indexes
+    assert late.state.rebalances.get("straggler") == 1
+    assert late.state.attempts == 60  # a copy is not an attempt
+    # The copy finishes first; the original is deleted and nothing is counted twice.
+    d.finish(copy.shard_id, ok)
+    end = d.step(5)
+    assert end.phase == "Succeeded"
+    assert end.status["succeeded"] == 60
+    assert DeleteShard(3, "speculation_loser") in end.actions
+    assert end.state.wasted_seconds > 0
+
+
+def test_both_copies_finishing_together_count_once() -> None:
+    spec = CoreSpec(
+        total=20,
+        microtasks_per_shard=10,
+        parallelism=3,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, ok)
+    d.step(10)
+    d.step(40)
+    [copy_id] = [i for i, s in d.shards.items() if s.copy_of == 1]
+    d.finish(1, ok)
+    d.finish(copy_id, ok)
+    end = d.step(1)
+    assert end.status["succeeded"] == 20
+    assert end.deltas.succeeded == 10
+
+
+def test_bad_node_goes_soft_then_hard_and_expires() -> None:
+    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=3, exclude_seconds=100)
+    cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c", "d"})})
+    nodes = {"a": NodeRecord(failures=2, last_failure=10.0)}
+    nodes2, changed = update_levels(nodes, policy, cluster, 10.0)
+    assert nodes2["a"].level == "soft" and changed == [("a", "soft")]
+    assert avoid_lists(nodes2, Pool.CPU, cluster) == ((), ("a",))
+    nodes3, _ = update_levels(
+        {"a": NodeRecord(3, 20.0, "soft", nodes2["a"].until)}, policy, cluster, 20.0
+    )
+    assert nodes3["a"].level == "hard"
+    assert avoid_lists(nodes3, Pool.CPU, cluster) == (("a",), ())
+    expired, _ = update_levels(nodes3, policy, cluster, 20.0 + 101)
+    assert expired == {}
+
+
+def test_exclusion_never_takes_the_whole_pool() -> None:
+    policy = BadNodePolicy(soft_after_failures=1, hard_after_failures=1, max_excluded_fraction=1.0)
+    cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b"})})
+    nodes = {"a": NodeRecord(5, 1.0), "b": NodeRecord(3, 1.0)}
+    result, _ = update_levels(nodes, policy, cluster, 1.0)
+    hard, soft = avoid_lists(result, Pool.CPU, cluster)
+    assert hard == ("a",)  # the worse one; one node is always left
+    assert soft == ("b",)
+
+
+def test_a_node_failing_everything_is_avoided_by_new_shards() -> None:
+    spec = CoreSpec(
+        total=200,
+        microtasks_per_shard=10,
+        parallelism=4,
+        retry=RetryPolicy(backoff_seconds=1, max_attempts=5),
+        bad_nodes=BadNodePolicy(soft_after_failures=1, hard_after_failures=2),
+    )
+    d = Driver(spec)
+    d.step()
+    for _ in range(6):
+        for shard in d.running():
+            bad = shard.node == "cpu-0"
+            d.finish(shard.shard_id, (lambda i, a: 1) if bad else ok)
+        d.step(2)
+    assert d.state.nodes["cpu-0"].level == "hard"
+    later = [c.plan for c in d.created[-4:]]
+    assert all("cpu-0" in p.avoid_nodes_hard for p in later)
+    assert d.state.rebalances.get(Reason.BAD_NODE.value, 0) >= 1
+    excluded = d.last.status["excludedNodes"] if d.last else []
+    assert excluded and excluded[0]["node"] == "cpu-0"
