@@ -18,18 +18,31 @@ PEERING = "microtask-operator"
 OPERATOR_CALLS: list[tuple[str, str, str, str | None, str | None]] = [
     *((v, "microtask.dev", "microtaskjobs", None, None) for v in ("get", "list", "watch", "patch")),
     *((v, "microtask.dev", "microtaskjobs", "status", None) for v in ("get", "patch")),
-    *((v, "batch", "jobs", None, None) for v in ("create", "delete", "get", "list", "watch", "patch")),
+    *(
+        (v, "batch", "jobs", None, None)
+        for v in ("create", "delete", "get", "list", "watch", "patch")
+    ),
     *((v, "", "pods", None, None) for v in ("get", "list", "watch")),
     *((v, "", "nodes", None, None) for v in ("get", "list", "watch")),
     ("get", "", "configmaps", None, None),
     *((v, "", "events", None, None) for v in ("create", "patch")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, None) for v in ("list", "watch", "create")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, PEERING) for v in ("get", "patch")),
-    *((v, "apiextensions.k8s.io", "customresourcedefinitions", None, None) for v in ("list", "watch")),
+    *(
+        (v, "apiextensions.k8s.io", "customresourcedefinitions", None, None)
+        for v in ("list", "watch")
+    ),
 ]
 
 FORBIDDEN_VERBS = {"escalate", "bind", "impersonate", "*"}
-DANGEROUS_SUBRESOURCES = {"exec", "attach", "portforward", "proxy", "ephemeralcontainers", "eviction"}
+DANGEROUS_SUBRESOURCES = {
+    "exec",
+    "attach",
+    "portforward",
+    "proxy",
+    "ephemeralcontainers",
+    "eviction",
+}
 
 
 def granted(rules: Iterable[Rule]) -> set[tuple[str, str, str]]:
@@ -43,7 +56,9 @@ def granted(rules: Iterable[Rule]) -> set[tuple[str, str, str]]:
     }
 
 
-def expected_triples(calls: Iterable[tuple[str, str, str, str | None, str | None]]) -> set[tuple[str, str, str]]:
+def expected_triples(
+    calls: Iterable[tuple[str, str, str, str | None, str | None]],
+) -> set[tuple[str, str, str]]:
     return {(verb, group, f"{res}/{sub}" if sub else res) for verb, group, res, sub, _ in calls}
 
 
@@ -62,13 +77,17 @@ def test_a_resource_rule_does_not_grant_its_subresources() -> None:
     rules = [{"apiGroups": ["microtask.dev"], "resources": ["microtaskjobs"], "verbs": ["patch"]}]
     assert rules_allow(rules, "patch", "microtask.dev", "microtaskjobs")
     assert not rules_allow(rules, "patch", "microtask.dev", "microtaskjobs", "status")
-    status = [{"apiGroups": ["microtask.dev"], "resources": ["microtaskjobs/status"], "verbs": ["patch"]}]
+    status = [
+        {"apiGroups": ["microtask.dev"], "resources": ["microtaskjobs/status"], "verbs": ["patch"]}
+    ]
     assert rules_allow(status, "patch", "microtask.dev", "microtaskjobs", "status")
     assert not rules_allow(status, "patch", "microtask.dev", "microtaskjobs")
 
 
 def test_wildcards_match_like_the_api_server() -> None:
-    assert rules_allow([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], "create", "", "pods", "exec")
+    assert rules_allow(
+        [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], "create", "", "pods", "exec"
+    )
     any_status = [{"apiGroups": [""], "resources": ["*/status"], "verbs": ["get"]}]
     assert rules_allow(any_status, "get", "", "pods", "status")
     assert not rules_allow(any_status, "get", "", "pods")
@@ -88,7 +107,9 @@ def test_resource_names_restrict_to_named_requests() -> None:
 
 
 def test_non_resource_rules_grant_no_resource() -> None:
-    assert not rules_allow([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}], "get", "", "metrics")
+    assert not rules_allow(
+        [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}], "get", "", "metrics"
+    )
 
 
 # ------------------------------------------------------------------- deploy/
@@ -135,7 +156,9 @@ def test_no_role_holds_a_wildcard_secrets_or_a_dangerous_permission() -> None:
                 assert not any("*" in item for item in rule.get(field, [])), where
             assert "secrets" not in rule["resources"], where
             assert not FORBIDDEN_VERBS & set(rule["verbs"]), where
-            assert not any(r.split("/")[-1] in DANGEROUS_SUBRESOURCES for r in rule["resources"] if "/" in r), where
+            assert not any(
+                r.split("/")[-1] in DANGEROUS_SUBRESOURCES for r in rule["resources"] if "/" in r
+            ), where
             assert "nonResourceURLs" not in rule, where
 
 
@@ -144,7 +167,10 @@ def test_user_roles_extend_the_built_in_roles() -> None:
     labels = roles["microtask-edit"]["metadata"]["labels"]
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
-    assert roles["microtask-view"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert (
+        roles["microtask-view"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"]
+        == "true"
+    )
     view = roles["microtask-view"]["rules"]
     assert rules_allow(view, "watch", "microtask.dev", "microtaskjobs")
     assert not rules_allow(view, "create", "microtask.dev", "microtaskjobs")

@@ -12,6 +12,7 @@ Only argparse is imported at module level: the CLI imports every command to buil
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from ..core.types import Accelerator, Pool
     from ..simulator import (
         ClusterFileError,
         Policies,
@@ -85,10 +87,16 @@ def execute(args: argparse.Namespace) -> int:
             f"{MAX_SIMULATED_MICROTASKS} (simulate a representative slice)"
         )
     pools = usable_pools(spec.accelerator)
+    how = f"accelerator {spec.accelerator.value}"
+    if spec.accelerator is Accelerator.AUTO and (args.static or not policies.fallback):
+        # Without fallback an `auto` job never leaves the GPU pool (and an Indexed Job has one
+        # template, the GPU one).
+        pools = (Pool.GPU,)
+        how += " without fallback" if not args.static else " as a plain Indexed Job (GPU only)"
     if not any(cluster.slots(pool) for pool in pools):
         return _fail(
             f"{args.cluster}: no {' or '.join(p.value for p in pools)} nodes, so a job with "
-            f"accelerator {spec.accelerator.value} can never run there"
+            f"{how} can never run there"
         )
     try:
         if args.static:
@@ -103,7 +111,7 @@ def execute(args: argparse.Namespace) -> int:
         document["job"] = job.name
         import json
 
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
     else:
         sys.stdout.write(render(job, cluster, result))
     for anomaly in result.anomalies:
@@ -156,7 +164,9 @@ def render(job: Job, cluster: ClusterSpec, result: SimulationResult) -> str:
         (
             "lower bound",
             f"{_duration(result.lower_bound)}  ({result.lower_bound:.1f} s); "
-            f"makespan / bound {result.ratio:.2f}",
+            f"makespan / bound {result.ratio:.2f}"
+            if math.isfinite(result.lower_bound)
+            else "none: every node the job may use is lost",
         ),
         ("succeeded", str(len(result.succeeded))),
         ("failed", str(len(result.failed))),
@@ -174,6 +184,8 @@ def render(job: Job, cluster: ClusterSpec, result: SimulationResult) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "never"
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)

@@ -74,6 +74,13 @@ class Decision:
     next_wakeup: float | None
 
 
+def pod_exit_code(shard: ObservedShard) -> int:
+    """The code charged for a microtask the pod died on: its exit code, or 137 if it had none."""
+    if shard.exit_code is None or shard.exit_code == 0:
+        return NO_REPORT_EXIT_CODE
+    return shard.exit_code
+
+
 def group_of(shard: ObservedShard) -> int:
     """Speculative copies and their original form one group; one member's result counts."""
     return shard.copy_of if shard.copy_of is not None else shard.shard_id
@@ -210,8 +217,7 @@ class _Planner:
         error_text = ""
         if report is None or report.runner_error:
             # No usable report: every microtask is charged, so a broken image cannot loop forever.
-            code = shard.exit_code if shard.exit_code not in (None, 0) else NO_REPORT_EXIT_CODE
-            assert code is not None
+            code = pod_exit_code(shard)
             charged[code] = inside
             ok = IndexSet.EMPTY
             error_text = (report.runner_error if report else None) or (
@@ -229,9 +235,16 @@ class _Planner:
                 and report.current not in reported
             ):
                 # The pod died while this microtask ran (OOM, deadline, crash): it was the culprit.
-                code = shard.exit_code if shard.exit_code not in (None, 0) else NO_REPORT_EXIT_CODE
-                assert code is not None
+                code = pod_exit_code(shard)
                 one = IndexSet.from_range(report.current, report.current + 1)
+                charged[code] = charged.get(code, IndexSet.EMPTY) | one
+            elif shard.phase == ShardPhase.FAILED and not (reported & inside):
+                # Killed before reporting anything (e.g. a shard deadline shorter than one
+                # microtask): charge the first, which runs first, so a relaunch always progresses.
+                first = inside.first()
+                assert first is not None
+                code = pod_exit_code(shard)
+                one = IndexSet.from_range(first, first + 1)
                 charged[code] = charged.get(code, IndexSet.EMPTY) | one
             if report.errors:
                 error_text = next(iter(report.errors.values()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +65,8 @@ class SimulationResult:
 
     @property
     def ratio(self) -> float:
-        """Makespan over the lower bound (1.0 is perfect)."""
-        if self.lower_bound <= 0:
+        """Makespan over the lower bound (1.0 is perfect; 0.0 when there is no finite bound)."""
+        if not 0 < self.lower_bound < math.inf:
             return 0.0
         return self.makespan / self.lower_bound
 
@@ -79,8 +80,9 @@ class SimulationResult:
             "finished": self.finished,
             "total": self.total,
             "makespanSeconds": _round(self.makespan),
-            "lowerBoundSeconds": _round(self.lower_bound),
-            "makespanOverLowerBound": round(self.ratio, 4),
+            # JSON has no infinity: null says "no schedule can finish this work".
+            "lowerBoundSeconds": _round(self.lower_bound) if self.lower_bound < math.inf else None,
+            "makespanOverLowerBound": round(self.ratio, 4) if self.ratio else None,
             "succeeded": len(self.succeeded),
             "failed": len(self.failed),
             "failedIndexes": self.failed.format_bounded(200),
@@ -98,7 +100,7 @@ class SimulationResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
 def _round(value: float) -> float:

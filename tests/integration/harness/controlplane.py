@@ -27,6 +27,7 @@ writes and to compare them with its RBAC rules. Direct writes also keep the test
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import datetime
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scheduling import choose_node, node_is_ready, parse_quantity, pod_requests, unschedulable_message
+from .scheduling import choose_node, parse_quantity, pod_requests, unschedulable_message
 from .store import ApiError, DeleteOptions, Store, now_iso, set_condition
 
 __all__ = [
@@ -105,15 +106,35 @@ class NodeSpec:
                 "capacity": dict(allocatable),
                 "allocatable": allocatable,
                 "conditions": [
-                    {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
-                     "lastHeartbeatTime": now, "lastTransitionTime": now},
-                    {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure",
-                     "lastHeartbeatTime": now, "lastTransitionTime": now},
-                    {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID",
-                     "lastHeartbeatTime": now, "lastTransitionTime": now},
-                    {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                     "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
-                     "lastTransitionTime": now},
+                    {
+                        "type": "MemoryPressure",
+                        "status": "False",
+                        "reason": "KubeletHasSufficientMemory",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    },
+                    {
+                        "type": "DiskPressure",
+                        "status": "False",
+                        "reason": "KubeletHasNoDiskPressure",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    },
+                    {
+                        "type": "PIDPressure",
+                        "status": "False",
+                        "reason": "KubeletHasSufficientPID",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    },
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "kubelet is posting ready status",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    },
                 ],
                 "addresses": [
                     {"type": "InternalIP", "address": f"10.0.0.{10 + index}"},
@@ -126,8 +147,10 @@ class NodeSpec:
                     "architecture": "amd64",
                     "osImage": "emulated",
                     "kernelVersion": "emulated",
-                    "machineID": "", "systemUUID": "", "bootID": "",
-                    "kubeProxyVersion": "", "operatingSystem_": None,
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                    "kubeProxyVersion": "",
                 },
             },
         }
@@ -140,7 +163,11 @@ def cpu_node(name: str, cpu: str = "8", **kwargs: Any) -> NodeSpec:
 
 def gpu_node(name: str, gpus: int = 2, cpu: str = "8", **kwargs: Any) -> NodeSpec:
     """A GPU node with the common NVIDIA conventions: label, taint and ``nvidia.com/gpu``."""
-    labels = {GPU_LABEL: "true", "nvidia.com/gpu.count": str(gpus), "nvidia.com/gpu.product": "Emulated-GPU"}
+    labels = {
+        GPU_LABEL: "true",
+        "nvidia.com/gpu.count": str(gpus),
+        "nvidia.com/gpu.product": "Emulated-GPU",
+    }
     labels.update(kwargs.pop("labels", {}))
     taints = [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]
     taints.extend(kwargs.pop("taints", []))
@@ -188,12 +215,12 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
     return _VAR_RE.sub(replace, text)
 
 
-def _ts(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse_ts(text: str) -> float:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+    return (
+        datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )
 
 
 class ContainerConfigError(Exception):
@@ -245,7 +272,8 @@ class ControlPlane:
         self._ip_counter = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._root = Path()
-        self._failed_scheduling: dict[str, str] = {}
+        self._warned: dict[str, str] = {}
+        self.leaked_processes = 0
         self.pods_res = store.resource("", "v1", "pods")
         self.jobs_res = store.resource("batch", "v1", "jobs")
         self.nodes_res = store.resource("", "v1", "nodes")
@@ -287,6 +315,7 @@ class ControlPlane:
             if run.process is not None and run.process.returncode is None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(run.process.wait(), timeout=5)
+        self.leaked_processes = self.running_processes()
         self._runs.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -294,14 +323,14 @@ class ControlPlane:
 
     def running_processes(self) -> int:
         """How many container processes are alive (0 after a clean shutdown)."""
-        return sum(1 for r in self._runs.values() if r.process is not None and r.process.returncode is None)
+        return sum(
+            1 for r in self._runs.values() if r.process is not None and r.process.returncode is None
+        )
 
     async def _loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick)
-            except TimeoutError:
-                pass
             self._wake.clear()
             # Writes below wake the loop again; settle once per pass instead of per write.
             try:
@@ -323,18 +352,34 @@ class ControlPlane:
 
     # --- events --------------------------------------------------------------------------------
 
-    def _event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, component: str) -> None:
+    def _event(
+        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, component: str
+    ) -> None:
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
         now = now_iso()
         try:
-            self.store.create(self.events_res, namespace, {
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
-                "involvedObject": {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion"),
-                                   "name": meta["name"], "namespace": namespace, "uid": meta.get("uid")},
-                "reason": reason, "message": message, "type": type_,
-                "source": {"component": component}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            })
+            self.store.create(
+                self.events_res,
+                namespace,
+                {
+                    "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+                    "involvedObject": {
+                        "kind": obj.get("kind"),
+                        "apiVersion": obj.get("apiVersion"),
+                        "name": meta["name"],
+                        "namespace": namespace,
+                        "uid": meta.get("uid"),
+                    },
+                    "reason": reason,
+                    "message": message,
+                    "type": type_,
+                    "source": {"component": component},
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                    "count": 1,
+                },
+            )
         except ApiError:
             pass  # the namespace may be going away; events are best effort, as in Kubernetes
 
@@ -343,7 +388,6 @@ class ControlPlane:
     def add_node(self, spec: NodeSpec) -> dict[str, Any]:
         """Register a node (as its kubelet would on start-up)."""
         obj = spec.to_object(self._node_index)
-        obj["status"]["nodeInfo"].pop("operatingSystem_", None)
         self._node_index += 1
         created = self.store.create(self.nodes_res, None, obj, keep_status=True)
         self.poke()
@@ -373,12 +417,29 @@ class ControlPlane:
                 self._kill_group(run)
 
             def lose(node: dict[str, Any]) -> None:
-                set_condition(node["status"], "Ready", "Unknown", "NodeStatusUnknown",
-                              "Kubelet stopped posting node status.")
-                taints = [t for t in node["spec"].get("taints") or [] if t.get("key") != "node.kubernetes.io/unreachable"]
+                set_condition(
+                    node["status"],
+                    "Ready",
+                    "Unknown",
+                    "NodeStatusUnknown",
+                    "Kubelet stopped posting node status.",
+                )
+                taints = [
+                    t
+                    for t in node["spec"].get("taints") or []
+                    if t.get("key") != "node.kubernetes.io/unreachable"
+                ]
                 taints += [
-                    {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": now_iso()},
-                    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now_iso()},
+                    {
+                        "key": "node.kubernetes.io/unreachable",
+                        "effect": "NoSchedule",
+                        "timeAdded": now_iso(),
+                    },
+                    {
+                        "key": "node.kubernetes.io/unreachable",
+                        "effect": "NoExecute",
+                        "timeAdded": now_iso(),
+                    },
                 ]
                 node["spec"]["taints"] = taints
 
@@ -386,14 +447,27 @@ class ControlPlane:
             # The node lifecycle controller marks the pods there not ready.
             for pod in self._pods_on(name):
                 if pod["status"].get("phase") in ("Pending", "Running"):
-                    self._status(pod, lambda s: set_condition(s, "Ready", "False", "NodeNotReady", "Node is not ready"))
+                    self._status(
+                        pod,
+                        lambda s: set_condition(
+                            s, "Ready", "False", "NodeNotReady", "Node is not ready"
+                        ),
+                    )
         else:
             self.lost_nodes.pop(name, None)
 
             def recover(node: dict[str, Any]) -> None:
-                set_condition(node["status"], "Ready", "True", "KubeletReady", "kubelet is posting ready status")
+                set_condition(
+                    node["status"],
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                )
                 node["spec"]["taints"] = [
-                    t for t in node["spec"].get("taints") or [] if t.get("key") != "node.kubernetes.io/unreachable"
+                    t
+                    for t in node["spec"].get("taints") or []
+                    if t.get("key") != "node.kubernetes.io/unreachable"
                 ]
 
             self.store.mutate(self.nodes_res, None, name, recover)
@@ -406,17 +480,28 @@ class ControlPlane:
                     if pod["metadata"].get("deletionTimestamp"):
                         self._finalize_pod(pod)
                     elif pod["status"].get("phase") in ("Pending", "Running"):
-                        self._finish_status(pod, run, 137, "ContainerStatusUnknown",
-                                            "The container could not be located when the pod was terminated")
+                        self._finish_status(
+                            pod,
+                            run,
+                            137,
+                            "ContainerStatusUnknown",
+                            "The container could not be located when the pod was terminated",
+                        )
         self.poke()
 
     def cordon(self, name: str, unschedulable: bool = True) -> None:
         """``kubectl cordon`` / ``uncordon``."""
-        self.store.mutate(self.nodes_res, None, name, lambda n: n["spec"].__setitem__("unschedulable", unschedulable))
+        self.store.mutate(
+            self.nodes_res,
+            None,
+            name,
+            lambda n: n["spec"].__setitem__("unschedulable", unschedulable),
+        )
         self.poke()
 
-    def set_node_capacity(self, name: str, *, gpus: int | None = None, cpu: str | None = None,
-                          pods: int | None = None) -> None:
+    def set_node_capacity(
+        self, name: str, *, gpus: int | None = None, cpu: str | None = None, pods: int | None = None
+    ) -> None:
         """Change a node's allocatable resources (``gpus=0`` makes a GPU node full)."""
 
         def change(node: dict[str, Any]) -> None:
@@ -431,8 +516,13 @@ class ControlPlane:
         self.store.mutate(self.nodes_res, None, name, change, subresource="status")
         self.poke()
 
-    def set_node_behaviour(self, name: str, *, start_delay: float | None = None,
-                           fail_exit_code: int | None | type[Ellipsis] = ...) -> None:  # type: ignore[valid-type]
+    def set_node_behaviour(
+        self,
+        name: str,
+        *,
+        start_delay: float | None = None,
+        fail_exit_code: int | type[Ellipsis] | None = ...,
+    ) -> None:  # type: ignore[valid-type]
         """Make a node slow (``start_delay``) or fail every pod (``fail_exit_code``)."""
         behaviour = self.behaviours[name]
         if start_delay is not None:
@@ -451,7 +541,9 @@ class ControlPlane:
             for pod in self._pods_on(name):
                 if not pod["metadata"].get("deletionTimestamp"):
                     with contextlib.suppress(ApiError):
-                        self.store.delete(self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                        self.store.delete(
+                            self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"]
+                        )
 
     def _pod_gc(self) -> None:
         """Force-delete pods bound to nodes that no longer exist (marking them failed first)."""
@@ -464,13 +556,22 @@ class ControlPlane:
 
                 def orphaned(status: dict[str, Any]) -> None:
                     status["phase"] = "Failed"
-                    set_condition(status, "DisruptionTarget", "True", "DeletionByPodGC",
-                                  "PodGC: node no longer exists")
+                    set_condition(
+                        status,
+                        "DisruptionTarget",
+                        "True",
+                        "DeletionByPodGC",
+                        "PodGC: node no longer exists",
+                    )
 
                 self._status(pod, orphaned)
             with contextlib.suppress(ApiError):
-                self.store.delete(self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"],
-                                  DeleteOptions(grace=0))
+                self.store.delete(
+                    self.pods_res,
+                    pod["metadata"]["namespace"],
+                    pod["metadata"]["name"],
+                    DeleteOptions(grace=0),
+                )
             self._runs.pop(pod["metadata"]["uid"], None)
 
     def _pods_on(self, node: str) -> list[dict[str, Any]]:
@@ -481,8 +582,9 @@ class ControlPlane:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _status(self, pod: Mapping[str, Any], fn: Callable[[dict[str, Any]], Any],
-                res: Any = None) -> dict[str, Any] | None:
+    def _status(
+        self, pod: Mapping[str, Any], fn: Callable[[dict[str, Any]], Any], res: Any = None
+    ) -> dict[str, Any] | None:
         """Read-modify-write a status; None when the object is gone."""
         meta = pod["metadata"]
 
@@ -490,8 +592,13 @@ class ControlPlane:
             fn(obj.setdefault("status", {}))
 
         try:
-            return self.store.mutate(res or self.pods_res, meta.get("namespace"), meta["name"], change,
-                                     subresource="status")
+            return self.store.mutate(
+                res or self.pods_res,
+                meta.get("namespace"),
+                meta["name"],
+                change,
+                subresource="status",
+            )
         except ApiError as exc:
             logger.debug("status write of %s failed: %s", meta["name"], exc)
             return None
@@ -521,7 +628,9 @@ class ControlPlane:
             return
         status = copy.deepcopy(job.get("status") or {})
         conditions = {c["type"]: c for c in status.get("conditions") or []}
-        finished = any(conditions.get(t, {}).get("status") == "True" for t in ("Complete", "Failed"))
+        finished = any(
+            conditions.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")
+        )
         counted = self._counted.setdefault(meta["uid"], {"succeeded": set(), "failed": set()})
         active, terminating = [], []
         for pod in pods:
@@ -543,7 +652,9 @@ class ControlPlane:
         def delete_pods(victims: list[dict[str, Any]]) -> None:
             for pod in victims:
                 with contextlib.suppress(ApiError):
-                    self.store.delete(self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                    self.store.delete(
+                        self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"]
+                    )
 
         if not finished:
             if spec.get("suspend"):
@@ -563,9 +674,15 @@ class ControlPlane:
                 status.setdefault("startTime", now)
                 failure: tuple[str, str] | None = None
                 if "FailureTarget" in conditions:
-                    failure = (conditions["FailureTarget"].get("reason", ""), conditions["FailureTarget"].get("message", ""))
+                    failure = (
+                        conditions["FailureTarget"].get("reason", ""),
+                        conditions["FailureTarget"].get("message", ""),
+                    )
                 elif failed > int(spec.get("backoffLimit", 6)):
-                    failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+                    failure = (
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                    )
                 elif spec.get("activeDeadlineSeconds") is not None and (
                     datetime.datetime.now(datetime.UTC).timestamp() - _parse_ts(status["startTime"])
                     >= float(spec["activeDeadlineSeconds"])
@@ -582,15 +699,25 @@ class ControlPlane:
                         set_condition(status, "Failed", "True", *failure)
                         self._event(job, "Warning", failure[0], failure[1], "job-controller")
                 elif succeeded >= completions:
-                    set_condition(status, "SuccessCriteriaMet", "True", "CompletionsReached",
-                                  "Reached expected number of succeeded pods")
+                    set_condition(
+                        status,
+                        "SuccessCriteriaMet",
+                        "True",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                    )
                     if active:
                         delete_pods(active)
                         terminating += active
                         active = []
                     if not terminating:
-                        set_condition(status, "Complete", "True", "CompletionsReached",
-                                      "Reached expected number of succeeded pods")
+                        set_condition(
+                            status,
+                            "Complete",
+                            "True",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                        )
                         status["completionTime"] = now
                         self._event(job, "Normal", "Completed", "Job completed", "job-controller")
                 else:
@@ -616,7 +743,12 @@ class ControlPlane:
         status["terminating"] = len(terminating)
         status.setdefault("uncountedTerminatedPods", {})
         if status != (job.get("status") or {}):
-            self._status(job, lambda s: (s.clear(), s.update(status)), res=self.jobs_res)
+
+            def replace_status(current: dict[str, Any]) -> None:
+                current.clear()
+                current.update(status)
+
+            self._status(job, replace_status, res=self.jobs_res)
 
     def _create_pod(self, job: dict[str, Any]) -> dict[str, Any] | None:
         meta, template = job["metadata"], copy.deepcopy(job["spec"].get("template") or {})
@@ -626,9 +758,14 @@ class ControlPlane:
         if priority_class:
             pc_res = self.store.resource("scheduling.k8s.io", "v1", "priorityclasses")
             pc = self.store.peek(pc_res, None, priority_class)
-            if pc is None and priority_class not in ("system-cluster-critical", "system-node-critical"):
-                message = (f'Error creating: pods "{meta["name"]}-" is forbidden: no PriorityClass with '
-                           f"name {priority_class} was found")
+            if pc is None and priority_class not in (
+                "system-cluster-critical",
+                "system-node-critical",
+            ):
+                message = (
+                    f'Error creating: pods "{meta["name"]}-" is forbidden: no PriorityClass with '
+                    f"name {priority_class} was found"
+                )
                 self._warn_once(job, "FailedCreate", message)
                 return None
             spec["priority"] = int(pc["value"]) if pc is not None else 2000000000
@@ -640,10 +777,16 @@ class ControlPlane:
                 "namespace": meta["namespace"],
                 "labels": dict(tmeta.get("labels") or {}),
                 "annotations": dict(tmeta.get("annotations") or {}),
-                "ownerReferences": [{
-                    "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
-                    "controller": True, "blockOwnerDeletion": True,
-                }],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": spec,
         }
@@ -657,8 +800,8 @@ class ControlPlane:
 
     def _warn_once(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         key = f"{obj['metadata'].get('uid')}/{reason}"
-        if self._failed_scheduling.get(key) != message:
-            self._failed_scheduling[key] = message
+        if self._warned.get(key) != message:
+            self._warned[key] = message
             self._event(obj, "Warning", reason, message, "job-controller")
 
     # --- scheduler -----------------------------------------------------------------------------
@@ -682,15 +825,25 @@ class ControlPlane:
                 and not pod["spec"].get("schedulingGates")
             ):
                 pending.append(pod)
-        pending.sort(key=lambda p: (-int(p["spec"].get("priority", 0)), p["metadata"]["creationTimestamp"],
-                                    p["metadata"]["name"]))
+        pending.sort(
+            key=lambda p: (
+                -int(p["spec"].get("priority", 0)),
+                p["metadata"]["creationTimestamp"],
+                p["metadata"]["name"],
+            )
+        )
         for pod in pending:
             target, failures = choose_node(pod, nodes, usage)
             meta = pod["metadata"]
             if target is None:
                 message = unschedulable_message(len(nodes), failures)
                 if _condition(pod, "PodScheduled", "message") != message:
-                    self._status(pod, lambda s, m=message: set_condition(s, "PodScheduled", "False", "Unschedulable", m))
+                    self._status(
+                        pod,
+                        lambda s, m=message: set_condition(
+                            s, "PodScheduled", "False", "Unschedulable", m
+                        ),
+                    )
                     self._event(pod, "Warning", "FailedScheduling", message, "default-scheduler")
                 continue
 
@@ -704,7 +857,9 @@ class ControlPlane:
                         cond.pop("message", None)
 
             try:
-                self.store.mutate(self.pods_res, meta["namespace"], meta["name"], bind, subresource="binding")
+                self.store.mutate(
+                    self.pods_res, meta["namespace"], meta["name"], bind, subresource="binding"
+                )
             except ApiError:
                 continue
             for key, value in pod_requests(pod).items():
@@ -732,10 +887,17 @@ class ControlPlane:
                     asyncio.get_running_loop().create_task(self._terminate(run, grace))
                 continue
             if run is None and pod["status"].get("phase") == "Pending":
-                run = PodRun(uid=uid, namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"],
-                             node=node, workdir=self._root / uid)
+                run = PodRun(
+                    uid=uid,
+                    namespace=pod["metadata"]["namespace"],
+                    name=pod["metadata"]["name"],
+                    node=node,
+                    workdir=self._root / uid,
+                )
                 self._runs[uid] = run
-                run.task = asyncio.get_running_loop().create_task(self._run_pod(run), name=f"pod {run.name}")
+                run.task = asyncio.get_running_loop().create_task(
+                    self._run_pod(run), name=f"pod {run.name}"
+                )
         for uid, run in list(self._runs.items()):
             if uid not in seen and run.ended and run.kill_reason != "lost":
                 # The pod is gone (deleted and finalized): forget it and its files.
@@ -745,8 +907,12 @@ class ControlPlane:
     def _finalize_pod(self, pod: Mapping[str, Any]) -> None:
         """The kubelet's final delete (grace 0) once the containers are gone."""
         with contextlib.suppress(ApiError):
-            self.store.delete(self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"],
-                              DeleteOptions(grace=0))
+            self.store.delete(
+                self.pods_res,
+                pod["metadata"]["namespace"],
+                pod["metadata"]["name"],
+                DeleteOptions(grace=0),
+            )
 
     async def _terminate(self, run: PodRun, grace: float) -> None:
         """SIGTERM the container's main process, SIGKILL the whole group after the grace."""
@@ -755,7 +921,9 @@ class ControlPlane:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout=min(grace, self.settings.max_grace_seconds))
+                await asyncio.wait_for(
+                    process.wait(), timeout=min(grace, self.settings.max_grace_seconds)
+                )
             except TimeoutError:
                 self._kill_group(run)
         elif run.task is not None and not run.task.done():
@@ -780,7 +948,8 @@ class ControlPlane:
         except asyncio.CancelledError:
             pod = self._pod(run)
             if pod is not None and run.kill_reason in ("deleted", "evicted") and run.started_at:
-                self._finish_status(pod, run, 143 if run.kill_reason else 137, "Error", "")
+                # Terminated before its container started (slow node): nothing exited cleanly.
+                self._finish_status(pod, run, 137, "Error", "")
             raise
         except Exception:
             logger.exception("kubelet failed to run pod %s", run.name)
@@ -798,16 +967,17 @@ class ControlPlane:
         try:
             argv, env, report_path = self._container_config(pod, container, run.workdir)
         except ContainerConfigError as exc:
-            if exc.reason == "CreateContainerConfigError":
+            reason, message = exc.reason, exc.message
+            if reason == "CreateContainerConfigError":
                 # Stays Pending with a waiting container, as the kubelet keeps retrying.
-                self._status(pod, lambda s: _waiting(s, pod, exc.reason, exc.message))
+                self._status(pod, lambda s: _waiting(s, pod, reason, message))
                 run.ended = True
                 self._runs.pop(run.uid, None)
                 return
             self._mark_running(pod, run)
             pod = self._pod(run)
             if pod is not None:
-                self._finish_status(pod, run, 128, exc.reason, exc.message)
+                self._finish_status(pod, run, 128, reason, message)
             return
         self._mark_running(pod, run)
         if behaviour.start_delay:
@@ -824,12 +994,22 @@ class ControlPlane:
         with log_path.open("wb") as log:
             try:
                 run.process = await asyncio.create_subprocess_exec(
-                    *argv, env=env, cwd=str(run.workdir), stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                    *argv,
+                    env=env,
+                    cwd=str(run.workdir),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
                 )
             except OSError as exc:
-                self._finish_status(pod, run, 128, "StartError",
-                                    f"failed to create containerd task: exec: {argv[0]!r}: {exc.strerror}")
+                self._finish_status(
+                    pod,
+                    run,
+                    128,
+                    "StartError",
+                    f"failed to create containerd task: exec: {argv[0]!r}: {exc.strerror}",
+                )
                 return
             returncode = await run.process.wait()
         # The main process is gone: tear down whatever it left behind, as a container would.
@@ -851,8 +1031,14 @@ class ControlPlane:
         self._ip_counter += 1
         ip = f"10.244.{self._ip_counter // 250}.{self._ip_counter % 250 + 2}"
         node = self.store.peek(self.nodes_res, None, run.node)
-        host_ip = next((a["address"] for a in ((node or {}).get("status") or {}).get("addresses", [])
-                        if a["type"] == "InternalIP"), "10.0.0.1")
+        host_ip = next(
+            (
+                a["address"]
+                for a in ((node or {}).get("status") or {}).get("addresses", [])
+                if a["type"] == "InternalIP"
+            ),
+            "10.0.0.1",
+        )
         containers = pod["spec"]["containers"]
 
         def running(status: dict[str, Any]) -> None:
@@ -864,9 +1050,14 @@ class ControlPlane:
                 set_condition(status, cond, "True")
             status["containerStatuses"] = [
                 {
-                    "name": c["name"], "image": c.get("image", ""), "imageID": "",
-                    "containerID": f"local://{run.uid}/{c['name']}", "ready": True, "started": True,
-                    "restartCount": 0, "lastState": {},
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "containerID": f"local://{run.uid}/{c['name']}",
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "lastState": {},
                     "state": {"running": {"startedAt": run.started_at}},
                 }
                 for c in containers
@@ -874,8 +1065,9 @@ class ControlPlane:
 
         self._status(pod, running)
 
-    def _finish_status(self, pod: Mapping[str, Any], run: PodRun, exit_code: int, reason: str,
-                       message: str) -> None:
+    def _finish_status(
+        self, pod: Mapping[str, Any], run: PodRun, exit_code: int, reason: str, message: str
+    ) -> None:
         finished = now_iso()
         run.ended = True
         evicted = run.eviction
@@ -890,32 +1082,54 @@ class ControlPlane:
                 if evicted[0] == "TerminationByKubelet":
                     status["reason"] = "Evicted"
                     status["message"] = evicted[1]
-            state: dict[str, Any] = {"exitCode": exit_code, "reason": reason,
-                                     "startedAt": run.started_at or finished, "finishedAt": finished,
-                                     "containerID": f"local://{run.uid}"}
+            state: dict[str, Any] = {
+                "exitCode": exit_code,
+                "reason": reason,
+                "startedAt": run.started_at or finished,
+                "finishedAt": finished,
+                "containerID": f"local://{run.uid}",
+            }
             if message:
                 state["message"] = message
             statuses = status.get("containerStatuses") or [
-                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "restartCount": 0, "lastState": {}}
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "restartCount": 0,
+                    "lastState": {},
+                }
                 for c in pod["spec"]["containers"]
             ]
             for index, entry in enumerate(statuses):
                 entry["ready"] = False
                 entry["started"] = False
-                entry["state"] = {"terminated": dict(state) if index == 0 else
-                                  {"exitCode": 0, "reason": "Completed", "startedAt": state["startedAt"],
-                                   "finishedAt": finished}}
+                entry["state"] = {
+                    "terminated": dict(state)
+                    if index == 0
+                    else {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": state["startedAt"],
+                        "finishedAt": finished,
+                    }
+                }
             status["containerStatuses"] = statuses
 
         self._status(pod, terminated)
         self.poke()
 
-    def _termination_message(self, container: Mapping[str, Any], report: Path, log: Path, exit_code: int) -> str:
+    def _termination_message(
+        self, container: Mapping[str, Any], report: Path, log: Path, exit_code: int
+    ) -> str:
         data = b""
-        with contextlib.suppress(OSError):
-            with report.open("rb") as handle:
-                data = handle.read(MAX_TERMINATION_MESSAGE)
-        if not data and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        with contextlib.suppress(OSError), report.open("rb") as handle:
+            data = handle.read(MAX_TERMINATION_MESSAGE)
+        if (
+            not data
+            and exit_code != 0
+            and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        ):
             with contextlib.suppress(OSError):
                 tail = log.read_bytes()[-FALLBACK_LOG_BYTES:]
                 data = b"\n".join(tail.split(b"\n")[-FALLBACK_LOG_LINES:])
@@ -931,12 +1145,16 @@ class ControlPlane:
         rewrites: dict[str, str] = {}
         report_path = workdir / "termination-log"
         report_path.touch()
-        rewrites[container.get("terminationMessagePath") or "/dev/termination-log"] = str(report_path)
+        rewrites[container.get("terminationMessagePath") or "/dev/termination-log"] = str(
+            report_path
+        )
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"])
             if volume is None:
-                raise ContainerConfigError("CreateContainerConfigError", f"volume {mount['name']!r} not found")
+                raise ContainerConfigError(
+                    "CreateContainerConfigError", f"volume {mount['name']!r} not found"
+                )
             local = workdir / "volumes" / mount["name"]
             self._materialize_volume(namespace, volume, local)
             target = local / mount["subPath"] if mount.get("subPath") else local
@@ -964,9 +1182,13 @@ class ControlPlane:
         argv = [_rewrite(a, rewrites) for a in command + args]
         if not command:
             raise ContainerConfigError(
-                "StartError", "the emulated kubelet has no image entrypoint: set the container's command")
+                "StartError",
+                "the emulated kubelet has no image entrypoint: set the container's command",
+            )
         process_env = {
-            "PATH": os.pathsep.join([*self.settings.path_prepend, os.environ.get("PATH", "/usr/bin:/bin")]),
+            "PATH": os.pathsep.join(
+                [*self.settings.path_prepend, os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
             "HOME": str(workdir),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOSTNAME": pod["metadata"]["name"],
@@ -988,18 +1210,24 @@ class ControlPlane:
             if obj is None:
                 if ref.get("optional"):
                     return
-                raise ContainerConfigError("CreateContainerConfigError", f'{kind} "{name}" not found')
+                raise ContainerConfigError(
+                    "CreateContainerConfigError", f'{kind} "{name}" not found'
+                )
             data = dict(obj.get("data") or {})
             if kind == "secret":
-                import base64
-
                 data = {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
             items = ref.get("items")
-            selected = [(i["key"], i.get("path", i["key"])) for i in items] if items else [(k, k) for k in data]
+            selected = (
+                [(i["key"], i.get("path", i["key"])) for i in items]
+                if items
+                else [(k, k) for k in data]
+            )
             for key, path in selected:
                 if key not in data:
-                    raise ContainerConfigError("CreateContainerConfigError",
-                                               f'couldn\'t find key {key} in {kind} {namespace}/{name}')
+                    raise ContainerConfigError(
+                        "CreateContainerConfigError",
+                        f"couldn't find key {key} in {kind} {namespace}/{name}",
+                    )
                 target = local / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(data[key])
@@ -1012,17 +1240,20 @@ class ControlPlane:
                 if obj is None:
                     if ref.get("optional"):
                         return {}
-                    raise ContainerConfigError("CreateContainerConfigError", f'{plural[:-1]} "{ref["name"]}" not found')
+                    raise ContainerConfigError(
+                        "CreateContainerConfigError", f'{plural[:-1]} "{ref["name"]}" not found'
+                    )
                 data = dict(obj.get("data") or {})
                 if plural == "secrets":
-                    import base64
-
-                    data = {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+                    data = {
+                        k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()
+                    }
                 return data
         return {}
 
-    def _env_value_from(self, pod: Mapping[str, Any], container: Mapping[str, Any],
-                        source: Mapping[str, Any]) -> str | None:
+    def _env_value_from(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any], source: Mapping[str, Any]
+    ) -> str | None:
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             meta = pod["metadata"]
@@ -1030,13 +1261,18 @@ class ControlPlane:
             if match:
                 return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
             simple = {
-                "metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"),
-                "metadata.uid": meta.get("uid"), "spec.nodeName": pod["spec"].get("nodeName"),
+                "metadata.name": meta.get("name"),
+                "metadata.namespace": meta.get("namespace"),
+                "metadata.uid": meta.get("uid"),
+                "spec.nodeName": pod["spec"].get("nodeName"),
                 "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-                "status.hostIP": "127.0.0.1", "status.podIP": "127.0.0.1",
+                "status.hostIP": "127.0.0.1",
+                "status.podIP": "127.0.0.1",
             }
             if path not in simple:
-                raise ContainerConfigError("CreateContainerConfigError", f"unsupported fieldPath {path!r}")
+                raise ContainerConfigError(
+                    "CreateContainerConfigError", f"unsupported fieldPath {path!r}"
+                )
             return str(simple[path] or "")
         if "resourceFieldRef" in source:
             ref = source["resourceFieldRef"]
@@ -1049,25 +1285,33 @@ class ControlPlane:
         for key, plural in (("configMapKeyRef", "configmaps"), ("secretKeyRef", "secrets")):
             if key in source:
                 ref = source[key]
-                obj = self.store.peek(self.store.resource("", "v1", plural), pod["metadata"]["namespace"], ref["name"])
+                obj = self.store.peek(
+                    self.store.resource("", "v1", plural), pod["metadata"]["namespace"], ref["name"]
+                )
                 data = (obj or {}).get("data") or {}
                 if ref["key"] not in data:
                     if ref.get("optional"):
                         return None
-                    raise ContainerConfigError("CreateContainerConfigError",
-                                               f'couldn\'t find key {ref["key"]} in {plural[:-1]} {ref["name"]}')
+                    raise ContainerConfigError(
+                        "CreateContainerConfigError",
+                        f"couldn't find key {ref['key']} in {plural[:-1]} {ref['name']}",
+                    )
                 value = data[ref["key"]]
                 if plural == "secrets":
-                    import base64
-
                     value = base64.b64decode(value).decode(errors="replace")
                 return str(value)
         return None
 
     # --- knobs on pods -------------------------------------------------------------------------
 
-    async def evict(self, namespace: str, name: str, *, via_api: bool = False,
-                    message: str = "The node was low on resource: memory.") -> None:
+    async def evict(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        via_api: bool = False,
+        message: str = "The node was low on resource: memory.",
+    ) -> None:
         """Evict a pod: by the kubelet (Failed/Evicted, the object stays) or via the Eviction API.
 
         Either way the pod gets ``DisruptionTarget=True``; an API eviction deletes the pod.
@@ -1076,8 +1320,12 @@ class ControlPlane:
         if pod is None:
             raise ApiError(404, "NotFound", f'pods "{name}" not found')
         if via_api:
-            self._status(pod, lambda s: set_condition(s, "DisruptionTarget", "True", "EvictionByEvictionAPI",
-                                                      "Eviction API: evicting"))
+            self._status(
+                pod,
+                lambda s: set_condition(
+                    s, "DisruptionTarget", "True", "EvictionByEvictionAPI", "Eviction API: evicting"
+                ),
+            )
             with contextlib.suppress(ApiError):
                 self.store.delete(self.pods_res, namespace, name)
             self.poke()
@@ -1085,9 +1333,14 @@ class ControlPlane:
         run = self._runs.get(pod["metadata"]["uid"])
         if run is None or run.ended:
             if pod["status"].get("phase") not in ("Succeeded", "Failed"):
-                fake = PodRun(uid=pod["metadata"]["uid"], namespace=namespace, name=name,
-                              node=pod["spec"].get("nodeName") or "", workdir=self._root,
-                              eviction=("TerminationByKubelet", message))
+                fake = PodRun(
+                    uid=pod["metadata"]["uid"],
+                    namespace=namespace,
+                    name=name,
+                    node=pod["spec"].get("nodeName") or "",
+                    workdir=self._root,
+                    eviction=("TerminationByKubelet", message),
+                )
                 self._finish_status(pod, fake, 137, "ContainerStatusUnknown", "")
             return
         run.eviction = ("TerminationByKubelet", message)
@@ -1106,7 +1359,9 @@ class ControlPlane:
         run.kill_reason = "oom"
         self._kill_group(run)
 
-    def pod_log(self, namespace: str, name: str, query: Mapping[str, str] | None = None) -> str | None:
+    def pod_log(
+        self, namespace: str, name: str, query: Mapping[str, str] | None = None
+    ) -> str | None:
         """The container's output (``kubectl logs``); None when the pod never ran here."""
         pod = self.store.peek(self.pods_res, namespace, name)
         if pod is None:
@@ -1118,7 +1373,7 @@ class ControlPlane:
             return None
         tail = (query or {}).get("tailLines")
         if tail:
-            text = "\n".join(text.splitlines()[-int(tail):]) + "\n"
+            text = "\n".join(text.splitlines()[-int(tail) :]) + "\n"
         return text
 
 
@@ -1138,13 +1393,23 @@ def _condition(obj: Mapping[str, Any], type_: str, field_name: str = "status") -
 
 def _waiting(status: dict[str, Any], pod: Mapping[str, Any], reason: str, message: str) -> None:
     status["containerStatuses"] = [
-        {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "started": False,
-         "restartCount": 0, "lastState": {}, "state": {"waiting": {"reason": reason, "message": message}}}
+        {
+            "name": c["name"],
+            "image": c.get("image", ""),
+            "imageID": "",
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "lastState": {},
+            "state": {"waiting": {"reason": reason, "message": message}},
+        }
         for c in pod["spec"]["containers"]
     ]
-    set_condition(status, "Ready", "False", "ContainersNotReady", f"containers with unready status: "
-                  f"[{' '.join(c['name'] for c in pod['spec']['containers'])}]")
-
-
-_ = node_is_ready  # re-exported for tests that inspect nodes
-_ = _ts
+    set_condition(
+        status,
+        "Ready",
+        "False",
+        "ContainersNotReady",
+        f"containers with unready status: "
+        f"[{' '.join(c['name'] for c in pod['spec']['containers'])}]",
+    )

@@ -85,9 +85,15 @@ def parse_k8s_path(path: str) -> K8sPath | None:
         # /namespaces, /namespaces/{name}, /namespaces/{name}/status|finalize are the
         # Namespace resource itself; /namespaces/{ns}/{plural}/... is a namespaced resource.
         if len(rest) <= 2 or (len(rest) == 3 and rest[2] in ("status", "finalize")):
-            return K8sPath(group, version, "namespaces", None,
-                           rest[1] if len(rest) >= 2 else None,
-                           rest[2] if len(rest) == 3 else None, watch)
+            return K8sPath(
+                group,
+                version,
+                "namespaces",
+                None,
+                rest[1] if len(rest) >= 2 else None,
+                rest[2] if len(rest) == 3 else None,
+                watch,
+            )
         namespace, rest = rest[1], rest[2:]
     plural = rest[0]
     name = rest[1] if len(rest) >= 2 else None
@@ -172,7 +178,7 @@ class RequestLog:
         group: str | None = None,
         namespace: str | None = None,
         name: str | None = None,
-        subresource: str | None | type[Ellipsis] = ...,  # type: ignore[valid-type]
+        subresource: str | type[Ellipsis] | None = ...,  # type: ignore[valid-type]
         code: int | None = None,
         writes_only: bool = False,
         since: int = 0,
@@ -208,7 +214,9 @@ class RequestLog:
         """How many recorded requests match (see :meth:`select`)."""
         return len(self.select(verb, resource, **criteria))
 
-    def writes(self, *, since: int = 0, resource: str | None = None) -> Counter[tuple[str, str, str | None]]:
+    def writes(
+        self, *, since: int = 0, resource: str | None = None
+    ) -> Counter[tuple[str, str, str | None]]:
         """Write requests by (verb, resource, subresource)."""
         return Counter(
             (e.verb, e.resource, e.subresource)
@@ -240,7 +248,7 @@ class Fault:
     group: str | None = None
     namespace: str | None = None
     name: str | None = None
-    subresource: str | None | type[Ellipsis] = ...  # type: ignore[valid-type]
+    subresource: str | type[Ellipsis] | None = ...  # type: ignore[valid-type]
     retry_after: int | None = None
     message: str | None = None
     hits: int = 0
@@ -263,9 +271,12 @@ class Fault:
             400: ("BadRequest", "injected bad request"),
             403: ("Forbidden", "injected: forbidden"),
             404: ("NotFound", f'{entry.resource} "{entry.name}" not found'),
-            409: ("Conflict", f'Operation cannot be fulfilled on {entry.resource} "{entry.name}": '
-                              "the object has been modified; please apply your changes to the "
-                              "latest version and try again"),
+            409: (
+                "Conflict",
+                f'Operation cannot be fulfilled on {entry.resource} "{entry.name}": '
+                "the object has been modified; please apply your changes to the "
+                "latest version and try again",
+            ),
             410: ("Expired", "injected: too old resource version"),
             422: ("Invalid", "injected: invalid"),
             429: ("TooManyRequests", "Too many requests, please try again later."),
@@ -273,12 +284,18 @@ class Fault:
             503: ("ServiceUnavailable", "injected: service unavailable"),
             504: ("Timeout", "injected: the server was unable to return a response in time"),
         }.get(self.code, ("InternalError", "injected failure"))
-        details: dict[str, Any] = {"name": entry.name or "", "group": entry.group, "kind": entry.resource}
+        details: dict[str, Any] = {
+            "name": entry.name or "",
+            "group": entry.group,
+            "kind": entry.resource,
+        }
         headers: dict[str, str] = {}
         if self.retry_after is not None:
             details["retryAfterSeconds"] = self.retry_after
             headers["Retry-After"] = str(self.retry_after)
-        return ApiError(self.code, reason, self.message or default, details=details, headers=headers)
+        return ApiError(
+            self.code, reason, self.message or default, details=details, headers=headers
+        )
 
 
 @dataclass
@@ -310,8 +327,12 @@ LogProvider = Callable[[str, str, Mapping[str, str]], str | None]
 EvictionHandler = Callable[[str, str, Mapping[str, Any]], Awaitable[None]]
 
 
-def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None,
-          warnings: list[str] | None = None) -> aiohttp.web.Response:
+def _json(
+    body: Any,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    warnings: list[str] | None = None,
+) -> aiohttp.web.Response:
     response = aiohttp.web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
         status=status,
@@ -365,7 +386,8 @@ class ApiEmulator(kmock.KubernetesScaffold):
         path = parse_k8s_path(raw_request.path)
         query = dict(raw_request.query)
         method = raw_request.method.upper()
-        verb = _verb(method, path, query) if path is not None else method.lower()
+        # Discovery URLs (/api/v1, /apis/g/v) are non-resource reads, whatever their shape.
+        verb = _verb(method, path, query) if path is not None and path.plural else method.lower()
         try:
             data = json.loads(body) if body else None
         except ValueError:
@@ -382,9 +404,9 @@ class ApiEmulator(kmock.KubernetesScaffold):
             text=body.decode(errors="replace"),
             data=data,
             action=_kmock_action(verb),
-            resource=kmock.resource(
-                group=path.group, version=path.version, plural=path.plural
-            ) if path is not None else None,
+            resource=kmock.resource(group=path.group, version=path.version, plural=path.plural)
+            if path is not None
+            else None,
             namespace=path.namespace if path is not None else None,
             name=path.name if path is not None else None,
             subresource=path.subresource if path is not None else None,
@@ -392,31 +414,44 @@ class ApiEmulator(kmock.KubernetesScaffold):
         self._requests.append(request)
         seq = self.request_log.issue()
         pending = ApiRequest(
-            seq=seq, time=time.time(), method=method, verb=verb,
-            group=path.group if path else "", version=path.version if path else "",
+            seq=seq,
+            time=time.time(),
+            method=method,
+            verb=verb,
+            group=path.group if path else "",
+            version=path.version if path else "",
             resource=(path.plural or "") if path else "",
             namespace=path.namespace if path else None,
             name=path.name if path else None,
             subresource=path.subresource if path else None,
-            code=0, user_agent=raw_request.headers.get("User-Agent", ""), path=raw_request.path,
+            code=0,
+            user_agent=raw_request.headers.get("User-Agent", ""),
+            path=raw_request.path,
         )
         response: aiohttp.web.StreamResponse
         try:
             fault = self.faults.check(pending)
             if fault is not None:
                 raise fault
-            response = await self._serve(request, raw_request, path, verb, query, body, data)
+            response = await self._serve(
+                request, raw_request, path, verb, query, body, data, pending
+            )
         except ApiError as exc:
             response = _json(exc.status(), exc.code, exc.headers)
         except kmock.KubernetesError as exc:
-            response = _json(ApiError(exc.status, exc.reason or "NotFound", exc.message or "").status(),
-                             exc.status)
+            response = _json(
+                ApiError(exc.status, exc.reason or "NotFound", exc.message or "").status(),
+                exc.status,
+            )
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
             logger.exception("emulator failed to serve %s %s", method, raw_request.path_qs)
-            response = _json(ApiError(500, "InternalError", f"Internal error occurred: {exc!r}").status(), 500)
-        self.request_log.record(dataclasses.replace(pending, code=response.status))
+            response = _json(
+                ApiError(500, "InternalError", f"Internal error occurred: {exc!r}").status(), 500
+            )
+        if verb != "watch" or not response.prepared or response.status != 200:
+            self.request_log.record(dataclasses.replace(pending, code=response.status))
         return response
 
     async def _serve(
@@ -428,6 +463,7 @@ class ApiEmulator(kmock.KubernetesScaffold):
         query: dict[str, str],
         body: bytes,
         data: Any,
+        pending: ApiRequest,
     ) -> aiohttp.web.StreamResponse:
         user_response = await self._user_reaction(request)
         if user_response is not None:
@@ -446,12 +482,16 @@ class ApiEmulator(kmock.KubernetesScaffold):
         dry_run = bool(query.get("dryRun"))
         store.warnings = []
         if verb == "watch":
-            return await self._watch(raw, res, path, query)
+            return await self._watch(raw, res, path, query, pending)
         if verb == "list":
             return self._list(res, path, query)
         if verb == "get":
             if path.subresource == "log":
-                text = self.log_provider(path.namespace or "", path.name or "", query) if self.log_provider else None
+                text = (
+                    self.log_provider(path.namespace or "", path.name or "", query)
+                    if self.log_provider
+                    else None
+                )
                 if text is None:
                     store.get(res, path.namespace, path.name or "")  # 404 if the pod is unknown
                     text = ""
@@ -463,22 +503,42 @@ class ApiEmulator(kmock.KubernetesScaffold):
             obj = store.create(res, path.namespace, data, dry_run=dry_run)
             return _json(store.present(res, obj), 201, warnings=store.warnings)
         if verb == "update":
-            obj = store.replace(res, path.namespace, path.name or "", data,
-                                subresource=path.subresource, dry_run=dry_run)
+            obj = store.replace(
+                res,
+                path.namespace,
+                path.name or "",
+                data,
+                subresource=path.subresource,
+                dry_run=dry_run,
+            )
             return _json(store.present(res, obj), warnings=store.warnings)
         if verb == "patch":
             content_type = raw.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            obj = store.patch(res, path.namespace, path.name or "", content_type, data,
-                              subresource=path.subresource, dry_run=dry_run)
+            obj = store.patch(
+                res,
+                path.namespace,
+                path.name or "",
+                content_type,
+                data,
+                subresource=path.subresource,
+                dry_run=dry_run,
+            )
             return _json(store.present(res, obj), warnings=store.warnings)
         if verb == "delete":
             options = DeleteOptions.parse(data, query)
             last, gone = store.delete(res, path.namespace, path.name or "", options)
             if gone and not (res.is_custom or res.plural == "pods"):
                 result: dict[str, Any] = {
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                    "details": {"name": path.name, "group": res.group, "kind": res.plural,
-                                "uid": last["metadata"]["uid"]},
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {
+                        "name": path.name,
+                        "group": res.group,
+                        "kind": res.plural,
+                        "uid": last["metadata"]["uid"],
+                    },
                 }
                 return _json(result, warnings=store.warnings)
             return _json(store.present(res, last), warnings=store.warnings)
@@ -486,16 +546,24 @@ class ApiEmulator(kmock.KubernetesScaffold):
             options = DeleteOptions.parse(data, query)
             labels, fields = self._selectors(res, query)
             deleted = store.delete_collection(res, path.namespace, labels, fields, options)
-            return _json({
-                "kind": f"{res.kind}List", "apiVersion": res.api_version,
-                "metadata": {"resourceVersion": str(store.rv)},
-                "items": [_for_list(res, obj) for obj in deleted],
-            }, warnings=store.warnings)
-        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return _json(
+                {
+                    "kind": f"{res.kind}List",
+                    "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": str(store.rv)},
+                    "items": [_for_list(res, obj) for obj in deleted],
+                },
+                warnings=store.warnings,
+            )
+        raise ApiError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
 
     async def _user_reaction(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
         """Serve a reaction a test added with kmock's DSL (``emulator['get /x'] << ...``)."""
-        user = self._payloads[self._builtin_reactions:]
+        user = self._payloads[self._builtin_reactions :]
         if not user:
             return None
         ordered = sorted(user, key=lambda p: tuple(-x for x in p.priorities))
@@ -511,7 +579,9 @@ class ApiEmulator(kmock.KubernetesScaffold):
                     pass
         return None
 
-    async def _create_subresource(self, res: ResourceDef, path: K8sPath, data: Any) -> aiohttp.web.StreamResponse:
+    async def _create_subresource(
+        self, res: ResourceDef, path: K8sPath, data: Any
+    ) -> aiohttp.web.StreamResponse:
         """POST to pods/{name}/eviction and pods/{name}/binding."""
         store = self.store
         namespace, name = path.namespace or "", path.name or ""
@@ -520,10 +590,19 @@ class ApiEmulator(kmock.KubernetesScaffold):
             if self.eviction_handler is not None:
                 await self.eviction_handler(namespace, name, data or {})
             else:
-                store.delete(res, namespace, name, DeleteOptions.parse(
-                    (data or {}).get("deleteOptions"), {}))
-            return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                          "code": 201}, 201)
+                store.delete(
+                    res, namespace, name, DeleteOptions.parse((data or {}).get("deleteOptions"), {})
+                )
+            return _json(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "code": 201,
+                },
+                201,
+            )
         if path.subresource == "binding":
             target = ((data or {}).get("target") or {}).get("name")
             if not target:
@@ -536,13 +615,27 @@ class ApiEmulator(kmock.KubernetesScaffold):
                 set_condition(pod.setdefault("status", {}), "PodScheduled", "True")
 
             store.mutate(res, namespace, name, bind, subresource="binding")
-            return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                          "code": 201}, 201)
-        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return _json(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "code": 201,
+                },
+                201,
+            )
+        raise ApiError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def _selectors(self, res: ResourceDef, query: Mapping[str, str]) -> tuple[LabelSelector, FieldSelector]:
+    def _selectors(
+        self, res: ResourceDef, query: Mapping[str, str]
+    ) -> tuple[LabelSelector, FieldSelector]:
         try:
             return (
                 LabelSelector.parse(query.get("labelSelector")),
@@ -551,29 +644,44 @@ class ApiEmulator(kmock.KubernetesScaffold):
         except SelectorError as exc:
             raise bad_request(str(exc)) from None
 
-    def _list(self, res: ResourceDef, path: K8sPath, query: Mapping[str, str]) -> aiohttp.web.Response:
+    def _list(
+        self, res: ResourceDef, path: K8sPath, query: Mapping[str, str]
+    ) -> aiohttp.web.Response:
         labels, fields = self._selectors(res, query)
         objs = self.store.list(res, path.namespace, labels, fields)
         meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
         if query.get("continue"):
             _, last = Store.decode_continue(query["continue"])
-            objs = [o for o in objs if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > last]
+            objs = [
+                o
+                for o in objs
+                if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > last
+            ]
         limit = int(query.get("limit") or 0)
         if limit > 0 and len(objs) > limit:
             page = objs[:limit]
             last_meta = page[-1]["metadata"]
-            meta["continue"] = Store.encode_continue(self.store.rv, (last_meta.get("namespace", ""), last_meta["name"]))
+            meta["continue"] = Store.encode_continue(
+                self.store.rv, (last_meta.get("namespace", ""), last_meta["name"])
+            )
             meta["remainingItemCount"] = len(objs) - limit
             objs = page
-        return _json({
-            "kind": f"{res.kind}List",
-            "apiVersion": res.api_version,
-            "metadata": meta,
-            "items": [_for_list(res, obj) for obj in objs],
-        })
+        return _json(
+            {
+                "kind": f"{res.kind}List",
+                "apiVersion": res.api_version,
+                "metadata": meta,
+                "items": [_for_list(res, obj) for obj in objs],
+            }
+        )
 
     async def _watch(
-        self, raw: aiohttp.web.BaseRequest, res: ResourceDef, path: K8sPath, query: Mapping[str, str]
+        self,
+        raw: aiohttp.web.BaseRequest,
+        res: ResourceDef,
+        path: K8sPath,
+        query: Mapping[str, str],
+        pending: ApiRequest,
     ) -> aiohttp.web.StreamResponse:
         """A watch stream: initial state or replay from a resourceVersion, then live events."""
         store = self.store
@@ -608,7 +716,10 @@ class ApiEmulator(kmock.KubernetesScaffold):
                 kind = None
             if kind is None:
                 return None
-            return {"type": kind, "object": {**event.obj, "apiVersion": res.api_version, "kind": res.kind}}
+            return {
+                "type": kind,
+                "object": {**event.obj, "apiVersion": res.api_version, "kind": res.kind},
+            }
 
         timeout = float(query.get("timeoutSeconds") or self.default_watch_timeout)
         bookmarks = query.get("allowWatchBookmarks") == "true"
@@ -627,8 +738,12 @@ class ApiEmulator(kmock.KubernetesScaffold):
             if send_initial or rv_param in ("", "0"):
                 for obj in store.list(res, namespace, labels, fields):
                     if visible(obj):
-                        initial.append({"type": "ADDED", "object": {**obj, "apiVersion": res.api_version,
-                                                                      "kind": res.kind}})
+                        initial.append(
+                            {
+                                "type": "ADDED",
+                                "object": {**obj, "apiVersion": res.api_version, "kind": res.kind},
+                            }
+                        )
                 if send_initial:
                     initial.append(self._bookmark(res, initial_end=True))
             else:
@@ -648,6 +763,8 @@ class ApiEmulator(kmock.KubernetesScaffold):
             response.content_type = "application/json"
             response.enable_chunked_encoding()
             await response.prepare(raw)
+            # A watch is logged when it starts streaming, not when it ends minutes later.
+            self.request_log.record(dataclasses.replace(pending, code=200))
             self._streams.add(response)
             try:
                 if expired is not None:
@@ -685,8 +802,9 @@ class ApiEmulator(kmock.KubernetesScaffold):
                     return
                 wait = min(deadline, next_bookmark if bookmarks else deadline) - now
                 getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, closing}, timeout=max(wait, 0.0),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, closing}, timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED
+                )
                 if getter not in done:
                     getter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -713,7 +831,10 @@ class ApiEmulator(kmock.KubernetesScaffold):
         meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
         if initial_end:
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return {"type": "BOOKMARK", "object": {"kind": res.kind, "apiVersion": res.api_version, "metadata": meta}}
+        return {
+            "type": "BOOKMARK",
+            "object": {"kind": res.kind, "apiVersion": res.api_version, "metadata": meta},
+        }
 
     @staticmethod
     async def _write(response: aiohttp.web.StreamResponse, line: Mapping[str, Any]) -> None:
@@ -755,7 +876,9 @@ class ApiEmulator(kmock.KubernetesScaffold):
         return {
             "kind": "APIVersions",
             "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.server_address}],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": self.server_address}
+            ],
         }
 
     def _group_body(self, group: str, versions: list[str]) -> dict[str, Any]:
@@ -790,7 +913,9 @@ class ApiEmulator(kmock.KubernetesScaffold):
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
-            "resources": [entry for res in sorted(served, key=lambda r: r.plural) for entry in res.discovery()],
+            "resources": [
+                entry for res in sorted(served, key=lambda r: r.plural) for entry in res.discovery()
+            ],
         }
 
     def iter_requests(self) -> Iterator[ApiRequest]:
@@ -812,8 +937,12 @@ def _kmock_action(verb: str) -> kmock.action | None:
 
 def conflict_bound(name: str, node: str) -> ApiError:
     """409 for binding a pod that is bound already."""
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": '
-                                     f"pod {name} is already assigned to node \"{node}\"")
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on pods/binding "{name}": '
+        f'pod {name} is already assigned to node "{node}"',
+    )
 
 
 def invalid_watch(message: str) -> ApiError:

@@ -53,12 +53,15 @@ def apply_json_patch(target: Any, ops: Any) -> Any:
     try:
         patch = jsonpatch.JsonPatch(ops)
         return patch.apply(target, in_place=False)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise PatchError(f"the server rejected our request due to an error in our request: {exc}")
-    except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as exc:
-        raise PatchError(f"the server rejected our request due to an error in our request: {exc}")
+    except (
+        jsonpatch.JsonPatchTestFailed,
+        jsonpatch.JsonPatchConflict,
+        jsonpointer.JsonPointerException,
+    ) as exc:
+        message = f"the server rejected our request due to an error in our request: {exc}"
+        raise PatchError(message) from None
     except (jsonpatch.InvalidJsonPatch, TypeError, KeyError) as exc:
-        raise PatchError(f"invalid json patch: {exc}", code=400)
+        raise PatchError(f"invalid json patch: {exc}", code=400) from None
 
 
 # Patch-merge keys of lists in built-in types (by field name, which is unambiguous enough for
@@ -144,7 +147,11 @@ def _smp_list(field: str, current: Any, patch: list[Any]) -> list[Any]:
         if key not in item:
             raise PatchError(f"map: {dict(item)} does not contain declared merge key: {key}")
         index = next(
-            (i for i, old in enumerate(result) if isinstance(old, Mapping) and old.get(key) == item[key]),
+            (
+                i
+                for i, old in enumerate(result)
+                if isinstance(old, Mapping) and old.get(key) == item[key]
+            ),
             None,
         )
         if item.get("$patch") == "delete":

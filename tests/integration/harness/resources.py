@@ -92,7 +92,9 @@ class ResourceDef:
                 "finalize": ["update"],
                 "scale": ["get", "patch", "update"],
             }.get(sub, ["get"])
-            kind = {"eviction": "Eviction", "binding": "Binding", "scale": "Scale"}.get(sub, self.kind)
+            kind = {"eviction": "Eviction", "binding": "Binding", "scale": "Scale"}.get(
+                sub, self.kind
+            )
             entries.append(
                 {
                     "name": f"{self.plural}/{sub}",
@@ -108,31 +110,87 @@ class ResourceDef:
 def builtin_resources() -> list[ResourceDef]:
     """The built-in resources this emulator serves (what an operator and kopf touch)."""
     core = [
-        ResourceDef("", "v1", "namespaces", "Namespace", False, "namespace", ("ns",), (),
-                    ("status", "finalize"), ("create", "delete", "get", "list", "patch", "update", "watch")),
-        ResourceDef("", "v1", "pods", "Pod", True, "pod", ("po",), ("all",),
-                    ("status", "log", "eviction", "binding")),
+        ResourceDef(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            False,
+            "namespace",
+            ("ns",),
+            (),
+            ("status", "finalize"),
+            ("create", "delete", "get", "list", "patch", "update", "watch"),
+        ),
+        ResourceDef(
+            "",
+            "v1",
+            "pods",
+            "Pod",
+            True,
+            "pod",
+            ("po",),
+            ("all",),
+            ("status", "log", "eviction", "binding"),
+        ),
         ResourceDef("", "v1", "nodes", "Node", False, "node", ("no",), (), ("status",)),
         ResourceDef("", "v1", "events", "Event", True, "event", ("ev",)),
         ResourceDef("", "v1", "configmaps", "ConfigMap", True, "configmap", ("cm",)),
         ResourceDef("", "v1", "secrets", "Secret", True, "secret"),
-        ResourceDef("", "v1", "services", "Service", True, "service", ("svc",), ("all",), ("status",)),
+        ResourceDef(
+            "", "v1", "services", "Service", True, "service", ("svc",), ("all",), ("status",)
+        ),
         ResourceDef("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccount", ("sa",)),
     ]
     others = [
         ResourceDef("batch", "v1", "jobs", "Job", True, "job", (), ("all",), ("status",)),
-        ResourceDef("batch", "v1", "cronjobs", "CronJob", True, "cronjob", ("cj",), ("all",), ("status",)),
-        ResourceDef("apps", "v1", "deployments", "Deployment", True, "deployment", ("deploy",),
-                    ("all",), ("status", "scale")),
+        ResourceDef(
+            "batch", "v1", "cronjobs", "CronJob", True, "cronjob", ("cj",), ("all",), ("status",)
+        ),
+        ResourceDef(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            True,
+            "deployment",
+            ("deploy",),
+            ("all",),
+            ("status", "scale"),
+        ),
         ResourceDef("events.k8s.io", "v1", "events", "Event", True, "event", ("ev",)),
         ResourceDef("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
-        ResourceDef("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", False,
-                    "priorityclass", ("pc",)),
-        ResourceDef("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True,
-                    "poddisruptionbudget", ("pdb",), (), ("status",)),
-        ResourceDef("apiextensions.k8s.io", "v1", "customresourcedefinitions",
-                    "CustomResourceDefinition", False, "customresourcedefinition",
-                    ("crd", "crds"), ("api-extensions",), ("status",)),
+        ResourceDef(
+            "scheduling.k8s.io",
+            "v1",
+            "priorityclasses",
+            "PriorityClass",
+            False,
+            "priorityclass",
+            ("pc",),
+        ),
+        ResourceDef(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            True,
+            "poddisruptionbudget",
+            ("pdb",),
+            (),
+            ("status",),
+        ),
+        ResourceDef(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            False,
+            "customresourcedefinition",
+            ("crd", "crds"),
+            ("api-extensions",),
+            ("status",),
+        ),
     ]
     return core + others
 
@@ -255,7 +313,8 @@ def pod_spec_defaults(spec: dict[str, Any]) -> None:
             container.setdefault("terminationMessagePolicy", "File")
             image = str(container.get("image", ""))
             container.setdefault(
-                "imagePullPolicy", "Always" if image.endswith(":latest") or ":" not in image else "IfNotPresent"
+                "imagePullPolicy",
+                "Always" if image.endswith(":latest") or ":" not in image else "IfNotPresent",
             )
             resources = container.setdefault("resources", {})
             # Requests default to limits when only limits are given (as the server does).
@@ -285,7 +344,9 @@ def validate_pod_spec(spec: Any, path: str) -> list[Cause]:
         if not name:
             causes.append(Cause("FieldValueRequired", "Required value", f"{where}.name"))
         elif name in seen:
-            causes.append(Cause("FieldValueDuplicate", f'Duplicate value: "{name}"', f"{where}.name"))
+            causes.append(
+                Cause("FieldValueDuplicate", f'Duplicate value: "{name}"', f"{where}.name")
+            )
         else:
             seen.add(name)
         if not container.get("image"):
@@ -321,7 +382,9 @@ def validate_job(job: Mapping[str, Any]) -> list[Cause]:
         )
     for key in ("parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"):
         value = spec.get(key)
-        if value is not None and (not isinstance(value, int) or value < (1 if key == "activeDeadlineSeconds" else 0)):
+        if value is not None and (
+            not isinstance(value, int) or value < (1 if key == "activeDeadlineSeconds" else 0)
+        ):
             causes.append(
                 Cause(
                     "FieldValueInvalid",
@@ -348,7 +411,9 @@ def job_update_causes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Ca
     old_tpl = copy.deepcopy(old_spec.get("template") or {})
     new_tpl = copy.deepcopy(new_spec.get("template") or {})
     if old_tpl != new_tpl:
-        mutable_now = bool(old_spec.get("suspend")) and not (old.get("status") or {}).get("startTime")
+        mutable_now = bool(old_spec.get("suspend")) and not (old.get("status") or {}).get(
+            "startTime"
+        )
         if mutable_now:
             for tpl in (old_tpl, new_tpl):
                 tpl.get("metadata", {}).pop("labels", None)

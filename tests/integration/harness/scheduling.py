@@ -24,8 +24,21 @@ __all__ = [
 ]
 
 _SUFFIXES = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
 }
 
 
@@ -73,7 +86,9 @@ def _tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any
         if operator == "Exists":
             if not key or key == taint.get("key"):
                 return True
-        elif key == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or ""):
+        elif key == taint.get("key") and (toleration.get("value") or "") == (
+            taint.get("value") or ""
+        ):
             return True
     return False
 
@@ -122,7 +137,9 @@ def _affinity(pod: Mapping[str, Any]) -> Mapping[str, Any]:
 def preferred_score(pod: Mapping[str, Any], node: Mapping[str, Any]) -> int:
     """Sum of the weights of the pod's preferred node-affinity terms the node matches."""
     prefs = _affinity(pod).get("preferredDuringSchedulingIgnoredDuringExecution") or []
-    return sum(int(p.get("weight", 0)) for p in prefs if _match_term(p.get("preference") or {}, node))
+    return sum(
+        int(p.get("weight", 0)) for p in prefs if _match_term(p.get("preference") or {}, node)
+    )
 
 
 def check_node(
@@ -136,8 +153,12 @@ def check_node(
         return ["node(s) were unschedulable"]
     tolerations = spec.get("tolerations") or []
     for taint in (node.get("spec") or {}).get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(tolerations, taint):
-            return [f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"]
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(
+            tolerations, taint
+        ):
+            return [
+                f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
+            ]
     if not node_is_ready(node):
         return ["node(s) were not ready"]
     for key, value in (spec.get("nodeSelector") or {}).items():
@@ -178,7 +199,8 @@ def choose_node(
         allocatable = (node.get("status") or {}).get("allocatable") or {}
         cpu = parse_quantity(allocatable.get("cpu", 1)) or 1.0
         soft_taints = sum(
-            1 for t in (node.get("spec") or {}).get("taints") or []
+            1
+            for t in (node.get("spec") or {}).get("taints") or []
             if t.get("effect") == "PreferNoSchedule"
             and not _tolerates((pod.get("spec") or {}).get("tolerations") or [], t)
         )
@@ -193,4 +215,6 @@ def choose_node(
 def unschedulable_message(total: int, failures: Mapping[str, int]) -> str:
     """kube-scheduler's FailedScheduling wording."""
     parts = ", ".join(f"{count} {reason}" for reason, count in sorted(failures.items()))
-    return f"0/{total} nodes are available: {parts}." if parts else f"0/{total} nodes are available."
+    return (
+        f"0/{total} nodes are available: {parts}." if parts else f"0/{total} nodes are available."
+    )

@@ -57,9 +57,7 @@ def _to_jsonschema(node: Any) -> Any:
             continue
         if key == "properties":
             out[key] = {name: _to_jsonschema(sub) for name, sub in value.items()}
-        elif key == "additionalProperties" and isinstance(value, Mapping):
-            out[key] = _to_jsonschema(value)
-        elif key in ("items", "not", "allOf", "anyOf", "oneOf"):
+        elif (key == "additionalProperties" and isinstance(value, Mapping)) or key in ("items", "not", "allOf", "anyOf", "oneOf"):
             out[key] = _to_jsonschema(value)
         elif key == "format":
             continue  # formats are advisory here (int32, int64, date-time, ...)
@@ -191,8 +189,10 @@ def _cause_for(error: jsonschema.ValidationError) -> list[Cause]:
                 )
             ]
         case "oneOf" | "anyOf":
-            which = "one and only one schema (oneOf)" if error.validator == "oneOf" else (
-                "at least one schema (anyOf)"
+            which = (
+                "one and only one schema (oneOf)"
+                if error.validator == "oneOf"
+                else ("at least one schema (anyOf)")
             )
             return [
                 Cause(
@@ -201,7 +201,9 @@ def _cause_for(error: jsonschema.ValidationError) -> list[Cause]:
                     field,
                 )
             ]
-    return [Cause("FieldValueInvalid", f"Invalid value: {_format_value(value)}: {error.message}", field)]
+    return [
+        Cause("FieldValueInvalid", f"Invalid value: {_format_value(value)}: {error.message}", field)
+    ]
 
 
 class CompiledSchema:
@@ -260,9 +262,7 @@ def _prune(value: Any, schema: Mapping[str, Any], root: bool = False) -> Any:
                 out[key] = _prune(sub, props[key])
             elif isinstance(additional, Mapping):
                 out[key] = _prune(sub, additional)
-            elif additional is True or schema.get("x-kubernetes-preserve-unknown-fields"):
-                out[key] = sub
-            elif root and key in ("apiVersion", "kind", "metadata"):
+            elif additional is True or schema.get("x-kubernetes-preserve-unknown-fields") or (root and key in ("apiVersion", "kind", "metadata")):
                 out[key] = sub
             # else: unknown field, pruned
         return out
@@ -404,7 +404,8 @@ def validate_metadata(meta: Mapping[str, Any], *, dns_label_name: bool) -> list[
         if not isinstance(value, str):
             causes.append(
                 Cause(
-                    "FieldValueTypeInvalid", f"Invalid value: {_format_value(value)}: must be a string",
+                    "FieldValueTypeInvalid",
+                    f"Invalid value: {_format_value(value)}: must be a string",
                     f"metadata.labels.{key}",
                 )
             )
@@ -428,7 +429,8 @@ def validate_metadata(meta: Mapping[str, Any], *, dns_label_name: bool) -> list[
         if not isinstance(value, str):
             causes.append(
                 Cause(
-                    "FieldValueTypeInvalid", f"Invalid value: {_format_value(value)}: must be a string",
+                    "FieldValueTypeInvalid",
+                    f"Invalid value: {_format_value(value)}: must be a string",
                     f"metadata.annotations.{key}",
                 )
             )

@@ -100,12 +100,16 @@ def _check_key(key: str, source: str) -> str:
 def _check_value(value: str, source: str) -> str:
     value = value.strip()
     if len(value) > 63 or not _LABEL_NAME.match(value):
-        raise SelectorError(f"unable to parse requirement: invalid label value {value!r} in {source!r}")
+        raise SelectorError(
+            f"unable to parse requirement: invalid label value {value!r} in {source!r}"
+        )
     return value
 
 
 _SET_RE = re.compile(r"^\s*(?P<key>[^\s!=<>()]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)\s*$")
-_CMP_RE = re.compile(r"^\s*(?P<key>[^\s!=<>()]+)\s*(?P<op>==|=|!=|>|<)\s*(?P<value>[^\s!=<>(),]*)\s*$")
+_CMP_RE = re.compile(
+    r"^\s*(?P<key>[^\s!=<>()]+)\s*(?P<op>==|=|!=|>|<)\s*(?P<value>[^\s!=<>(),]*)\s*$"
+)
 _EXISTS_RE = re.compile(r"^\s*(?P<neg>!)?\s*(?P<key>[^\s!=<>(),]+)\s*$")
 
 
@@ -159,7 +163,9 @@ class LabelSelector:
         return bool(self.requirements)
 
 
-def match_label_selector_dict(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+def match_label_selector_dict(
+    selector: Mapping[str, Any] | None, labels: Mapping[str, str]
+) -> bool:
     """Match a structured ``metav1.LabelSelector`` (matchLabels + matchExpressions).
 
     An absent selector matches nothing (as for Job/PDB selectors); an empty one matches all.
@@ -170,7 +176,9 @@ def match_label_selector_dict(selector: Mapping[str, Any] | None, labels: Mappin
         if labels.get(key) != value:
             return False
     for expr in selector.get("matchExpressions") or []:
-        op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}[expr["operator"]]
+        op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}[
+            expr["operator"]
+        ]
         if not Requirement(expr["key"], op, frozenset(expr.get("values") or ())).matches(labels):
             return False
     return True
@@ -258,7 +266,9 @@ class FieldSelector:
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
         """Whether the object satisfies every term."""
-        return all((_field_value(obj, field) == value) == equal for field, equal, value in self.terms)
+        return all(
+            (_field_value(obj, field) == value) == equal for field, equal, value in self.terms
+        )
 
     def __bool__(self) -> bool:
         return bool(self.terms)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import datetime
 import json
 import logging
 import random
-import string
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -123,7 +123,10 @@ def conflict(res: ResourceDef, name: str, why: str | None = None) -> ApiError:
         409,
         "Conflict",
         f'Operation cannot be fulfilled on {res.qualified} "{name}": '
-        + (why or "the object has been modified; please apply your changes to the latest version and try again"),
+        + (
+            why
+            or "the object has been modified; please apply your changes to the latest version and try again"
+        ),
         details={"name": name, "group": res.group, "kind": res.plural},
     )
 
@@ -236,8 +239,9 @@ class Store:
         """A served resource or the server's 404 for unknown URLs."""
         res = self.registry.get(group, version, plural)
         if res is None:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource",
-                           details={})
+            raise ApiError(
+                404, "NotFound", "the server could not find the requested resource", details={}
+            )
         return res
 
     def _res_for(self, skey: SKey) -> ResourceDef | None:
@@ -307,7 +311,9 @@ class Store:
 
     def events_since(self, res: ResourceDef, rv: int) -> list[WatchEvent]:
         """Retained events newer than ``rv``; 410 Gone if some of them were compacted away."""
-        history = self._history.setdefault(res.storage_key, _History(deque(maxlen=self.history_limit)))
+        history = self._history.setdefault(
+            res.storage_key, _History(deque(maxlen=self.history_limit))
+        )
         if rv < history.dropped_rv:
             raise ApiError(
                 410,
@@ -322,7 +328,9 @@ class Store:
             history.events.clear()
             history.dropped_rv = self.rv
         for skey in self._objects:
-            self._history.setdefault(skey, _History(deque(maxlen=self.history_limit))).dropped_rv = self.rv
+            self._history.setdefault(
+                skey, _History(deque(maxlen=self.history_limit))
+            ).dropped_rv = self.rv
 
     def _emit(self, res: ResourceDef, event: WatchEvent) -> None:
         skey = res.storage_key
@@ -342,7 +350,9 @@ class Store:
         self.rv += 1
         return self.rv
 
-    def _index_refs(self, key: ObjKey, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+    def _index_refs(
+        self, key: ObjKey, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
         for obj, add in ((old, False), (new, True)):
             if obj is None:
                 continue
@@ -359,7 +369,9 @@ class Store:
                         if not deps:
                             del self._dependents[uid]
 
-    def _commit(self, res: ResourceDef, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    def _commit(
+        self, res: ResourceDef, obj: dict[str, Any], old: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """Store a new or changed object, stamp its resourceVersion, notify watchers."""
         meta = obj["metadata"]
         ns = meta.get("namespace", "") if res.namespaced else ""
@@ -395,8 +407,13 @@ class Store:
         if meta["uid"] in self._dependents:
             self._gc_deleted_owners.add(meta["uid"])
         self._wake_gc()
-        self._emit(res, WatchEvent(int(final["metadata"]["resourceVersion"]), "DELETED", final, obj))
-        if res.crd_name is None and (res.group, res.plural) == ("apiextensions.k8s.io", "customresourcedefinitions"):
+        self._emit(
+            res, WatchEvent(int(final["metadata"]["resourceVersion"]), "DELETED", final, obj)
+        )
+        if res.crd_name is None and (res.group, res.plural) == (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+        ):
             self._unregister_crd(final)
         return final
 
@@ -408,12 +425,20 @@ class Store:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return ""
         if not namespace:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         ns_res = self.resource("", "v1", "namespaces")
         ns_obj = self.peek(ns_res, None, namespace)
         if ns_obj is None:
-            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                           details={"name": namespace, "kind": "namespaces"})
+            raise ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                details={"name": namespace, "kind": "namespaces"},
+            )
         if creating and ns_obj["metadata"].get("deletionTimestamp"):
             raise ApiError(
                 403,
@@ -469,11 +494,27 @@ class Store:
             meta.pop("namespace", None)
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise invalid(res, "", [Cause("FieldValueRequired", "Required value: name or generateName is required", "metadata.name")])
+                raise invalid(
+                    res,
+                    "",
+                    [
+                        Cause(
+                            "FieldValueRequired",
+                            "Required value: name or generateName is required",
+                            "metadata.name",
+                        )
+                    ],
+                )
             meta["name"] = self._generate_name(res, ns, meta["generateName"])
         name = meta["name"]
-        for server_owned in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
-                             "selfLink", "managedFields"):
+        for server_owned in (
+            "uid",
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ):
             meta.pop(server_owned, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
@@ -486,8 +527,12 @@ class Store:
             message = f'{res.qualified} "{name}" already exists'
             if existing["metadata"].get("deletionTimestamp"):
                 message = f"object is being deleted: {message}"
-            raise ApiError(409, "AlreadyExists", message,
-                           details={"name": name, "group": res.group, "kind": res.plural})
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                message,
+                details={"name": name, "group": res.group, "kind": res.plural},
+            )
         if dry_run:
             return obj
         self._commit(res, obj, None)
@@ -525,7 +570,9 @@ class Store:
             obj.clear()
             obj.update(res.schema.apply_defaults(pruned))
             causes += res.schema.validate(obj)
-        causes += validate_metadata(meta, dns_label_name=gr in (("", "namespaces"), ("batch", "jobs")))
+        causes += validate_metadata(
+            meta, dns_label_name=gr in (("", "namespaces"), ("batch", "jobs"))
+        )
         if causes:
             raise invalid(res, meta.get("name", ""), causes)
 
@@ -552,10 +599,25 @@ class Store:
         if not meta.get("resourceVersion"):
             # A real server requires it for most built-ins; custom resources allow unconditional PUT.
             if not res.is_custom:
-                raise invalid(res, name, [Cause("FieldValueInvalid",
-                    "Invalid value: 0: must be specified for an update", "metadata.resourceVersion")])
-        return self._update(res, namespace, name, copy.deepcopy(dict(body)), subresource=subresource,
-                            dry_run=dry_run)
+                raise invalid(
+                    res,
+                    name,
+                    [
+                        Cause(
+                            "FieldValueInvalid",
+                            "Invalid value: 0: must be specified for an update",
+                            "metadata.resourceVersion",
+                        )
+                    ],
+                )
+        return self._update(
+            res,
+            namespace,
+            name,
+            copy.deepcopy(dict(body)),
+            subresource=subresource,
+            dry_run=dry_run,
+        )
 
     def patch(
         self,
@@ -601,8 +663,12 @@ class Store:
         except PatchError as exc:
             if exc.code == 400:
                 raise bad_request(exc.message) from None
-            raise ApiError(422, "Invalid", exc.message,
-                           details={"name": name, "group": res.group, "kind": res.plural}) from None
+            raise ApiError(
+                422,
+                "Invalid",
+                exc.message,
+                details={"name": name, "group": res.group, "kind": res.plural},
+            ) from None
         if not isinstance(new, dict):
             raise bad_request("the patched object is not a JSON object")
         # A patch that does not mention resourceVersion must not trip the optimistic check.
@@ -655,10 +721,23 @@ class Store:
                 new.pop("status", None)
         new["apiVersion"], new["kind"] = res.api_version, res.kind
         meta = new.setdefault("metadata", {})
-        if meta.get("namespace") and res.namespaced and meta["namespace"] != old_meta.get("namespace"):
+        if (
+            meta.get("namespace")
+            and res.namespaced
+            and meta["namespace"] != old_meta.get("namespace")
+        ):
             raise bad_request("the namespace of the object does not match the namespace on the URL")
-        for fixed in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
-                      "deletionGracePeriodSeconds", "generation", "resourceVersion", "generateName"):
+        for fixed in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "resourceVersion",
+            "generateName",
+        ):
             if fixed in old_meta:
                 meta[fixed] = old_meta[fixed]
             else:
@@ -667,12 +746,14 @@ class Store:
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or ()) - set(old_meta.get("finalizers") or ())
             if added:
-                causes.append(Cause(
-                    "FieldValueForbidden",
-                    "Forbidden: no new finalizers can be added if the object is being deleted, "
-                    f"found new finalizers {sorted(added)}",
-                    "metadata.finalizers",
-                ))
+                causes.append(
+                    Cause(
+                        "FieldValueForbidden",
+                        "Forbidden: no new finalizers can be added if the object is being deleted, "
+                        f"found new finalizers {sorted(added)}",
+                        "metadata.finalizers",
+                    )
+                )
         gr = (res.group, res.plural)
         if subresource is None:
             if gr == ("batch", "jobs"):
@@ -685,7 +766,9 @@ class Store:
             new = res.schema.apply_defaults(pruned)
             meta = new["metadata"]
             causes += res.schema.validate(new)
-        causes += validate_metadata(meta, dns_label_name=gr in (("", "namespaces"), ("batch", "jobs")))
+        causes += validate_metadata(
+            meta, dns_label_name=gr in (("", "namespaces"), ("batch", "jobs"))
+        )
         if causes:
             raise invalid(res, name, causes)
         if _spec_of(new, res) != _spec_of(old, res):
@@ -700,11 +783,15 @@ class Store:
         self._maybe_finish_deletion(res, new)
         return new
 
-    def _maybe_finish_deletion(self, res: ResourceDef, obj: dict[str, Any]) -> dict[str, Any] | None:
+    def _maybe_finish_deletion(
+        self, res: ResourceDef, obj: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """An object being deleted goes away once its finalizers are gone (and its grace over)."""
         meta = obj["metadata"]
-        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get(
-            "deletionGracePeriodSeconds"
+        if (
+            meta.get("deletionTimestamp")
+            and not meta.get("finalizers")
+            and not meta.get("deletionGracePeriodSeconds")
         ):
             return self._remove(res, obj)
         return None
@@ -742,12 +829,20 @@ class Store:
             raise not_found(res, name)
         meta = old["metadata"]
         if opts.uid and opts.uid != meta["uid"]:
-            raise conflict(res, name, f"Precondition failed: UID in precondition: {opts.uid}, "
-                                      f"UID in object meta: {meta['uid']}")
+            raise conflict(
+                res,
+                name,
+                f"Precondition failed: UID in precondition: {opts.uid}, "
+                f"UID in object meta: {meta['uid']}",
+            )
         if opts.resource_version and opts.resource_version != meta["resourceVersion"]:
-            raise conflict(res, name, "Precondition failed: ResourceVersion in precondition: "
-                                      f"{opts.resource_version}, ResourceVersion in object meta: "
-                                      f"{meta['resourceVersion']}")
+            raise conflict(
+                res,
+                name,
+                "Precondition failed: ResourceVersion in precondition: "
+                f"{opts.resource_version}, ResourceVersion in object meta: "
+                f"{meta['resourceVersion']}",
+            )
         policy = opts.propagation
         if policy is None and (res.group, res.version, res.plural) == ("batch", "v1", "jobs"):
             policy = "Orphan"  # batch/v1 keeps the legacy default, with this warning
@@ -773,11 +868,15 @@ class Store:
         if policy == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
         grace = 0
-        if is_pod and (old.get("spec") or {}).get("nodeName") and (old.get("status") or {}).get(
-            "phase"
-        ) not in ("Succeeded", "Failed"):
-            grace = opts.grace if opts.grace is not None else int(
-                (old.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        if (
+            is_pod
+            and (old.get("spec") or {}).get("nodeName")
+            and (old.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ):
+            grace = (
+                opts.grace
+                if opts.grace is not None
+                else int((old.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
             )
         if (res.group, res.plural) == ("", "namespaces"):
             new.setdefault("status", {})["phase"] = "Terminating"
@@ -830,29 +929,58 @@ class Store:
             causes.append(Cause("FieldValueRequired", "Required value", "spec.names.plural"))
         if not names.get("kind"):
             causes.append(Cause("FieldValueRequired", "Required value", "spec.names.kind"))
-        if group and names.get("plural") and crd["metadata"].get("name") != f"{names['plural']}.{group}":
-            causes.append(Cause("FieldValueInvalid", "Invalid value: must be spec.names.plural+\".\"+spec.group",
-                                "metadata.name"))
+        if (
+            group
+            and names.get("plural")
+            and crd["metadata"].get("name") != f"{names['plural']}.{group}"
+        ):
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    'Invalid value: must be spec.names.plural+"."+spec.group',
+                    "metadata.name",
+                )
+            )
         if spec.get("scope") not in ("Namespaced", "Cluster"):
-            causes.append(Cause("FieldValueNotSupported", 'Unsupported value: supported values: "Cluster", "Namespaced"',
-                                "spec.scope"))
+            causes.append(
+                Cause(
+                    "FieldValueNotSupported",
+                    'Unsupported value: supported values: "Cluster", "Namespaced"',
+                    "spec.scope",
+                )
+            )
         versions = spec.get("versions") or []
         if not versions:
             causes.append(Cause("FieldValueRequired", "Required value", "spec.versions"))
         if sum(1 for v in versions if v.get("storage")) != 1:
-            causes.append(Cause("FieldValueInvalid", "Invalid value: must have exactly one version marked as storage version",
-                                "spec.versions"))
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    "Invalid value: must have exactly one version marked as storage version",
+                    "spec.versions",
+                )
+            )
         for index, version in enumerate(versions):
             schema = (version.get("schema") or {}).get("openAPIV3Schema")
             if schema is None:
-                causes.append(Cause("FieldValueRequired", "Required value: schemas are required",
-                                    f"spec.versions[{index}].schema.openAPIV3Schema"))
+                causes.append(
+                    Cause(
+                        "FieldValueRequired",
+                        "Required value: schemas are required",
+                        f"spec.versions[{index}].schema.openAPIV3Schema",
+                    )
+                )
                 continue
             try:
                 CompiledSchema(schema)
             except Exception as exc:  # jsonschema.SchemaError and friends
-                causes.append(Cause("FieldValueInvalid", f"Invalid value: {exc}",
-                                    f"spec.versions[{index}].schema.openAPIV3Schema"))
+                causes.append(
+                    Cause(
+                        "FieldValueInvalid",
+                        f"Invalid value: {exc}",
+                        f"spec.versions[{index}].schema.openAPIV3Schema",
+                    )
+                )
         return causes
 
     def _register_crd(self, crd: dict[str, Any]) -> None:
@@ -864,38 +992,56 @@ class Store:
         storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
         for version in served:
             subresources = tuple(sorted((version.get("subresources") or {}).keys()))
-            self.registry.add(ResourceDef(
-                group=spec["group"],
-                version=version["name"],
-                plural=names["plural"],
-                kind=names["kind"],
-                namespaced=spec["scope"] == "Namespaced",
-                singular=names.get("singular") or names["kind"].lower(),
-                short_names=tuple(names.get("shortNames") or ()),
-                categories=tuple(names.get("categories") or ()),
-                subresources=subresources,
-                schema=CompiledSchema(version["schema"]["openAPIV3Schema"]),
-                crd_name=crd_name,
-                preferred=version["name"] == storage,
-                printer_columns=list(version.get("additionalPrinterColumns") or []),
-            ))
+            self.registry.add(
+                ResourceDef(
+                    group=spec["group"],
+                    version=version["name"],
+                    plural=names["plural"],
+                    kind=names["kind"],
+                    namespaced=spec["scope"] == "Namespaced",
+                    singular=names.get("singular") or names["kind"].lower(),
+                    short_names=tuple(names.get("shortNames") or ()),
+                    categories=tuple(names.get("categories") or ()),
+                    subresources=subresources,
+                    schema=CompiledSchema(version["schema"]["openAPIV3Schema"]),
+                    crd_name=crd_name,
+                    preferred=version["name"] == storage,
+                    printer_columns=list(version.get("additionalPrinterColumns") or []),
+                )
+            )
         # A real server reports readiness through conditions; write them like it does.
         crd_res = self.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-        accepted = {k: v for k, v in names.items()}
+        accepted = dict(names.items())
         accepted.setdefault("singular", names["kind"].lower())
         accepted.setdefault("listKind", f"{names['kind']}List")
         status = {
             "acceptedNames": accepted,
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now_iso()},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now_iso()},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now_iso(),
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now_iso(),
+                },
             ],
             "storedVersions": [storage],
         }
         if crd.get("status", {}).get("acceptedNames") != accepted:
-            self.mutate(crd_res, None, crd_name, lambda o: o.__setitem__("status", status), subresource="status")
+            self.mutate(
+                crd_res,
+                None,
+                crd_name,
+                lambda o: o.__setitem__("status", status),
+                subresource="status",
+            )
 
     def _unregister_crd(self, crd: Mapping[str, Any]) -> None:
         gone = self.registry.remove_crd(crd["metadata"]["name"])
@@ -914,10 +1060,8 @@ class Store:
         """The garbage collector and namespace controller: runs until cancelled."""
         self._gc_wakeup = asyncio.Event()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._gc_wakeup.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             self._gc_wakeup.clear()
             # Like the real GC, act a moment after the change rather than inside the write.
             await asyncio.sleep(interval)
@@ -962,15 +1106,16 @@ class Store:
             return
         meta = obj["metadata"]
         if alive:
+
             def drop_dangling(o: dict[str, Any]) -> None:
                 o["metadata"]["ownerReferences"] = alive
 
             self.mutate(res, meta.get("namespace"), meta["name"], drop_dangling)
         elif not meta.get("deletionTimestamp"):
-            try:
-                self.delete(res, meta.get("namespace"), meta["name"], DeleteOptions(propagation=policy))
-            except ApiError:
-                pass
+            with contextlib.suppress(ApiError):
+                self.delete(
+                    res, meta.get("namespace"), meta["name"], DeleteOptions(propagation=policy)
+                )
 
     def _finish_owner(self, key: ObjKey) -> bool:
         """Progress a Foreground/Orphan/namespace deletion; True once nothing is left to do."""
@@ -985,13 +1130,18 @@ class Store:
         live_deps = [d for d in deps if d is not None]
         if "orphan" in finalizers:
             for dep_res, dep in live_deps:
+
                 def unown(o: dict[str, Any], uid: str = uid) -> None:
-                    refs = [r for r in o["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+                    refs = [
+                        r for r in o["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
+                    ]
                     o["metadata"]["ownerReferences"] = refs
                     if not refs:
                         o["metadata"].pop("ownerReferences")
 
-                self.mutate(dep_res, dep["metadata"].get("namespace"), dep["metadata"]["name"], unown)
+                self.mutate(
+                    dep_res, dep["metadata"].get("namespace"), dep["metadata"]["name"], unown
+                )
             self._remove_finalizer(res, obj, "orphan")
             return True
         if "foregroundDeletion" in finalizers:
@@ -1002,11 +1152,17 @@ class Store:
                 if ref.get("blockOwnerDeletion"):
                     blocking = True
                 if not dep_meta.get("deletionTimestamp"):
-                    try:
-                        self.delete(dep_res, dep_meta.get("namespace"), dep_meta["name"],
-                                    DeleteOptions(propagation="Foreground" if ref.get("blockOwnerDeletion") else "Background"))
-                    except ApiError:
-                        pass
+                    with contextlib.suppress(ApiError):
+                        self.delete(
+                            dep_res,
+                            dep_meta.get("namespace"),
+                            dep_meta["name"],
+                            DeleteOptions(
+                                propagation="Foreground"
+                                if ref.get("blockOwnerDeletion")
+                                else "Background"
+                            ),
+                        )
             if blocking:
                 return False
             self._remove_finalizer(res, obj, "foregroundDeletion")
@@ -1023,10 +1179,13 @@ class Store:
                         continue
                     remaining += 1
                     if not item["metadata"].get("deletionTimestamp"):
-                        try:
-                            self.delete(ns_res, ns, obj_name, DeleteOptions(propagation="Background", grace=0))
-                        except ApiError:
-                            pass
+                        with contextlib.suppress(ApiError):
+                            self.delete(
+                                ns_res,
+                                ns,
+                                obj_name,
+                                DeleteOptions(propagation="Background", grace=0),
+                            )
             if remaining:
                 return False
             self._remove(res, obj)
@@ -1035,7 +1194,9 @@ class Store:
 
     def _remove_finalizer(self, res: ResourceDef, obj: dict[str, Any], finalizer: str) -> None:
         def drop(o: dict[str, Any]) -> None:
-            o["metadata"]["finalizers"] = [f for f in o["metadata"].get("finalizers") or [] if f != finalizer]
+            o["metadata"]["finalizers"] = [
+                f for f in o["metadata"].get("finalizers") or [] if f != finalizer
+            ]
             if not o["metadata"]["finalizers"]:
                 o["metadata"].pop("finalizers")
 
@@ -1115,7 +1276,12 @@ def set_condition(
             if message is not None:
                 condition["message"] = message
             return changed
-    condition = {"type": type_, "status": value, "lastProbeTime": None, "lastTransitionTime": now_iso()}
+    condition = {
+        "type": type_,
+        "status": value,
+        "lastProbeTime": None,
+        "lastTransitionTime": now_iso(),
+    }
     if reason is not None:
         condition["reason"] = reason
     if message is not None:

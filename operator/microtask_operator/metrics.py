@@ -1,0 +1,111 @@
+"""Prometheus metrics of the operator, served on their own port at /metrics.
+
+Label values are bounded: namespaces, pools, outcomes, reasons, verbs and codes. No pod or Job names
+ever become labels; the one per-MicrotaskJob series (progress) exists only while that job is active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .core.planner import Deltas
+from .core.types import Pool
+
+
+class Metrics:
+    """All series in one registry (a fresh one per operator, so tests can run several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.microtasks = Counter(
+            "microtask_microtasks_total",
+            "Microtasks that ended an attempt. outcome: succeeded (done), failed (failed for "
+            "good), retried (failed an attempt, queued for another).",
+            ["namespace", "outcome"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "microtask_shards_in_flight",
+            "Shards (Kubernetes Jobs) in flight. pool: gpu | cpu.",
+            ["namespace", "pool"],
+            registry=r,
+        )
+        self.shard_duration = Histogram(
+            "microtask_shard_duration_seconds",
+            "Run time of finished shards, from pod start to end. pool: gpu | cpu.",
+            ["namespace", "pool"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "microtask_rebalances_total",
+            "Work moved away from trouble. reason: unschedulable_fallback | node_lost | "
+            "straggler | bad_node.",
+            ["namespace", "reason"],
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "microtask_reconcile_duration_seconds",
+            "Time of one reconcile of one MicrotaskJob (observe, decide, act).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "microtask_api_requests_total",
+            "Kubernetes API requests made by the operator's reconciles. verb: create | delete | "
+            "patch | get | list. code: the HTTP status code, or 'error' when no answer came.",
+            ["verb", "code"],
+            registry=r,
+        )
+        self.progress = Gauge(
+            "microtask_job_progress_ratio",
+            "Share of a MicrotaskJob's microtasks that ended (succeeded or failed for good); "
+            "present only while that MicrotaskJob is active.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        # Per-job shard counts, summed into the per-namespace gauge.
+        self._in_flight: dict[tuple[str, str], Mapping[Pool, int]] = {}
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=address, registry=self.registry)
+
+    def record(self, namespace: str, deltas: Deltas) -> None:
+        if deltas.succeeded:
+            self.microtasks.labels(namespace, "succeeded").inc(deltas.succeeded)
+        if deltas.failed:
+            self.microtasks.labels(namespace, "failed").inc(deltas.failed)
+        if deltas.retried:
+            self.microtasks.labels(namespace, "retried").inc(deltas.retried)
+        for reason, count in deltas.rebalances.items():
+            self.rebalances.labels(namespace, reason.value).inc(count)
+        for pool, seconds in deltas.shard_durations:
+            self.shard_duration.labels(namespace, pool.value).observe(seconds)
+
+    def job_active(
+        self, namespace: str, name: str, ended: int, total: int, shards: Mapping[Pool, int]
+    ) -> None:
+        self.progress.labels(namespace, name).set(ended / total if total else 1.0)
+        self._in_flight[(namespace, name)] = dict(shards)
+        self._refresh_in_flight(namespace)
+
+    def job_gone(self, namespace: str, name: str) -> None:
+        """The MicrotaskJob finished or was deleted: its own series go away."""
+        try:
+            self.progress.remove(namespace, name)
+        except KeyError:
+            pass
+        self._in_flight.pop((namespace, name), None)
+        self._refresh_in_flight(namespace)
+
+    def _refresh_in_flight(self, namespace: str) -> None:
+        for pool in Pool:
+            total = sum(
+                counts.get(pool, 0)
+                for (ns, _), counts in self._in_flight.items()
+                if ns == namespace
+            )
+            self.in_flight.labels(namespace, pool.value).set(total)

@@ -1,0 +1,45 @@
+"""hack/ scripts: strict bash, and the values they read from the repository still there."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.manifests.support import CHART, KIND_CONFIG, ROOT, gen_chart, values_defaults
+
+KIND_E2E = ROOT / "hack" / "kind-e2e.sh"
+
+
+def test_kind_e2e_is_strict_bash() -> None:
+    text = KIND_E2E.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    subprocess.run(["bash", "-n", str(KIND_E2E)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_kind_e2e_is_shellcheck_clean() -> None:
+    subprocess.run(["shellcheck", str(KIND_E2E)], check=True)
+
+
+def _sed(expression: str, path: str) -> str:
+    result = subprocess.run(["sed", "-n", expression, path], cwd=ROOT, check=True, capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def test_what_kind_e2e_reads_from_the_repository() -> None:
+    """The script reads a few settings with sed; they must keep their layout."""
+    assert _sed("s/^name: *//p", "kind-config.yaml") == yaml.safe_load(KIND_CONFIG.read_text())["name"]
+    values = "charts/microtask-operator/values.yaml"
+    assert _sed("s/^  nodeLabel: *//p", values) == values_defaults()["gpu"]["nodeLabel"]
+    assert _sed("s/^  resourceName: *//p", values) == values_defaults()["gpu"]["resourceName"]
+    # The image the kubectl overlay replaces is deploy/'s.
+    assert f"name: {values_defaults()['image']['repository']}\n" in KIND_E2E.read_text()
+    assert (CHART / "Chart.yaml").exists()
+
+
+def test_gen_chart_check_mode_reports_an_up_to_date_chart() -> None:
+    assert gen_chart().main(["--check"]) == 0
