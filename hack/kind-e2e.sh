@@ -2,12 +2,15 @@
 # Microtask on a real (kind) cluster, end to end:
 #
 #   1. create the kind cluster of kind-config.yaml (or reuse it),
-#   2. build the operator and runner images and load them into the cluster,
+#   2. build the operator and runner images from this checkout and load them
+#      into the cluster under the names deploy/, the chart and the examples use
+#      (ghcr.io/microtask-dev/...:<version in pyproject.toml>), so that all of
+#      them are applied exactly as a user applies them, only nothing is pulled,
 #   3. install the operator: the Helm chart when helm is installed (after
-#      `helm lint` and a server-side dry run of `helm template`), else
-#      `kubectl apply -k deploy/` with the freshly built image,
-#   4. apply examples/*.yaml (worker image: the runner image plus examples/)
-#      and wait for each MicrotaskJob to finish,
+#      `helm lint`, a values-schema check and a server-side dry run of
+#      `helm template`), else `kubectl apply -k deploy/` (plus a server-side
+#      dry run of `kubectl apply -f deploy/`),
+#   4. apply examples/*.yaml and wait for each MicrotaskJob to succeed,
 #   5. run the e2e tests: pytest tests/e2e --e2e.
 #
 # Needs: docker, kind, kubectl; optionally helm and a Python with the test
@@ -17,11 +20,12 @@
 #
 # Settings (environment):
 #   CLUSTER_NAME         kind cluster name (default: the name in kind-config.yaml)
-#   IMAGE_TAG            tag of the images built here (default: e2e)
 #   FAKE_GPUS_PER_NODE   nvidia.com/gpu capacity advertised on the GPU-labelled
 #                        workers (default 2; 0 leaves them GPU-less, so GPU shards
 #                        stay Pending and `accelerator: auto` falls back to CPU)
-#   INSTALL_WITH         helm | kubectl (default: helm when it is installed)
+#   INSTALL_WITH         helm | kubectl (default: helm when it is installed; keep
+#                        to one per cluster: Helm does not adopt objects that
+#                        `kubectl apply` created)
 #   EXAMPLE_TIMEOUT      seconds to wait for each example (default 600)
 #   RUN_PYTEST           1 to run the e2e tests at the end (default 1)
 #   PYTHON               interpreter for pytest (default: .venv/bin/python, else python3)
@@ -32,10 +36,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 CLUSTER_NAME="${CLUSTER_NAME:-$(sed -n 's/^name: *//p' kind-config.yaml)}"
-IMAGE_TAG="${IMAGE_TAG:-e2e}"
-OPERATOR_IMAGE="microtask-operator:${IMAGE_TAG}"
-RUNNER_IMAGE="microtask-runner:${IMAGE_TAG}"
-WORKER_IMAGE="microtask-examples:${IMAGE_TAG}"
+VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)"
+OPERATOR_IMAGE="ghcr.io/microtask-dev/microtask-operator:${VERSION}"
+RUNNER_IMAGE="ghcr.io/microtask-dev/microtask-runner:${VERSION}"
 FAKE_GPUS_PER_NODE="${FAKE_GPUS_PER_NODE:-2}"
 EXAMPLE_TIMEOUT="${EXAMPLE_TIMEOUT:-600}"
 RUN_PYTEST="${RUN_PYTEST:-1}"
@@ -56,8 +59,7 @@ for tool in docker kind kubectl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is needed (see the README's kind section)"
 done
 
-# Inside the repository so the kustomize overlay can refer to ../deploy.
-WORK="$(mktemp -d "$ROOT/.kind-e2e.XXXXXX")"
+WORK="$(mktemp -d)"
 cleanup() {
   rm -rf "$WORK"
   if [[ "$DELETE_CLUSTER" == 1 ]]; then kind delete cluster --name "$CLUSTER_NAME"; fi
@@ -86,14 +88,12 @@ if [[ "$FAKE_GPUS_PER_NODE" != 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- 2. images
-log "building $OPERATOR_IMAGE and $RUNNER_IMAGE"
+# Tagged with the published names: with a version tag the pull policy is
+# IfNotPresent, so the nodes run these loaded images and never pull.
+log "building $OPERATOR_IMAGE and $RUNNER_IMAGE from this checkout"
 docker build -f operator/Dockerfile -t "$OPERATOR_IMAGE" .
 docker build -f runner/Dockerfile -t "$RUNNER_IMAGE" .
-# The examples' workers are small programs in examples/; the worker image is the
-# runner image with them at /app/examples, the paths the examples use.
-log "building $WORKER_IMAGE (the runner image plus examples/)"
-printf 'FROM %s\nCOPY . /app/examples/\n' "$RUNNER_IMAGE" | docker build -t "$WORKER_IMAGE" -f - examples
-for image in "$OPERATOR_IMAGE" "$RUNNER_IMAGE" "$WORKER_IMAGE"; do
+for image in "$OPERATOR_IMAGE" "$RUNNER_IMAGE"; do
   kind load docker-image "$image" --name "$CLUSTER_NAME"
 done
 
@@ -103,48 +103,35 @@ kubectl label namespace "$NAMESPACE" --overwrite pod-security.kubernetes.io/enfo
 if [[ "$INSTALL_WITH" == helm ]]; then
   command -v helm >/dev/null 2>&1 || die "INSTALL_WITH=helm but helm is not installed"
   chart=charts/microtask-operator
-  set_image=(--set "image.repository=${OPERATOR_IMAGE%:*}" --set "image.tag=$IMAGE_TAG")
-  log "helm lint and a server-side dry run of helm template"
-  helm lint "$chart" "${set_image[@]}"
+  log "helm lint, the values schema, and a server-side dry run of helm template"
+  helm lint "$chart"
   helm lint "$chart" --set metrics.serviceMonitor.enabled=true --set grafanaDashboard.enabled=true
+  helm lint "$chart" --set "watchNamespaces={$EXAMPLES_NAMESPACE}"
   # The schema must turn bad values away at install time.
   if helm template "$RELEASE" "$chart" --set replicaCount=-1 >/dev/null 2>&1; then
     die "values.schema.json accepted replicaCount=-1"
   fi
-  helm template "$RELEASE" "$chart" --namespace "$NAMESPACE" "${set_image[@]}" \
-    | kubectl apply --dry-run=server -f -
+  helm template "$RELEASE" "$chart" --namespace "$NAMESPACE" | kubectl apply --dry-run=server -f -
   log "helm upgrade --install $RELEASE"
-  helm upgrade --install "$RELEASE" "$chart" --namespace "$NAMESPACE" "${set_image[@]}" --wait --timeout 5m
+  helm upgrade --install "$RELEASE" "$chart" --kube-context "$CONTEXT" --namespace "$NAMESPACE" \
+    --wait --timeout 5m
 else
-  log "kubectl apply -k deploy/ (with image $OPERATOR_IMAGE)"
-  # An overlay replaces the published image with the one just built.
-  cat >"$WORK/Kustomization" <<EOF
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../deploy
-images:
-  - name: ghcr.io/microtask/microtask-operator
-    newName: ${OPERATOR_IMAGE%:*}
-    newTag: $IMAGE_TAG
-EOF
-  kubectl apply -k "$WORK"
-  # `-f` on the folder must work too: a server-side dry run proves it reads cleanly.
+  log "kubectl apply -k deploy/"
+  kubectl apply -k deploy/
+  # `-f` on the folder must work too: a server-side dry run shows it reads cleanly.
   kubectl apply -f deploy/ --dry-run=server >/dev/null
 fi
 kubectl wait --for condition=established --timeout=60s crd/microtaskjobs.microtask.dev
 kubectl -n "$NAMESPACE" rollout status "deployment/$RELEASE" --timeout=300s
 
 # -------------------------------------------------------------- 4. examples
-log "applying examples/*.yaml in namespace $EXAMPLES_NAMESPACE (worker image $WORKER_IMAGE)"
+log "applying examples/*.yaml in namespace $EXAMPLES_NAMESPACE"
 kubectl create namespace "$EXAMPLES_NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 kubectl label namespace "$EXAMPLES_NAMESPACE" --overwrite pod-security.kubernetes.io/enforce=restricted
 names=()
 for file in examples/*.yaml; do
   grep -q '^kind: MicrotaskJob' "$file" || continue
-  # Every container image of the example becomes the worker image built above.
-  applied="$(sed -E "s#^([[:space:]]*image:[[:space:]]*).*#\\1$WORKER_IMAGE#" "$file" \
-    | kubectl -n "$EXAMPLES_NAMESPACE" apply -f - -o name)"
+  applied="$(kubectl -n "$EXAMPLES_NAMESPACE" apply -f "$file" -o name)"
   while IFS= read -r object; do
     if [[ "$object" == microtaskjob.microtask.dev/* ]]; then names+=("${object#*/}"); fi
   done <<<"$applied"

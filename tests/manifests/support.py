@@ -88,8 +88,11 @@ def deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def container(deploy: dict[str, Any], name: str, field: str = "containers") -> dict[str, Any]:
     """One container of a Deployment by name."""
-    (found,) = [c for c in deploy["spec"]["template"]["spec"][field] if c["name"] == name]
-    return found
+    found: list[dict[str, Any]] = [
+        c for c in deploy["spec"]["template"]["spec"][field] if c["name"] == name
+    ]
+    assert len(found) == 1, f"{len(found)} containers named {name}"
+    return found[0]
 
 
 def env(container_spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The Dockerfiles, read statically (no container engine runs here): pinned, multi-stage, non-root."""
+"""The Dockerfiles, read statically (no container engine here): pinned, multi-stage, non-root."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import pytest
 
 from tests.manifests.support import ROOT, deploy_objects, deployment
 
-DOCKERFILES = {"operator": ROOT / "operator" / "Dockerfile", "runner": ROOT / "runner" / "Dockerfile"}
+DOCKERFILES = {
+    "operator": ROOT / "operator" / "Dockerfile",
+    "runner": ROOT / "runner" / "Dockerfile",
+}
 # Packages that would put a compiler or a build system into an image.
-BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|python3?-dev|libc6?-dev|cargo|rustc)\b")
+BUILD_TOOLS = re.compile(
+    r"\b(gcc|g\+\+|clang|make|build-essential|python3?-dev|libc6?-dev|cargo|rustc)\b"
+)
 
 
 @dataclass
@@ -28,15 +33,17 @@ def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
     text = re.sub(r"\\\n", " ", path.read_text())
     args: dict[str, str] = {}
     stages: list[Stage] = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         word, _, rest = line.partition(" ")
         word = word.upper()
         if word == "FROM":
             base = rest.split()[0]
-            stages.append(Stage(re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)))
+            stages.append(
+                Stage(re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base))
+            )
         elif stages:
             stages[-1].instructions.append((word, rest.strip()))
         elif word == "ARG" and "=" in rest:
@@ -49,7 +56,7 @@ def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
 def test_base_image_is_pinned_by_version(image: str) -> None:
     _, stages = parse(DOCKERFILES[image])
     for stage in stages:
-        name, _, tag = stage.base.partition(":")
+        tag = stage.base.partition(":")[2]
         assert tag and tag != "latest", stage.base
         # A full version (3.12.10), not a moving minor tag (3.12).
         assert re.match(r"^\d+\.\d+\.\d+", tag), stage.base
@@ -84,7 +91,9 @@ def test_operator_image_runs_the_operator_without_pip() -> None:
     final = dict(stages[-1].instructions)
     assert final["ENTRYPOINT"] == '["microtask"]'
     assert final["CMD"] == '["operator"]'
-    assert "pip uninstall" in " ".join(rest for word, rest in stages[-1].instructions if word == "RUN")
+    assert "pip uninstall" in " ".join(
+        rest for word, rest in stages[-1].instructions if word == "RUN"
+    )
     build_runs = " ".join(rest for word, rest in stages[0].instructions if word == "RUN")
     assert "pip uninstall --yes pip" in build_runs  # the copied environment has no pip either
 
@@ -98,7 +107,7 @@ def test_runner_image_holds_only_the_runner() -> None:
     assert final["ENTRYPOINT"] == '["microtask-runner"]'
     text = DOCKERFILES["runner"].read_text()
     # Both ways of getting the runner into a worker image are documented.
-    assert "FROM ghcr.io/microtask/microtask-runner" in text
+    assert "FROM ghcr.io/microtask-dev/microtask-runner" in text
     assert "pip install --no-cache-dir --no-deps microtask" in text
 
 
@@ -114,5 +123,7 @@ def test_dockerignore_lets_through_what_the_dockerfiles_copy() -> None:
             if word == "COPY" and not rest.startswith("--from="):
                 *sources, _destination = rest.split()
                 for source in sources:
-                    assert source.rstrip("/") in included, f"{path.parent.name}: {source} is ignored"
+                    assert source.rstrip("/") in included, (
+                        f"{path.parent.name}: {source} is ignored"
+                    )
                     assert (ROOT / source).exists(), source

@@ -7,9 +7,20 @@ from typing import Any
 import jsonschema
 import yaml
 
-from tests.manifests.support import KIND_CONFIG, container, deploy_objects, deployment, env, values_defaults
+from tests.manifests.support import (
+    KIND_CONFIG,
+    container,
+    deploy_objects,
+    deployment,
+    env,
+    values_defaults,
+)
 
-LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A Kubernetes label key or taint key: an optional DNS-subdomain prefix, then a name.
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 
 # The part of kind's v1alpha4 Cluster config (sigs.k8s.io/kind/pkg/apis/config/v1alpha4)
 # that this file uses. kind rejects unknown fields, so they are errors here too.
@@ -114,7 +125,9 @@ def test_gpu_workers_carry_the_label_and_taint_of_the_defaults() -> None:
     assert len(gpu_workers) == 2
     assert len(cpu_workers) == 2
     for node in gpu_workers:
-        assert taints(node) == [{"key": gpu["taintKey"], "value": "present", "effect": "NoSchedule"}]
+        assert taints(node) == [
+            {"key": gpu["taintKey"], "value": "present", "effect": "NoSchedule"}
+        ]
     for node in cpu_workers:
         assert gpu["nodeLabel"] not in node.get("labels", {})
         assert taints(node) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from microtask_operator.core.types import Accelerator
 from microtask_operator.simulator.bounds import lower_bound
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from microtask_operator.commands import simulate as command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
@@ -126,7 +125,8 @@ def test_an_invalid_cluster_file_exits_2_with_every_problem(
 ) -> None:
     bad = tmp_path / "cluster.yaml"
     bad.write_text(
-        "kind: SimulatedCluster\nnodes:\n- {name: a, pool: tpu}\n- {name: b, pool: cpu, speed: 0}\n",
+        "kind: SimulatedCluster\nnodes:\n"
+        "- {name: a, pool: tpu}\n- {name: b, pool: cpu, speed: 0}\n",
         encoding="utf-8",
     )
 
@@ -138,14 +138,23 @@ def test_an_invalid_cluster_file_exits_2_with_every_problem(
     assert "Traceback" not in err
 
 
+HEADER = "apiVersion: microtask.dev/v1alpha1\nkind: MicrotaskJob\nmetadata: {name: j}\n"
+TEMPLATE = "  template: {spec: {containers: [{name: w, image: x, command: [x]}]}}\n"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("kind: MicrotaskJob\nspec: {items: {range: {start: 0}}}\n", "spec.items.range"),
-        ("kind: MicrotaskJob\nspec: {items: {list: [1]}, parallelism: 0}\n", "spec.parallelism"),
-        ("kind: ConfigMap\n", "expected one MicrotaskJob"),
-        ("spec: [unclosed\n", "not valid YAML"),
+        (HEADER + "spec:\n  items: {range: {start: 0}}\n" + TEMPLATE, "spec.items.range.end"),
+        (HEADER + "spec:\n  items: {list: [1]}\n  parallelism: 0\n" + TEMPLATE, "spec.parallelism"),
+        (
+            HEADER + "spec:\n  items: {configMapRef: {name: cm, key: items}}\n" + TEMPLATE,
+            "ConfigMap 'cm' is needed to count the items",
+        ),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {}\n", "found 0"),
+        ("spec: [unclosed\n", "invalid YAML"),
     ],
+    ids=["range-without-end", "parallelism-0", "configmap-missing", "no-job", "bad-yaml"],
 )
 def test_an_invalid_job_file_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
@@ -159,6 +168,16 @@ def test_an_invalid_job_file_exits_2(
     assert code == 2
     assert expected in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_example_jobs_simulate(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(path, "--cluster", EXAMPLES / "realistic.yaml", "--json")
+
+    figures = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert figures["phase"] == "Succeeded"
+    assert figures["succeeded"] == figures["total"] > 0
 
 
 def test_missing_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from microtask_operator.core.types import Pool
 from microtask_operator.simulator import ClusterFileError, load_cluster
 from microtask_operator.simulator.cluster import parse_cluster

@@ -8,7 +8,6 @@ of the core does not break them, while a lost policy does.
 from __future__ import annotations
 
 import pytest
-
 from microtask_operator.core.types import Accelerator
 from microtask_operator.simulator import Policies, SimulationResult, simulate, simulate_static
 from microtask_runner.indexset import IndexSet

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from microtask_operator.core.types import Pool, ShardPhase
 from microtask_operator.simulator.world import (
     EXIT_OOM_KILLED,
@@ -60,12 +59,16 @@ def test_a_lost_node_takes_no_pods_and_frees_nothing() -> None:
 def test_the_workload_is_the_same_for_the_same_seed() -> None:
     workload = cluster([cpu_nodes(1)], workload={"permanentFailureRate": 0.01}).workload
 
-    a, b, c = WorkModel(1000, workload, 1), WorkModel(1000, workload, 1), WorkModel(1000, workload, 2)
+    a, b, c = (
+        WorkModel(1000, workload, 1),
+        WorkModel(1000, workload, 1),
+        WorkModel(1000, workload, 2),
+    )
 
     assert a.sizes == b.sizes and a.permanent == b.permanent
     assert a.sizes != c.sizes
     assert len(a.permanent) == 10
-    assert 0.8 <= min(a.sizes) and max(a.sizes) <= 1.2
+    assert min(a.sizes) >= 0.8 and max(a.sizes) <= 1.2
 
 
 def test_an_execution_reports_every_microtask_through_the_wire_format() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core_driver import Driver, ok
 from microtask_operator.core.badnodes import avoid_lists, update_levels
-from microtask_operator.core.state import NodeRecord
+from microtask_operator.core.state import NodeRecord, PoolDurations
 from microtask_operator.core.types import (
     Accelerator,
     BadNodePolicy,
@@ -185,23 +185,40 @@ def test_both_copies_finishing_together_count_once() -> None:
 def test_bad_node_goes_soft_then_hard_and_expires() -> None:
     policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=3, exclude_seconds=100)
     cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c", "d"})})
-    nodes = {"a": NodeRecord(failures=2, last_failure=10.0)}
-    nodes2, changed = update_levels(nodes, policy, cluster, 10.0)
+    pools = {Pool.CPU: PoolDurations(harvested=20, failed_shards=2)}
+    nodes = {"a": NodeRecord(failures=2, last_failure=10.0, shards=2)}
+    nodes2, changed = update_levels(nodes, policy, cluster, 10.0, pools)
     assert nodes2["a"].level == "soft" and changed == [("a", "soft")]
     assert avoid_lists(nodes2, Pool.CPU, cluster) == ((), ("a",))
+    again, changed = update_levels(nodes2, policy, cluster, 11.0, pools)
+    assert again == nodes2 and changed == []  # stable: no repeated events
+    pools = {Pool.CPU: PoolDurations(harvested=21, failed_shards=3)}
     nodes3, _ = update_levels(
-        {"a": NodeRecord(3, 20.0, "soft", nodes2["a"].until)}, policy, cluster, 20.0
+        {"a": NodeRecord(3, 20.0, "soft", nodes2["a"].until, shards=3)}, policy, cluster, 20.0, pools
     )
     assert nodes3["a"].level == "hard"
     assert avoid_lists(nodes3, Pool.CPU, cluster) == (("a",), ())
-    expired, _ = update_levels(nodes3, policy, cluster, 20.0 + 101)
+    expired, _ = update_levels(nodes3, policy, cluster, 20.0 + 101, pools)
     assert expired == {}
+
+
+def test_failures_spread_over_every_node_exclude_nobody() -> None:
+    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=3)
+    cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b"})})
+    pools = {Pool.CPU: PoolDurations(harvested=20, failed_shards=18)}
+    nodes = {
+        "a": NodeRecord(failures=9, last_failure=1.0, shards=10),
+        "b": NodeRecord(failures=9, last_failure=1.0, shards=10),
+    }
+    result, changed = update_levels(nodes, policy, cluster, 2.0, pools)
+    assert changed == []
+    assert all(r.level is None for r in result.values())
 
 
 def test_exclusion_never_takes_the_whole_pool() -> None:
     policy = BadNodePolicy(soft_after_failures=1, hard_after_failures=1, max_excluded_fraction=1.0)
     cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b"})})
-    nodes = {"a": NodeRecord(5, 1.0), "b": NodeRecord(3, 1.0)}
+    nodes = {"a": NodeRecord(5, 1.0, shards=5), "b": NodeRecord(3, 1.0, shards=3)}
     result, _ = update_levels(nodes, policy, cluster, 1.0)
     hard, soft = avoid_lists(result, Pool.CPU, cluster)
     assert hard == ("a",)  # the worse one; one node is always left

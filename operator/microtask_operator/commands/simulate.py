@@ -138,8 +138,10 @@ def render(job: Job, cluster: ClusterSpec, result: SimulationResult) -> str:
     for pool in Pool:
         nodes = [n for n in cluster.nodes if n.pool is pool]
         if nodes:
-            unit = "GPUs" if pool is Pool.GPU else "slots"
-            pools.append(f"{len(nodes)} {pool.value} nodes ({cluster.slots(pool)} {unit})")
+            unit = "GPU" if pool is Pool.GPU else "slot"
+            pools.append(
+                f"{_count(len(nodes), f'{pool.value} node')} ({_count(cluster.slots(pool), unit)})"
+            )
     losses = len(cluster.node_losses)
     mode = "static Indexed Job (baseline)" if result.mode == "static" else result.policies.label()
     lines = [
@@ -181,6 +183,10 @@ def render(job: Job, cluster: ClusterSpec, result: SimulationResult) -> str:
     if result.message:
         lines.append(f"  {'note':<20}{result.message}")
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _duration(seconds: float) -> str:

@@ -1,8 +1,11 @@
 """Job-wide bad-node tracking (in the spirit of Spark's excludeOnFailure).
 
-A node whose shards keep failing is first avoided softly (preferred anti-affinity), then hard
-(required anti-affinity), each exclusion expiring after a while. Exclusion never takes more than a
-fraction of a pool's ready nodes, and always leaves at least one, so work can always run.
+A node is suspect when its shards fail clearly more often than the rest of its pool: at least
+`softAfterFailures` failed shards, and a failure rate at least twice (and 25 points above) the
+pool's other nodes. Work that fails everywhere (a bug, a flaky service) therefore excludes nobody;
+a node that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), then hard
+(required anti-affinity) from `hardAfterFailures`, each exclusion expiring after a while. Exclusion
+never takes more than a fraction of a pool's ready nodes, and always leaves at least one.
 """
 
 from __future__ import annotations
@@ -10,31 +13,52 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .state import MAX_NODE_RECORDS, NodeRecord
+from .state import MAX_NODE_RECORDS, NodeRecord, PoolDurations
 from .types import BadNodePolicy, ClusterView, Pool
 
 SOFT = "soft"
 HARD = "hard"
+# How much worse than its pool a node must be: twice the rate, and this many points above it.
+MIN_RATE_GAP = 0.25
 
 
-def record_failure(
-    nodes: Mapping[str, NodeRecord], node: str, now: float
+def record_shard(
+    nodes: Mapping[str, NodeRecord], node: str, failed: bool, now: float
 ) -> dict[str, NodeRecord]:
+    """Count one harvested shard on `node`; nodes are tracked from their first failure on."""
     result = dict(nodes)
     previous = result.get(node)
-    failures = (previous.failures if previous else 0) + 1
-    result[node] = NodeRecord(
-        failures=failures,
-        last_failure=now,
-        level=previous.level if previous else None,
-        until=previous.until if previous else None,
-    )
+    if previous is None and not failed:
+        return result
+    if previous is None:
+        result[node] = NodeRecord(failures=1, last_failure=now, shards=1)
+    else:
+        result[node] = NodeRecord(
+            failures=previous.failures + (1 if failed else 0),
+            last_failure=now if failed else previous.last_failure,
+            level=previous.level,
+            until=previous.until,
+            shards=previous.shards + 1,
+        )
     if len(result) > MAX_NODE_RECORDS:
         # Forget the nodes with the oldest, fewest failures first.
-        ranked = sorted(result.items(), key=lambda kv: (kv[1].level is not None, kv[1].last_failure))
+        ranked = sorted(
+            result.items(), key=lambda kv: (kv[1].level is not None, kv[1].failures, kv[1].last_failure)
+        )
         for name, _ in ranked[: len(result) - MAX_NODE_RECORDS]:
             del result[name]
     return result
+
+
+def _stands_out(record: NodeRecord, pool: PoolDurations | None) -> bool:
+    """Does this node fail clearly more often than the other nodes of its pool?"""
+    if pool is None:
+        return True
+    others_shards = pool.harvested - record.shards
+    others_failed = pool.failed_shards - record.failures
+    others_rate = others_failed / others_shards if others_shards > 0 else 0.0
+    rate = record.rate()
+    return rate >= 2 * others_rate and rate - others_rate >= MIN_RATE_GAP
 
 
 def update_levels(
@@ -42,47 +66,50 @@ def update_levels(
     policy: BadNodePolicy,
     cluster: ClusterView,
     now: float,
+    pools: Mapping[Pool, PoolDurations] | None = None,
 ) -> tuple[dict[str, NodeRecord], list[tuple[str, str]]]:
-    """Expire old exclusions, raise levels by failure counts, cap per pool.
+    """Expire old exclusions, set levels from failures, cap per pool.
 
-    Returns the new records and the (node, level) exclusions that are new, for events.
+    Returns the new records and the (node, level) exclusions that changed, for events.
     """
-    result: dict[str, NodeRecord] = {}
+    kept: dict[str, NodeRecord] = {}
     for name, record in nodes.items():
         if record.until is not None and record.until <= now:
-            # Expired: the node gets a clean slate (it may have been repaired).
-            continue
+            continue  # expired: a clean slate (the node may have been repaired)
         if record.level is None and now - record.last_failure >= policy.exclude_seconds:
-            continue
-        result[name] = record
+            continue  # old failures are forgotten
+        kept[name] = record
     if not policy.enabled:
-        return {n: NodeRecord(r.failures, r.last_failure) for n, r in result.items()}, []
+        return {n: NodeRecord(r.failures, r.last_failure, shards=r.shards) for n, r in kept.items()}, []
 
-    changed: list[tuple[str, str]] = []
-    for name, record in list(result.items()):
+    pool_of = {n: p for p, names in cluster.ready_nodes.items() for n in names}
+    wanted: dict[str, str | None] = {}
+    for name, record in kept.items():
         level = record.level
-        if record.failures >= policy.hard_after_failures:
-            level = HARD
-        elif record.failures >= policy.soft_after_failures and level is None:
-            level = SOFT
-        if level != record.level:
-            result[name] = NodeRecord(
-                record.failures, record.last_failure, level, record.last_failure + policy.exclude_seconds
-            )
-            changed.append((name, level or ""))
+        stats = (pools or {}).get(pool_of[name]) if name in pool_of else None
+        if record.failures >= policy.soft_after_failures and _stands_out(record, stats):
+            level = HARD if record.failures >= policy.hard_after_failures else (level or SOFT)
+        wanted[name] = level
 
-    # Cap hard exclusions per pool: the most failing stay hard, the rest drop to soft.
+    # Cap hard exclusions per pool: the most failing stay hard, the rest are only preferred away.
     for ready in cluster.ready_nodes.values():
-        allowed = min(len(ready) - 1, math.floor(policy.max_excluded_fraction * len(ready)))
-        allowed = max(allowed, 0)
+        allowed = max(0, min(len(ready) - 1, math.floor(policy.max_excluded_fraction * len(ready))))
         hard = sorted(
-            (n for n in ready if n in result and result[n].level == HARD),
-            key=lambda n: (-result[n].failures, n),
+            (n for n in ready if wanted.get(n) == HARD), key=lambda n: (-kept[n].failures, n)
         )
         for name in hard[allowed:]:
-            r = result[name]
-            result[name] = NodeRecord(r.failures, r.last_failure, SOFT, r.until)
-            changed = [(n, lv) for n, lv in changed if n != name] + [(name, SOFT)]
+            wanted[name] = SOFT
+
+    result: dict[str, NodeRecord] = {}
+    changed: list[tuple[str, str]] = []
+    for name, record in kept.items():
+        level = wanted[name]
+        if level != record.level:
+            until = (now + policy.exclude_seconds) if level else None
+            record = NodeRecord(record.failures, record.last_failure, level, until, record.shards)
+            if level:
+                changed.append((name, level))
+        result[name] = record
     return result, changed
 
 

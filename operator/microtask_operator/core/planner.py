@@ -72,6 +72,7 @@ class Decision:
     phase: str
     done: bool
     next_wakeup: float | None
+    in_flight: dict[Pool, int] = field(default_factory=dict)  # shards in flight per pool
 
 
 def pod_exit_code(shard: ObservedShard) -> int:
@@ -262,16 +263,20 @@ class _Planner:
 
         failures = len(all_charged - ok)
         pool = shard.pool
-        if report is not None and report.count > 0:
-            d = self.durations.get(pool, PoolDurations())
-            self.durations[pool] = PoolDurations(
-                d.shards + 1, d.microtasks + report.count, d.seconds + report.seconds_total
-            )
+        d = self.durations.get(pool, PoolDurations())
+        measured = report is not None and report.count > 0
+        self.durations[pool] = PoolDurations(
+            shards=d.shards + (1 if measured else 0),
+            microtasks=d.microtasks + (report.count if report is not None and measured else 0),
+            seconds=d.seconds + (report.seconds_total if report is not None and measured else 0.0),
+            failed_shards=d.failed_shards + (1 if failures else 0),
+            harvested=d.harvested + 1,
+        )
         self.deltas.shard_durations.append((pool, self.run_time(shard)))
+        if shard.node is not None:
+            self.nodes = badnodes.record_shard(self.nodes, shard.node, bool(failures), self.now)
         keep = False
         if failures:
-            if shard.node is not None:
-                self.nodes = badnodes.record_failure(self.nodes, shard.node, self.now)
             keep = self.spec.keep_failed_shards > 0
             where = f" on node {shard.node}" if shard.node else ""
             detail = f": {error_text}" if error_text else ""
@@ -461,7 +466,7 @@ class _Planner:
 
     def update_nodes(self) -> None:
         self.nodes, changed = badnodes.update_levels(
-            self.nodes, self.spec.bad_nodes, self.cluster, self.now
+            self.nodes, self.spec.bad_nodes, self.cluster, self.now, self.durations
         )
         for name, level in changed:
             record = self.nodes[name]
@@ -659,6 +664,9 @@ class _Planner:
             phase=phase,
             done=done,
             next_wakeup=None if done else (min(future) if future else None),
+            in_flight={
+                pool: sum(1 for s in self.live.values() if s.pool == pool) for pool in Pool
+            },
         )
 
     def trim_kept(self) -> None:

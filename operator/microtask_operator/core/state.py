@@ -44,15 +44,21 @@ class NodeRecord:
     last_failure: float
     level: str | None = None  # None | "soft" | "hard"
     until: float | None = None  # the exclusion expires then
+    shards: int = 0  # shards harvested from this node since its first failure (failures included)
+
+    def rate(self) -> float:
+        return self.failures / max(self.shards, self.failures, 1)
 
 
 @dataclass(frozen=True)
 class PoolDurations:
     """Finished work per pool: the baseline that straggler detection compares against."""
 
-    shards: int = 0
+    shards: int = 0  # harvested shards that reported durations
     microtasks: int = 0
     seconds: float = 0.0
+    failed_shards: int = 0  # harvested shards with a failed microtask (the pool's failure rate)
+    harvested: int = 0  # all harvested shards
 
     def per_microtask(self) -> float | None:
         if self.microtasks <= 0:
@@ -125,12 +131,19 @@ class CoreState:
                 {
                     "node": name,
                     "failures": record.failures,
+                    "shards": record.shards,
                     "lastFailure": to_rfc3339(record.last_failure),
                 }
                 for name, record in sorted(self.nodes.items())
             ],
             "durations": {
-                str(pool): {"shards": d.shards, "count": d.microtasks, "seconds": round(d.seconds, 3)}
+                str(pool): {
+                    "shards": d.shards,
+                    "count": d.microtasks,
+                    "seconds": round(d.seconds, 3),
+                    "harvested": d.harvested,
+                    "failedShards": d.failed_shards,
+                }
                 for pool, d in sorted(self.durations.items())
             },
             "wastedSeconds": round(self.wasted_seconds, 3),
@@ -184,10 +197,15 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
             last_failure=from_rfc3339(entry["lastFailure"]),
             level=str(exclusion["level"]) if exclusion else None,
             until=_time(exclusion["until"]) if exclusion else None,
+            shards=int(entry.get("shards", 0)),
         )
     durations = {
         Pool(pool): PoolDurations(
-            shards=int(d.get("shards", 0)), microtasks=int(d["count"]), seconds=float(d["seconds"])
+            shards=int(d.get("shards", 0)),
+            microtasks=int(d["count"]),
+            seconds=float(d["seconds"]),
+            failed_shards=int(d.get("failedShards", 0)),
+            harvested=int(d.get("harvested", 0)),
         )
         for pool, d in (status.get("durations") or {}).items()
     }

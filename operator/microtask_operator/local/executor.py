@@ -121,6 +121,9 @@ class LocalExecutor:
         report_path = self.log_dir / f"shard-{shard.shard_id}.report"
         report_path.unlink(missing_ok=True)
         env = dict(os.environ)
+        # `python3` in a worker command means the Python running microtask (as the image's own
+        # python3 would on a cluster), not whatever a version-manager shim picks.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(self.job.env)
         env.update(
             MICROTASK_JOB=self.job.name,

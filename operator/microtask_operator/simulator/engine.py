@@ -178,6 +178,10 @@ class CoreSimulation:
             if loss.deleted_after is not None:
                 self.push(self.start + loss.at + loss.deleted_after, _NODE_DELETED, node.order)
         deadline = self.start + self.cluster.max_simulated_seconds
+        # Nodes lost "at 0" are gone before the first decision, not after its pods are placed.
+        while self.heap and self.heap[0][0] <= self.start:
+            _, _, kind, ref, token = heapq.heappop(self.heap)
+            self.handle(kind, ref, token)
         decision = self.settle()
         message = ""
         while not decision.done:

@@ -1,18 +1,16 @@
-"""Reading the MicrotaskJob to simulate into the core's `CoreSpec`.
+"""Reading the MicrotaskJob to simulate: the API's own loader and `to_core_spec`, nothing else.
 
-TEMPORARY: this reads only the fields decisions depend on, with light checks. It is replaced by
-the API model's loader and `to_core_spec` (full validation, one source of truth for defaults)
-as soon as that lands; nothing outside this module depends on how the file is read.
+Using the same path as `microtask run` and the operator means the simulated job has exactly the
+defaults and validation a real one has; this module only turns "one valid job, please" into a
+short error list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from ..core.types import Accelerator, CoreSpec, RetryPolicy, SpeculationPolicy
+from ..core.types import CoreSpec
 
 
 class JobFileError(ValueError):
@@ -31,133 +29,25 @@ class Job:
 
 
 def load_job(path: str | Path) -> Job:
-    import yaml
+    """The one valid MicrotaskJob of a file (with its ConfigMap, if its items come from one)."""
+    from ..api.convert import to_core_spec
+    from ..api.items import ItemsError
+    from ..api.loading import load_file
 
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise JobFileError(source, [f"cannot read: {error.strerror or error}"]) from error
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise JobFileError(source, [f"not valid YAML: {error}"]) from error
-    jobs = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == "MicrotaskJob"]
-    if len(jobs) != 1:
+    result = load_file(str(path))
+    source = result.source
+    if not result.ok:
+        # The source is said once, by the caller; each problem keeps its document and path.
+        raise JobFileError(source, [str(replace(p, source=None)) for p in result.problems])
+    if len(result.jobs) != 1:
         raise JobFileError(
-            source, [f"expected one MicrotaskJob document, found {len(jobs)} of {len(documents)}"]
+            source,
+            [f"expected one MicrotaskJob, found {len(result.jobs)}: simulate one job at a time"],
         )
-    return parse_job(jobs[0], source)
-
-
-def parse_job(data: Mapping[str, Any], source: str = "<job>") -> Job:
-    problems: list[str] = []
-    metadata = data.get("metadata") or {}
-    name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    spec = data.get("spec")
-    if not isinstance(spec, Mapping):
-        raise JobFileError(source, ["spec: must be a mapping"])
-
-    def section(key: str) -> Mapping[str, Any]:
-        value = spec.get(key) or {}
-        if not isinstance(value, Mapping):
-            problems.append(f"spec.{key}: must be a mapping")
-            return {}
-        return value
-
-    def number(where: str, value: Any, default: float, minimum: float) -> float:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            problems.append(f"{where}: must be a number >= {minimum:g}, got {value!r}")
-            return default
-        return float(value)
-
-    def integer(where: str, value: Any, default: int, minimum: int) -> int:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            problems.append(f"{where}: must be an integer >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    total = _total(section("items"), problems)
-    placement = section("placement")
-    retry = section("retry")
-    speculation = section("speculation")
+    loaded = result.jobs[0]
     try:
-        accelerator = Accelerator(placement.get("accelerator", "cpu"))
-    except ValueError:
-        got = placement["accelerator"]
-        problems.append(f"spec.placement.accelerator: must be gpu, cpu or auto, got {got!r}")
-        accelerator = Accelerator.CPU
-    codes = retry.get("nonRetryableExitCodes") or []
-    if not isinstance(codes, list) or not all(isinstance(c, int) for c in codes):
-        problems.append("spec.retry.nonRetryableExitCodes: must be a list of integers")
-        codes = []
-    defaults = CoreSpec(total=0)
-    core = CoreSpec(
-        total=total,
-        microtasks_per_shard=integer(
-            "spec.microtasksPerShard", spec.get("microtasksPerShard"), 1, 1
-        ),
-        parallelism=integer("spec.parallelism", spec.get("parallelism"), 10, 1),
-        accelerator=accelerator,
-        fallback_after_seconds=number(
-            "spec.placement.fallbackAfterSeconds",
-            placement.get("fallbackAfterSeconds"),
-            defaults.fallback_after_seconds,
-            0,
-        ),
-        retry=RetryPolicy(
-            max_attempts=integer("spec.retry.maxAttempts", retry.get("maxAttempts"), 3, 1),
-            backoff_seconds=number(
-                "spec.retry.backoffSeconds", retry.get("backoffSeconds"), 10.0, 0
-            ),
-            non_retryable_exit_codes=frozenset(codes),
-            max_failed_microtasks=integer(
-                "spec.retry.maxFailedMicrotasks", retry.get("maxFailedMicrotasks"), 0, 0
-            ),
-        ),
-        speculation=SpeculationPolicy(
-            enabled=bool(speculation.get("enabled", False)),
-            slowdown_factor=number(
-                "spec.speculation.slowdownFactor", speculation.get("slowdownFactor"), 3.0, 1.0
-            ),
-        ),
-    )
-    if problems:
-        raise JobFileError(source, problems)
-    return Job(name=str(name or "job"), spec=core)
-
-
-def _total(items: Mapping[str, Any], problems: list[str]) -> int:
-    sources = [key for key in ("range", "list", "configMapRef") if key in items]
-    if len(sources) != 1:
-        problems.append("spec.items: must have exactly one of range, list, configMapRef")
-        return 0
-    if sources[0] == "list":
-        values = items["list"]
-        if not isinstance(values, list):
-            problems.append("spec.items.list: must be a list")
-            return 0
-        return len(values)
-    if sources[0] == "configMapRef":
-        problems.append(
-            "spec.items.configMapRef: the simulator cannot read a ConfigMap; "
-            "use an equivalent range of the same size"
-        )
-        return 0
-    bounds = items["range"]
-    if not isinstance(bounds, Mapping):
-        problems.append("spec.items.range: must be a mapping with start and end")
-        return 0
-    start, end, step = bounds.get("start", 0), bounds.get("end"), bounds.get("step", 1)
-    if not all(type(v) is int for v in (start, end, step)):
-        problems.append("spec.items.range: start, end and step must be integers")
-        return 0
-    assert isinstance(start, int) and isinstance(end, int) and isinstance(step, int)
-    if step <= 0 or end < start:
-        problems.append("spec.items.range: needs end >= start and step > 0")
-        return 0
-    return len(range(start, end, step))
+        spec = to_core_spec(loaded.job, result.config_map_data(loaded))
+    except ItemsError as error:
+        hint = " (put the ConfigMap in the same file, or use an items range of the same size)"
+        raise JobFileError(source, [f"spec.items.configMapRef: {error}{hint}"]) from error
+    return Job(name=loaded.job.metadata.name, spec=spec)

@@ -89,6 +89,9 @@ class StaticSimulation:
                 self.push(self.start + loss.at + loss.deleted_after, _NODE_DELETED, node.order)
         deadline = self.start + self.cluster.max_simulated_seconds
         message = ""
+        while self.heap and self.heap[0][0] <= self.start:
+            _, _, kind, ref, token = heapq.heappop(self.heap)
+            self.handle(kind, ref, token)
         self.fill()
         while self.open:
             if not self.heap:

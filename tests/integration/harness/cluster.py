@@ -106,6 +106,7 @@ class Cluster:
                 raise RuntimeError("the emulated cluster thread did not stop")
             if self.control_plane is not None:
                 leaked = self.control_plane.leaked_processes
+            self._loop = None  # stopping twice is harmless
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -391,7 +392,7 @@ class Cluster:
         interval: float = 0.05,
         message: str = "condition",
     ) -> T:
-        """Poll ``predicate`` until it returns something truthy (returned); bounded by ``timeout``."""
+        """Poll ``predicate`` until it returns something truthy, and return that (bounded)."""
         deadline = time.monotonic() + timeout
         last: T = predicate()
         while not last:
@@ -528,6 +529,10 @@ class Cluster:
     def oom_kill(self, name: str, namespace: str = "default") -> None:
         """Kill a pod's container like the OOM killer (exit 137, reason OOMKilled)."""
         self.call(lambda: self.plane.oom_kill(namespace, name))
+
+    def pod_pid(self, name: str, namespace: str = "default") -> int | None:
+        """The pid of a pod's running container process."""
+        return self.call(lambda: self.plane.pod_pid(namespace, name))
 
     def pod_log(self, name: str, namespace: str = "default") -> str | None:
         """A pod's container output."""

@@ -358,7 +358,8 @@ class ControlPlane:
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
         now = now_iso()
-        try:
+        # Events are best effort, as in Kubernetes (the namespace may be going away).
+        with contextlib.suppress(ApiError):
             self.store.create(
                 self.events_res,
                 namespace,
@@ -380,8 +381,6 @@ class ControlPlane:
                     "count": 1,
                 },
             )
-        except ApiError:
-            pass  # the namespace may be going away; events are best effort, as in Kubernetes
 
     # --- nodes ---------------------------------------------------------------------------------
 
@@ -1358,6 +1357,14 @@ class ControlPlane:
             raise ApiError(409, "Conflict", f"pod {name} has no running container")
         run.kill_reason = "oom"
         self._kill_group(run)
+
+    def pod_pid(self, namespace: str, name: str) -> int | None:
+        """The pid of a pod's running container process (None when not running)."""
+        pod = self.store.peek(self.pods_res, namespace, name)
+        run = self._runs.get(pod["metadata"]["uid"]) if pod is not None else None
+        if run is None or run.process is None or run.process.returncode is not None:
+            return None
+        return run.process.pid
 
     def pod_log(
         self, namespace: str, name: str, query: Mapping[str, str] | None = None

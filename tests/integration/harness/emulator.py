@@ -404,9 +404,7 @@ class ApiEmulator(kmock.KubernetesScaffold):
             text=body.decode(errors="replace"),
             data=data,
             action=_kmock_action(verb),
-            resource=kmock.resource(group=path.group, version=path.version, plural=path.plural)
-            if path is not None
-            else None,
+            resource=_kmock_resource(raw_request.path, path),
             namespace=path.namespace if path is not None else None,
             name=path.name if path is not None else None,
             subresource=path.subresource if path is not None else None,
@@ -434,7 +432,14 @@ class ApiEmulator(kmock.KubernetesScaffold):
             if fault is not None:
                 raise fault
             response = await self._serve(
-                request, raw_request, path, verb, query, body, data, pending
+                request=request,
+                raw=raw_request,
+                path=path,
+                verb=verb,
+                query=query,
+                body=body,
+                data=data,
+                pending=pending,
             )
         except ApiError as exc:
             response = _json(exc.status(), exc.code, exc.headers)
@@ -456,6 +461,7 @@ class ApiEmulator(kmock.KubernetesScaffold):
 
     async def _serve(
         self,
+        *,
         request: rendering.Request,
         raw: aiohttp.web.BaseRequest,
         path: K8sPath | None,
@@ -570,7 +576,12 @@ class ApiEmulator(kmock.KubernetesScaffold):
         for payload in ordered:
             if any(math.isinf(p) and p < 0 for p in payload.priorities):
                 continue  # fallbacks are the emulator's own job
-            if request in payload._source and not payload._disabled.is_set():
+            if payload._disabled.is_set():
+                continue
+            seen = _sees(payload._source, request)
+            if seen is None:  # slices, groups...: only kmock's scan of its (bounded) log knows
+                seen = request in payload._source
+            if seen:
                 try:
                     return await payload(request)
                 except rendering.ReactionMismatchError:
@@ -772,7 +783,14 @@ class ApiEmulator(kmock.KubernetesScaffold):
                     return response
                 for line in initial:
                     await self._write(response, line)
-                await self._stream_live(response, res, queue, translate, timeout, bookmarks)
+                await self._stream_live(
+                    response=response,
+                    res=res,
+                    queue=queue,
+                    translate=translate,
+                    timeout=timeout,
+                    bookmarks=bookmarks,
+                )
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                 pass
             finally:
@@ -783,6 +801,7 @@ class ApiEmulator(kmock.KubernetesScaffold):
 
     async def _stream_live(
         self,
+        *,
         response: aiohttp.web.StreamResponse,
         res: ResourceDef,
         queue: asyncio.Queue[WatchEvent],
@@ -921,6 +940,36 @@ class ApiEmulator(kmock.KubernetesScaffold):
     def iter_requests(self) -> Iterator[ApiRequest]:
         """The recorded requests (the bounded window)."""
         return iter(self.request_log.entries)
+
+
+def _sees(view: Any, request: rendering.Request) -> bool | None:
+    """Whether a plain chain of kmock filters admits this request, decided without scanning.
+
+    kmock answers "is this request in the view?" by re-filtering its whole request log, which
+    makes each request slower than the last. For chains of criteria filters (the common case)
+    the answer depends on the request alone; None means "ask kmock" (slices, groups, ...).
+    """
+    while True:
+        if isinstance(view, kmock.Root):
+            return True
+        if isinstance(view, kmock.Filter):
+            if not view.criteria(request):
+                return False
+            view = view._source
+        elif isinstance(view, kmock.Priority):
+            view = view._source
+        else:
+            return None
+
+
+def _kmock_resource(raw_path: str, path: K8sPath | None) -> kmock.resource | None:
+    """The resource kmock's criteria and discovery routes see (also for ``/apis/{group}``)."""
+    if path is not None:
+        return kmock.resource(group=path.group, version=path.version, plural=path.plural)
+    parts = [p for p in raw_path.split("/") if p]
+    if len(parts) == 2 and parts[0] == "apis":
+        return kmock.resource(group=parts[1])
+    return None
 
 
 def _kmock_action(verb: str) -> kmock.action | None:

@@ -444,8 +444,9 @@ def pod_update_causes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Ca
         return [
             Cause(
                 "FieldValueForbidden",
-                "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
-                "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
+                "Forbidden: pod updates may not change fields other than "
+                "`spec.containers[*].image`,`spec.initContainers[*].image`,"
+                "`spec.activeDeadlineSeconds`,`spec.tolerations` "
                 "(only additions to existing tolerations)",
                 "spec",
             )

@@ -57,7 +57,13 @@ def _to_jsonschema(node: Any) -> Any:
             continue
         if key == "properties":
             out[key] = {name: _to_jsonschema(sub) for name, sub in value.items()}
-        elif (key == "additionalProperties" and isinstance(value, Mapping)) or key in ("items", "not", "allOf", "anyOf", "oneOf"):
+        elif (key == "additionalProperties" and isinstance(value, Mapping)) or key in (
+            "items",
+            "not",
+            "allOf",
+            "anyOf",
+            "oneOf",
+        ):
             out[key] = _to_jsonschema(value)
         elif key == "format":
             continue  # formats are advisory here (int32, int64, date-time, ...)
@@ -82,6 +88,19 @@ def _format_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + " ".join(_format_value(v) for v in value) + "]"
     return json.dumps(value)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type name the API server reports for a value of the wrong type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number" if isinstance(value, float) else "integer"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def format_path(parts: Iterable[Any]) -> str:
@@ -114,7 +133,7 @@ def _cause_for(error: jsonschema.ValidationError) -> list[Cause]:
                 Cause(
                     "FieldValueTypeInvalid",
                     f"Invalid value: {_format_value(value)}: {shown} must be of type {wanted}: "
-                    f"{_format_value(type(value).__name__ if not isinstance(value, str) else value)}",
+                    f'"{_json_type(value)}"',
                     field,
                 )
             ]
@@ -262,7 +281,11 @@ def _prune(value: Any, schema: Mapping[str, Any], root: bool = False) -> Any:
                 out[key] = _prune(sub, props[key])
             elif isinstance(additional, Mapping):
                 out[key] = _prune(sub, additional)
-            elif additional is True or schema.get("x-kubernetes-preserve-unknown-fields") or (root and key in ("apiVersion", "kind", "metadata")):
+            elif (
+                additional is True
+                or schema.get("x-kubernetes-preserve-unknown-fields")
+                or (root and key in ("apiVersion", "kind", "metadata"))
+            ):
                 out[key] = sub
             # else: unknown field, pruned
         return out

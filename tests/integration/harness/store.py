@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 SKey = tuple[str, str]  # storage key: (group, plural)
 ObjKey = tuple[SKey, str, str]  # (storage key, namespace or "", name)
 
+STALE_MESSAGE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
 JOB_ORPHAN_WARNING = (
     "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background "
     "to remove them or set propagationPolicy=Orphan to suppress this warning"
@@ -122,11 +125,7 @@ def conflict(res: ResourceDef, name: str, why: str | None = None) -> ApiError:
     return ApiError(
         409,
         "Conflict",
-        f'Operation cannot be fulfilled on {res.qualified} "{name}": '
-        + (
-            why
-            or "the object has been modified; please apply your changes to the latest version and try again"
-        ),
+        f'Operation cannot be fulfilled on {res.qualified} "{name}": ' + (why or STALE_MESSAGE),
         details={"name": name, "group": res.group, "kind": res.plural},
     )
 
@@ -443,7 +442,8 @@ class Store:
             raise ApiError(
                 403,
                 "Forbidden",
-                f"unable to create new content in namespace {namespace} because it is being terminated",
+                f"unable to create new content in namespace {namespace} "
+                "because it is being terminated",
                 details={"name": namespace, "kind": "namespaces"},
             )
         return namespace
@@ -471,7 +471,8 @@ class Store:
         obj: dict[str, Any] = copy.deepcopy(dict(body))
         if obj.get("kind") and obj["kind"] != res.kind:
             raise bad_request(
-                f"the kind in the data ({obj['kind']}) does not match the expected kind ({res.kind})"
+                f"the kind in the data ({obj['kind']}) does not match "
+                f"the expected kind ({res.kind})"
             )
         if obj.get("apiVersion") and obj["apiVersion"] != res.api_version:
             raise bad_request(
@@ -485,7 +486,8 @@ class Store:
         body_ns = meta.get("namespace")
         if res.namespaced and namespace and body_ns and body_ns != namespace:
             raise bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request"
+                "the namespace of the provided object does not match "
+                "the namespace sent on the request"
             )
         ns = self._check_namespace(res, namespace or body_ns, creating=True)
         if res.namespaced:
@@ -562,9 +564,10 @@ class Store:
             status.setdefault("qosClass", _qos_class(spec))
         elif gr == ("apiextensions.k8s.io", "customresourcedefinitions"):
             causes += self._validate_crd(obj)
-        elif gr == ("scheduling.k8s.io", "priorityclasses"):
-            if not isinstance(obj.get("value"), int):
-                causes.append(Cause("FieldValueRequired", "Required value", "value"))
+        elif gr == ("scheduling.k8s.io", "priorityclasses") and not isinstance(
+            obj.get("value"), int
+        ):
+            causes.append(Cause("FieldValueRequired", "Required value", "value"))
         if res.schema is not None:
             pruned = res.schema.prune(obj)
             obj.clear()
@@ -594,22 +597,17 @@ class Store:
         meta = body.get("metadata") or {}
         if meta.get("name") and meta["name"] != name:
             raise bad_request(
-                f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"
+                f"the name of the object ({meta['name']}) does not match "
+                f"the name on the URL ({name})"
             )
-        if not meta.get("resourceVersion"):
-            # A real server requires it for most built-ins; custom resources allow unconditional PUT.
-            if not res.is_custom:
-                raise invalid(
-                    res,
-                    name,
-                    [
-                        Cause(
-                            "FieldValueInvalid",
-                            "Invalid value: 0: must be specified for an update",
-                            "metadata.resourceVersion",
-                        )
-                    ],
-                )
+        # A real server requires it for most built-ins; custom resources allow unconditional PUT.
+        if not meta.get("resourceVersion") and not res.is_custom:
+            cause = Cause(
+                "FieldValueInvalid",
+                "Invalid value: 0: must be specified for an update",
+                "metadata.resourceVersion",
+            )
+            raise invalid(res, name, [cause])
         return self._update(
             res,
             namespace,
@@ -656,8 +654,8 @@ class Store:
                 raise ApiError(
                     415,
                     "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types include: "
-                    f"application/json-patch+json, application/merge-patch+json"
+                    "the body of the request was in an unknown format - accepted media types "
+                    "include: application/json-patch+json, application/merge-patch+json"
                     f"{'' if res.is_custom else ', application/strategic-merge-patch+json'}",
                 )
         except PatchError as exc:

@@ -1,0 +1,185 @@
+"""Simulator figures: how fast it simulates, and what each rebalancing policy buys.
+
+    .venv/bin/python bench/bench_simulator.py [--seed N] [--quick]
+
+Prints (never asserts; timings depend on the machine):
+
+1. simulated microtasks per wall-clock second for 100,000 microtasks on 100 nodes, with the wall
+   time split between the core's plan() and the simulator itself;
+2. for the realistic cluster (examples/clusters/realistic.yaml: 8 GPU + 32 CPU nodes, stragglers,
+   one node loss) and 50,000 microtasks: makespan / lower bound with all policies on, each policy
+   off, and as a plain Indexed Job (--static).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from microtask_operator.core.planner import Decision, plan
+from microtask_operator.core.state import CoreState
+from microtask_operator.core.types import (
+    Accelerator,
+    ClusterView,
+    CoreSpec,
+    ObservedShard,
+    RetryPolicy,
+    SpeculationPolicy,
+)
+from microtask_operator.simulator import (
+    Policies,
+    SimulationResult,
+    load_cluster,
+    simulate,
+    simulate_static,
+)
+from microtask_operator.simulator.cluster import parse_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HUNDRED_NODES = {
+    "kind": "SimulatedCluster",
+    "name": "hundred",
+    "description": "20 GPU nodes (2 GPUs each) + 80 CPU nodes (4 slots each)",
+    "workload": {
+        "secondsPerMicrotask": {"gpu": 1.0, "cpu": 4.0},
+        "jitter": 0.2,
+        "failureRate": 0.001,
+        "stragglerRate": 0.02,
+        "podStartupSeconds": 3,
+    },
+    "nodes": [
+        {"name": "gpu", "count": 20, "pool": "gpu", "gpus": 2},
+        {"name": "cpu", "count": 80, "pool": "cpu", "slots": 4},
+    ],
+}
+
+
+class TimedPlanner:
+    """The real plan(), with the wall time it takes added up (bench only)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(
+        self,
+        spec: CoreSpec,
+        state: CoreState,
+        observed: Sequence[ObservedShard],
+        cluster: ClusterView,
+        now: float,
+    ) -> Decision:
+        start = time.perf_counter()
+        try:
+            return plan(spec, state, observed, cluster, now)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+def timed(run: Callable[[], SimulationResult]) -> tuple[SimulationResult, float]:
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def throughput(seed: int, total: int) -> None:
+    cluster = parse_cluster(HUNDRED_NODES)
+    slots = sum(node.slots for node in cluster.nodes)
+    spec = CoreSpec(
+        total=total,
+        microtasks_per_shard=100,
+        parallelism=slots,
+        accelerator=Accelerator.AUTO,
+        speculation=SpeculationPolicy(enabled=True),
+    )
+    print(
+        f"## Simulation speed: {total:,} microtasks on {len(cluster.nodes)} nodes ({slots} slots)"
+    )
+    print()
+    print("| run | wall s | microtasks / wall s | plan() calls | in plan() | makespan / bound |")
+    print("|---|---:|---:|---:|---:|---:|")
+    planner = TimedPlanner()
+    result, wall = timed(lambda: simulate(spec, cluster, seed=seed, planner=planner))
+    share = planner.seconds / wall if wall else 0.0
+    print(
+        f"| core, parallelism {spec.parallelism} | {wall:.1f} | {total / wall:,.0f} | "
+        f"{planner.calls:,} | {share:.0%} | {result.ratio:.2f} |"
+    )
+    narrow = CoreSpec(**{**spec.__dict__, "parallelism": 100})
+    planner = TimedPlanner()
+    result, wall = timed(lambda: simulate(narrow, cluster, seed=seed, planner=planner))
+    share = planner.seconds / wall if wall else 0.0
+    print(
+        f"| core, parallelism 100 | {wall:.1f} | {total / wall:,.0f} | {planner.calls:,} | "
+        f"{share:.0%} | {result.ratio:.2f} |"
+    )
+    result, wall = timed(lambda: simulate_static(spec, cluster, seed=seed))
+    print(f"| static (no core) | {wall:.2f} | {total / wall:,.0f} | - | - | {result.ratio:.2f} |")
+    print()
+
+
+def policy_table(seed: int, total: int) -> None:
+    cluster = load_cluster(ROOT / "examples" / "clusters" / "realistic.yaml")
+    spec = CoreSpec(
+        total=total,
+        microtasks_per_shard=50,
+        parallelism=160,  # every slot of the cluster: 32 GPUs + 128 CPU slots
+        accelerator=Accelerator.AUTO,
+        fallback_after_seconds=120,
+        retry=RetryPolicy(max_attempts=3, backoff_seconds=10),
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3),
+    )
+    print(
+        f"## Policies on the realistic cluster: {total:,} microtasks, 50 per shard, "
+        f"parallelism 160, accelerator auto, seed {seed}"
+    )
+    print()
+    print(
+        "| policies | makespan s | lower bound s | makespan / bound | failed | attempts | "
+        "copies | rebalanced | wasted slot-s | wall s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    runs: list[tuple[str, Callable[[], SimulationResult]]] = [
+        ("all on", lambda: simulate(spec, cluster, seed=seed)),
+        ("no fallback", lambda: simulate(spec, cluster, seed=seed, policies=Policies(False))),
+        (
+            "no speculation",
+            lambda: simulate(spec, cluster, seed=seed, policies=Policies(speculation=False)),
+        ),
+        (
+            "no exclusion",
+            lambda: simulate(spec, cluster, seed=seed, policies=Policies(exclusion=False)),
+        ),
+        ("static Indexed Job", lambda: simulate_static(spec, cluster, seed=seed)),
+    ]
+    for label, run in runs:
+        result, wall = timed(run)
+        rebalanced = ", ".join(f"{k} {v}" for k, v in result.rebalanced.items()) or "-"
+        phase = "" if result.phase == "Succeeded" else f" ({result.phase})"
+        print(
+            f"| {label}{phase} | {result.makespan:,.0f} | {result.lower_bound:,.0f} | "
+            f"{result.ratio:.2f} | {len(result.failed)} | {result.attempts:,} | "
+            f"{result.speculative_copies} | {rebalanced} | {result.wasted_seconds:,.0f} | "
+            f"{wall:.1f} |"
+        )
+        for anomaly in result.anomalies:
+            print(f"|  ↳ core invariant broken: {anomaly} |")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the microtasks")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    throughput(args.seed, 100_000 // scale)
+    policy_table(args.seed, 50_000 // scale)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The kopf registrations: watches, indexes and one daemon per MicrotaskJob.
+
+Jobs, pods and nodes are watched once and kept in kopf indexes (no LIST per reconcile). A change to
+a shard's Job or pod wakes its MicrotaskJob's daemon at once; the daemon reconciles (one at a time
+per MicrotaskJob) and then sleeps until the next change, the core's next time-based decision, or
+the resync interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from ..api.names import GROUP, PLURAL, VERSION
+from ..core.types import Event
+from ..labels import JOB, MANAGED_BY, MANAGED_BY_VALUE
+from ..metrics import Metrics
+from ..settings import Settings
+from .kube import ApiError, KubeApi
+from .observe import NodeInfo, node_info
+from .reconcile import Cluster, Reconciler
+
+log = logging.getLogger(__name__)
+
+OURS = {MANAGED_BY: MANAGED_BY_VALUE}
+
+
+@dataclass
+class Watched:
+    """A MicrotaskJob as last seen by the watch, and the flag that wakes its daemon."""
+
+    body: dict[str, Any]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    generation: int = -1
+    phase: str | None = None
+
+
+@dataclass
+class OperatorState:
+    """What the handlers share within one operator process."""
+
+    settings: Settings
+    metrics: Metrics
+    api: KubeApi | None = None
+    jobs: dict[tuple[str, str], Watched] = field(default_factory=dict)
+    node_ready: dict[str, bool] = field(default_factory=dict)
+
+    def wake(self, namespace: str, name: str) -> None:
+        watched = self.jobs.get((namespace, name))
+        if watched is not None:
+            watched.wake.set()
+
+    def wake_all(self, namespace: str | None = None) -> None:
+        for (ns, _), watched in self.jobs.items():
+            if namespace is None or ns == namespace:
+                watched.wake.set()
+
+
+def _compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "labels", "annotations", "creationTimestamp", "deletionTimestamp")
+            if meta.get(k) is not None
+        },
+        "spec": {"suspend": bool((body.get("spec") or {}).get("suspend"))},
+        "status": {"conditions": list((body.get("status") or {}).get("conditions") or [])},
+    }
+
+
+def _compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "creationTimestamp", "deletionTimestamp")
+            if meta.get(k) is not None
+        },
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {
+            k: status.get(k)
+            for k in ("phase", "reason", "conditions", "containerStatuses", "startTime")
+            if status.get(k) is not None
+        },
+    }
+
+
+def _owner_job(body: Mapping[str, Any]) -> str | None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "Job":
+            return str(ref.get("name"))
+    return None
+
+
+def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
+    """All handlers of one operator, registered in a registry of their own."""
+    registry = kopf.OperatorRegistry()
+    settings = state.settings
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        state.settings.apply_to_kopf(settings)
+        state.api = KubeApi(state.metrics)
+
+    @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry)
+    def shard_jobs(namespace: str, labels: Mapping[str, str], body: Any, **_: Any) -> Any:
+        owner = labels.get(JOB)
+        if not owner:
+            return None
+        return {(namespace, owner): _compact_job(body)}
+
+    @kopf.index("", "v1", "pods", labels=OURS, registry=registry)
+    def shard_pods(namespace: str, body: Any, **_: Any) -> Any:
+        job = _owner_job(body)
+        if job is None:
+            return None
+        return {(namespace, job): _compact_pod(body)}
+
+    @kopf.index("", "v1", "nodes", registry=registry)
+    def cluster_nodes(name: str, body: Any, **_: Any) -> Any:
+        info = node_info(body, settings.gpu_node_label, settings.gpu_taint_key)
+        if state.node_ready.get(name) != info.ready:
+            # Readiness changed (or a new node): every job may have work to move or to place.
+            state.node_ready[name] = info.ready
+            state.wake_all()
+        return {name: info}
+
+    @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
+    def job_changed(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
+        state.wake(namespace, labels.get(JOB, ""))
+
+    @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
+    def pod_changed(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
+        state.wake(namespace, labels.get(JOB, ""))
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node_changed(name: str, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            state.node_ready.pop(name, None)
+            state.wake_all()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def job_spec_changed(
+        namespace: str, name: str, body: Any, type: str | None, **_: Any
+    ) -> None:
+        key = (namespace, name)
+        if type == "DELETED":
+            state.jobs.pop(key, None)
+            state.wake_all(namespace)  # dependants learn their dependency is gone
+            return
+        watched = state.jobs.get(key)
+        plain = dict(body)
+        if watched is None:
+            watched = state.jobs[key] = Watched(body=plain)
+        watched.body = plain
+        generation = int((plain.get("metadata") or {}).get("generation") or 0)
+        phase = (plain.get("status") or {}).get("phase")
+        if generation != watched.generation:
+            watched.generation = generation
+            watched.wake.set()
+        if phase != watched.phase:
+            watched.phase = phase
+            state.wake_all(namespace)  # a dependency may have finished
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+    async def run_job(
+        namespace: str,
+        name: str,
+        body: Any,
+        stopped: Any,
+        shard_jobs: kopf.Index[tuple[str, str], dict[str, Any]],
+        shard_pods: kopf.Index[tuple[str, str], dict[str, Any]],
+        cluster_nodes: kopf.Index[str, NodeInfo],
+        logger: logging.Logger,
+        **_: Any,
+    ) -> None:
+        key = (namespace, name)
+        watched = state.jobs.setdefault(key, Watched(body=dict(body)))
+        assert state.api is not None
+
+        def jobs_of(ns: str, mtj: str) -> Sequence[Mapping[str, Any]]:
+            return list(shard_jobs.get((ns, mtj), ()))
+
+        def pods_of(ns: str, job: str) -> Sequence[Mapping[str, Any]]:
+            return list(shard_pods.get((ns, job), ()))
+
+        def nodes() -> Mapping[str, NodeInfo]:
+            return {n: next(iter(store)) for n, store in cluster_nodes.items() if store}
+
+        def phase_of(ns: str, mtj: str) -> str | None:
+            other = state.jobs.get((ns, mtj))
+            return other.phase if other else None
+
+        def emit(event: Event) -> None:
+            current = state.jobs.get(key)
+            target = current.body if current else dict(body)
+            if event.warning:
+                kopf.warn(target, reason=event.reason, message=event.message)
+            else:
+                kopf.info(target, reason=event.reason, message=event.message)
+
+        reconciler = Reconciler(
+            namespace=namespace,
+            name=name,
+            api=state.api,
+            metrics=state.metrics,
+            settings=settings,
+            cluster=Cluster(jobs=jobs_of, pods=pods_of, nodes=nodes, phase_of=phase_of),
+            emit=emit,
+        )
+        loop = asyncio.get_running_loop()
+        failures = 0
+        try:
+            while not stopped:
+                watched.wake.clear()
+                timeout = settings.resync_seconds
+                try:
+                    outcome = await reconciler.reconcile(watched.body)
+                    failures = 0
+                    if outcome.next_wakeup is not None:
+                        timeout = min(timeout, max(0.0, outcome.next_wakeup - reconciler.clock()))
+                except ApiError as error:
+                    failures += 1
+                    timeout = min(settings.resync_seconds, 0.5 * 2 ** min(failures, 6))
+                    logger.warning("reconcile interrupted, retrying in %.1fs: %s", timeout, error)
+                deadline = loop.time() + timeout
+                while not stopped and not watched.wake.is_set():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(watched.wake.wait(), timeout=min(left, 1.0))
+                    except TimeoutError:
+                        pass
+                if watched.wake.is_set() and settings.debounce_seconds > 0:
+                    # Let a burst of pod changes land, then decide once for all of them.
+                    await asyncio.sleep(settings.debounce_seconds)
+        finally:
+            state.metrics.job_gone(namespace, name)
+
+    return registry

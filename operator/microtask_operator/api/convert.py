@@ -1,0 +1,68 @@
+"""From the validated API model to the core's plain `CoreSpec`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from microtask_operator.api.items import total_microtasks
+from microtask_operator.api.model import MicrotaskJob, MicrotaskJobSpec
+from microtask_operator.core.types import (
+    Accelerator,
+    BadNodePolicy,
+    CoreSpec,
+    RetryPolicy,
+    SpeculationPolicy,
+)
+
+__all__ = ["to_core_spec"]
+
+
+def to_core_spec(
+    job: MicrotaskJob | MicrotaskJobSpec,
+    config_map_data: Mapping[str, str] | None = None,
+    *,
+    total: int | None = None,
+) -> CoreSpec:
+    """The decision-relevant part of a validated spec.
+
+    The number of microtasks is `total` when given, else counted from the items (a
+    `configMapRef` source needs the ConfigMap's `data`; ItemsError when it is missing).
+    """
+    spec = job.spec if isinstance(job, MicrotaskJob) else job
+    if total is None:
+        total = total_microtasks(spec, config_map_data)
+    retry = spec.retry
+    speculation = spec.speculation
+    bad_nodes = spec.rebalance.bad_nodes
+    return CoreSpec(
+        total=total,
+        microtasks_per_shard=spec.microtasks_per_shard,
+        parallelism=spec.parallelism,
+        accelerator=Accelerator(spec.placement.accelerator),
+        fallback_after_seconds=spec.placement.fallback_after_seconds,
+        fallback_cooldown_seconds=spec.placement.fallback_cooldown_seconds,
+        retry=RetryPolicy(
+            max_attempts=retry.max_attempts,
+            backoff_seconds=retry.backoff_seconds,
+            max_backoff_seconds=retry.max_backoff_seconds,
+            non_retryable_exit_codes=frozenset(retry.non_retryable_exit_codes),
+            max_failed_microtasks=retry.max_failed_microtasks,
+        ),
+        speculation=SpeculationPolicy(
+            enabled=speculation.enabled,
+            slowdown_factor=speculation.slowdown_factor,
+            min_samples=speculation.min_samples,
+            max_fraction=speculation.max_fraction,
+        ),
+        bad_nodes=BadNodePolicy(
+            enabled=bad_nodes.enabled,
+            soft_after_failures=bad_nodes.soft_after_failures,
+            hard_after_failures=bad_nodes.hard_after_failures,
+            exclude_seconds=bad_nodes.exclude_seconds,
+            max_excluded_fraction=bad_nodes.max_excluded_fraction,
+        ),
+        node_lost_grace_seconds=spec.rebalance.node_lost_grace_seconds,
+        job_timeout_seconds=spec.timeouts.job_seconds,
+        suspend=spec.suspend,
+        keep_failed_shards=spec.keep_failed_shards,
+    )

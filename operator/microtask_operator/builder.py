@@ -1,0 +1,313 @@
+"""The Kubernetes Job of one shard, as a plain manifest dict.
+
+One shard is one `batch/v1` Job with one pod that never restarts (`backoffLimit: 0`): retries are
+the core's business, per microtask, so the Job controller must not retry whole pods behind its
+back. The pod is the user's template with the runner as the worker's entrypoint, placed on the
+shard's pool, with a restricted security context, and labelled so that a restarted operator
+recognises the Job (deterministic name `{mtj}-s{shard}`, labels in `labels.py`).
+
+The template is the user's; the builder only adds to it, and where it must override a value (the
+worker's command, restartPolicy) validation has already rejected conflicting settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+from microtask_operator import labels
+from microtask_operator.api.items import runner_items
+from microtask_operator.api.model import RESERVED_VOLUME_NAME, MicrotaskJob
+from microtask_operator.api.names import API_VERSION, KIND
+from microtask_operator.core.types import Pool, ShardPlan
+from microtask_operator.settings import Settings
+
+__all__ = [
+    "ENV_CALLABLE",
+    "ENV_INDEXES",
+    "ENV_ITEMS",
+    "ENV_TIMEOUT_SECONDS",
+    "OwnerMeta",
+    "build_job",
+    "job_name",
+    "parse_job_name",
+]
+
+# The runner's inputs (microtask_runner.cli reads them).
+ENV_INDEXES = "MICROTASK_INDEXES"
+ENV_ITEMS = "MICROTASK_ITEMS"
+ENV_TIMEOUT_SECONDS = "MICROTASK_TIMEOUT_SECONDS"
+ENV_CALLABLE = "MICROTASK_CALLABLE"
+_RUNNER_ENV = {ENV_INDEXES, ENV_ITEMS, ENV_TIMEOUT_SECONDS, ENV_CALLABLE}
+
+_JOB_NAME = re.compile(r"(?P<mtj>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-s(?P<shard>0|[1-9][0-9]*)")
+
+
+class OwnerMeta(TypedDict):
+    """The owning MicrotaskJob as the API server knows it."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def job_name(mtj_name: str, shard_id: int) -> str:
+    """Name of a shard's Job: deterministic, so a restarted operator never creates it twice."""
+    if shard_id < 0:
+        raise ValueError(f"shard ids are not negative: {shard_id}")
+    return f"{mtj_name}-s{shard_id}"
+
+
+def parse_job_name(name: str) -> tuple[str, int] | None:
+    """(MicrotaskJob name, shard id) of a Job name made by `job_name`, or None."""
+    match = _JOB_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return match["mtj"], int(match["shard"])
+
+
+def _number(value: float) -> str:
+    """A duration as the runner reads it: integral values without a decimal point."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _shard_labels(mtj_name: str, uid: str, plan: ShardPlan, queue: str | None) -> dict[str, str]:
+    out = {
+        labels.JOB: mtj_name,
+        labels.JOB_UID: uid,
+        labels.SHARD: str(plan.shard_id),
+        labels.ATTEMPT: str(plan.attempt),
+        labels.POOL: plan.pool.value,
+    }
+    if plan.copy_of is not None:
+        out[labels.COPY_OF] = str(plan.copy_of)
+    out[labels.MANAGED_BY] = labels.MANAGED_BY_VALUE
+    if queue:
+        out[labels.KUEUE_QUEUE_NAME] = queue
+    return out
+
+
+def _add_node_affinity(
+    pod: dict[str, Any], required: list[dict[str, Any]], preferred: list[dict[str, Any]]
+) -> None:
+    if not required and not preferred:
+        return
+    node_affinity = pod.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    if required:
+        selector = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+        terms = selector.setdefault("nodeSelectorTerms", [])
+        if not terms:
+            terms.append({})
+        # Terms are ORed: our requirements must hold whichever term of the user's matches.
+        for term in terms:
+            term.setdefault("matchExpressions", []).extend(copy.deepcopy(required))
+    if preferred:
+        node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).extend(
+            preferred
+        )
+
+
+def _add_tolerations(pod: dict[str, Any], tolerations: list[dict[str, Any]]) -> None:
+    existing = pod.setdefault("tolerations", [])
+    for toleration in tolerations:
+        if toleration not in existing:
+            existing.append(toleration)
+    if not existing:
+        del pod["tolerations"]
+
+
+def _restrict(pod: dict[str, Any], settings: Settings) -> None:
+    """Pod Security "restricted" defaults; values the template sets explicitly are kept."""
+    pod_context = pod.setdefault("securityContext", {})
+    pod_context.setdefault("runAsNonRoot", True)
+    pod_context.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    user_set = "runAsUser" in pod_context or any(
+        "runAsUser" in (c.get("securityContext") or {}) for c in containers
+    )
+    if settings.run_as_user is not None and not user_set:
+        pod_context["runAsUser"] = settings.run_as_user
+    for container in containers:
+        context = container.get("securityContext") or {}
+        container["securityContext"] = context
+        context.setdefault("allowPrivilegeEscalation", False)
+        capabilities = context.setdefault("capabilities", {})
+        capabilities.setdefault("drop", ["ALL"])
+        # Repeat the pod's (possibly user-chosen) values, so each container is restricted on its
+        # own and a later pod-level edit cannot silently loosen it.
+        context.setdefault("runAsNonRoot", pod_context["runAsNonRoot"])
+        context.setdefault("seccompProfile", copy.deepcopy(pod_context["seccompProfile"]))
+
+
+def _set_gpu_resources(worker: dict[str, Any], resource: str, count: int | None) -> None:
+    resources = worker.setdefault("resources", {})
+    for kind in ("limits", "requests"):
+        amounts = resources.get(kind)
+        if amounts is not None:
+            amounts.pop(resource, None)
+            if not amounts:
+                del resources[kind]
+    if count is not None:
+        # Extended resources cannot be overcommitted: requests default to (and must equal) limits.
+        resources.setdefault("limits", {})[resource] = count
+    if not resources:
+        del worker["resources"]
+
+
+def build_job(
+    mtj: MicrotaskJob, meta: Mapping[str, str], plan: ShardPlan, settings: Settings
+) -> dict[str, Any]:
+    """The `batch/v1` Job running `plan`'s shard of `mtj`.
+
+    `meta` is the MicrotaskJob's name, namespace and uid as stored (the ownerReference needs the
+    uid). Raises ItemsError when the shard's inline items cannot be given to it.
+    """
+    spec = mtj.spec
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    template = spec.template.model_dump(by_alias=True, exclude_unset=True)
+    shard_labels = _shard_labels(name, uid, plan, spec.queue_name)
+    indexes = plan.indexes.to_compact()
+
+    pod_meta: dict[str, Any] = template.get("metadata") or {}
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **shard_labels}
+    pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), labels.INDEXES: indexes}
+    pod: dict[str, Any] = template["spec"]
+    pod["restartPolicy"] = "Never"
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+
+    # Placement: the shard's pool, then the nodes the core wants avoided.
+    placement = spec.placement
+    gpu = placement.gpu
+    gpu_label = gpu.node_label or settings.gpu_node_label
+    gpu_resource = gpu.resource_name or settings.gpu_resource_name
+    label_value = settings.gpu_node_label_value
+    required: list[dict[str, Any]] = []
+    if plan.pool is Pool.GPU:
+        required.append({"key": gpu_label, "operator": "In", "values": [label_value]})
+        node_selector = gpu.node_selector
+        tolerations = (
+            [t.to_k8s() for t in gpu.tolerations]
+            if gpu.tolerations is not None
+            else settings.gpu_tolerations()
+        )
+    else:
+        if placement.cpu.avoid_gpu_nodes:
+            # NotIn also matches nodes without the label: every ordinary node.
+            required.append({"key": gpu_label, "operator": "NotIn", "values": [label_value]})
+        node_selector = placement.cpu.node_selector
+        tolerations = [t.to_k8s() for t in placement.cpu.tolerations]
+    if plan.avoid_nodes_hard:
+        required.append(
+            {
+                "key": labels.HOSTNAME,
+                "operator": "NotIn",
+                "values": sorted(set(plan.avoid_nodes_hard)),
+            }
+        )
+    preferred = []
+    if plan.avoid_nodes_soft:
+        preferred.append(
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [
+                        {
+                            "key": labels.HOSTNAME,
+                            "operator": "NotIn",
+                            "values": sorted(set(plan.avoid_nodes_soft)),
+                        }
+                    ]
+                },
+            }
+        )
+    _add_node_affinity(pod, required, preferred)
+    if node_selector:
+        pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), **node_selector}
+    _add_tolerations(pod, tolerations)
+    if placement.spread:
+        pod.setdefault("topologySpreadConstraints", []).append(
+            {
+                "maxSkew": 1,
+                "topologyKey": labels.HOSTNAME,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {labels.JOB: name}},
+            }
+        )
+
+    # The worker: the runner runs the user's command once per microtask.
+    worker: dict[str, Any] = pod["containers"][0]
+    user_command = [*(worker.pop("command", None) or []), *(worker.pop("args", None) or [])]
+    worker["command"] = list(settings.runner_command)
+    if spec.callable_ is None:
+        worker["args"] = ["--", *user_command]
+    items_file = None
+    if spec.items.config_map_ref is not None:
+        ref = spec.items.config_map_ref
+        items_file = f"{settings.items_mount_path}/{ref.key}"
+        pod.setdefault("volumes", []).append(
+            {
+                "name": RESERVED_VOLUME_NAME,
+                "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+            }
+        )
+        worker.setdefault("volumeMounts", []).append(
+            {"name": RESERVED_VOLUME_NAME, "mountPath": settings.items_mount_path, "readOnly": True}
+        )
+    env = [e for e in worker.get("env") or [] if e.get("name") not in _RUNNER_ENV]
+    env.append({"name": ENV_INDEXES, "value": indexes})
+    items = runner_items(spec, plan.indexes, items_file)
+    env.append(
+        {"name": ENV_ITEMS, "value": json.dumps(items, separators=(",", ":"), ensure_ascii=False)}
+    )
+    if spec.timeouts.microtask_seconds is not None:
+        env.append({"name": ENV_TIMEOUT_SECONDS, "value": _number(spec.timeouts.microtask_seconds)})
+    if spec.callable_ is not None:
+        env.append({"name": ENV_CALLABLE, "value": spec.callable_})
+    worker["env"] = env
+    worker["terminationMessagePolicy"] = "File"
+    _set_gpu_resources(worker, gpu_resource, gpu.count if plan.pool is Pool.GPU else None)
+    # The fields a reader looks for first, first (the manifest is printed by `microtask plan`).
+    first = ("name", "image", "command", "args", "env")
+    pod["containers"][0] = {
+        **{key: worker[key] for key in first if key in worker},
+        **{key: value for key, value in worker.items() if key not in first},
+    }
+    _restrict(pod, settings)
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": 1,
+        "parallelism": 1,
+    }
+    if spec.timeouts.shard_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = math.ceil(spec.timeouts.shard_seconds)
+    if spec.queue_name:
+        # Kueue admits a Job by unsuspending it; created running, it would bypass the queue.
+        job_spec["suspend"] = True
+    job_spec["template"] = {"metadata": pod_meta, "spec": pod}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, plan.shard_id),
+            "namespace": namespace,
+            "labels": dict(shard_labels),
+            "annotations": {labels.INDEXES: indexes},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }
