@@ -1,6 +1,6 @@
 """Simulator figures: how fast it simulates, and what each rebalancing policy buys.
 
-    .venv/bin/python bench/bench_simulator.py [--seed N] [--quick]
+    .venv/bin/python bench/bench_simulator.py [--seed N] [--seeds K] [--quick]
 
 Prints (never asserts; timings depend on the machine):
 
@@ -8,12 +8,15 @@ Prints (never asserts; timings depend on the machine):
    time split between the core's plan() and the simulator itself;
 2. for the realistic cluster (examples/clusters/realistic.yaml: 8 GPU + 32 CPU nodes, stragglers,
    one node loss) and 50,000 microtasks: makespan / lower bound with all policies on, each policy
-   off, and as a plain Indexed Job (--static).
+   off, and as a plain Indexed Job (--static);
+3. with --seeds K, the same ratios for K seeds and their median: makespans are dominated by the
+   last stragglers, so one run can be far from typical.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -122,9 +125,8 @@ def throughput(seed: int, total: int) -> None:
     print()
 
 
-def policy_table(seed: int, total: int) -> None:
-    cluster = load_cluster(ROOT / "examples" / "clusters" / "realistic.yaml")
-    spec = CoreSpec(
+def realistic_job(total: int) -> CoreSpec:
+    return CoreSpec(
         total=total,
         microtasks_per_shard=50,
         parallelism=160,  # every slot of the cluster: 32 GPUs + 128 CPU slots
@@ -133,17 +135,11 @@ def policy_table(seed: int, total: int) -> None:
         retry=RetryPolicy(max_attempts=3, backoff_seconds=10),
         speculation=SpeculationPolicy(enabled=True, slowdown_factor=3),
     )
-    print(
-        f"## Policies on the realistic cluster: {total:,} microtasks, 50 per shard, "
-        f"parallelism 160, accelerator auto, seed {seed}"
-    )
-    print()
-    print(
-        "| policies | makespan s | lower bound s | makespan / bound | failed | attempts | "
-        "copies | rebalanced | wasted slot-s | wall s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
-    runs: list[tuple[str, Callable[[], SimulationResult]]] = [
+
+
+def policy_runs(spec: CoreSpec, seed: int) -> list[tuple[str, Callable[[], SimulationResult]]]:
+    cluster = load_cluster(ROOT / "examples" / "clusters" / "realistic.yaml")
+    return [
         ("all on", lambda: simulate(spec, cluster, seed=seed)),
         ("no fallback", lambda: simulate(spec, cluster, seed=seed, policies=Policies(False))),
         (
@@ -156,7 +152,21 @@ def policy_table(seed: int, total: int) -> None:
         ),
         ("static Indexed Job", lambda: simulate_static(spec, cluster, seed=seed)),
     ]
-    for label, run in runs:
+
+
+def policy_table(seed: int, total: int) -> None:
+    spec = realistic_job(total)
+    print(
+        f"## Policies on the realistic cluster: {total:,} microtasks, 50 per shard, "
+        f"parallelism 160, accelerator auto, seed {seed}"
+    )
+    print()
+    print(
+        "| policies | makespan s | lower bound s | makespan / bound | failed | attempts | "
+        "copies | rebalanced | wasted slot-s | wall s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for label, run in policy_runs(spec, seed):
         result, wall = timed(run)
         rebalanced = ", ".join(f"{k} {v}" for k, v in result.rebalanced.items()) or "-"
         phase = "" if result.phase == "Succeeded" else f" ({result.phase})"
@@ -171,14 +181,36 @@ def policy_table(seed: int, total: int) -> None:
     print()
 
 
+def seed_table(first: int, count: int, total: int) -> None:
+    spec = realistic_job(total)
+    seeds = list(range(first, first + count))
+    print(f"## Makespan / lower bound over seeds {seeds[0]}..{seeds[-1]} (same job and cluster)")
+    print()
+    print("| policies | " + " | ".join(f"seed {s}" for s in seeds) + " | median |")
+    print("|---|" + "---:|" * (len(seeds) + 1))
+    ratios: dict[str, list[float]] = {}
+    for seed in seeds:
+        for label, run in policy_runs(spec, seed):
+            ratios.setdefault(label, []).append(run().ratio)
+    for label, values in ratios.items():
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        print(f"| {label} | {cells} | {statistics.median(values):.2f} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="also show ratios for this many seeds (slow)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tenth of the microtasks")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     throughput(args.seed, 100_000 // scale)
     policy_table(args.seed, 50_000 // scale)
+    if args.seeds > 1:
+        seed_table(args.seed, args.seeds, 50_000 // scale)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,10 @@ EDITS: dict[tuple[str, str], list[tuple[Path_, Edit]]] = {
         ),
         (_env(OPERATOR, "MICROTASK_METRICS_PORT"), Expr("{{ .Values.metrics.port | quote }}")),
         (_env(OPERATOR, "MICROTASK_HEALTH_PORT"), Expr("{{ .Values.health.port | quote }}")),
-        (_env(OPERATOR, "MICROTASK_GPU_RESOURCE"), Expr("{{ .Values.gpu.resourceName | quote }}")),
+        (
+            _env(OPERATOR, "MICROTASK_GPU_RESOURCE_NAME"),
+            Expr("{{ .Values.gpu.resourceName | quote }}"),
+        ),
         (_env(OPERATOR, "MICROTASK_GPU_NODE_LABEL"), Expr("{{ .Values.gpu.nodeLabel | quote }}")),
         (_env(OPERATOR, "MICROTASK_GPU_TAINT_KEY"), Expr("{{ .Values.gpu.taintKey | quote }}")),
         ((*OPERATOR, "env"), Extend(".Values.extraEnv")),

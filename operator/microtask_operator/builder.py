@@ -42,7 +42,15 @@ ENV_INDEXES = "MICROTASK_INDEXES"
 ENV_ITEMS = "MICROTASK_ITEMS"
 ENV_TIMEOUT_SECONDS = "MICROTASK_TIMEOUT_SECONDS"
 ENV_CALLABLE = "MICROTASK_CALLABLE"
-_RUNNER_ENV = {ENV_INDEXES, ENV_ITEMS, ENV_TIMEOUT_SECONDS, ENV_CALLABLE}
+# Told to the worker so it can log, tag outputs or behave per attempt (as the local executor does).
+ENV_JOB = "MICROTASK_JOB"
+ENV_SHARD = "MICROTASK_SHARD"
+ENV_ATTEMPT = "MICROTASK_ATTEMPT"
+ENV_POOL = "MICROTASK_POOL"
+_RUNNER_ENV = {
+    ENV_INDEXES, ENV_ITEMS, ENV_TIMEOUT_SECONDS, ENV_CALLABLE, ENV_JOB, ENV_SHARD, ENV_ATTEMPT,
+    ENV_POOL,
+}
 
 _JOB_NAME = re.compile(r"(?P<mtj>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-s(?P<shard>0|[1-9][0-9]*)")
 
@@ -159,7 +167,7 @@ def _set_gpu_resources(worker: dict[str, Any], resource: str, count: int | None)
 
 
 def build_job(
-    mtj: MicrotaskJob, meta: Mapping[str, str], plan: ShardPlan, settings: Settings
+    mtj: MicrotaskJob, meta: OwnerMeta | Mapping[str, str], plan: ShardPlan, settings: Settings
 ) -> dict[str, Any]:
     """The `batch/v1` Job running `plan`'s shard of `mtj`.
 
@@ -259,6 +267,10 @@ def build_job(
             {"name": RESERVED_VOLUME_NAME, "mountPath": settings.items_mount_path, "readOnly": True}
         )
     env = [e for e in worker.get("env") or [] if e.get("name") not in _RUNNER_ENV]
+    env.append({"name": ENV_JOB, "value": name})
+    env.append({"name": ENV_SHARD, "value": str(plan.shard_id)})
+    env.append({"name": ENV_ATTEMPT, "value": str(plan.attempt)})
+    env.append({"name": ENV_POOL, "value": plan.pool.value})
     env.append({"name": ENV_INDEXES, "value": indexes})
     items = runner_items(spec, plan.indexes, items_file)
     env.append(

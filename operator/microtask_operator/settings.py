@@ -12,8 +12,8 @@ honours them too), with defaults that follow the common NVIDIA GPU conventions. 
 | MICROTASK_GPU_NODE_LABEL_VALUE | `true` | its value on GPU nodes |
 | MICROTASK_GPU_TAINT_KEY | `nvidia.com/gpu` | taint GPU shards tolerate (operator Exists) |
 | MICROTASK_GPU_TAINT_EFFECT | `NoSchedule` | effect of that taint |
-| MICROTASK_RUN_AS_USER | `65532` | pod runAsUser when the template sets none (`none`: leave unset) |
-| MICROTASK_ITEMS_MOUNT_PATH | `/etc/microtask/items` | where a configMapRef's ConfigMap is mounted |
+| MICROTASK_RUN_AS_USER | `65532` | pod runAsUser when the template sets none (`none`: unset) |
+| MICROTASK_ITEMS_MOUNT_PATH | `/etc/microtask/items` | mount path of configMapRef items |
 
 The runner's own variables (MICROTASK_INDEXES, MICROTASK_ITEMS...) are a different set: they are
 set on worker containers, never read here.

@@ -164,7 +164,8 @@ def alive(pid: int) -> bool:
 def test_a_job_runs_its_container_as_a_local_process(cluster: Cluster) -> None:
     code = (
         "import os, sys; print('hello from', os.environ['POD_NAME']);"
-        "open(os.environ['MICROTASK_REPORT_PATH'], 'w').write(os.environ['GREETING'] + ' ' + sys.argv[1])"
+        "report = open(os.environ['MICROTASK_REPORT_PATH'], 'w');"
+        "report.write(os.environ['GREETING'] + ' ' + sys.argv[1])"
     )
     created = cluster.create(
         job(
@@ -232,7 +233,9 @@ def test_active_deadline_fails_the_job_and_kills_its_pod(cluster: Cluster) -> No
 
 
 def test_suspend_deletes_active_pods_and_resume_starts_new_ones(cluster: Cluster) -> None:
-    cluster.create(job("pausable", py("import time; time.sleep(30)")))
+    # A pod terminated by suspension counts as a failure, as with the real job controller,
+    # so this Job needs a backoff limit of at least 1 to survive one suspension.
+    cluster.create(job("pausable", py("import time; time.sleep(30)"), backoff=1))
     first = cluster.wait_for(
         lambda: [p for p in pods_of(cluster, "pausable") if p["status"].get("phase") == "Running"]
     )
@@ -240,7 +243,8 @@ def test_suspend_deletes_active_pods_and_resume_starts_new_ones(cluster: Cluster
     suspended = wait_job(cluster, "pausable", "Suspended")
     assert condition(suspended, "Suspended")["reason"] == "JobSuspended"
     cluster.wait_gone("pods", first[0]["metadata"]["name"])
-    assert "active" not in (cluster.get("jobs", "pausable") or {})["status"]
+    status = (cluster.get("jobs", "pausable") or {})["status"]
+    assert "active" not in status and status["failed"] == 1
 
     cluster.patch("jobs", "pausable", {"spec": {"suspend": False}})
     resumed = cluster.wait_for(
@@ -248,6 +252,20 @@ def test_suspend_deletes_active_pods_and_resume_starts_new_ones(cluster: Cluster
     )
     assert resumed[0]["metadata"]["name"] != first[0]["metadata"]["name"]
     assert condition(cluster.get("jobs", "pausable"), "Suspended")["reason"] == "JobResumed"
+
+
+def test_suspending_a_running_job_without_backoff_fails_it(cluster: Cluster) -> None:
+    cluster.create(job("fragile", py("import time; time.sleep(30)")))
+    cluster.wait_for(
+        lambda: (
+            cluster.pod_pid(pods_of(cluster, "fragile")[0]["metadata"]["name"])
+            if pods_of(cluster, "fragile")
+            else None
+        )
+    )
+    cluster.patch("jobs", "fragile", {"spec": {"suspend": True}})
+    failed = wait_job(cluster, "fragile", "Failed")
+    assert condition(failed, "Failed")["reason"] == "BackoffLimitExceeded"
 
 
 def test_a_missing_priority_class_blocks_pod_creation(cluster: Cluster) -> None:
@@ -279,7 +297,8 @@ def test_config_map_volumes_and_env_sources(cluster: Cluster) -> None:
     code = (
         "import json, os; src = json.loads(os.environ['MICROTASK_ITEMS']);"
         "lines = open(src['file']).read().split();"
-        "open(os.environ['MICROTASK_REPORT_PATH'], 'w').write(os.environ['MODE'] + ':' + ','.join(lines))"
+        "report = open(os.environ['MICROTASK_REPORT_PATH'], 'w');"
+        "report.write(os.environ['MODE'] + ':' + ','.join(lines))"
     )
     cluster.create(
         job(

@@ -116,7 +116,7 @@ def test_values_yaml_matches_deploy() -> None:
     values = values_defaults()
     operator = container(deployment(deploy_objects()), "operator")
     settings = env(operator)
-    assert settings["MICROTASK_GPU_RESOURCE"] == values["gpu"]["resourceName"]
+    assert settings["MICROTASK_GPU_RESOURCE_NAME"] == values["gpu"]["resourceName"]
     assert settings["MICROTASK_GPU_NODE_LABEL"] == values["gpu"]["nodeLabel"]
     assert settings["MICROTASK_GPU_TAINT_KEY"] == values["gpu"]["taintKey"]
     assert operator["image"].rsplit(":", 1)[0] == values["image"]["repository"]
@@ -210,7 +210,7 @@ def test_custom_values_reach_the_objects() -> None:
     )
     assert settings["MICROTASK_PEERING"] == "mt"
     assert settings["MICROTASK_METRICS_PORT"] == "9090"
-    assert settings["MICROTASK_GPU_RESOURCE"] == "amd.com/gpu"
+    assert settings["MICROTASK_GPU_RESOURCE_NAME"] == "amd.com/gpu"
     assert settings["MICROTASK_RESYNC_SECONDS"] == "30"
     assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {
         "metrics": 9090,

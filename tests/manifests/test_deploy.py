@@ -312,6 +312,20 @@ def test_operator_settings_probes_and_ports() -> None:
     assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 
+def test_operator_settings_are_the_ones_the_operator_reads() -> None:
+    """A renamed setting must be renamed in deploy/ too, or it is silently ignored."""
+    from microtask_operator.settings import ENVIRONMENT
+
+    known = {variable for variable, _ in ENVIRONMENT.values()}
+    settings = env(container(deployment(deploy_objects()), "operator"))
+    for name in (
+        "MICROTASK_GPU_RESOURCE_NAME",
+        "MICROTASK_GPU_NODE_LABEL",
+        "MICROTASK_GPU_TAINT_KEY",
+    ):
+        assert name in settings and name in known, name
+
+
 def test_operator_pod_passes_pod_security_restricted() -> None:
     deploy = deployment(deploy_objects())
     pod = pod_spec_of(deploy)

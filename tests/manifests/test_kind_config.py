@@ -6,6 +6,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+from microtask_operator.settings import Settings
 
 from tests.manifests.support import (
     KIND_CONFIG,
@@ -124,9 +125,12 @@ def test_gpu_workers_carry_the_label_and_taint_of_the_defaults() -> None:
     cpu_workers = [n for n in workers if n not in gpu_workers]
     assert len(gpu_workers) == 2
     assert len(cpu_workers) == 2
+    # The operator's label value and taint effect (settings, not chart values) match too.
+    defaults = Settings()
+    assert defaults.gpu_node_label_value == "true"
     for node in gpu_workers:
         assert taints(node) == [
-            {"key": gpu["taintKey"], "value": "present", "effect": "NoSchedule"}
+            {"key": gpu["taintKey"], "value": "present", "effect": defaults.gpu_taint_effect}
         ]
     for node in cpu_workers:
         assert gpu["nodeLabel"] not in node.get("labels", {})

@@ -1,0 +1,1 @@
+"""Simulator tests: the real core driven through simulated clusters, at thousands of microtasks."""

@@ -236,3 +236,14 @@ def test_the_command_module_imports_no_simulator_at_load_time() -> None:
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_microtask_cli_runs_simulate(
+    job_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from microtask_operator.cli import main
+
+    code = main(["simulate", str(job_file), "--cluster", str(EXAMPLES / "small.yaml"), "--json"])
+
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["succeeded"] == 3000

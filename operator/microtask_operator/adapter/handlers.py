@@ -21,7 +21,8 @@ from ..core.types import Event
 from ..labels import JOB, MANAGED_BY, MANAGED_BY_VALUE
 from ..metrics import Metrics
 from ..settings import Settings
-from .kube import ApiError, KubeApi
+from .config import OperatorConfig
+from .kube import ApiError, KubeApi, kube_client
 from .observe import NodeInfo, node_info
 from .reconcile import Cluster, Reconciler
 
@@ -45,6 +46,7 @@ class OperatorState:
     """What the handlers share within one operator process."""
 
     settings: Settings
+    config: OperatorConfig
     metrics: Metrics
     api: KubeApi | None = None
     jobs: dict[tuple[str, str], Watched] = field(default_factory=dict)
@@ -103,27 +105,34 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     """All handlers of one operator, registered in a registry of their own."""
     registry = kopf.OperatorRegistry()
     settings = state.settings
+    config = state.config
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        state.settings.apply_to_kopf(settings)
-        state.api = KubeApi(state.metrics)
+        config.apply_to_kopf(settings)
+        # The client of our own calls reads the same credentials as kopf's watches.
+        api_client = await asyncio.to_thread(kube_client)
+        state.api = KubeApi(state.metrics, api_client)
 
-    @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry)
+    @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry, id="shard_jobs")
     def shard_jobs(namespace: str, labels: Mapping[str, str], body: Any, **_: Any) -> Any:
         owner = labels.get(JOB)
         if not owner:
             return None
         return {(namespace, owner): _compact_job(body)}
 
-    @kopf.index("", "v1", "pods", labels=OURS, registry=registry)
+    @kopf.index("", "v1", "pods", labels=OURS, registry=registry, id="shard_pods")
     def shard_pods(namespace: str, body: Any, **_: Any) -> Any:
         job = _owner_job(body)
         if job is None:
             return None
         return {(namespace, job): _compact_pod(body)}
 
-    @kopf.index("", "v1", "nodes", registry=registry)
+    @kopf.index("", "v1", "nodes", registry=registry, id="cluster_nodes")
     def cluster_nodes(name: str, body: Any, **_: Any) -> Any:
         info = node_info(body, settings.gpu_node_label, settings.gpu_taint_key)
         if state.node_ready.get(name) != info.ready:
@@ -212,6 +221,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             api=state.api,
             metrics=state.metrics,
             settings=settings,
+            resync_seconds=config.resync_seconds,
             cluster=Cluster(jobs=jobs_of, pods=pods_of, nodes=nodes, phase_of=phase_of),
             emit=emit,
         )
@@ -220,7 +230,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         try:
             while not stopped:
                 watched.wake.clear()
-                timeout = settings.resync_seconds
+                timeout = config.resync_seconds
                 try:
                     outcome = await reconciler.reconcile(watched.body)
                     failures = 0
@@ -228,7 +238,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                         timeout = min(timeout, max(0.0, outcome.next_wakeup - reconciler.clock()))
                 except ApiError as error:
                     failures += 1
-                    timeout = min(settings.resync_seconds, 0.5 * 2 ** min(failures, 6))
+                    timeout = min(config.resync_seconds, 0.5 * 2 ** min(failures, 6))
                     logger.warning("reconcile interrupted, retrying in %.1fs: %s", timeout, error)
                 deadline = loop.time() + timeout
                 while not stopped and not watched.wake.is_set():
@@ -239,9 +249,9 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                         await asyncio.wait_for(watched.wake.wait(), timeout=min(left, 1.0))
                     except TimeoutError:
                         pass
-                if watched.wake.is_set() and settings.debounce_seconds > 0:
+                if watched.wake.is_set() and config.debounce_seconds > 0:
                     # Let a burst of pod changes land, then decide once for all of them.
-                    await asyncio.sleep(settings.debounce_seconds)
+                    await asyncio.sleep(config.debounce_seconds)
         finally:
             state.metrics.job_gone(namespace, name)
 

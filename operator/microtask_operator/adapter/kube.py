@@ -9,6 +9,7 @@ nothing is lost or counted twice. Every call is counted in `microtask_api_reques
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +23,20 @@ from ..metrics import Metrics
 T = TypeVar("T")
 
 RETRIABLE = frozenset({429, 500, 502, 503, 504})
+
+
+def kube_client() -> client.ApiClient:
+    """A client with the pod's service account in a cluster, else $KUBECONFIG or ~/.kube/config."""
+    from kubernetes import config
+
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
+    return client.ApiClient(configuration)
 
 
 class ApiError(Exception):

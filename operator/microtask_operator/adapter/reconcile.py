@@ -75,6 +75,7 @@ class Reconciler:
     settings: Settings
     cluster: Cluster
     emit: EventSink
+    resync_seconds: float = 30.0
     clock: Callable[[], float] = time.time
     state: CoreState | None = None
     last_status: dict[str, Any] | None = None
@@ -289,7 +290,7 @@ class Reconciler:
             self.last_status = merged
             self.emit(Event(reason, message, warning=phase == "Failed" or condition_type == conditions.INVALID))
         self.state = None  # re-read from status when it can run
-        wake = now + self.settings.resync_seconds if retry else None
+        wake = now + self.resync_seconds if retry else None
         return Outcome(wake, phase == "Failed", True)
 
     def _record(self, decision: Decision) -> None:

@@ -59,3 +59,7 @@ class ConditionReason(StrEnum):
     DEPENDENCIES_SUCCEEDED = "DependenciesSucceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
+
+
+#: Short alias: `conditions.Reason.INVALID_SPEC`.
+Reason = ConditionReason

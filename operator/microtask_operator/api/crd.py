@@ -144,7 +144,11 @@ def _complete(out: dict[str, Any], where: str) -> dict[str, Any]:
         kinds = {type(v) for v in out["enum"]}
         if kinds == {str}:
             out["type"] = "string"
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out[_PRESERVE] = True  # dict[str, Any]
     if "type" not in out and not out.get(_PRESERVE):
         raise SchemaError(f"{where}: no type")
@@ -233,7 +237,10 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": names.CRD_NAME,
-            "labels": {"app.kubernetes.io/name": "microtask", "app.kubernetes.io/part-of": "microtask"},
+            "labels": {
+                "app.kubernetes.io/name": "microtask",
+                "app.kubernetes.io/part-of": "microtask",
+            },
         },
         "spec": {
             "group": names.GROUP,
@@ -286,6 +293,7 @@ def render_crd_yaml() -> str:
         "# The MicrotaskJob CustomResourceDefinition, generated from the API model.\n"
         f"# Do not edit; regenerate with: {REGENERATE_COMMAND}\n"
     )
+
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:
             return True  # kubectl and humans read it; anchors would only obscure it

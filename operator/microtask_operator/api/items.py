@@ -41,7 +41,9 @@ def parse_config_map_items(text: str, fmt: Literal["lines", "json"]) -> list[Any
     except (ValueError, RecursionError) as exc:
         raise ItemsError(f"is not valid JSON ({exc})") from None
     if not isinstance(values, list):
-        raise ItemsError(f"must hold a JSON array (format json), not a JSON {type(values).__name__}")
+        raise ItemsError(
+            f"must hold a JSON array (format json), not a JSON {type(values).__name__}"
+        )
     return values
 
 

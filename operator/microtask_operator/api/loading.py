@@ -157,7 +157,7 @@ def _meta_str(body: Any, key: str) -> str | None:
     return None
 
 
-# --- paths and messages ----------------------------------------------------------------------
+# --- paths and messages --------------------------------------------------------------------------
 
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
@@ -307,18 +307,19 @@ def problems_from_error(
         elif kind in ("too_long", "too_short"):
             bound = ctx.get("max_length" if kind == "too_long" else "min_length")
             words = "at most" if kind == "too_long" else "at least"
-            message = f"must have {words} {bound} entries, not {ctx.get('actual_length')}"
+            noun = "entry" if bound == 1 else "entries"
+            message = f"must have {words} {bound} {noun}, not {ctx.get('actual_length')}"
         elif kind in ("string_too_long", "string_too_short"):
             bound = ctx.get("max_length" if kind == "string_too_long" else "min_length")
             words = "at most" if kind == "string_too_long" else "at least"
-            message = f"must have {words} {bound} characters"
+            message = f"must have {words} {bound} character{'' if bound == 1 else 's'}"
         else:
             message = str(error["msg"])
         out.append((format_path(loc), message))
     return out
 
 
-# --- YAML ------------------------------------------------------------------------------------------
+# --- YAML -----------------------------------------------------------------------------------------
 
 
 def _loader_class() -> type[Any]:
@@ -330,7 +331,7 @@ def _loader_class() -> type[Any]:
     timestamp = "tag:yaml.org,2002:timestamp"
     merge = "tag:yaml.org,2002:merge"
 
-    class Loader(base):  # type: ignore[misc,valid-type]
+    class Loader(base):  # type: ignore[misc]
         # Dates stay strings, as they do when kubectl sends YAML to the API server as JSON.
         yaml_implicit_resolvers = {
             first: [(tag, regexp) for tag, regexp in resolvers if tag != timestamp]
@@ -379,6 +380,11 @@ def _yaml_problem(exc: Exception, text: str) -> str:
     return f"invalid YAML: {message}"
 
 
+def _line(event: Any) -> str:
+    mark = getattr(event, "start_mark", None)
+    return f" (line {mark.line + 1})" if mark is not None else ""
+
+
 def _prescan(text: str, loader: type[Any]) -> Problem | None:
     """Walk the YAML events once, refusing deep, huge, bomb-like or recursive input early."""
     import yaml
@@ -402,8 +408,7 @@ def _prescan(text: str, loader: type[Any]) -> Problem | None:
                 depth += 1
                 if depth > limits.MAX_YAML_DEPTH:
                     return Problem(
-                        f"YAML nested more than {limits.MAX_YAML_DEPTH} levels deep "
-                        f"(line {event.start_mark.line + 1})",
+                        f"YAML nested more than {limits.MAX_YAML_DEPTH} levels deep{_line(event)}",
                         document=documents,
                     )
                 open_collections.append((event.anchor, nodes))
@@ -415,11 +420,10 @@ def _prescan(text: str, loader: type[Any]) -> Problem | None:
             elif isinstance(event, yaml.AliasEvent):
                 anchor = event.anchor
                 if anchor not in sizes:
-                    line = event.start_mark.line + 1
                     if any(a == anchor for a, _ in open_collections):
-                        message = f"recursive YAML alias *{anchor} (line {line})"
+                        message = f"recursive YAML alias *{anchor}{_line(event)}"
                     else:
-                        message = f"YAML alias *{anchor} has no anchor (line {line})"
+                        message = f"YAML alias *{anchor} has no anchor{_line(event)}"
                     return Problem(message, document=documents)
                 nodes += sizes[anchor]
             if nodes > limits.MAX_YAML_NODES:
@@ -487,13 +491,13 @@ def parse_documents(data: bytes | str, source: str | None = None) -> LoadResult:
 
     if isinstance(data, str):
         if len(data) > limits.MAX_FILE_BYTES:
-            return fail(Problem(_too_big(len(data))))
+            return fail(Problem(_too_big(None)))
         text = data.lstrip("\ufeff")
         if "\x00" in text:
             return fail(Problem("binary data, not YAML text (NUL character)"))
     else:
         if len(data) > limits.MAX_FILE_BYTES:
-            return fail(Problem(_too_big(len(data))))
+            return fail(Problem(_too_big(None)))
         decoded = _decode(data)
         if isinstance(decoded, Problem):
             return fail(decoded)
@@ -517,11 +521,13 @@ def parse_documents(data: bytes | str, source: str | None = None) -> LoadResult:
 
 
 def _too_big(size: int | None) -> str:
-    shown = f" ({size / 1024 / 1024:.1f} MiB)" if size is not None else ""
-    return f"the file is too large{shown}: at most {limits.MAX_FILE_BYTES // 1024 // 1024} MiB"
+    limit = f"{limits.MAX_FILE_BYTES // 1024 // 1024} MiB"
+    if size is None:  # only the first bytes past the limit were read
+        return f"the file is larger than the {limit} limit"
+    return f"the file is too large ({size / 1024 / 1024:.1f} MiB): at most {limit}"
 
 
-# --- validation --------------------------------------------------------------------------------
+# --- validation ----------------------------------------------------------------------------------
 
 
 def _plain(value: Any, depth: int = 0) -> Any:

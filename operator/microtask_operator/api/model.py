@@ -85,7 +85,7 @@ def field_error(path: str | tuple[str | int, ...], message: str) -> PydanticCust
     return PydanticCustomError(FIELD_ERROR_TYPE, "{message}", {"message": message, "path": parts})
 
 
-# --- string formats -------------------------------------------------------------------------
+# --- string formats ------------------------------------------------------------------------------
 
 
 def _shown(value: str) -> str:
@@ -231,7 +231,7 @@ DateTime = Annotated[str, _schema(format="date-time")]
 Count = Annotated[int, Field(ge=0)]
 
 
-# --- base classes ----------------------------------------------------------------------------
+# --- base classes --------------------------------------------------------------------------------
 
 
 class _Strict(BaseModel):
@@ -256,7 +256,7 @@ class _Open(_Strict):
     model_config = ConfigDict(extra="allow")
 
 
-# --- items -------------------------------------------------------------------------------------
+# --- items ---------------------------------------------------------------------------------------
 
 
 class RangeItems(_Strict):
@@ -371,25 +371,31 @@ class EnvVar(_Open):
     """An environment variable of a container (other fields as in Kubernetes)."""
 
     name: str = Field(min_length=1)
+    """Variable name; names starting with MICROTASK_ are reserved on the worker."""
 
 
 class Container(_Open):
     """A container of the pod template (other fields as in Kubernetes)."""
 
     name: ContainerName
+    """Container name."""
     image: str = Field(min_length=1)
+    """Image; for the worker, it must provide the `microtask-runner` command (Python 3)."""
     command: list[str] | None = None
     """For containers[0], the worker: the program run for each microtask (with `args`);
     `$(MICROTASK_INDEX)` and `$(MICROTASK_ITEM)` are replaced per microtask. The operator runs
     the microtask runner as the entrypoint and passes this command to it."""
     args: list[str] | None = None
+    """Arguments appended to `command`."""
     env: list[EnvVar] | None = None
+    """Environment variables."""
 
 
 class PodSpec(_Open):
     """The pod spec of the template: containers[0] is the worker (other fields as in Kubernetes)."""
 
     containers: list[Container] = Field(min_length=1)
+    """The pod's containers; the first one is the worker."""
     restart_policy: Literal["Never"] | None = None
     """Always Never: the operator retries microtasks, not pods."""
 
@@ -435,7 +441,9 @@ class TemplateMetadata(_Open):
     """Labels and annotations for the pods (other fields as in Kubernetes)."""
 
     labels: Labels | None = None
+    """Pod labels (the operator adds its own, under microtask.dev/)."""
     annotations: dict[str, str] | None = None
+    """Pod annotations."""
 
     @field_validator("labels")
     @classmethod
@@ -453,19 +461,25 @@ class PodTemplate(_Strict):
 
     metadata: TemplateMetadata | None = None
     spec: PodSpec
+    """The pod spec, as in Kubernetes; containers[0] is the worker."""
 
 
-# --- placement -------------------------------------------------------------------------------------
+# --- placement -----------------------------------------------------------------------------------
 
 
 class Toleration(_Strict):
     """A Kubernetes toleration."""
 
     key: str | None = None
+    """Taint key (empty with operator Exists: every taint)."""
     operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (the default)."""
     value: str | None = None
+    """Taint value (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate (empty: all)."""
     toleration_seconds: int | None = None
+    """NoExecute: how long the pod stays on the node once tainted."""
 
     @model_validator(mode="after")
     def _check(self) -> Toleration:
@@ -521,16 +535,18 @@ class Placement(_Strict):
     fallback_cooldown_seconds: Seconds = 300.0
     """auto: after a fallback, new shards go to the CPU pool for this long."""
     gpu: GpuPlacement = Field(default_factory=GpuPlacement)
+    """Placement of GPU shards."""
     cpu: CpuPlacement = Field(default_factory=CpuPlacement)
+    """Placement of CPU shards."""
     spread: bool = True
     """Spread the job's pods across nodes (topology spread on the hostname, best effort)."""
 
 
-# --- policies --------------------------------------------------------------------------------------
+# --- policies ------------------------------------------------------------------------------------
 
 
 class Retry(_Strict):
-    """Retries of failed microtasks (each one alone, packed with other failures into retry shards)."""
+    """Retries of failed microtasks, one by one, packed with other failures into retry shards."""
 
     max_attempts: int = Field(default=3, ge=1, le=limits.MAX_ATTEMPTS)
     """Attempts per microtask, the first included."""
@@ -577,6 +593,7 @@ class Speculation(_Strict):
     """Speculative copies of straggling shards: the first to finish wins, the other is deleted."""
 
     enabled: bool = False
+    """Launch speculative copies of stragglers."""
     slowdown_factor: float = Field(default=3.0, gt=1, le=1000)
     """A shard running this many times longer than the typical shard is a straggler."""
     min_samples: int = Field(default=5, ge=1, le=100_000)
@@ -589,6 +606,7 @@ class BadNodes(_Strict):
     """Job-wide tracking of nodes that keep failing work."""
 
     enabled: bool = True
+    """Track failures per node and avoid nodes that keep failing."""
     soft_after_failures: int = Field(default=2, ge=1, le=1000)
     """Failures on a node after which new shards prefer other nodes."""
     hard_after_failures: int = Field(default=4, ge=1, le=1000)
@@ -614,30 +632,43 @@ class Rebalance(_Strict):
     node_lost_grace_seconds: Seconds = 30.0
     """A shard whose node is NotReady this long is relaunched elsewhere (no attempt is spent)."""
     bad_nodes: BadNodes = Field(default_factory=BadNodes)
+    """Job-wide tracking of nodes that keep failing work."""
 
 
-# --- the spec and the object -------------------------------------------------------------------
+# --- the spec and the object ---------------------------------------------------------------------
 
 
 class MicrotaskJobSpec(_Strict):
     """A big batch of work, split into microtasks run in shards by Kubernetes Jobs."""
 
     items: Items
+    """What the microtasks work on: exactly one of range, list, configMapRef."""
     microtasks_per_shard: int = Field(default=1, ge=1, le=limits.MAX_MICROTASKS_PER_SHARD)
     """Microtasks run one after another by one Job/pod."""
     parallelism: int = Field(default=10, ge=1, le=limits.MAX_PARALLELISM)
     """Shards (Jobs) in flight at most."""
     template: PodTemplate
-    callable_: Annotated[
-        str, _schema(minLength=3, maxLength=512, pattern=_CALLABLE), AfterValidator(_check_callable)
-    ] | None = Field(default=None, alias="callable")
+    """Pod template of the shards; containers[0] is the worker."""
+    callable_: (
+        Annotated[
+            str,
+            _schema(minLength=3, maxLength=512, pattern=_CALLABLE),
+            AfterValidator(_check_callable),
+        ]
+        | None
+    ) = Field(default=None, alias="callable")
     """Python mode: `module:function`, called in-process as `function(index, item)` by the
     runner; containers[0] then has no command."""
     placement: Placement = Field(default_factory=Placement)
+    """Where shards run: GPU pool, CPU pool, or GPU with fallback to CPU."""
     retry: Retry = Field(default_factory=Retry)
+    """Retries of failed microtasks."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    """Time limits per microtask, shard and job."""
     speculation: Speculation = Field(default_factory=Speculation)
+    """Speculative copies of straggling shards."""
     rebalance: Rebalance = Field(default_factory=Rebalance)
+    """Moving work away from lost and failing nodes."""
     priority_class_name: DnsSubdomain | None = None
     """PriorityClass of the pods."""
     queue_name: QueueName | None = None
@@ -703,7 +734,7 @@ class ObjectMeta(_Open):
     annotations: dict[str, str] | None = None
 
 
-# --- status ----------------------------------------------------------------------------------------
+# --- status --------------------------------------------------------------------------------------
 
 
 class RetryBatch(_Strict):
@@ -721,45 +752,62 @@ class ExcludedNode(_Strict):
     """A node the job avoids for a while because work kept failing there."""
 
     node: str
+    """Node name."""
     level: Literal["soft", "hard"]
+    """soft: new shards prefer other nodes; hard: new shards never go there."""
     until: DateTime
+    """When the exclusion expires."""
     failures: Count
+    """Failures counted on the node."""
 
 
 class NodeFailure(_Strict):
     """Failures of this job's shards on one node."""
 
     node: str
+    """Node name."""
     failures: Count
+    """Failures counted on the node."""
     last_failure: DateTime
+    """Time of the latest failure."""
 
 
 class PoolDurations(_Strict):
     """Finished microtasks of a pool and the time they took."""
 
     count: Count
+    """Finished microtasks."""
     seconds: float = Field(ge=0)
+    """Their total running time."""
 
 
 class Condition(_Strict):
     """A Kubernetes-style condition."""
 
     type: str
+    """Ready, Complete, Failed, Invalid, Suspended or WaitingForDependencies."""
     status: Literal["True", "False", "Unknown"]
     reason: str | None = None
+    """CamelCase reason, e.g. AllSucceeded, TooManyFailures, InvalidSpec."""
     message: str | None = None
+    """Human-readable detail."""
     last_transition_time: DateTime | None = None
+    """When the status last changed."""
     observed_generation: int | None = None
+    """metadata.generation the condition was computed for."""
 
 
 class MicrotaskJobStatus(_Strict):
-    """Progress of a MicrotaskJob, written by the operator. Index sets are strings like `0-99,120`."""
+    """Progress of a MicrotaskJob, written by the operator; index sets are strings (`0-99,120`)."""
 
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
+    """Pending, Running, Succeeded, Failed or Suspended."""
     observed_generation: int | None = None
+    """metadata.generation of the spec the status reflects."""
     total: Count | None = None
     """Microtasks in the job."""
     succeeded: Count | None = None
+    """Succeeded microtasks."""
     failed: Count | None = None
     """Permanently failed microtasks."""
     running: Count | None = None
@@ -769,10 +817,15 @@ class MicrotaskJobStatus(_Strict):
     attempts: Count | None = None
     """Attempts made so far, retries included."""
     shards_in_flight: Count | None = None
+    """Shards (Jobs) in flight, speculative copies included."""
     speculative_copies: Count | None = None
+    """Speculative copies in flight."""
     succeeded_indexes: str | None = None
+    """Index set of the succeeded microtasks."""
     failed_indexes: str | None = None
+    """Index set of the permanently failed microtasks."""
     retry_queue: list[RetryBatch] | None = None
+    """Failed microtasks waiting for a retry, by attempt count."""
     retired_shards: str | None = None
     """Shard ids already harvested or given up (so a restart never counts one twice)."""
     next_shard: Count | None = None
@@ -780,7 +833,9 @@ class MicrotaskJobStatus(_Strict):
     rebalances: dict[str, Count] | None = None
     """Work moved, by reason."""
     excluded_nodes: list[ExcludedNode] | None = None
+    """Nodes the job currently avoids."""
     node_failures: list[NodeFailure] | None = None
+    """Failures of shards by node (bad-node tracking)."""
     durations: dict[str, PoolDurations] | None = None
     """Finished microtasks and their total time, by pool."""
     gpu_fallback_until: DateTime | None = None
@@ -788,8 +843,11 @@ class MicrotaskJobStatus(_Strict):
     wasted_seconds: float | None = Field(default=None, ge=0)
     """Pod time spent on work that was thrown away (lost nodes, losing speculative copies)."""
     start_time: DateTime | None = None
+    """When the first shard was created."""
     completion_time: DateTime | None = None
+    """When the job succeeded or failed."""
     message: str | None = None
+    """One line for humans about the current state."""
     conditions: list[Condition] | None = Field(
         default=None,
         json_schema_extra={
@@ -797,6 +855,7 @@ class MicrotaskJobStatus(_Strict):
             "x-kubernetes-list-map-keys": ["type"],
         },
     )
+    """Ready, Complete, Failed, Invalid, Suspended, WaitingForDependencies."""
 
 
 class MicrotaskJob(_Strict):
@@ -807,7 +866,9 @@ class MicrotaskJob(_Strict):
     kind: Literal["MicrotaskJob"]
     metadata: ObjectMeta
     spec: MicrotaskJobSpec
+    """What to run and how."""
     status: MicrotaskJobStatus | None = None
+    """Progress, written by the operator."""
 
     @property
     def name(self) -> str:

@@ -163,6 +163,8 @@ class CoreSimulation:
         self.completed_by_pool: dict[str, int] = {pool.value: 0 for pool in Pool}
         self.reported_succeeded: list[tuple[int, int]] = []
         self.excluded: dict[str, str] = {}  # node -> strongest exclusion level seen
+        self.levels: dict[str, str] = {}  # node -> its exclusion level in the latest state
+        self.exclusion_changes = 0  # times a node's level became soft or hard (seen in state)
         self.plan_calls = 0
 
     # -- events ---------------------------------------------------------------------------------
@@ -293,9 +295,13 @@ class CoreSimulation:
             if count:
                 key = str(reason)
                 self.rebalanced[key] = self.rebalanced.get(key, 0) + count
-        for name, record in decision.state.nodes.items():
-            if record.level is not None and self.excluded.get(name) != "hard":
-                self.excluded[name] = record.level
+        levels = {n: r.level for n, r in decision.state.nodes.items() if r.level is not None}
+        for name, level in levels.items():
+            if self.levels.get(name) != level:
+                self.exclusion_changes += 1
+            if self.excluded.get(name) != "hard":
+                self.excluded[name] = level
+        self.levels = levels
 
     def apply(self, actions: Sequence[Action]) -> bool:
         """Apply actions as a body does; True when the simulated world changed."""
@@ -524,6 +530,7 @@ class CoreSimulation:
             plan_calls=self.plan_calls,
             counted_succeeded=self.counted_succeeded,
             counted_failed=self.counted_failed,
+            exclusion_changes=self.exclusion_changes,
             anomalies=list(self.anomalies),
             message="; ".join(notes),
             status=status,

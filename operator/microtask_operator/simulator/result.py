@@ -59,6 +59,7 @@ class SimulationResult:
     plan_calls: int = 0
     counted_succeeded: int = 0  # sum of the core's per-decision succeeded deltas
     counted_failed: int = 0
+    exclusion_changes: int = 0  # node exclusion levels set or changed, as seen in the state
     anomalies: list[str] = field(default_factory=list)  # invariants the core broke
     message: str = ""
     status: dict[str, Any] = field(default_factory=dict)  # the core's final status

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .scheduling import choose_node, parse_quantity, pod_requests, unschedulable_message
-from .store import ApiError, DeleteOptions, Store, now_iso, set_condition
+from .store import ApiError, DeleteOptions, Store, now_iso, set_condition, wait_event
 
 __all__ = [
     "ControlPlane",
@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABEL = "nvidia.com/gpu.present"
+JOB_TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 MAX_TERMINATION_MESSAGE = 4096  # kubelet's per-container limit
 FALLBACK_LOG_BYTES = 2048  # FallbackToLogsOnError keeps the last 2048 bytes / 80 lines
 FALLBACK_LOG_LINES = 80
@@ -274,6 +275,7 @@ class ControlPlane:
         self._root = Path()
         self._warned: dict[str, str] = {}
         self.leaked_processes = 0
+        self._stopping = False
         self.pods_res = store.resource("", "v1", "pods")
         self.jobs_res = store.resource("batch", "v1", "jobs")
         self.nodes_res = store.resource("", "v1", "nodes")
@@ -297,6 +299,8 @@ class ControlPlane:
 
     async def stop(self) -> None:
         """Stop the controllers, kill every process, remove the per-pod directories."""
+        self._stopping = True
+        self._wake.set()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         for task in self._tasks:
@@ -310,11 +314,9 @@ class ControlPlane:
         for run in runs:
             if run.task is not None and not run.task.done():
                 run.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(run.task, timeout=5)
+                await asyncio.wait({run.task}, timeout=5)
             if run.process is not None and run.process.returncode is None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(run.process.wait(), timeout=5)
+                await asyncio.wait({asyncio.ensure_future(run.process.wait())}, timeout=5)
         self.leaked_processes = self.running_processes()
         self._runs.clear()
         if self._tmp is not None:
@@ -328,9 +330,10 @@ class ControlPlane:
         )
 
     async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick)
+        # A flag as well as cancellation: Python 3.11's wait_for can swallow a cancellation
+        # that races with the event it waits for; asyncio.timeout() and the flag cannot.
+        while not self._stopping:
+            await wait_event(self._wake, self.settings.tick)
             self._wake.clear()
             # Writes below wake the loop again; settle once per pass instead of per write.
             try:
@@ -415,34 +418,27 @@ class ControlPlane:
                 run.kill_reason = "lost"
                 self._kill_group(run)
 
-            def lose(node: dict[str, Any]) -> None:
-                set_condition(
-                    node["status"],
-                    "Ready",
-                    "Unknown",
-                    "NodeStatusUnknown",
-                    "Kubelet stopped posting node status.",
-                )
+            def unreachable(node: dict[str, Any]) -> None:
                 taints = [
                     t
                     for t in node["spec"].get("taints") or []
                     if t.get("key") != "node.kubernetes.io/unreachable"
                 ]
-                taints += [
-                    {
-                        "key": "node.kubernetes.io/unreachable",
-                        "effect": "NoSchedule",
-                        "timeAdded": now_iso(),
-                    },
-                    {
-                        "key": "node.kubernetes.io/unreachable",
-                        "effect": "NoExecute",
-                        "timeAdded": now_iso(),
-                    },
-                ]
+                for effect in ("NoSchedule", "NoExecute"):
+                    taints.append(
+                        {
+                            "key": "node.kubernetes.io/unreachable",
+                            "effect": effect,
+                            "timeAdded": now_iso(),
+                        }
+                    )
                 node["spec"]["taints"] = taints
 
-            self.store.mutate(self.nodes_res, None, name, lose)
+            # The node lifecycle controller: status says Unknown, taints keep new pods away.
+            self._node_status(
+                name, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."
+            )
+            self.store.mutate(self.nodes_res, None, name, unreachable)
             # The node lifecycle controller marks the pods there not ready.
             for pod in self._pods_on(name):
                 if pod["status"].get("phase") in ("Pending", "Running"):
@@ -455,21 +451,15 @@ class ControlPlane:
         else:
             self.lost_nodes.pop(name, None)
 
-            def recover(node: dict[str, Any]) -> None:
-                set_condition(
-                    node["status"],
-                    "Ready",
-                    "True",
-                    "KubeletReady",
-                    "kubelet is posting ready status",
-                )
+            def reachable(node: dict[str, Any]) -> None:
                 node["spec"]["taints"] = [
                     t
                     for t in node["spec"].get("taints") or []
                     if t.get("key") != "node.kubernetes.io/unreachable"
                 ]
 
-            self.store.mutate(self.nodes_res, None, name, recover)
+            self._node_status(name, "True", "KubeletReady", "kubelet is posting ready status")
+            self.store.mutate(self.nodes_res, None, name, reachable)
             for run in list(self._runs_on(name)):
                 if run.kill_reason == "lost":
                     self._runs.pop(run.uid, None)
@@ -487,6 +477,15 @@ class ControlPlane:
                             "The container could not be located when the pod was terminated",
                         )
         self.poke()
+
+    def _node_status(self, name: str, ready: str, reason: str, message: str) -> None:
+        node = self.store.peek(self.nodes_res, None, name)
+        if node is not None:
+            self._status(
+                node,
+                lambda s: set_condition(s, "Ready", ready, reason, message),
+                res=self.nodes_res,
+            )
 
     def cordon(self, name: str, unschedulable: bool = True) -> None:
         """``kubectl cordon`` / ``uncordon``."""
@@ -620,118 +619,146 @@ class ControlPlane:
         for uid in list(self._counted):
             if uid not in live:
                 del self._counted[uid]
+        self._release_tracked_pods()
+
+    def _release_tracked_pods(self) -> None:
+        """Remove the job-tracking finalizer from pods whose outcome is recorded.
+
+        Like the real controller: a pod keeps the finalizer until its Job's status counts
+        it, so deleting a finished pod can never lose a success or a failure.
+        """
+        for pod in list(self.store.list(self.pods_res)):
+            meta = pod["metadata"]
+            if JOB_TRACKING_FINALIZER not in (meta.get("finalizers") or ()):
+                continue
+            ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+            job = self.store.peek(self.jobs_res, meta["namespace"], ref["name"]) if ref else None
+            if job is not None and job["metadata"]["uid"] != (ref or {}).get("uid"):
+                job = None
+            phase = pod["status"].get("phase")
+            if job is None or job["metadata"].get("deletionTimestamp"):
+                releasable = True
+            else:
+                spec = job.get("spec") or {}
+                job_conditions = conditions_of(job)
+                only_failed_phase = spec.get("podReplacementPolicy") == "Failed" or bool(
+                    spec.get("podFailurePolicy")
+                )
+                releasable = (
+                    job_conditions.get("Complete") == "True"
+                    or job_conditions.get("Failed") == "True"
+                    or phase in ("Succeeded", "Failed")
+                    or (bool(meta.get("deletionTimestamp")) and not only_failed_phase)
+                )
+            if releasable:
+
+                def release(obj: dict[str, Any]) -> None:
+                    remaining = [
+                        f
+                        for f in obj["metadata"].get("finalizers") or []
+                        if f != JOB_TRACKING_FINALIZER
+                    ]
+                    obj["metadata"]["finalizers"] = remaining
+                    if not remaining:
+                        del obj["metadata"]["finalizers"]
+
+                with contextlib.suppress(ApiError):
+                    self.store.mutate(self.pods_res, meta["namespace"], meta["name"], release)
 
     def _reconcile_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        """One sync of a Job, in the order of the real controller's ``syncJob``.
+
+        Failure is evaluated before anything else (also while suspended); a terminating pod
+        counts as failed at once unless ``podReplacementPolicy: Failed`` (or a pod failure
+        policy) waits for its Failed phase; suspension deletes active pods, and those count
+        as failures too, exactly as in Kubernetes.
+        """
         meta, spec = job["metadata"], job.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return
         status = copy.deepcopy(job.get("status") or {})
         conditions = {c["type"]: c for c in status.get("conditions") or []}
-        finished = any(
-            conditions.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")
+        if any(conditions.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")):
+            return  # finished Jobs are left alone
+        only_failed_phase = spec.get("podReplacementPolicy") == "Failed" or bool(
+            spec.get("podFailurePolicy")
         )
         counted = self._counted.setdefault(meta["uid"], {"succeeded": set(), "failed": set()})
         active, terminating = [], []
         for pod in pods:
             phase = pod["status"].get("phase")
+            deleting = bool(pod["metadata"].get("deletionTimestamp"))
             if phase == "Succeeded":
                 counted["succeeded"].add(pod["metadata"]["uid"])
-            elif phase == "Failed":
+            elif phase == "Failed" or (deleting and not only_failed_phase):
                 counted["failed"].add(pod["metadata"]["uid"])
-            elif pod["metadata"].get("deletionTimestamp"):
-                terminating.append(pod)
-            else:
-                active.append(pod)
+            if phase not in ("Succeeded", "Failed"):
+                (terminating if deleting else active).append(pod)
         # Counts never go down, even when finished pods are deleted (the real controller tracks
         # terminated pods with a finalizer for exactly this reason).
         succeeded = max(len(counted["succeeded"]), int(status.get("succeeded", 0)))
         failed = max(len(counted["failed"]), int(status.get("failed", 0)))
         now = now_iso()
+        suspended = bool(spec.get("suspend"))
+        if not suspended:
+            status.setdefault("startTime", now)
 
-        def delete_pods(victims: list[dict[str, Any]]) -> None:
-            for pod in victims:
+        def delete_active() -> None:
+            nonlocal active
+            for pod in active:
                 with contextlib.suppress(ApiError):
                     self.store.delete(
                         self.pods_res, pod["metadata"]["namespace"], pod["metadata"]["name"]
                     )
-
-        if not finished:
-            if spec.get("suspend"):
-                if active:
-                    delete_pods(active)
-                    terminating += active
-                    active = []
-                if conditions.get("Suspended", {}).get("status") != "True":
-                    set_condition(status, "Suspended", "True", "JobSuspended", "Job suspended")
-                    status.pop("startTime", None)
-                    self._event(job, "Normal", "Suspended", "Job suspended", "job-controller")
-            else:
-                if conditions.get("Suspended", {}).get("status") == "True":
-                    set_condition(status, "Suspended", "False", "JobResumed", "Job resumed")
-                    status["startTime"] = now
-                    self._event(job, "Normal", "Resumed", "Job resumed", "job-controller")
-                status.setdefault("startTime", now)
-                failure: tuple[str, str] | None = None
-                if "FailureTarget" in conditions:
-                    failure = (
-                        conditions["FailureTarget"].get("reason", ""),
-                        conditions["FailureTarget"].get("message", ""),
-                    )
-                elif failed > int(spec.get("backoffLimit", 6)):
-                    failure = (
-                        "BackoffLimitExceeded",
-                        "Job has reached the specified backoff limit",
-                    )
-                elif spec.get("activeDeadlineSeconds") is not None and (
-                    datetime.datetime.now(datetime.UTC).timestamp() - _parse_ts(status["startTime"])
-                    >= float(spec["activeDeadlineSeconds"])
-                ):
-                    failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
-                completions = int(spec.get("completions") or 1)
-                if failure is not None:
-                    set_condition(status, "FailureTarget", "True", *failure)
-                    if active:
-                        delete_pods(active)
-                        terminating += active
-                        active = []
-                    if not terminating:
-                        set_condition(status, "Failed", "True", *failure)
-                        self._event(job, "Warning", failure[0], failure[1], "job-controller")
-                elif succeeded >= completions:
-                    set_condition(
-                        status,
-                        "SuccessCriteriaMet",
-                        "True",
-                        "CompletionsReached",
-                        "Reached expected number of succeeded pods",
-                    )
-                    if active:
-                        delete_pods(active)
-                        terminating += active
-                        active = []
-                    if not terminating:
-                        set_condition(
-                            status,
-                            "Complete",
-                            "True",
-                            "CompletionsReached",
-                            "Reached expected number of succeeded pods",
-                        )
-                        status["completionTime"] = now
-                        self._event(job, "Normal", "Completed", "Job completed", "job-controller")
-                else:
-                    wanted = min(int(spec.get("parallelism", 1)), completions - succeeded)
-                    if spec.get("podReplacementPolicy") == "Failed":
-                        wanted -= len(terminating)
-                    for _ in range(max(0, wanted - len(active))):
-                        pod = self._create_pod(job)
-                        if pod is None:
-                            break
-                        active.append(pod)
-        elif active and conditions.get("Failed", {}).get("status") == "True":
-            delete_pods(active)
-            terminating += active
+            terminating.extend(active)
             active = []
+
+        failure: tuple[str, str] | None = None
+        target = conditions.get("FailureTarget", {})
+        if target.get("status") == "True":
+            failure = (target.get("reason", ""), target.get("message", ""))
+        elif failed > int(spec.get("backoffLimit", 6)):
+            failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        elif (
+            not suspended
+            and spec.get("activeDeadlineSeconds") is not None
+            and datetime.datetime.now(datetime.UTC).timestamp() - _parse_ts(status["startTime"])
+            >= float(spec["activeDeadlineSeconds"])
+        ):
+            failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        completions = int(spec.get("completions") or 1)
+        if failure is not None:
+            set_condition(status, "FailureTarget", "True", *failure)
+            delete_active()
+            if not terminating:
+                set_condition(status, "Failed", "True", *failure)
+                self._event(job, "Warning", failure[0], failure[1], "job-controller")
+        elif suspended:
+            delete_active()
+            if conditions.get("Suspended", {}).get("status") != "True":
+                set_condition(status, "Suspended", "True", "JobSuspended", "Job suspended")
+                self._event(job, "Normal", "Suspended", "Job suspended", "job-controller")
+        elif succeeded >= completions and not active:
+            message = "Reached expected number of succeeded pods"
+            set_condition(status, "SuccessCriteriaMet", "True", "CompletionsReached", message)
+            if not terminating:
+                set_condition(status, "Complete", "True", "CompletionsReached", message)
+                status["completionTime"] = now
+                self._event(job, "Normal", "Completed", "Job completed", "job-controller")
+        else:
+            if conditions.get("Suspended", {}).get("status") == "True":
+                set_condition(status, "Suspended", "False", "JobResumed", "Job resumed")
+                # Resuming restarts the activeDeadlineSeconds clock.
+                status["startTime"] = now
+                self._event(job, "Normal", "Resumed", "Job resumed", "job-controller")
+            wanted = min(int(spec.get("parallelism", 1)), completions - succeeded)
+            if only_failed_phase:
+                wanted -= len(terminating)  # wait for terminating pods before replacing them
+            for _ in range(max(0, wanted - len(active))):
+                created = self._create_pod(job)
+                if created is None:
+                    break
+                active.append(created)
         ready = sum(1 for p in active if _condition(p, "Ready") == "True")
         for key, value in (("active", len(active)), ("succeeded", succeeded), ("failed", failed)):
             if value:
@@ -776,6 +803,7 @@ class ControlPlane:
                 "namespace": meta["namespace"],
                 "labels": dict(tmeta.get("labels") or {}),
                 "annotations": dict(tmeta.get("annotations") or {}),
+                "finalizers": [JOB_TRACKING_FINALIZER],
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
@@ -920,9 +948,8 @@ class ControlPlane:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(
-                    process.wait(), timeout=min(grace, self.settings.max_grace_seconds)
-                )
+                async with asyncio.timeout(min(grace, self.settings.max_grace_seconds)):
+                    await process.wait()
             except TimeoutError:
                 self._kill_group(run)
         elif run.task is not None and not run.task.done():
@@ -1389,6 +1416,14 @@ def _rewrite(value: str, rewrites: Mapping[str, str]) -> str:
         if source and source in value:
             value = value.replace(source, target)
     return value
+
+
+def conditions_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    """Condition type -> status."""
+    return {
+        c.get("type", ""): c.get("status", "")
+        for c in (obj.get("status") or {}).get("conditions") or []
+    }
 
 
 def _condition(obj: Mapping[str, Any], type_: str, field_name: str = "status") -> Any:

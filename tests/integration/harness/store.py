@@ -1058,8 +1058,7 @@ class Store:
         """The garbage collector and namespace controller: runs until cancelled."""
         self._gc_wakeup = asyncio.Event()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._gc_wakeup.wait(), timeout=1.0)
+            await wait_event(self._gc_wakeup, 1.0)
             self._gc_wakeup.clear()
             # Like the real GC, act a moment after the change rather than inside the write.
             await asyncio.sleep(interval)
@@ -1286,3 +1285,14 @@ def set_condition(
         condition["message"] = message
     conditions.append(condition)
     return True
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait for an event at most ``timeout`` seconds.
+
+    Unlike ``asyncio.wait_for`` on Python 3.11, ``asyncio.timeout`` never swallows a
+    cancellation that races with the event, so loops built on this always stop.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

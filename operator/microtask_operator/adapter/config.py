@@ -1,0 +1,91 @@
+"""How the operator process runs: watched namespaces, timings, ports, peering.
+
+Flags of `microtask operator` override the `MICROTASK_*` environment variables, which override the
+defaults. Cluster conventions shared with `microtask plan` (runner command, GPU labels) live in
+`microtask_operator.settings`.
+
+| variable | flag | default | meaning |
+|---|---|---|---|
+| MICROTASK_NAMESPACES | --namespace (repeatable) | all namespaces | namespaces to watch (comma-separated) |
+| MICROTASK_RESYNC_SECONDS | --resync-seconds | 30 | longest sleep of a MicrotaskJob's loop without news |
+| MICROTASK_DEBOUNCE_SECONDS | --debounce-seconds | 0.2 | wait after a change so a burst is handled at once |
+| MICROTASK_METRICS_PORT | --metrics-port | 8080 | Prometheus /metrics port (0: off) |
+| MICROTASK_HEALTH_PORT | --health-port | 8081 | liveness endpoint /healthz port (0: off) |
+| MICROTASK_PEERING | --peering | (standalone) | kopf peering name; two replicas then keep one active |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import kopf
+
+from ..api.names import GROUP
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable holds an unusable value."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    resync_seconds: float = 30.0
+    debounce_seconds: float = 0.2
+    metrics_port: int = 8080
+    health_port: int = 8081
+    peering: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if environ is None else environ
+
+        def number(name: str, default: float, minimum: float) -> float:
+            text = env.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"{name}={text!r}: not a number") from None
+            if value < minimum:
+                raise ConfigError(f"{name}={text!r}: must be at least {minimum:g}")
+            return value
+
+        def port(name: str, default: int) -> int:
+            value = number(name, default, 0)
+            if value != int(value) or value > 65535:
+                raise ConfigError(f"{name}={value:g}: not a port (0 to 65535)")
+            return int(value)
+
+        namespaces = tuple(
+            n.strip() for n in env.get("MICROTASK_NAMESPACES", "").split(",") if n.strip()
+        )
+        return cls(
+            namespaces=namespaces,
+            resync_seconds=number("MICROTASK_RESYNC_SECONDS", 30.0, 0.1),
+            debounce_seconds=number("MICROTASK_DEBOUNCE_SECONDS", 0.2, 0.0),
+            metrics_port=port("MICROTASK_METRICS_PORT", 8080),
+            health_port=port("MICROTASK_HEALTH_PORT", 8081),
+            peering=env.get("MICROTASK_PEERING", "").strip() or None,
+        )
+
+    def apply_to_kopf(self, settings: kopf.OperatorSettings) -> None:
+        """kopf's own knobs: our finalizer and annotations under our domain; peering as asked."""
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.posting.level = 20  # INFO: Events for what users should see, not debug chatter
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        if self.peering:
+            settings.peering.name = self.peering
+            settings.peering.mandatory = True
+            settings.peering.standalone = False
+        else:
+            settings.peering.standalone = True

@@ -1,0 +1,42 @@
+"""Start the operator: metrics server, kopf with our registry, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import kopf
+
+from ..metrics import Metrics
+from ..settings import Settings
+from .config import OperatorConfig
+from .handlers import OperatorState, build_registry
+
+
+async def run_operator(
+    config: OperatorConfig,
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+    serve_metrics: bool = True,
+) -> None:
+    metrics = metrics or Metrics()
+    if serve_metrics and config.metrics_port:
+        metrics.serve(config.metrics_port)
+    registry = build_registry(OperatorState(settings=settings, config=config, metrics=metrics))
+    kwargs: dict[str, Any] = {}
+    if config.health_port:
+        kwargs["liveness_endpoint"] = f"http://0.0.0.0:{config.health_port}/healthz"
+    await kopf.operator(
+        registry=registry,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        **kwargs,
+    )
