@@ -114,7 +114,7 @@ Edit = Expr | Block | Optional | Extend | Switch | FileContent
 
 # A path step: a mapping key, a list index, or {"name": X} for the list item named X.
 Step = str | int | dict[str, str]
-Path_ = tuple[Step, ...]
+FieldPath = tuple[Step, ...]
 
 
 @dataclass(frozen=True)
@@ -144,18 +144,18 @@ TARGETS = [
     ),
 ]
 
-POD: Path_ = ("spec", "template", "spec")
-OPERATOR: Path_ = (*POD, "containers", {"name": "operator"})
-INIT: Path_ = (*POD, "initContainers", {"name": "ensure-peering"})
+POD: FieldPath = ("spec", "template", "spec")
+OPERATOR: FieldPath = (*POD, "containers", {"name": "operator"})
+INIT: FieldPath = (*POD, "initContainers", {"name": "ensure-peering"})
 
 
-def _env(container: Path_, name: str) -> Path_:
+def _env(container: FieldPath, name: str) -> FieldPath:
     return (*container, "env", {"name": name}, "value")
 
 
 # (kind, name in deploy/) -> edits. Names and namespaces are not listed here:
 # `mark_names` handles them everywhere. This table holds what values.yaml controls.
-EDITS: dict[tuple[str, str], list[tuple[Path_, Edit]]] = {
+EDITS: dict[tuple[str, str], list[tuple[FieldPath, Edit]]] = {
     ("Deployment", DEFAULT_NAME): [
         (("spec", "replicas"), Expr("{{ .Values.replicaCount }}")),
         (
@@ -230,7 +230,7 @@ NAMESPACES_RULE: dict[str, Any] = {
 }
 
 
-def _rbac_edits(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[Path_, Edit]]]:
+def _rbac_edits(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[FieldPath, Edit]]]:
     """The watchNamespaces variant of the operator's RBAC, derived from deploy/.
 
     The rules stay written once, in deploy/20-rbac.yaml. With watchNamespaces set,
@@ -287,7 +287,7 @@ def _step(node: Any, step: Step) -> Any:
     return node[step]
 
 
-def apply_edit(doc: dict[str, Any], path: Path_, edit: Edit, marks: Marks) -> None:
+def apply_edit(doc: dict[str, Any], path: FieldPath, edit: Edit, marks: Marks) -> None:
     """Put the sentinel of `edit` at `path` (for Optional, `path` is the parent mapping)."""
     node: Any = doc
     for step in path if isinstance(edit, Optional) else path[:-1]:
@@ -440,7 +440,7 @@ def _load(path: Path) -> list[dict[str, Any]]:
 
 
 def _document(
-    doc: dict[str, Any], marks: Marks, edits: dict[tuple[str, str], list[tuple[Path_, Edit]]]
+    doc: dict[str, Any], marks: Marks, edits: dict[tuple[str, str], list[tuple[FieldPath, Edit]]]
 ) -> str:
     """The template text of one object of deploy/ (its leading `---` included)."""
     doc = copy.deepcopy(doc)

@@ -27,9 +27,13 @@ from microtask_operator.core.types import Pool, ShardPlan
 from microtask_operator.settings import Settings
 
 __all__ = [
+    "ENV_ATTEMPT",
     "ENV_CALLABLE",
     "ENV_INDEXES",
     "ENV_ITEMS",
+    "ENV_JOB",
+    "ENV_POOL",
+    "ENV_SHARD",
     "ENV_TIMEOUT_SECONDS",
     "OwnerMeta",
     "build_job",
@@ -48,7 +52,13 @@ ENV_SHARD = "MICROTASK_SHARD"
 ENV_ATTEMPT = "MICROTASK_ATTEMPT"
 ENV_POOL = "MICROTASK_POOL"
 _RUNNER_ENV = {
-    ENV_INDEXES, ENV_ITEMS, ENV_TIMEOUT_SECONDS, ENV_CALLABLE, ENV_JOB, ENV_SHARD, ENV_ATTEMPT,
+    ENV_INDEXES,
+    ENV_ITEMS,
+    ENV_TIMEOUT_SECONDS,
+    ENV_CALLABLE,
+    ENV_JOB,
+    ENV_SHARD,
+    ENV_ATTEMPT,
     ENV_POOL,
 }
 
@@ -161,7 +171,8 @@ def _set_gpu_resources(worker: dict[str, Any], resource: str, count: int | None)
                 del resources[kind]
     if count is not None:
         # Extended resources cannot be overcommitted: requests default to (and must equal) limits.
-        resources.setdefault("limits", {})[resource] = count
+        # Quantities are strings in the API (the Python client refuses a bare int).
+        resources.setdefault("limits", {})[resource] = str(count)
     if not resources:
         del worker["resources"]
 

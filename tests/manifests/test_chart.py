@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from microtask_operator.adapter.config import OperatorConfig
 
 from tests.manifests.helmlite import TemplateError, merge_values, render_chart, render_template
 from tests.manifests.restricted import pod_spec_of, restricted_violations
@@ -216,6 +217,10 @@ def test_custom_values_reach_the_objects() -> None:
         "metrics": 9090,
         "health": 9091,
     }
+    # As the operator's own config code reads them:
+    config = OperatorConfig.from_env({k: v for k, v in settings.items() if isinstance(v, str)})
+    assert config.namespaces == ("team-a", "team-b")
+    assert (config.metrics_port, config.health_port, config.peering) == (9090, 9091, "mt")
     assert operator["resources"] == CUSTOM_VALUES["resources"]
     spec = pod["spec"]
     assert spec["tolerations"] == CUSTOM_VALUES["tolerations"]

@@ -312,18 +312,33 @@ def test_operator_settings_probes_and_ports() -> None:
     assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 
-def test_operator_settings_are_the_ones_the_operator_reads() -> None:
-    """A renamed setting must be renamed in deploy/ too, or it is silently ignored."""
-    from microtask_operator.settings import ENVIRONMENT
+def test_the_operator_reads_deploy_settings_as_meant() -> None:
+    """deploy/'s environment, parsed by the operator's own config code, says what deploy/ means.
 
-    known = {variable for variable, _ in ENVIRONMENT.values()}
-    settings = env(container(deployment(deploy_objects()), "operator"))
-    for name in (
-        "MICROTASK_GPU_RESOURCE_NAME",
-        "MICROTASK_GPU_NODE_LABEL",
-        "MICROTASK_GPU_TAINT_KEY",
-    ):
-        assert name in settings and name in known, name
+    A renamed variable would otherwise be silently ignored in favour of its default.
+    """
+    from microtask_operator.adapter.config import OperatorConfig
+    from microtask_operator.settings import ENVIRONMENT, Settings
+
+    deploy = deployment(deploy_objects())
+    operator = container(deploy, "operator")
+    variables = {k: v for k, v in env(operator).items() if isinstance(v, str)}
+    config = OperatorConfig.from_env(variables)
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    assert config.namespaces == ()
+    assert (config.metrics_port, config.health_port) == (ports["metrics"], ports["health"])
+    assert config.peering == deploy["metadata"]["name"]
+    settings = Settings.from_env(variables)
+    assert settings.gpu_resource_name == variables["MICROTASK_GPU_RESOURCE_NAME"]
+    assert settings.gpu_node_label == variables["MICROTASK_GPU_NODE_LABEL"]
+    assert settings.gpu_taint_key == variables["MICROTASK_GPU_TAINT_KEY"]
+    known = {variable for variable, _ in ENVIRONMENT.values()} | {
+        "MICROTASK_NAMESPACES",
+        "MICROTASK_PEERING",
+        "MICROTASK_METRICS_PORT",
+        "MICROTASK_HEALTH_PORT",
+    }
+    assert {name for name in variables if name.startswith("MICROTASK_")} <= known
 
 
 def test_operator_pod_passes_pod_security_restricted() -> None:

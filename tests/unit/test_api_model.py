@@ -7,8 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from microtask_runner.indexset import IndexSet
-
 from microtask_operator.api import conditions, limits, names
 from microtask_operator.api.convert import to_core_spec
 from microtask_operator.api.items import (
@@ -20,6 +18,7 @@ from microtask_operator.api.items import (
 from microtask_operator.api.loading import InvalidSpecError, parse_job, validate_job
 from microtask_operator.api.model import MicrotaskJob, MicrotaskJobStatus
 from microtask_operator.core.types import Accelerator, CoreSpec
+from microtask_runner.indexset import IndexSet
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -70,7 +69,7 @@ def model(document: dict[str, Any]) -> MicrotaskJob:
     return job
 
 
-# --- defaults and names -------------------------------------------------------------------------
+# --- defaults and names ---------------------------------------------------------------------------
 
 
 def test_minimal_job_gets_the_documented_defaults() -> None:
@@ -377,7 +376,7 @@ def test_api_version_and_kind(api_version: str | None, kind: str, path: str) -> 
     assert path in paths(document)
 
 
-# --- the pod template ---------------------------------------------------------------------------
+# --- the pod template -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -413,7 +412,12 @@ def test_api_version_and_kind(api_version: str | None, kind: str, path: str) -> 
             "'Never'",
         ),
         (
-            {"spec": {"volumes": [{"name": "microtask-items", "emptyDir": {}}], **worker()["spec"]}},
+            {
+                "spec": {
+                    "volumes": [{"name": "microtask-items", "emptyDir": {}}],
+                    **worker()["spec"],
+                }
+            },
             "spec.template.spec.volumes[0].name",
             "choose another name",
         ),
@@ -514,6 +518,46 @@ FULL_STATUS: dict[str, Any] = {
 }
 
 
+def test_the_core_writes_exactly_the_status_the_crd_keeps() -> None:
+    """Fields outside the status schema would be pruned by the API server and lost on restart."""
+    from microtask_operator.core import conditions as core_conditions
+    from microtask_operator.core.planner import plan
+    from microtask_operator.core.state import CoreState, NodeRecord, PoolDurations, RetryBatch
+    from microtask_operator.core.types import ClusterView, Pool
+
+    state = CoreState(
+        succeeded=IndexSet.parse("0-9"),
+        failed=IndexSet.parse("10"),
+        retry=(RetryBatch(1, 2000.0, IndexSet.parse("11-12")),),
+        retired=IndexSet.parse("0-2"),
+        kept=IndexSet.parse("2"),
+        next_shard=3,
+        attempts=14,
+        rebalances={"node_lost": 1},
+        nodes={
+            "n1": NodeRecord(3, 1500.0, "soft", 2100.0, shards=4),
+            "n2": NodeRecord(1, 1400.0, shards=2),
+        },
+        durations={Pool.CPU: PoolDurations(3, 10, 12.5, 1, 3)},
+        gpu_fallback_until=1900.0,
+        wasted_seconds=3.5,
+        start_time=1000.0,
+        message="running",
+        conditions=(core_conditions.Condition("Ready", "True", "Running", "running", 1000.0),),
+    )
+    job = model(body(items={"range": {"end": 100}}, microtasksPerShard=5))
+    decision = plan(to_core_spec(job), state, [], ClusterView(), 1800.0)
+    status = {**decision.status, "observedGeneration": 1}
+    parsed = MicrotaskJobStatus.model_validate(status)  # strict: unknown fields are errors
+    dumped = parsed.model_dump(by_alias=True, exclude_none=True)
+    assert dumped == {k: v for k, v in status.items() if v is not None}
+    assert set(conditions.ConditionReason) >= {
+        getattr(core_conditions, name)
+        for name in dir(core_conditions)
+        if name.startswith("REASON_")
+    }
+
+
 def test_status_model_round_trips_every_field() -> None:
     status = MicrotaskJobStatus.model_validate(FULL_STATUS)
     assert status.model_dump(by_alias=True, exclude_none=True) == FULL_STATUS
@@ -560,7 +604,7 @@ def test_validate_job_accepts_any_mapping() -> None:
     assert validate_job(document)[0] is not None
 
 
-# --- conversions -----------------------------------------------------------------------------------
+# --- conversions ----------------------------------------------------------------------------------
 
 
 def test_to_core_spec_carries_every_policy() -> None:
@@ -639,9 +683,7 @@ def test_defaults_agree_with_the_core() -> None:
         ("[]", "json", []),
     ],
 )
-def test_config_map_items_follow_the_runner_rules(
-    text: str, fmt: Any, expected: list[Any]
-) -> None:
+def test_config_map_items_follow_the_runner_rules(text: str, fmt: Any, expected: list[Any]) -> None:
     assert parse_config_map_items(text, fmt) == expected
 
 
@@ -650,7 +692,7 @@ def test_total_of_a_config_map_source() -> None:
     assert total_microtasks(job, {"list.txt": "a\nb\nc\n"}) == 3
     with pytest.raises(ItemsError, match="needed"):
         total_microtasks(job)
-    with pytest.raises(ItemsError, match="no key 'list.txt'.*keys: other"):
+    with pytest.raises(ItemsError, match=r"no key 'list.txt'.*keys: other"):
         total_microtasks(job, {"other": "x"})
     json_job = model(body(items={"configMapRef": {"name": "u", "key": "k", "format": "json"}}))
     assert total_microtasks(json_job, {"k": "[1, 2]"}) == 2

@@ -192,6 +192,7 @@ def test_a_shard_created_before_a_lost_status_write_is_recognised_not_duplicated
     assert creates(decision.actions) == []
     assert decision.state.next_shard == 2
     assert decision.status["running"] == 200
+    assert decision.state.attempts == 200  # their attempts are counted once, now
 
 
 def test_retry_batch_in_flight_after_restart_is_not_launched_twice() -> None:

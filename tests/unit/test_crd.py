@@ -15,8 +15,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-from microtask_operator.api.crd import REGENERATE_COMMAND, build_crd, openapi_schema, render_crd_yaml
+from microtask_operator.api.crd import (
+    REGENERATE_COMMAND,
+    build_crd,
+    openapi_schema,
+    render_crd_yaml,
+)
 from microtask_operator.api.loading import validate_job
 from microtask_operator.commands import crd as crd_command
 
@@ -43,7 +47,11 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
     for path, node in nodes(schema):
         where = path or "<root>"
         preserve = node.get(PRESERVE)
-        if "type" not in node and preserve is not True and not node.get("x-kubernetes-int-or-string"):
+        if (
+            "type" not in node
+            and preserve is not True
+            and not node.get("x-kubernetes-int-or-string")
+        ):
             out.append(f"{where}: no type")
         if preserve is not None and preserve is not True:
             out.append(f"{where}: {PRESERVE} must be true when set")
@@ -59,7 +67,9 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
             out.append(f"{where}: properties and additionalProperties together")
         if node.get("additionalProperties") is False:
             out.append(f"{where}: additionalProperties false is not allowed")
-        if ("properties" in node or "additionalProperties" in node) and node.get("type") != "object":
+        if ("properties" in node or "additionalProperties" in node) and node.get(
+            "type"
+        ) != "object":
             out.append(f"{where}: properties on a non-object")
         if "items" in node and (node.get("type") != "array" or not isinstance(node["items"], dict)):
             out.append(f"{where}: items must be one schema on an array")
@@ -78,8 +88,12 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
             item = node["items"]
             if not keys or item.get("type") != "object":
                 out.append(f"{where}: list-type map needs object items and keys")
-            missing = [k for k in keys if k not in item.get("required", []) and "default" not in
-                       item.get("properties", {}).get(k, {})]
+            missing = [
+                k
+                for k in keys
+                if k not in item.get("required", [])
+                and "default" not in item.get("properties", {}).get(k, {})
+            ]
             if missing:
                 out.append(f"{where}: list-map keys {missing} must be required")
         if "default" in node:
@@ -103,7 +117,7 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
     return out
 
 
-# --- generation and the committed copy ---------------------------------------------------------
+# --- generation and the committed copy ------------------------------------------------------------
 
 
 def test_committed_crd_is_the_generated_one() -> None:
@@ -137,7 +151,7 @@ def test_generation_is_deterministic_and_yaml_has_no_anchors() -> None:
     assert len(text) < 100_000
 
 
-# --- the CRD object ----------------------------------------------------------------------------------
+# --- the CRD object -------------------------------------------------------------------------------
 
 
 def test_names_printer_columns_and_subresources() -> None:
@@ -248,7 +262,7 @@ def test_limits_and_defaults_are_in_the_schema() -> None:
     assert status["startTime"]["format"] == "date-time"
 
 
-# --- schema and model agree -------------------------------------------------------------------------
+# --- schema and model agree -----------------------------------------------------------------------
 
 
 def schema_errors(document: dict[str, Any]) -> list[str]:

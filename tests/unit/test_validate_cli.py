@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from microtask_operator.api import limits
 from microtask_operator.api.loading import load_text
 from microtask_operator.commands import validate as validate_command
@@ -66,7 +65,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     return path
 
 
-# --- valid input -----------------------------------------------------------------------------------
+# --- valid input ----------------------------------------------------------------------------------
 
 
 def test_a_valid_file(tmp_path: Path) -> None:
@@ -117,7 +116,7 @@ def test_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run("-") == (0, ["<stdin>: ok (1 MicrotaskJob)"])
 
 
-# --- problems in valid YAML ----------------------------------------------------------------------
+# --- problems in valid YAML -----------------------------------------------------------------------
 
 
 def test_problem_lines_name_file_document_name_and_field(tmp_path: Path) -> None:
@@ -139,7 +138,11 @@ def test_problem_lines_name_file_document_name_and_field(tmp_path: Path) -> None
     [
         ("end: 100", "end: '100'", "spec.items.range.end: must be an integer, not a string"),
         ("microtasksPerShard: 10", "microtasksPerShard: yes", "must be an integer, not a boolean"),
-        ("        image: python:3.12-slim\n", "", "spec.template.spec.containers[0].image: required"),
+        (
+            "        image: python:3.12-slim\n",
+            "",
+            "spec.template.spec.containers[0].image: required",
+        ),
         ("  items:\n    range: {start: 0, end: 100}\n", "", "spec.items: required field"),
         ("name: squares", "name: Squares", "metadata.name: a MicrotaskJob name 'Squares'"),
         ("kind: MicrotaskJob", "kind: Job", "kind: 'Job' ('microtask.dev/v1alpha1') is not a"),
@@ -192,6 +195,22 @@ def test_config_map_in_the_file_is_checked(tmp_path: Path) -> None:
     assert run(write(tmp_path, "cm4.yaml", content))[0] == 0
 
 
+def test_config_map_without_namespace_serves_a_namespaced_job() -> None:
+    job = GOOD.replace("name: squares", "name: squares\n  namespace: team-a").replace(
+        "range: {start: 0, end: 100}", "configMapRef: {name: cm, key: k}"
+    )
+    config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {k: 'a'}\n"
+    result = load_text(job + "---\n" + config_map)
+    assert result.ok and result.config_map_data(result.jobs[0]) == {"k": "a"}
+
+
+def test_names_with_control_characters_stay_on_one_line(tmp_path: Path) -> None:
+    content = GOOD.replace("name: squares", 'name: "bad\\nname"')
+    code, lines = run(write(tmp_path, "ctl.yaml", content))
+    assert code == 2
+    assert len(lines) == 1 and "(" + repr("bad\nname") + ")" in lines[0]
+
+
 def test_other_kinds_are_reported(tmp_path: Path) -> None:
     content = GOOD + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
     code, lines = run(write(tmp_path, "mixed.yaml", content))
@@ -228,7 +247,7 @@ def test_several_files_report_each(tmp_path: Path) -> None:
     ]
 
 
-# --- hostile input ------------------------------------------------------------------------------------
+# --- hostile input --------------------------------------------------------------------------------
 
 BILLION_LAUGHS = """\
 a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
@@ -252,8 +271,9 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("billion-laughs", BILLION_LAUGHS.encode(), "alias bomb"),
     (
         "billion-laughs-in-a-job",
-        (GOOD + "  bomb:\n" + "".join(f"    {line}\n" for line in BILLION_LAUGHS.splitlines()))
-        .encode(),
+        (
+            GOOD + "  bomb:\n" + "".join(f"    {line}\n" for line in BILLION_LAUGHS.splitlines())
+        ).encode(),
         "alias bomb",
     ),
     ("recursive-alias", b"a: &a [1, *a]\n", "recursive YAML alias *a"),

@@ -178,7 +178,11 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             watched.phase = phase
             state.wake_all(namespace)  # a dependency may have finished
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+    # The loop notices `stopped` within a fraction of a second; cancelling is the last resort.
+    @kopf.daemon(
+        GROUP, VERSION, PLURAL, registry=registry, cancellation_backoff=5.0,
+        cancellation_timeout=5.0,
+    )
     async def run_job(
         namespace: str,
         name: str,
@@ -246,7 +250,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     if left <= 0:
                         break
                     try:
-                        await asyncio.wait_for(watched.wake.wait(), timeout=min(left, 1.0))
+                        await asyncio.wait_for(watched.wake.wait(), timeout=min(left, 0.2))
                     except TimeoutError:
                         pass
                 if watched.wake.is_set() and config.debounce_seconds > 0:

@@ -92,15 +92,31 @@ class KubeApi:
         raise AssertionError("unreachable")
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create a shard's Job; False when it already existed (409: adopt it)."""
+        """Create a shard's Job; False when it already existed (409: adopt it).
+
+        A conflict is confirmed with a read: the Job must really be there, or the create is
+        tried again, so a misreported conflict cannot leave a shard that nobody runs.
+        """
         name = body["metadata"]["name"]
-        result = await self._call(
-            "create",
-            f"job {namespace}/{name}",
-            lambda: self.batch.create_namespaced_job(namespace, body, _preload_content=False),
-            ok=frozenset({409}),
-        )
-        return result is not None
+        what = f"job {namespace}/{name}"
+        for _ in range(3):
+            result = await self._call(
+                "create",
+                what,
+                lambda: self.batch.create_namespaced_job(namespace, body, _preload_content=False),
+                ok=frozenset({409}),
+            )
+            if result is not None:
+                return True
+            existing = await self._call(
+                "get",
+                what,
+                lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
+                ok=frozenset({404}),
+            )
+            if existing is not None:
+                return False
+        raise ApiError("create", what, 409, "conflict, but the Job does not exist")
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods."""

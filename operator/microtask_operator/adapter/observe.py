@@ -176,7 +176,7 @@ def observe(
                 **base,
             )
         queued = bool(spec.get("suspend"))
-        queue = (meta.get("labels") or {}).get(labels.QUEUE_NAME)
+        queue = (meta.get("labels") or {}).get(labels.KUEUE_QUEUE_NAME)
         return ObservedShard(
             phase=ShardPhase.PENDING,
             pending_reason=("Queued" if queue else "Suspended") if queued else "NoPod",

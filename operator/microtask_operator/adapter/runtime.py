@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -36,6 +37,8 @@ async def run_operator(
         namespaces=list(config.namespaces),
         standalone=config.peering is None,
         peering_name=config.peering,
+        # Peers of equal priority pause each other; the newest replica takes over instead.
+        priority=int(time.time() * 1000) % 2**31,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
         **kwargs,

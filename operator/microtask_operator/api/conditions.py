@@ -46,7 +46,8 @@ class ConditionReason(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     ALL_SUCCEEDED = "AllSucceeded"
-    SUCCEEDED_WITH_FAILURES = "SucceededWithFailures"  # finished within maxFailedMicrotasks
+    SUCCEEDED_WITH_FAILURES = "SucceededWithTolerableFailures"  # within maxFailedMicrotasks
+    FINISHED = "Finished"
     TOO_MANY_FAILURES = "TooManyFailures"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     INVALID_SPEC = "InvalidSpec"

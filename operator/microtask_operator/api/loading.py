@@ -146,18 +146,24 @@ class LoadResult:
         ref = loaded.job.spec.items.config_map_ref
         if ref is None:
             return None
-        return self.config_maps.get((loaded.job.metadata.namespace, ref.name))
+        found = self.config_maps.get((loaded.job.metadata.namespace, ref.name))
+        if found is None:
+            # A ConfigMap without a namespace lands in the job's (`kubectl apply -n`).
+            found = self.config_maps.get((None, ref.name))
+        return found
 
 
 def _meta_str(body: Any, key: str) -> str | None:
     meta = body.get("metadata") if isinstance(body, dict) else None
     value = meta.get(key) if isinstance(meta, dict) else None
     if isinstance(value, str) and value:
+        if not value.isprintable():
+            value = repr(value)  # one problem, one line, whatever the name holds
         return value if len(value) <= 80 else value[:77] + "..."
     return None
 
 
-# --- paths and messages --------------------------------------------------------------------------
+# --- paths and messages ---------------------------------------------------------------------------
 
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
@@ -527,7 +533,7 @@ def _too_big(size: int | None) -> str:
     return f"the file is too large ({size / 1024 / 1024:.1f} MiB): at most {limit}"
 
 
-# --- validation ----------------------------------------------------------------------------------
+# --- validation -----------------------------------------------------------------------------------
 
 
 def _plain(value: Any, depth: int = 0) -> Any:

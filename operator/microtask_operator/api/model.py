@@ -85,7 +85,7 @@ def field_error(path: str | tuple[str | int, ...], message: str) -> PydanticCust
     return PydanticCustomError(FIELD_ERROR_TYPE, "{message}", {"message": message, "path": parts})
 
 
-# --- string formats ------------------------------------------------------------------------------
+# --- string formats -------------------------------------------------------------------------------
 
 
 def _shown(value: str) -> str:
@@ -231,7 +231,7 @@ DateTime = Annotated[str, _schema(format="date-time")]
 Count = Annotated[int, Field(ge=0)]
 
 
-# --- base classes --------------------------------------------------------------------------------
+# --- base classes ---------------------------------------------------------------------------------
 
 
 class _Strict(BaseModel):
@@ -256,7 +256,7 @@ class _Open(_Strict):
     model_config = ConfigDict(extra="allow")
 
 
-# --- items ---------------------------------------------------------------------------------------
+# --- items ----------------------------------------------------------------------------------------
 
 
 class RangeItems(_Strict):
@@ -364,7 +364,7 @@ def item_json_sizes(values: list[Any]) -> list[int]:
     ]
 
 
-# --- pod template --------------------------------------------------------------------------------
+# --- pod template ---------------------------------------------------------------------------------
 
 
 class EnvVar(_Open):
@@ -464,7 +464,7 @@ class PodTemplate(_Strict):
     """The pod spec, as in Kubernetes; containers[0] is the worker."""
 
 
-# --- placement -----------------------------------------------------------------------------------
+# --- placement ------------------------------------------------------------------------------------
 
 
 class Toleration(_Strict):
@@ -542,7 +542,7 @@ class Placement(_Strict):
     """Spread the job's pods across nodes (topology spread on the hostname, best effort)."""
 
 
-# --- policies ------------------------------------------------------------------------------------
+# --- policies -------------------------------------------------------------------------------------
 
 
 class Retry(_Strict):
@@ -635,7 +635,7 @@ class Rebalance(_Strict):
     """Job-wide tracking of nodes that keep failing work."""
 
 
-# --- the spec and the object ---------------------------------------------------------------------
+# --- the spec and the object ----------------------------------------------------------------------
 
 
 class MicrotaskJobSpec(_Strict):
@@ -734,7 +734,7 @@ class ObjectMeta(_Open):
     annotations: dict[str, str] | None = None
 
 
-# --- status --------------------------------------------------------------------------------------
+# --- status ---------------------------------------------------------------------------------------
 
 
 class RetryBatch(_Strict):
@@ -768,6 +768,8 @@ class NodeFailure(_Strict):
     """Node name."""
     failures: Count
     """Failures counted on the node."""
+    shards: Count | None = None
+    """Shards finished on the node since its first failure (its failure rate's denominator)."""
     last_failure: DateTime
     """Time of the latest failure."""
 
@@ -779,6 +781,12 @@ class PoolDurations(_Strict):
     """Finished microtasks."""
     seconds: float = Field(ge=0)
     """Their total running time."""
+    shards: Count | None = None
+    """Harvested shards that reported durations."""
+    harvested: Count | None = None
+    """All harvested shards."""
+    failed_shards: Count | None = None
+    """Harvested shards with a failed microtask (the pool's failure rate)."""
 
 
 class Condition(_Strict):
@@ -828,6 +836,8 @@ class MicrotaskJobStatus(_Strict):
     """Failed microtasks waiting for a retry, by attempt count."""
     retired_shards: str | None = None
     """Shard ids already harvested or given up (so a restart never counts one twice)."""
+    kept_shards: str | None = None
+    """Retired failed shards whose Jobs are kept for debugging (keepFailedShards)."""
     next_shard: Count | None = None
     """Id of the next shard to create."""
     rebalances: dict[str, Count] | None = None

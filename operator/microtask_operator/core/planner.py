@@ -130,6 +130,10 @@ class _Planner:
                     self.actions.append(DeleteShard(shard.shard_id, "retired"))
             else:
                 self.live[shard.shard_id] = shard
+        for shard in self.live.values():
+            if shard.shard_id >= state.next_shard and shard.copy_of is None:
+                # Launched just before a restart lost the status write: count its attempts now.
+                self.attempts += len(shard.indexes)
         self.next_shard = max([state.next_shard, *(s.shard_id + 1 for s in observed)])
         # A retry batch that is in flight was launched before a restart lost the status write.
         self.retry = retries.without(self.retry, self.in_flight())

@@ -259,6 +259,11 @@ class CompiledSchema:
     def validate(self, obj: Mapping[str, Any]) -> list[Cause]:
         """Causes for every violation (empty when valid), ordered by field path."""
         body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+        # A CRD schema may restrict metadata.name and metadata.generateName (nothing else of
+        # metadata), and the server enforces those restrictions.
+        if "metadata" in (self.openapi.get("properties") or {}):
+            meta = obj.get("metadata") or {}
+            body["metadata"] = {k: meta[k] for k in ("name", "generateName") if k in meta}
         causes: list[Cause] = []
         for error in self._validator.iter_errors(body):
             causes.extend(_cause_for(error))

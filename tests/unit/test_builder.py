@@ -1,0 +1,579 @@
+"""The Job builder: one valid, restricted, deterministic batch/v1 Job per shard."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from microtask_operator import labels
+from microtask_operator.api.loading import validate_job
+from microtask_operator.api.model import MicrotaskJob
+from microtask_operator.builder import build_job, job_name, parse_job_name
+from microtask_operator.core.types import Pool, ShardPlan
+from microtask_operator.settings import Settings, SettingsError
+from microtask_runner.indexset import IndexSet
+
+from tests.manifests.restricted import pod_spec_of, restricted_violations
+
+OWNER = {"name": "thumbs", "namespace": "team-a", "uid": "5d7c9e4e-1111-2222-3333-444455556666"}
+VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
+
+
+def mtj(**spec: Any) -> MicrotaskJob:
+    document: dict[str, Any] = {
+        "apiVersion": "microtask.dev/v1alpha1",
+        "kind": "MicrotaskJob",
+        "metadata": {"name": "thumbs"},
+        "spec": {
+            "items": {"range": {"start": 1000, "end": 2000, "step": 2}},
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": "registry.example/thumbs:1.2",
+                            "command": ["python", "thumb.py"],
+                            "args": ["--size", "$(MICROTASK_ITEM)"],
+                        }
+                    ]
+                }
+            },
+        },
+    }
+    document["spec"].update(spec)
+    job, problems = validate_job(document)
+    assert job is not None, problems
+    return job
+
+
+def plan(pool: Pool = Pool.CPU, **fields: Any) -> ShardPlan:
+    values: dict[str, Any] = {
+        "shard_id": 17,
+        "indexes": IndexSet.from_range(170, 180),
+        "attempt": 1,
+        "pool": pool,
+    }
+    values.update(fields)
+    return ShardPlan(**values)
+
+
+def build(job: MicrotaskJob | None = None, shard: ShardPlan | None = None, **settings: Any) -> Any:
+    manifest = build_job(job or mtj(), OWNER, shard or plan(), Settings(**settings))
+    for version in VERSIONS:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    pod = pod_spec_of(manifest)
+    assert pod is not None
+    assert restricted_violations(pod) == []
+    return manifest
+
+
+def worker_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = manifest["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def env_of(manifest: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in worker_of(manifest).get("env", [])}
+
+
+def required_terms(manifest: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    pod = manifest["spec"]["template"]["spec"]
+    affinity = pod.get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    return [term.get("matchExpressions", []) for term in terms.get("nodeSelectorTerms", [])]
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+
+def test_job_names_are_deterministic_and_parse_back() -> None:
+    assert job_name("thumbs", 17) == "thumbs-s17"
+    assert parse_job_name("thumbs-s17") == ("thumbs", 17)
+    assert parse_job_name("my-job-s2-s0") == ("my-job-s2", 0)
+    for name in ("thumbs", "thumbs-s", "thumbs-s01", "thumbs-sx", "Thumbs-s1", "-s1"):
+        assert parse_job_name(name) is None
+    with pytest.raises(ValueError):
+        job_name("thumbs", -1)
+
+
+def test_the_longest_names_stay_valid() -> None:
+    longest = "n" * 45
+    name = job_name(longest, 10**16 - 1)
+    assert len(name) == 63
+    job = mtj()
+    manifest = build_job(job, {**OWNER, "name": longest}, plan(shard_id=10**16 - 1), Settings())
+    kubernetes_validate.validate(manifest, VERSIONS[-1], strict=True)
+    assert manifest["metadata"]["name"] == name
+
+
+# --- the Job --------------------------------------------------------------------------------------
+
+
+def test_cpu_shard_job() -> None:
+    manifest = build()
+    meta = manifest["metadata"]
+    assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "Job")
+    assert meta["name"] == "thumbs-s17"
+    assert meta["namespace"] == "team-a"
+    expected_labels = {
+        labels.JOB: "thumbs",
+        labels.JOB_UID: OWNER["uid"],
+        labels.SHARD: "17",
+        labels.ATTEMPT: "1",
+        labels.POOL: "cpu",
+        labels.MANAGED_BY: "microtask-operator",
+    }
+    assert meta["labels"] == expected_labels
+    assert meta["annotations"] == {labels.INDEXES: "170-179"}
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "microtask.dev/v1alpha1",
+            "kind": "MicrotaskJob",
+            "name": "thumbs",
+            "uid": OWNER["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    spec = manifest["spec"]
+    assert (spec["backoffLimit"], spec["completions"], spec["parallelism"]) == (0, 1, 1)
+    assert "activeDeadlineSeconds" not in spec and "suspend" not in spec
+    template = spec["template"]
+    assert template["metadata"]["labels"] == expected_labels
+    assert template["metadata"]["annotations"] == {labels.INDEXES: "170-179"}
+    pod = template["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert "tolerations" not in pod
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {labels.JOB: "thumbs"}},
+        }
+    ]
+    assert required_terms(manifest) == [
+        [{"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}]
+    ]
+    worker = worker_of(manifest)
+    assert worker["command"] == ["microtask-runner"]
+    assert worker["args"] == ["--", "python", "thumb.py", "--size", "$(MICROTASK_ITEM)"]
+    assert worker["terminationMessagePolicy"] == "File"
+    assert "resources" not in worker
+    env = env_of(manifest)
+    assert env == {
+        "MICROTASK_JOB": "thumbs",
+        "MICROTASK_SHARD": "17",
+        "MICROTASK_ATTEMPT": "1",
+        "MICROTASK_POOL": "cpu",
+        "MICROTASK_INDEXES": "170-179",
+        "MICROTASK_ITEMS": '{"range":{"start":1000,"step":2}}',
+    }
+
+
+def test_gpu_shard_job() -> None:
+    job = mtj(placement={"accelerator": "auto"})
+    manifest = build(job, plan(Pool.GPU))
+    assert manifest["metadata"]["labels"][labels.POOL] == "gpu"
+    pod = manifest["spec"]["template"]["spec"]
+    assert required_terms(manifest) == [
+        [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]
+    ]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert worker_of(manifest)["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+
+
+def test_gpu_placement_from_the_spec_and_the_settings() -> None:
+    job = mtj(
+        placement={
+            "accelerator": "gpu",
+            "gpu": {
+                "resourceName": "amd.com/gpu",
+                "count": 2,
+                "nodeLabel": "amd.com/gpu.present",
+                "nodeSelector": {"gpu-type": "mi300"},
+                "tolerations": [{"key": "amd.com/gpu", "operator": "Exists"}],
+            },
+        },
+        template={
+            "spec": {
+                "containers": [
+                    {
+                        "name": "w",
+                        "image": "x",
+                        "command": ["run"],
+                        "resources": {
+                            "limits": {"memory": "8Gi", "amd.com/gpu": 8},
+                            "requests": {"amd.com/gpu": 8, "cpu": "2"},
+                        },
+                    }
+                ]
+            }
+        },
+    )
+    manifest = build(job, plan(Pool.GPU))
+    pod = manifest["spec"]["template"]["spec"]
+    assert required_terms(manifest) == [
+        [{"key": "amd.com/gpu.present", "operator": "In", "values": ["true"]}]
+    ]
+    assert pod["nodeSelector"] == {"gpu-type": "mi300"}
+    assert pod["tolerations"] == [{"key": "amd.com/gpu", "operator": "Exists"}]
+    assert worker_of(manifest)["resources"] == {
+        "limits": {"memory": "8Gi", "amd.com/gpu": "2"},
+        "requests": {"cpu": "2"},
+    }
+    # The operator's settings apply where the spec says nothing.
+    manifest = build(
+        mtj(placement={"accelerator": "gpu"}),
+        plan(Pool.GPU),
+        gpu_resource_name="example.com/tpu",
+        gpu_node_label="example.com/accelerator",
+        gpu_node_label_value="yes",
+        gpu_taint_key="example.com/accelerator",
+        gpu_taint_effect="NoExecute",
+    )
+    assert required_terms(manifest) == [
+        [{"key": "example.com/accelerator", "operator": "In", "values": ["yes"]}]
+    ]
+    assert manifest["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "example.com/accelerator", "operator": "Exists", "effect": "NoExecute"}
+    ]
+    assert worker_of(manifest)["resources"] == {"limits": {"example.com/tpu": "1"}}
+
+
+def test_cpu_shards_never_ask_for_gpus() -> None:
+    job = mtj(
+        placement={
+            "accelerator": "auto",
+            "cpu": {
+                "avoidGpuNodes": False,
+                "nodeSelector": {"pool": "batch"},
+                "tolerations": [{"key": "spot", "operator": "Equal", "value": "yes"}],
+            },
+        },
+        template={
+            "spec": {
+                "nodeSelector": {"zone": "a"},
+                "tolerations": [{"key": "spot", "operator": "Equal", "value": "yes"}],
+                "containers": [
+                    {
+                        "name": "w",
+                        "image": "x",
+                        "command": ["run"],
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    }
+                ],
+            }
+        },
+    )
+    manifest = build(job, plan(Pool.CPU))
+    pod = manifest["spec"]["template"]["spec"]
+    assert "affinity" not in pod
+    assert pod["nodeSelector"] == {"zone": "a", "pool": "batch"}
+    assert pod["tolerations"] == [{"key": "spot", "operator": "Equal", "value": "yes"}]
+    assert "resources" not in worker_of(manifest)
+
+
+def test_nodes_to_avoid() -> None:
+    manifest = build(shard=plan(avoid_nodes_hard=("n2", "n1", "n2"), avoid_nodes_soft=("n3",)))
+    assert required_terms(manifest) == [
+        [
+            {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]},
+            {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n1", "n2"]},
+        ]
+    ]
+    affinity = manifest["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        {
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n3"]}
+                ]
+            },
+        }
+    ]
+
+
+def test_user_affinity_terms_each_get_the_pool_requirement() -> None:
+    user_affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["x"]}]},
+                ]
+            },
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 5,
+                    "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]},
+                }
+            ],
+        },
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+    }
+    template = {
+        "spec": {
+            "affinity": user_affinity,
+            "containers": [{"name": "w", "image": "x", "command": ["run"]}],
+        }
+    }
+    job = mtj(template=template, placement={"accelerator": "gpu"})
+    manifest = build(job, plan(Pool.GPU, avoid_nodes_soft=("bad",)))
+    gpu = {"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}
+    assert required_terms(manifest) == [
+        [{"key": "zone", "operator": "In", "values": ["a"]}, gpu],
+        [gpu],
+    ]
+    affinity = manifest["spec"]["template"]["spec"]["affinity"]
+    assert affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][1]["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["x"]}]
+    assert len(affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]) == 2
+    assert "podAntiAffinity" in affinity
+    # The model is not modified by building.
+    assert job.spec.template.model_dump(by_alias=True, exclude_unset=True) == template
+
+
+def test_python_mode() -> None:
+    template = {"spec": {"containers": [{"name": "w", "image": "x"}]}}
+    manifest = build(mtj(callable="thumbs.work:run", template=template))
+    worker = worker_of(manifest)
+    assert worker["command"] == ["microtask-runner"]
+    assert "args" not in worker
+    assert env_of(manifest)["MICROTASK_CALLABLE"] == "thumbs.work:run"
+
+
+def test_inline_items_carry_only_the_shards_items() -> None:
+    values = [f"item-{i}" for i in range(20)] + [{"url": "https://x/ü"}]
+    manifest = build(mtj(items={"list": values}), plan(indexes=IndexSet.parse("3-4,20")))
+    items = json.loads(env_of(manifest)["MICROTASK_ITEMS"])
+    assert items == {"values": {"3": "item-3", "4": "item-4", "20": {"url": "https://x/ü"}}}
+    assert env_of(manifest)["MICROTASK_INDEXES"] == "3-4,20"
+
+
+def test_config_map_items_are_mounted() -> None:
+    job = mtj(items={"configMapRef": {"name": "urls", "key": "urls.txt"}})
+    manifest = build(job)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {
+            "name": "microtask-items",
+            "configMap": {"name": "urls", "items": [{"key": "urls.txt", "path": "urls.txt"}]},
+        }
+    ]
+    assert worker_of(manifest)["volumeMounts"] == [
+        {"name": "microtask-items", "mountPath": "/etc/microtask/items", "readOnly": True}
+    ]
+    assert json.loads(env_of(manifest)["MICROTASK_ITEMS"]) == {
+        "file": "/etc/microtask/items/urls.txt",
+        "format": "lines",
+    }
+    manifest = build(job, items_mount_path="/items")
+    assert json.loads(env_of(manifest)["MICROTASK_ITEMS"])["file"] == "/items/urls.txt"
+
+
+def test_timeouts_queue_priority_and_copies() -> None:
+    job = mtj(
+        timeouts={"microtaskSeconds": 2.5, "shardSeconds": 600.2, "jobSeconds": 7200},
+        queueName="team-a-queue",
+        priorityClassName="batch-low",
+        placement={"spread": False},
+    )
+    manifest = build(job, plan(attempt=3, copy_of=12))
+    spec = manifest["spec"]
+    assert spec["activeDeadlineSeconds"] == 601
+    assert spec["suspend"] is True
+    meta_labels = manifest["metadata"]["labels"]
+    assert meta_labels[labels.KUEUE_QUEUE_NAME] == "team-a-queue"
+    assert meta_labels[labels.ATTEMPT] == "3"
+    assert meta_labels[labels.COPY_OF] == "12"
+    pod = spec["template"]["spec"]
+    assert pod["priorityClassName"] == "batch-low"
+    assert "topologySpreadConstraints" not in pod
+    assert env_of(manifest)["MICROTASK_TIMEOUT_SECONDS"] == "2.5"
+    whole = build(mtj(timeouts={"microtaskSeconds": 30}))
+    assert env_of(whole)["MICROTASK_TIMEOUT_SECONDS"] == "30"
+
+
+def test_large_scattered_shards_use_the_compact_index_form() -> None:
+    indexes = IndexSet.from_indexes(range(0, 20000, 2))
+    manifest = build(mtj(microtasksPerShard=10000), plan(indexes=indexes))
+    annotation = manifest["metadata"]["annotations"][labels.INDEXES]
+    assert annotation.startswith("z:")
+    assert IndexSet.from_compact(annotation) == indexes
+    assert IndexSet.from_compact(env_of(manifest)["MICROTASK_INDEXES"]) == indexes
+
+
+def test_user_template_is_kept_and_extended() -> None:
+    template = {
+        "metadata": {"labels": {"app": "thumbs"}, "annotations": {"owner": "me"}},
+        "spec": {
+            "serviceAccountName": "thumbs",
+            "initContainers": [{"name": "fetch", "image": "busybox", "command": ["true"]}],
+            "containers": [
+                {
+                    "name": "w",
+                    "image": "x",
+                    "command": ["run"],
+                    "env": [{"name": "LEVEL", "value": "3"}],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                },
+                {"name": "sidecar", "image": "y"},
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+        },
+    }
+    manifest = build(mtj(template=template))
+    pod_meta = manifest["spec"]["template"]["metadata"]
+    assert pod_meta["labels"]["app"] == "thumbs"
+    assert pod_meta["annotations"]["owner"] == "me"
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "thumbs"
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert env_of(manifest)["LEVEL"] == "3"
+    assert [c["name"] for c in pod["containers"]] == ["w", "sidecar"]
+    sidecar = pod["containers"][1]
+    assert "env" not in sidecar and sidecar.get("command") is None
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_restricted_security_context_respects_explicit_values() -> None:
+    manifest = build()
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsUser": 65532,
+    }
+    assert worker_of(manifest)["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    template = {
+        "spec": {
+            "securityContext": {
+                "runAsUser": 1000,
+                "fsGroup": 2000,
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"},
+            },
+            "containers": [
+                {
+                    "name": "w",
+                    "image": "x",
+                    "command": ["run"],
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+                    },
+                }
+            ],
+        }
+    }
+    manifest = build(mtj(template=template))
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsUser": 1000,
+        "fsGroup": 2000,
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"},
+        "runAsNonRoot": True,
+    }
+    assert worker_of(manifest)["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"},
+    }
+    # No default user when the operator is told not to pick one.
+    manifest = build(run_as_user=None)
+    assert "runAsUser" not in manifest["spec"]["template"]["spec"]["securityContext"]
+
+
+def test_an_explicitly_privileged_template_is_not_silently_fixed() -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "w",
+                    "image": "x",
+                    "command": ["run"],
+                    "securityContext": {"allowPrivilegeEscalation": True},
+                }
+            ]
+        }
+    }
+    manifest = build_job(mtj(template=template), OWNER, plan(), Settings())
+    pod = pod_spec_of(manifest)
+    assert pod is not None
+    assert restricted_violations(pod) == [
+        "spec.containers[0](w).securityContext.allowPrivilegeEscalation must be false"
+    ]
+
+
+def test_building_is_deterministic_and_pure() -> None:
+    job = mtj(items={"list": list(range(200))}, placement={"accelerator": "gpu"})
+    before = copy.deepcopy(job.model_dump(by_alias=True))
+    first = build(job, plan(Pool.GPU, avoid_nodes_hard=("x",)))
+    second = build(job, plan(Pool.GPU, avoid_nodes_hard=("x",)))
+    assert first == second
+    assert job.model_dump(by_alias=True) == before
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment() -> None:
+    assert Settings.from_env({}) == Settings()
+    settings = Settings.from_env(
+        {
+            "MICROTASK_RUNNER_COMMAND": "python3 -m microtask_runner",
+            "MICROTASK_GPU_RESOURCE_NAME": "amd.com/gpu",
+            "MICROTASK_GPU_NODE_LABEL": "amd.com/gpu.present",
+            "MICROTASK_GPU_NODE_LABEL_VALUE": "yes",
+            "MICROTASK_GPU_TAINT_KEY": "amd.com/gpu",
+            "MICROTASK_GPU_TAINT_EFFECT": "NoExecute",
+            "MICROTASK_RUN_AS_USER": "none",
+            "MICROTASK_ITEMS_MOUNT_PATH": "/items/",
+            "MICROTASK_INDEXES": "ignored: the runner's variable",
+        }
+    )
+    assert settings.runner_command == ("python3", "-m", "microtask_runner")
+    assert settings.gpu_resource_name == "amd.com/gpu"
+    assert settings.gpu_node_label == "amd.com/gpu.present"
+    assert settings.gpu_node_label_value == "yes"
+    assert settings.gpu_tolerations() == [
+        {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoExecute"}
+    ]
+    assert settings.run_as_user is None
+    assert settings.items_mount_path == "/items"
+    assert Settings.from_env({"MICROTASK_RUN_AS_USER": "1000"}).run_as_user == 1000
+    assert Settings.from_env({"MICROTASK_RUNNER_COMMAND": "  "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MICROTASK_RUNNER_COMMAND", "'unclosed"),
+        ("MICROTASK_GPU_RESOURCE_NAME", "not a name"),
+        ("MICROTASK_GPU_NODE_LABEL_VALUE", "x" * 64),
+        ("MICROTASK_GPU_TAINT_EFFECT", "Sometimes"),
+        ("MICROTASK_RUN_AS_USER", "0"),
+        ("MICROTASK_RUN_AS_USER", "root"),
+        ("MICROTASK_ITEMS_MOUNT_PATH", "relative/path"),
+    ],
+)
+def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
