@@ -268,6 +268,63 @@ def test_suspending_a_running_job_without_backoff_fails_it(cluster: Cluster) -> 
     assert condition(failed, "Failed")["reason"] == "BackoffLimitExceeded"
 
 
+def test_deleting_a_job_removes_its_running_pods(cluster: Cluster) -> None:
+    for name in ("background", "foreground", "orphaned"):
+        cluster.create(job(name, py("import time; print('ready', flush=True); time.sleep(30)")))
+    pods = {
+        name: cluster.wait_for(
+            lambda n=name: [
+                p["metadata"]["name"]
+                for p in pods_of(cluster, n)
+                if cluster.pod_log(p["metadata"]["name"]) == "ready\n"
+            ]
+        )[0]
+        for name in ("background", "foreground", "orphaned")
+    }
+    pids = {name: cluster.pod_pid(pod_name) for name, pod_name in pods.items()}
+    assert pods_of(cluster, "background")[0]["metadata"]["finalizers"] == [
+        "batch.kubernetes.io/job-tracking"
+    ]
+
+    cluster.delete("jobs", "background", propagation="Background")
+    assert cluster.get("jobs", "background") is None
+    cluster.wait_gone("pods", pods["background"])
+
+    cluster.delete("jobs", "foreground", propagation="Foreground")
+    held = cluster.get("jobs", "foreground")
+    assert held is not None and "foregroundDeletion" in held["metadata"]["finalizers"]
+    cluster.wait_gone("jobs", "foreground")
+    assert cluster.get("pods", pods["foreground"]) is None, "dependents go first"
+
+    cluster.delete("jobs", "orphaned", propagation=None)  # batch/v1 defaults to Orphan
+    cluster.wait_gone("jobs", "orphaned")
+    orphan = cluster.get("pods", pods["orphaned"])
+    assert orphan is not None and orphan["status"]["phase"] == "Running"
+    assert "ownerReferences" not in orphan["metadata"]
+    assert pids["orphaned"] is not None and alive(pids["orphaned"])
+    assert not any(alive(pid) for name, pid in pids.items() if pid and name != "orphaned")
+
+
+def test_watchers_see_the_control_plane_writes(cluster: Cluster) -> None:
+    mark = cluster.call(lambda: str(cluster.store.rv))
+    cluster.create(pod("watched", ["true"]))
+    wait_phase(cluster, "watched", "Succeeded")
+    cluster.delete("pods", "watched")
+    cluster.wait_gone("pods", "watched")
+    with cluster.api_client() as client:
+        core = kubernetes.client.CoreV1Api(client)
+        watch = kubernetes.watch.Watch()
+        phases = [
+            (event["type"], event["object"].status.phase)
+            for event in watch.stream(
+                core.list_namespaced_pod, "default", resource_version=mark, timeout_seconds=1
+            )
+        ]
+    assert phases[0] == ("ADDED", "Pending")
+    assert ("MODIFIED", "Running") in phases and ("MODIFIED", "Succeeded") in phases
+    assert phases[-1][0] == "DELETED"
+
+
 def test_a_missing_priority_class_blocks_pod_creation(cluster: Cluster) -> None:
     cluster.create(job("urgent", ["true"], priorityClassName="microtask-high"))
     event = cluster.wait_for(lambda: cluster.list("events", fields="reason=FailedCreate"))
@@ -635,6 +692,7 @@ def test_no_process_outlives_the_cluster(cluster_factory: Callable[..., Cluster]
     assert alive(parent) and alive(child)
     cluster.stop()
     assert not alive(parent) and not alive(child)
+    assert not cluster.running
 
 
 def test_dollar_var_expansion() -> None:

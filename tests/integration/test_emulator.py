@@ -108,7 +108,7 @@ def client(api: Cluster) -> Iterator[kubernetes.client.ApiClient]:
         yield api_client
 
 
-def widget(name: str, size: int = 1, **spec: Any) -> dict[str, Any]:
+def widget(name: str, size: Any = 1, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "example.test/v1",
         "kind": "Widget",
@@ -265,6 +265,16 @@ def test_put_replaces_and_a_stale_resource_version_is_409(
         core.replace_namespaced_config_map("cm", "default", first)
     assert caught.value.status == 409
     assert status_of(caught.value)["reason"] == "Conflict"
+
+    first.metadata.resource_version = None  # built-ins accept an unconditional replace
+    assert core.replace_namespaced_config_map("cm", "default", first).data == {"c": "3"}
+    custom = kubernetes.client.CustomObjectsApi(client)
+    custom.create_namespaced_custom_object("example.test", "v1", "default", "widgets", widget("w"))
+    with pytest.raises(ApiException) as caught:  # custom resources do not
+        custom.replace_namespaced_custom_object(
+            "example.test", "v1", "default", "widgets", "w", widget("w", 2)
+        )
+    assert caught.value.status == 422
 
 
 def test_status_subresource_separates_spec_and_status(
@@ -634,6 +644,48 @@ def test_deleting_a_batch_v1_job_orphans_its_pods_by_default_with_a_warning(api:
     assert orphan is not None
 
 
+def test_delete_options_from_the_python_client_are_honoured(
+    client: kubernetes.client.ApiClient, api: Cluster
+) -> None:
+    batch = kubernetes.client.BatchV1Api(client)
+    core = kubernetes.client.CoreV1Api(client)
+    template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}
+    for name in ("fg", "bg"):
+        job = batch.create_namespaced_job(
+            "default", {"metadata": {"name": name}, "spec": {"template": template}}
+        )
+        owner = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": name,
+            "uid": job.metadata.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {
+                    "name": f"{name}-pod",
+                    "ownerReferences": [owner],
+                    "finalizers": ["example.test/hold"],
+                },
+                "spec": {"containers": [{"name": "c", "image": "i"}]},
+            },
+        )
+    options = kubernetes.client.V1DeleteOptions(propagation_policy="Foreground")
+    batch.delete_namespaced_job("fg", "default", body=options)
+    api.wait_for(lambda: (api.get("pods", "fg-pod") or {})["metadata"].get("deletionTimestamp"))
+    assert batch.read_namespaced_job("fg", "default").metadata.finalizers == ["foregroundDeletion"]
+    core.patch_namespaced_pod("fg-pod", "default", {"metadata": {"finalizers": None}})
+    api.wait_gone("jobs", "fg")
+
+    batch.delete_namespaced_job("bg", "default", propagation_policy="Background")
+    with pytest.raises(ApiException):
+        batch.read_namespaced_job("bg", "default")
+    api.wait_for(lambda: (api.get("pods", "bg-pod") or {})["metadata"].get("deletionTimestamp"))
+
+
 def test_jobs_are_defaulted_and_a_started_template_is_immutable(
     client: kubernetes.client.ApiClient,
 ) -> None:
@@ -733,7 +785,7 @@ def test_custom_resources_are_validated_against_the_schema(
     del bad["spec"]["size"]
     assert causes(bad) == {"spec.size": "FieldValueRequired"}
     assert causes(widget("w", size=0)) == {"spec.size": "FieldValueInvalid"}
-    assert causes(widget("w", size="big")) == {"spec.size": "FieldValueTypeInvalid"}  # type: ignore[arg-type]
+    assert causes(widget("w", size="big")) == {"spec.size": "FieldValueTypeInvalid"}
     assert causes(widget("w", color="pink")) == {"spec.color": "FieldValueNotSupported"}
     assert causes(widget("w", tags=["a", "a"])) == {"spec.tags[1]": "FieldValueDuplicate"}
     assert causes(widget("w", size=0, color="pink")) == {
@@ -958,7 +1010,7 @@ def widget_operator(calls: list[tuple[str, str]], url: str) -> kopf.OperatorRegi
     """A tiny operator: status + a child ConfigMap on create, a note on update, a finalizer."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.create("example.test", "v1", "widgets", id="created", registry=registry)  # type: ignore[untyped-decorator]
+    @kopf.on.create("example.test", "v1", "widgets", id="created", registry=registry)
     def created(spec: Any, name: str, namespace: str, body: Any, **_: Any) -> dict[str, Any]:
         calls.append(("create", name))
         child = {
@@ -977,11 +1029,11 @@ def widget_operator(calls: list[tuple[str, str]], url: str) -> kopf.OperatorRegi
 
     @kopf.on.update(
         "example.test", "v1", "widgets", id="resized", field="spec.size", registry=registry
-    )  # type: ignore[untyped-decorator]
+    )
     def resized(name: str, new: Any, **_: Any) -> None:
         calls.append(("update", name))
 
-    @kopf.on.delete("example.test", "v1", "widgets", id="deleted", registry=registry)  # type: ignore[untyped-decorator]
+    @kopf.on.delete("example.test", "v1", "widgets", id="deleted", registry=registry)
     def deleted(name: str, **_: Any) -> None:
         calls.append(("delete", name))
 

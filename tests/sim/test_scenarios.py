@@ -184,13 +184,6 @@ def test_bad_node_rebalances_match_the_exclusions_in_the_status() -> None:
     assert result.rebalanced.get("bad_node", 0) == result.exclusion_changes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core: evenly spread transient failures (0.5% of attempts, so ~10% of 20-microtask "
-        "shards fail somewhere) still get healthy nodes excluded"
-    ),
-)
 def test_transient_failures_do_not_get_healthy_nodes_excluded() -> None:
     flaky_work = cluster([cpu_nodes(8, slots=4)], workload={"failureRate": 0.005})
 

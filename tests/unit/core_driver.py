@@ -63,7 +63,8 @@ class Driver:
     now: float = 1000.0
     created: list[CreateShard] = field(default_factory=list)
     deleted: list[DeleteShard] = field(default_factory=list)
-    max_in_flight: int = 0
+    max_in_flight: int = 0  # window slots: a shard and its copies take one
+    max_copies: int = 0
     last: Decision | None = None
     restart_every_step: bool = False
 
@@ -104,7 +105,9 @@ class Driver:
                 shard = self.shards[action.shard_id]
                 self.shards[action.shard_id] = replace(shard, suspended=action.suspend)
         live = [s for s in self.shards.values() if s.shard_id not in self.state.retired]
-        self.max_in_flight = max(self.max_in_flight, len(live))
+        groups = {s.copy_of if s.copy_of is not None else s.shard_id for s in live}
+        self.max_in_flight = max(self.max_in_flight, len(groups))
+        self.max_copies = max(self.max_copies, len(live) - len(groups))
 
     def pick_node(self, pool: Pool, avoid: Iterable[str]) -> str:
         nodes = sorted(self.cluster.ready_nodes.get(pool, frozenset()) - set(avoid))

@@ -103,6 +103,8 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
         assert decision.status["succeeded"] >= succeeded_seen
         succeeded_seen = decision.status["succeeded"]
         assert d.max_in_flight <= spec.parallelism
+        cap = max(1, int(spec.speculation.max_fraction * spec.parallelism))
+        assert d.max_copies <= (cap if spec.speculation.enabled else 0)
     else:
         raise AssertionError("no end")
 

@@ -1,8 +1,8 @@
 """Job-wide bad-node tracking (in the spirit of Spark's excludeOnFailure).
 
 A node is suspect when its shards fail clearly more often than the rest of its pool: at least
-`softAfterFailures` failed shards, and a failure rate at least twice (and 25 points above) the
-pool's other nodes. Work that fails everywhere (a bug, a flaky service) therefore excludes nobody;
+`softAfterFailures` failed shards, a failure rate 25 points above the pool's other nodes, and a
+count of failures that chance would explain less than once in 200. Work that fails everywhere (a bug, a flaky service) therefore excludes nobody;
 a node that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), then hard
 (required anti-affinity) from `hardAfterFailures`, each exclusion expiring after a while. Exclusion
 never takes more than a fraction of a pool's ready nodes, and always leaves at least one.
@@ -18,8 +18,10 @@ from .types import BadNodePolicy, ClusterView, Pool
 
 SOFT = "soft"
 HARD = "hard"
-# How much worse than its pool a node must be: twice the rate, and this many points above it.
+# How much worse than its pool a node must be, in failure rate points...
 MIN_RATE_GAP = 0.25
+# ...and how unlikely by chance: -ln(1/200).
+SIGNIFICANCE = math.log(200)
 
 
 def record_shard(
@@ -51,14 +53,34 @@ def record_shard(
 
 
 def _stands_out(record: NodeRecord, pool: PoolDurations | None) -> bool:
-    """Does this node fail clearly more often than the other nodes of its pool?"""
+    """Does this node fail clearly more often than the other nodes of its pool?
+
+    "Clearly" is a significance test, not a ratio: with the pool's failure rate p (smoothed, so
+    a clean pool is not a zero), the chance of `failures` or more out of `shards` is bounded by
+    Chernoff, exp(-n * KL(failures/n || p)); the node stands out when that is below 1 in 1000.
+    A node that failed 2 shards of 2 is not damned while the pool fails 10% of shards, but is
+    when everything else succeeds.
+    """
     if pool is None:
         return True
-    others_shards = pool.harvested - record.shards
-    others_failed = pool.failed_shards - record.failures
-    others_rate = others_failed / others_shards if others_shards > 0 else 0.0
-    rate = record.rate()
-    return rate >= 2 * others_rate and rate - others_rate >= MIN_RATE_GAP
+    others_shards = max(0, pool.harvested - record.shards)
+    others_failed = max(0, pool.failed_shards - record.failures)
+    p = (others_failed + 1) / (others_shards + 2)
+    n = max(record.shards, record.failures)
+    observed = record.failures / n
+    if observed - p < MIN_RATE_GAP:
+        return False
+    return n * _kl(observed, p) > SIGNIFICANCE
+
+
+def _kl(a: float, p: float) -> float:
+    """Kullback-Leibler divergence of Bernoulli(a) from Bernoulli(p)."""
+    total = 0.0
+    if a > 0:
+        total += a * math.log(a / p)
+    if a < 1:
+        total += (1 - a) * math.log((1 - a) / (1 - p))
+    return total
 
 
 def update_levels(

@@ -43,6 +43,8 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
 
+# At the tail, with idle window slots, a shard this many times slower than usual gets a copy.
+TAIL_SLOWDOWN_FACTOR = 1.5
 # Exit code charged to a microtask whose pod died without a usable report.
 NO_REPORT_EXIT_CODE = 137
 # Pending reasons that mean "waiting in a queue on purpose": never a reason to fall back.
@@ -141,10 +143,8 @@ class _Planner:
     # -- helpers ---------------------------------------------------------------------------
 
     def in_flight(self) -> IndexSet:
-        result = IndexSet.EMPTY
-        for shard in self.live.values():
-            result = result | shard.indexes
-        return result
+        # One merge of all ranges: folding `|` shard by shard is quadratic in the window.
+        return IndexSet.from_ranges(r for s in self.live.values() for r in s.indexes.ranges)
 
     def final(self) -> IndexSet:
         return self.succeeded | self.failed
@@ -393,10 +393,19 @@ class _Planner:
         if self.gpu_fallback_until is not None and self.now < self.gpu_fallback_until:
             self.wakeups.append(self.gpu_fallback_until)
             return Pool.CPU
+        if self.gpu_fallback_until is not None and self.waiting_for_capacity(Pool.GPU):
+            # The GPU pool was full before and pods queue there again: more would only wait.
+            return Pool.CPU
         return Pool.GPU
 
     def fill_window(self) -> None:
-        free = self.spec.parallelism - len(self.live)
+        # A copy still waiting for a node holds a slot back, so it is the next pod to get one.
+        waiting_copies = sum(
+            1
+            for s in self.live.values()
+            if s.copy_of is not None and s.phase == ShardPhase.PENDING
+        )
+        free = self.spec.parallelism - self.groups_in_flight() - waiting_copies
         if free <= 0:
             return
         size = self.spec.microtasks_per_shard
@@ -424,36 +433,43 @@ class _Planner:
         return universe - self.final() - self.in_flight() - self.queued()
 
     def queued(self) -> IndexSet:
-        result = IndexSet.EMPTY
-        for batch in self.retry:
-            result = result | batch.indexes
-        return result
+        return IndexSet.from_ranges(r for b in self.retry for r in b.indexes.ranges)
 
     def speculate(self) -> None:
+        """Copy stragglers at the tail, or whenever the cluster shows spare capacity.
+
+        Copies do not take window slots (the window bounds the work in flight, not its
+        duplicates); at most `maxFraction` x parallelism of them run at once.
+        """
         policy = self.spec.speculation
         if not policy.enabled:
             return
-        free = self.spec.parallelism - len(self.live)
-        if free <= 0:
-            return
-        if self.fresh() or any(b.not_before <= self.now for b in self.retry):
-            return  # not the tail: real work would use the capacity better
+        tail = not self.fresh() and not any(b.not_before <= self.now for b in self.retry)
+        if not tail and self.waiting_for_capacity():
+            return  # pods already queue for nodes: a copy would only slow real work down
         cap = max(1, math.floor(policy.max_fraction * self.spec.parallelism))
-        in_flight_copies = sum(1 for s in self.live.values() if s.copy_of is not None)
-        budget = min(free, cap - in_flight_copies)
+        budget = cap - self.copies_in_flight()
+        factor = policy.slowdown_factor
+        if tail and self.groups_in_flight() < self.spec.parallelism:
+            # The last shards with idle slots beside them (MapReduce's backup tasks): anything
+            # past 1.5x its expected time is worth a copy, however the job is tuned.
+            factor = min(factor, TAIL_SLOWDOWN_FACTOR)
         candidates, wakeups = speculation.stragglers(
-            list(self.live.values()), self.durations, policy, self.now
+            list(self.live.values()), self.durations, policy, self.now, factor
         )
         self.wakeups.extend(wakeups)
         for shard in candidates[: max(0, budget)]:
-            hard, soft = badnodes.avoid_lists(self.nodes, shard.pool, self.cluster)
+            pool = shard.pool
+            if self.spec.accelerator == Accelerator.AUTO:
+                pool = self.pool_for_new_work()
+            hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
             if shard.node is not None and shard.node not in hard:
                 hard = (*hard, shard.node)
             plan = ShardPlan(
                 shard_id=self.new_shard_id(),
                 indexes=shard.indexes,
                 attempt=shard.attempt,
-                pool=shard.pool,
+                pool=pool,
                 copy_of=shard.shard_id,
                 avoid_nodes_hard=tuple(sorted(hard)),
                 avoid_nodes_soft=soft,
@@ -467,6 +483,21 @@ class _Planner:
                 f"shard {shard.shard_id} on node {shard.node} has run {elapsed:.0f}s; "
                 f"copy {plan.shard_id} started elsewhere",
             )
+
+    def groups_in_flight(self) -> int:
+        """Window slots in use: a shard and its speculative copies take one slot together."""
+        return len({group_of(s) for s in self.live.values()})
+
+    def copies_in_flight(self) -> int:
+        return len(self.live) - self.groups_in_flight()
+
+    def waiting_for_capacity(self, pool: Pool | None = None) -> bool:
+        return any(
+            s.phase == ShardPhase.PENDING
+            and s.pending_reason == "Unschedulable"
+            and (pool is None or s.pool == pool)
+            for s in self.live.values()
+        )
 
     def update_nodes(self) -> None:
         self.nodes, changed = badnodes.update_levels(

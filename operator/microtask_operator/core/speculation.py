@@ -17,6 +17,7 @@ def stragglers(
     durations: Mapping[Pool, PoolDurations],
     policy: SpeculationPolicy,
     now: float,
+    factor: float | None = None,
 ) -> tuple[list[ObservedShard], list[float]]:
     """Shards that deserve a copy now (slowest first), and when the others would become stragglers."""
     copied = {s.copy_of for s in live if s.copy_of is not None}
@@ -34,7 +35,7 @@ def stragglers(
         if per_microtask is None:
             continue
         expected = per_microtask * len(shard.indexes)
-        threshold = shard.started_at + policy.slowdown_factor * expected
+        threshold = shard.started_at + (factor or policy.slowdown_factor) * expected
         if now >= threshold:
             found.append(((now - shard.started_at) / max(expected, 1e-9), shard))
         else:

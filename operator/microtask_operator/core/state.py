@@ -92,10 +92,7 @@ class CoreState:
         return cls()
 
     def queued(self) -> IndexSet:
-        result = IndexSet.EMPTY
-        for batch in self.retry:
-            result = result | batch.indexes
-        return result
+        return IndexSet.from_ranges(r for b in self.retry for r in b.indexes.ranges)
 
     def to_status(self) -> dict[str, Any]:
         """The persistent part of the status (the planner adds derived counters)."""

@@ -13,6 +13,7 @@ loudly if anything is left behind, so a leak breaks the test that caused it.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import json
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 import yaml
@@ -112,6 +113,11 @@ class Cluster:
             self._tmpdir = None
         if leaked:
             raise RuntimeError(f"{leaked} container processes survived the cluster shutdown")
+
+    @property
+    def running(self) -> bool:
+        """Whether the cluster's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -320,7 +326,7 @@ class Cluster:
 
         def list_() -> list[dict[str, Any]]:
             res = self.store.registry.find(resource)
-            found = self.store.list(
+            found = self.store.select(
                 res,
                 namespace,
                 LabelSelector.parse(labels),
@@ -428,7 +434,7 @@ class Cluster:
 
     def request_list(
         self, verb: str | None = None, resource: str | None = None, **criteria: Any
-    ) -> list[ApiRequest]:
+    ) -> builtins.list[ApiRequest]:
         """Recorded requests matching the criteria (see :meth:`RequestLog.select`)."""
         return self.call(lambda: self.requests.select(verb, resource, **criteria))
 
@@ -458,7 +464,7 @@ class Cluster:
         group: str | None = None,
         namespace: str | None = None,
         name: str | None = None,
-        subresource: str | type[Ellipsis] | None = ...,  # type: ignore[valid-type]
+        subresource: str | EllipsisType | None = ...,
         retry_after: int | None = None,
         message: str | None = None,
     ) -> Fault:

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import copy
 import datetime
+import functools
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from .scheduling import choose_node, parse_quantity, pod_requests, unschedulable_message
@@ -463,14 +465,14 @@ class ControlPlane:
             for run in list(self._runs_on(name)):
                 if run.kill_reason == "lost":
                     self._runs.pop(run.uid, None)
-                    pod = self.store.peek(self.pods_res, run.namespace, run.name)
-                    if pod is None:
+                    lost_pod = self.store.peek(self.pods_res, run.namespace, run.name)
+                    if lost_pod is None:
                         continue
-                    if pod["metadata"].get("deletionTimestamp"):
-                        self._finalize_pod(pod)
-                    elif pod["status"].get("phase") in ("Pending", "Running"):
+                    if lost_pod["metadata"].get("deletionTimestamp"):
+                        self._finalize_pod(lost_pod)
+                    elif lost_pod["status"].get("phase") in ("Pending", "Running"):
                         self._finish_status(
-                            pod,
+                            lost_pod,
                             run,
                             137,
                             "ContainerStatusUnknown",
@@ -519,14 +521,14 @@ class ControlPlane:
         name: str,
         *,
         start_delay: float | None = None,
-        fail_exit_code: int | type[Ellipsis] | None = ...,
-    ) -> None:  # type: ignore[valid-type]
+        fail_exit_code: int | EllipsisType | None = ...,
+    ) -> None:
         """Make a node slow (``start_delay``) or fail every pod (``fail_exit_code``)."""
         behaviour = self.behaviours[name]
         if start_delay is not None:
             behaviour.start_delay = start_delay
-        if fail_exit_code is not ...:
-            behaviour.fail_exit_code = fail_exit_code  # type: ignore[assignment]
+        if not isinstance(fail_exit_code, EllipsisType):
+            behaviour.fail_exit_code = fail_exit_code
 
     def _node_lifecycle(self) -> None:
         timeout = self.settings.lost_node_eviction_seconds
@@ -545,8 +547,8 @@ class ControlPlane:
 
     def _pod_gc(self) -> None:
         """Force-delete pods bound to nodes that no longer exist (marking them failed first)."""
-        nodes = {n["metadata"]["name"] for n in self.store.list(self.nodes_res)}
-        for pod in list(self.store.list(self.pods_res)):
+        nodes = {n["metadata"]["name"] for n in self.store.select(self.nodes_res)}
+        for pod in list(self.store.select(self.pods_res)):
             node = pod["spec"].get("nodeName")
             if not node or node in nodes:
                 continue
@@ -573,7 +575,7 @@ class ControlPlane:
             self._runs.pop(pod["metadata"]["uid"], None)
 
     def _pods_on(self, node: str) -> list[dict[str, Any]]:
-        return [p for p in self.store.list(self.pods_res) if p["spec"].get("nodeName") == node]
+        return [p for p in self.store.select(self.pods_res) if p["spec"].get("nodeName") == node]
 
     def _runs_on(self, node: str) -> list[PodRun]:
         return [r for r in self._runs.values() if r.node == node]
@@ -605,12 +607,12 @@ class ControlPlane:
 
     def _job_controller(self) -> None:
         pods_by_owner: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for pod in self.store.list(self.pods_res):
+        for pod in self.store.select(self.pods_res):
             for ref in pod["metadata"].get("ownerReferences") or []:
                 if ref.get("controller") and ref.get("kind") == "Job":
                     pods_by_owner[ref["uid"]].append(pod)
         live = set()
-        for job in list(self.store.list(self.jobs_res)):
+        for job in list(self.store.select(self.jobs_res)):
             live.add(job["metadata"]["uid"])
             try:
                 self._reconcile_job(job, pods_by_owner.get(job["metadata"]["uid"], []))
@@ -627,7 +629,7 @@ class ControlPlane:
         Like the real controller: a pod keeps the finalizer until its Job's status counts
         it, so deleting a finished pod can never lose a success or a failure.
         """
-        for pod in list(self.store.list(self.pods_res)):
+        for pod in list(self.store.select(self.pods_res)):
             meta = pod["metadata"]
             if JOB_TRACKING_FINALIZER not in (meta.get("finalizers") or ()):
                 continue
@@ -684,7 +686,8 @@ class ControlPlane:
             spec.get("podFailurePolicy")
         )
         counted = self._counted.setdefault(meta["uid"], {"succeeded": set(), "failed": set()})
-        active, terminating = [], []
+        active: list[dict[str, Any]] = []
+        terminating: list[dict[str, Any]] = []
         for pod in pods:
             phase = pod["status"].get("phase")
             deleting = bool(pod["metadata"].get("deletionTimestamp"))
@@ -795,30 +798,26 @@ class ControlPlane:
                 self._warn_once(job, "FailedCreate", message)
                 return None
             spec["priority"] = int(pc["value"]) if pc is not None else 2000000000
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "generateName": f"{meta['name']}-",
-                "namespace": meta["namespace"],
-                "labels": dict(tmeta.get("labels") or {}),
-                "annotations": dict(tmeta.get("annotations") or {}),
-                "finalizers": [JOB_TRACKING_FINALIZER],
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": spec,
+        pod_meta: dict[str, Any] = {
+            "generateName": f"{meta['name']}-",
+            "namespace": meta["namespace"],
+            "labels": dict(tmeta.get("labels") or {}),
+            # The real controller tracks every pod with this finalizer until it is counted.
+            "finalizers": [JOB_TRACKING_FINALIZER],
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         }
-        if not pod["metadata"]["annotations"]:
-            del pod["metadata"]["annotations"]
+        if tmeta.get("annotations"):
+            pod_meta["annotations"] = dict(tmeta["annotations"])
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec}
         try:
             return self.store.create(self.pods_res, meta["namespace"], pod)
         except ApiError as exc:
@@ -834,8 +833,8 @@ class ControlPlane:
     # --- scheduler -----------------------------------------------------------------------------
 
     def _scheduler(self) -> None:
-        nodes = list(self.store.list(self.nodes_res))
-        pods = list(self.store.list(self.pods_res))
+        nodes = list(self.store.select(self.nodes_res))
+        pods = list(self.store.select(self.pods_res))
         usage: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         pending = []
         for pod in pods:
@@ -867,9 +866,7 @@ class ControlPlane:
                 if _condition(pod, "PodScheduled", "message") != message:
                     self._status(
                         pod,
-                        lambda s, m=message: set_condition(
-                            s, "PodScheduled", "False", "Unschedulable", m
-                        ),
+                        functools.partial(_set_unschedulable, message=message),
                     )
                     self._event(pod, "Warning", "FailedScheduling", message, "default-scheduler")
                 continue
@@ -895,9 +892,9 @@ class ControlPlane:
     # --- kubelet -------------------------------------------------------------------------------
 
     def _kubelet(self) -> None:
-        nodes = {n["metadata"]["name"]: n for n in self.store.list(self.nodes_res)}
+        nodes = {n["metadata"]["name"]: n for n in self.store.select(self.nodes_res)}
         seen: set[str] = set()
-        for pod in list(self.store.list(self.pods_res)):
+        for pod in list(self.store.select(self.pods_res)):
             node = pod["spec"].get("nodeName")
             if not node or node not in nodes or node in self.lost_nodes:
                 continue
@@ -996,7 +993,8 @@ class ControlPlane:
             reason, message = exc.reason, exc.message
             if reason == "CreateContainerConfigError":
                 # Stays Pending with a waiting container, as the kubelet keeps retrying.
-                self._status(pod, lambda s: _waiting(s, pod, reason, message))
+                waiting_pod = pod
+                self._status(pod, lambda s: _waiting(s, waiting_pod, reason, message))
                 run.ended = True
                 self._runs.pop(run.uid, None)
                 return
@@ -1402,7 +1400,7 @@ class ControlPlane:
             return None
         path = self._root / pod["metadata"]["uid"] / "container.log"
         try:
-            text = path.read_text(errors="replace")
+            text: str = path.read_text(errors="replace")
         except OSError:
             return None
         tail = (query or {}).get("tailLines")
@@ -1431,6 +1429,10 @@ def _condition(obj: Mapping[str, Any], type_: str, field_name: str = "status") -
         if cond.get("type") == type_:
             return cond.get(field_name)
     return None
+
+
+def _set_unschedulable(status: dict[str, Any], message: str) -> None:
+    set_condition(status, "PodScheduled", "False", "Unschedulable", message)
 
 
 def _waiting(status: dict[str, Any], pod: Mapping[str, Any], reason: str, message: str) -> None:

@@ -28,6 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 import aiohttp.web
@@ -178,7 +179,7 @@ class RequestLog:
         group: str | None = None,
         namespace: str | None = None,
         name: str | None = None,
-        subresource: str | type[Ellipsis] | None = ...,  # type: ignore[valid-type]
+        subresource: str | EllipsisType | None = ...,
         code: int | None = None,
         writes_only: bool = False,
         since: int = 0,
@@ -248,7 +249,7 @@ class Fault:
     group: str | None = None
     namespace: str | None = None
     name: str | None = None
-    subresource: str | type[Ellipsis] | None = ...  # type: ignore[valid-type]
+    subresource: str | EllipsisType | None = ...
     retry_after: int | None = None
     message: str | None = None
     hits: int = 0
@@ -659,7 +660,7 @@ class ApiEmulator(kmock.KubernetesScaffold):
         self, res: ResourceDef, path: K8sPath, query: Mapping[str, str]
     ) -> aiohttp.web.Response:
         labels, fields = self._selectors(res, query)
-        objs = self.store.list(res, path.namespace, labels, fields)
+        objs = self.store.select(res, path.namespace, labels, fields)
         meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
         if query.get("continue"):
             _, last = Store.decode_continue(query["continue"])
@@ -747,7 +748,7 @@ class ApiEmulator(kmock.KubernetesScaffold):
             initial: list[dict[str, Any]] = []
             expired: ApiError | None = None
             if send_initial or rv_param in ("", "0"):
-                for obj in store.list(res, namespace, labels, fields):
+                for obj in store.select(res, namespace, labels, fields):
                     if visible(obj):
                         initial.append(
                             {
@@ -1015,7 +1016,7 @@ class ApiServer:
 
     async def __aenter__(self) -> ApiServer:
         await self.emulator.__aenter__()
-        server = aiohttp.web.Server(self.emulator)  # type: ignore[arg-type]
+        server = aiohttp.web.Server(self.emulator)
         self._runner = aiohttp.web.ServerRunner(server, shutdown_timeout=2.0)
         await self._runner.setup()
         site = aiohttp.web.TCPSite(self._runner, self.host, self.port)

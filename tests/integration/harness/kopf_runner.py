@@ -108,7 +108,7 @@ class KopfRunner:
         if self.login:
             url = self.cluster.url
 
-            @kopf.on.login(registry=self.registry)  # type: ignore[untyped-decorator]
+            @kopf.on.login(registry=self.registry)
             def _login(**_: Any) -> kopf.ConnectionInfo:
                 return kopf.ConnectionInfo(
                     server=url, token="emulated-token", scheme="Bearer", default_namespace="default"

@@ -72,7 +72,7 @@ def node_is_ready(node: Mapping[str, Any]) -> bool:
     """Whether the node's Ready condition is True."""
     for condition in (node.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
+            return bool(condition.get("status") == "True")
     return False
 
 

@@ -244,7 +244,8 @@ class CompiledSchema:
         for key in keep:
             if key in obj:
                 pruned[key] = obj[key]
-        return pruned
+        result: dict[str, Any] = pruned
+        return result
 
     # --- defaulting ----------------------------------------------------------------------------
 

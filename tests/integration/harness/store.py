@@ -32,7 +32,7 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,7 +271,7 @@ class Store:
         out["kind"] = res.kind
         return out
 
-    def list(
+    def select(
         self,
         res: ResourceDef,
         namespace: str | None = None,
@@ -600,8 +600,9 @@ class Store:
                 f"the name of the object ({meta['name']}) does not match "
                 f"the name on the URL ({name})"
             )
-        # A real server requires it for most built-ins; custom resources allow unconditional PUT.
-        if not meta.get("resourceVersion") and not res.is_custom:
+        # Built-ins allow an unconditional PUT (no resourceVersion: last writer wins); custom
+        # resources do not, as their strategy refuses unconditional updates.
+        if not meta.get("resourceVersion") and res.is_custom:
             cause = Cause(
                 "FieldValueInvalid",
                 "Invalid value: 0: must be specified for an update",
@@ -904,7 +905,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         """DELETE on a collection URL: delete every matching object."""
         deleted = []
-        for obj in list(self.list(res, namespace, labels, fields)):
+        for obj in list(self.select(res, namespace, labels, fields)):
             meta = obj["metadata"]
             try:
                 last, _ = self.delete(res, meta.get("namespace"), meta["name"], options)
@@ -1215,10 +1216,6 @@ class Store:
             return int(data["rv"]), (str(data["ns"]), str(data["name"]))
         except (ValueError, KeyError, TypeError):
             raise bad_request("continue key is not valid") from None
-
-    def all_objects(self, resources: Iterable[ResourceDef]) -> list[dict[str, Any]]:
-        """Every stored object of the given resources (for dumps in failing tests)."""
-        return [obj for res in resources for obj in self._bucket(res).values()]
 
 
 def _spec_of(obj: Mapping[str, Any], res: ResourceDef) -> dict[str, Any]:
