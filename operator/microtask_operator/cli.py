@@ -1,4 +1,4 @@
-"""The `microtask` command line: one entry point, one module per subcommand under `commands/`."""
+"""The `microtask` command line: one entry point, one module per subcommand in `commands/`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Subcommand modules, imported only when chosen so `microtask validate` does not pay for kopf.
+# Subcommand modules keep their top-level imports light; heavy ones happen in `execute`.
 COMMANDS: dict[str, str] = {
     "run": "Run a MicrotaskJob on this machine (local processes as the nodes).",
     "validate": "Check MicrotaskJob files; print every problem with its field path.",
     "plan": "Print, as YAML, the Kubernetes Jobs the operator would create first.",
     "crd": "Print the MicrotaskJob CustomResourceDefinition.",
-    "simulate": "Simulate a MicrotaskJob on a described cluster (capacity planning, policy tuning).",
+    "simulate": "Simulate a MicrotaskJob on a described cluster (capacity planning, tuning).",
     "operator": "Run the operator against the cluster of the current kubeconfig.",
 }
 

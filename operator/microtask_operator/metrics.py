@@ -6,6 +6,7 @@ ever become labels; the one per-MicrotaskJob series (progress) exists only while
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -94,10 +95,8 @@ class Metrics:
 
     def job_gone(self, namespace: str, name: str) -> None:
         """The MicrotaskJob finished or was deleted: its own series go away."""
-        try:
+        with contextlib.suppress(KeyError):
             self.progress.remove(namespace, name)
-        except KeyError:
-            pass
         self._in_flight.pop((namespace, name), None)
         self._refresh_in_flight(namespace)
 

@@ -92,8 +92,13 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
             elif event == "crash":
                 d.set(target.shard_id, phase=ShardPhase.FAILED, exit_code=137)
             elif event == "unschedulable":
-                d.set(target.shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
-                      pending_since=d.now, started_at=None)
+                d.set(
+                    target.shard_id,
+                    phase=ShardPhase.PENDING,
+                    pending_reason="Unschedulable",
+                    pending_since=d.now,
+                    started_at=None,
+                )
         wait = 1.0
         if not d.running() and decision.next_wakeup is not None:
             wait = max(1.0, decision.next_wakeup - d.now)

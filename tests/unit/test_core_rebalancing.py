@@ -25,14 +25,14 @@ def creates(actions: list[object]) -> list[CreateShard]:
 
 
 def auto_spec(**kw: object) -> CoreSpec:
-    base: dict[str, object] = dict(
-        total=40,
-        microtasks_per_shard=10,
-        parallelism=2,
-        accelerator=Accelerator.AUTO,
-        fallback_after_seconds=120,
-        fallback_cooldown_seconds=300,
-    )
+    base: dict[str, object] = {
+        "total": 40,
+        "microtasks_per_shard": 10,
+        "parallelism": 2,
+        "accelerator": Accelerator.AUTO,
+        "fallback_after_seconds": 120,
+        "fallback_cooldown_seconds": 300,
+    }
     base.update(kw)
     return CoreSpec(**base)  # type: ignore[arg-type]
 
@@ -42,8 +42,14 @@ def test_auto_starts_on_gpu_and_falls_back_to_cpu_when_unschedulable_too_long() 
     first = d.step()
     assert {c.plan.pool for c in creates(first.actions)} == {Pool.GPU}
     for shard_id in (0, 1):
-        d.set(shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
-              pending_since=d.now, started_at=None, node=None)
+        d.set(
+            shard_id,
+            phase=ShardPhase.PENDING,
+            pending_reason="Unschedulable",
+            pending_since=d.now,
+            started_at=None,
+            node=None,
+        )
     early = d.step(60)
     assert creates(early.actions) == []
     assert early.next_wakeup == d.now + 60
@@ -65,13 +71,23 @@ def test_fallback_never_moves_cpu_work_and_never_ping_pongs() -> None:
     d = Driver(auto_spec(fallback_cooldown_seconds=10))
     d.step()
     for shard_id in (0, 1):
-        d.set(shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
-              pending_since=d.now, started_at=None)
+        d.set(
+            shard_id,
+            phase=ShardPhase.PENDING,
+            pending_reason="Unschedulable",
+            pending_since=d.now,
+            started_at=None,
+        )
     d.step(121)
     cpu_ids = [i for i, s in d.shards.items() if s.pool == Pool.CPU]
     for shard_id in cpu_ids:
-        d.set(shard_id, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
-              pending_since=d.now, started_at=None)
+        d.set(
+            shard_id,
+            phase=ShardPhase.PENDING,
+            pending_reason="Unschedulable",
+            pending_since=d.now,
+            started_at=None,
+        )
     later = d.step(10_000)
     assert creates(later.actions) == []
     assert later.state.rebalances == {"unschedulable_fallback": 2}
@@ -87,8 +103,9 @@ def test_queued_or_gpu_only_shards_never_fall_back() -> None:
     assert [str(p.indexes) for p in moved] == ["10-19"]
     gpu_only = Driver(auto_spec(accelerator=Accelerator.GPU))
     gpu_only.step()
-    gpu_only.set(0, phase=ShardPhase.PENDING, pending_reason="Unschedulable",
-                 pending_since=gpu_only.now)
+    gpu_only.set(
+        0, phase=ShardPhase.PENDING, pending_reason="Unschedulable", pending_since=gpu_only.now
+    )
     assert creates(gpu_only.step(500).actions) == []
 
 
@@ -189,7 +206,11 @@ def test_bad_node_goes_soft_then_hard_and_expires() -> None:
     assert again == nodes2 and changed == []  # stable: no repeated events
     pools = {Pool.CPU: PoolDurations(harvested=21, failed_shards=3)}
     nodes3, _ = update_levels(
-        {"a": NodeRecord(3, 20.0, "soft", nodes2["a"].until, shards=3)}, policy, cluster, 20.0, pools
+        {"a": NodeRecord(3, 20.0, "soft", nodes2["a"].until, shards=3)},
+        policy,
+        cluster,
+        20.0,
+        pools,
     )
     assert nodes3["a"].level == "hard"
     assert avoid_lists(nodes3, Pool.CPU, cluster) == (("a",), ())

@@ -4,14 +4,14 @@ Flags of `microtask operator` override the `MICROTASK_*` environment variables, 
 defaults. Cluster conventions shared with `microtask plan` (runner command, GPU labels) live in
 `microtask_operator.settings`.
 
-| variable | flag | default | meaning |
-|---|---|---|---|
-| MICROTASK_NAMESPACES | --namespace (repeatable) | all namespaces | namespaces to watch (comma-separated) |
-| MICROTASK_RESYNC_SECONDS | --resync-seconds | 30 | longest sleep of a MicrotaskJob's loop without news |
-| MICROTASK_DEBOUNCE_SECONDS | --debounce-seconds | 0.2 | wait after a change so a burst is handled at once |
-| MICROTASK_METRICS_PORT | --metrics-port | 8080 | Prometheus /metrics port (0: off) |
-| MICROTASK_HEALTH_PORT | --health-port | 8081 | liveness endpoint /healthz port (0: off) |
-| MICROTASK_PEERING | --peering | (standalone) | kopf peering name; two replicas then keep one active |
+| variable (flag) | default | meaning |
+|---|---|---|
+| MICROTASK_NAMESPACES (--namespace, repeatable) | all | namespaces to watch, comma-separated |
+| MICROTASK_RESYNC_SECONDS (--resync-seconds) | 30 | longest sleep of a job's loop without news |
+| MICROTASK_DEBOUNCE_SECONDS (--debounce-seconds) | 0.2 | a burst of changes, one decision |
+| MICROTASK_METRICS_PORT (--metrics-port) | 8080 | Prometheus /metrics port (0: off) |
+| MICROTASK_HEALTH_PORT (--health-port) | 8081 | liveness endpoint /healthz port (0: off) |
+| MICROTASK_PEERING (--peering) | standalone | kopf peering name; replicas keep one active |
 """
 
 from __future__ import annotations

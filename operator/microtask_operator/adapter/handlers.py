@@ -9,6 +9,7 @@ the resync interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,22 +120,23 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         state.api = KubeApi(state.metrics, api_client)
 
     @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry, id="shard_jobs")
-    def shard_jobs(namespace: str, labels: Mapping[str, str], body: Any, **_: Any) -> Any:
-        owner = labels.get(JOB)
+    def shard_jobs(**kwargs: Any) -> Any:
+        owner = kwargs["labels"].get(JOB)
         if not owner:
             return None
-        return {(namespace, owner): _compact_job(body)}
+        return {(kwargs["namespace"], owner): _compact_job(kwargs["body"])}
 
     @kopf.index("", "v1", "pods", labels=OURS, registry=registry, id="shard_pods")
-    def shard_pods(namespace: str, body: Any, **_: Any) -> Any:
-        job = _owner_job(body)
+    def shard_pods(**kwargs: Any) -> Any:
+        job = _owner_job(kwargs["body"])
         if job is None:
             return None
-        return {(namespace, job): _compact_pod(body)}
+        return {(kwargs["namespace"], job): _compact_pod(kwargs["body"])}
 
     @kopf.index("", "v1", "nodes", registry=registry, id="cluster_nodes")
-    def cluster_nodes(name: str, body: Any, **_: Any) -> Any:
-        info = node_info(body, settings.gpu_node_label, settings.gpu_taint_key)
+    def cluster_nodes(**kwargs: Any) -> Any:
+        name = kwargs["name"]
+        info = node_info(kwargs["body"], settings.gpu_node_label, settings.gpu_taint_key)
         if state.node_ready.get(name) != info.ready:
             # Readiness changed (or a new node): every job may have work to move or to place.
             state.node_ready[name] = info.ready
@@ -142,25 +144,24 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         return {name: info}
 
     @kopf.on.event("batch", "v1", "jobs", labels=OURS, registry=registry)
-    def job_changed(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
-        state.wake(namespace, labels.get(JOB, ""))
+    def job_changed(**kwargs: Any) -> None:
+        state.wake(kwargs["namespace"], kwargs["labels"].get(JOB, ""))
 
     @kopf.on.event("", "v1", "pods", labels=OURS, registry=registry)
-    def pod_changed(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
-        state.wake(namespace, labels.get(JOB, ""))
+    def pod_changed(**kwargs: Any) -> None:
+        state.wake(kwargs["namespace"], kwargs["labels"].get(JOB, ""))
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_changed(name: str, type: str | None, **_: Any) -> None:
-        if type == "DELETED":
-            state.node_ready.pop(name, None)
+    def node_changed(**kwargs: Any) -> None:
+        if kwargs.get("type") == "DELETED":
+            state.node_ready.pop(kwargs["name"], None)
             state.wake_all()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def job_spec_changed(
-        namespace: str, name: str, body: Any, type: str | None, **_: Any
-    ) -> None:
+    def job_spec_changed(**kwargs: Any) -> None:
+        namespace, name, body = kwargs["namespace"], kwargs["name"], kwargs["body"]
         key = (namespace, name)
-        if type == "DELETED":
+        if kwargs.get("type") == "DELETED":
             state.jobs.pop(key, None)
             state.wake_all(namespace)  # dependants learn their dependency is gone
             return
@@ -180,20 +181,23 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
 
     # The loop notices `stopped` within a fraction of a second; cancelling is the last resort.
     @kopf.daemon(
-        GROUP, VERSION, PLURAL, registry=registry, cancellation_backoff=5.0,
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        cancellation_backoff=5.0,
         cancellation_timeout=5.0,
     )
-    async def run_job(
-        namespace: str,
-        name: str,
-        body: Any,
-        stopped: Any,
-        shard_jobs: kopf.Index[tuple[str, str], dict[str, Any]],
-        shard_pods: kopf.Index[tuple[str, str], dict[str, Any]],
-        cluster_nodes: kopf.Index[str, NodeInfo],
-        logger: logging.Logger,
-        **_: Any,
-    ) -> None:
+    async def run_job(**kwargs: Any) -> None:
+        # kopf passes everything by keyword; the indexes come under their handler ids.
+        namespace: str = kwargs["namespace"]
+        name: str = kwargs["name"]
+        body: Any = kwargs["body"]
+        stopped: Any = kwargs["stopped"]
+        logger: logging.Logger = kwargs["logger"]
+        shard_jobs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["shard_jobs"]
+        shard_pods: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["shard_pods"]
+        cluster_nodes: kopf.Index[str, NodeInfo] = kwargs["cluster_nodes"]
         key = (namespace, name)
         watched = state.jobs.setdefault(key, Watched(body=dict(body)))
         assert state.api is not None
@@ -213,7 +217,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
 
         def emit(event: Event) -> None:
             current = state.jobs.get(key)
-            target = current.body if current else dict(body)
+            target: Any = current.body if current else dict(body)
             if event.warning:
                 kopf.warn(target, reason=event.reason, message=event.message)
             else:
@@ -249,10 +253,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     left = deadline - loop.time()
                     if left <= 0:
                         break
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(watched.wake.wait(), timeout=min(left, 0.2))
-                    except TimeoutError:
-                        pass
                 if watched.wake.is_set() and config.debounce_seconds > 0:
                     # Let a burst of pod changes land, then decide once for all of them.
                     await asyncio.sleep(config.debounce_seconds)

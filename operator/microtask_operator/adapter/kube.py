@@ -12,7 +12,7 @@ import asyncio
 import os
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -65,7 +65,9 @@ class KubeApi:
         self.attempts = attempts
         self.backoff = backoff
 
-    async def _call(self, verb: str, what: str, fn: Callable[[], T], ok: frozenset[int] = frozenset()) -> T | None:
+    async def _call(
+        self, verb: str, what: str, fn: Callable[[], T], ok: frozenset[int] = frozenset()
+    ) -> T | None:
         delay = self.backoff
         for attempt in range(self.attempts):
             try:
@@ -103,7 +105,10 @@ class KubeApi:
             result = await self._call(
                 "create",
                 what,
-                lambda: self.batch.create_namespaced_job(namespace, body, _preload_content=False),
+                # A plain manifest: the client serialises dicts as they are.
+                lambda: self.batch.create_namespaced_job(
+                    namespace, cast(Any, body), _preload_content=False
+                ),
                 ok=frozenset({409}),
             )
             if result is not None:
@@ -147,7 +152,12 @@ class KubeApi:
             "patch",
             f"microtaskjob {namespace}/{name} status",
             lambda: self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": status},
                 _preload_content=False,
             ),
         )

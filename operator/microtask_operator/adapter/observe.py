@@ -1,4 +1,4 @@
-"""From Kubernetes objects to what the core reads: a shard's Job, its pod and its node → ObservedShard.
+"""From Kubernetes objects to what the core reads: a shard's Job, pod and node → ObservedShard.
 
 Pure functions over plain dicts (as kopf and the API give them), so every case of a pod's life —
 unschedulable, pulling, running, OOM-killed, evicted, on a vanished node — is a table test.
@@ -95,7 +95,7 @@ class ShardIdentity:
 
 
 def shard_identity(job: Mapping[str, Any]) -> ShardIdentity | None:
-    """A Job's shard, from its labels and annotation; None when it is not one of ours or is mangled."""
+    """A Job's shard, from its labels and annotation; None when not ours or mangled."""
     meta = job.get("metadata") or {}
     job_labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
@@ -151,15 +151,15 @@ def observe(
     meta = job.get("metadata") or {}
     spec = job.get("spec") or {}
     created = _time(meta.get("creationTimestamp")) or now
-    base: dict[str, Any] = dict(
-        shard_id=identity.shard_id,
-        indexes=identity.indexes,
-        attempt=identity.attempt,
-        pool=identity.pool,
-        created_at=created,
-        copy_of=identity.copy_of,
-        suspended=bool(spec.get("suspend")),
-    )
+    base: dict[str, Any] = {
+        "shard_id": identity.shard_id,
+        "indexes": identity.indexes,
+        "attempt": identity.attempt,
+        "pool": identity.pool,
+        "created_at": created,
+        "copy_of": identity.copy_of,
+        "suspended": bool(spec.get("suspend")),
+    }
     if meta.get("deletionTimestamp"):
         # Someone else deleted it (we never observe our own deletes past the retire).
         return ObservedShard(phase=ShardPhase.LOST, failure_reason="JobDeleted", **base)
@@ -200,8 +200,10 @@ def _observe_pod(
     terminated = state.get("terminated")
     running = state.get("running")
     waiting = state.get("waiting")
-    started = _time((running or terminated or {}).get("startedAt")) or _time(status.get("startTime"))
-    common: dict[str, Any] = dict(base, node=node_name, started_at=started)
+    started = _time((running or terminated or {}).get("startedAt")) or _time(
+        status.get("startTime")
+    )
+    common: dict[str, Any] = {**base, "node": node_name, "started_at": started}
 
     disruption = _condition(pod, "DisruptionTarget")
     if (disruption is not None and disruption.get("status") == "True") or (
@@ -226,7 +228,9 @@ def _observe_pod(
             finished_at=_time(term.get("finishedAt")) or now,
             report=report,
             exit_code=exit_code,
-            failure_reason=None if ran else str(term.get("reason") or status.get("reason") or "Error"),
+            failure_reason=None
+            if ran
+            else str(term.get("reason") or status.get("reason") or "Error"),
             **common,
         )
 
@@ -240,9 +244,7 @@ def _observe_pod(
             node_lost_since = info.since or now
 
     if phase == "Running" or running is not None:
-        return ObservedShard(
-            phase=ShardPhase.RUNNING, node_lost_since=node_lost_since, **common
-        )
+        return ObservedShard(phase=ShardPhase.RUNNING, node_lost_since=node_lost_since, **common)
 
     # Pending: not scheduled, or scheduled and still pulling/creating.
     scheduled = _condition(pod, "PodScheduled")

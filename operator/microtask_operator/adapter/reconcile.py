@@ -102,7 +102,13 @@ class Reconciler:
                 f"{p.path}: {p.message}" if p.path else p.message for p in problems
             )[:2000]
             return await self._hold(
-                now, meta, "Failed", conditions.INVALID, True, api_conditions.Reason.INVALID_SPEC, message
+                now,
+                meta,
+                "Failed",
+                conditions.INVALID,
+                True,
+                api_conditions.Reason.INVALID_SPEC,
+                message,
             )
 
         waiting = self._dependencies(job)
@@ -110,19 +116,36 @@ class Reconciler:
             failed, message = waiting
             if failed:
                 return await self._hold(
-                    now, meta, "Failed", conditions.WAITING_FOR_DEPENDENCIES, False,
-                    conditions.REASON_DEPENDENCY_FAILED, message, failed_condition=True,
+                    now,
+                    meta,
+                    "Failed",
+                    conditions.WAITING_FOR_DEPENDENCIES,
+                    False,
+                    conditions.REASON_DEPENDENCY_FAILED,
+                    message,
+                    failed_condition=True,
                 )
             return await self._hold(
-                now, meta, "Pending", conditions.WAITING_FOR_DEPENDENCIES, True,
-                conditions.REASON_WAITING_FOR_DEPENDENCIES, message,
+                now,
+                meta,
+                "Pending",
+                conditions.WAITING_FOR_DEPENDENCIES,
+                True,
+                conditions.REASON_WAITING_FOR_DEPENDENCIES,
+                message,
             )
 
         try:
             spec = await self._core_spec(job)
         except ItemsError as error:
             return await self._hold(
-                now, meta, "Pending", conditions.INVALID, True, "ItemsUnavailable", str(error),
+                now,
+                meta,
+                "Pending",
+                conditions.INVALID,
+                True,
+                "ItemsUnavailable",
+                str(error),
                 retry=True,
             )
 
@@ -173,7 +196,9 @@ class Reconciler:
         try:
             state = CoreState.from_status(status)
         except StateError as error:
-            log.warning("%s/%s: starting from the Jobs that exist: %s", self.namespace, self.name, error)
+            log.warning(
+                "%s/%s: starting from the Jobs that exist: %s", self.namespace, self.name, error
+            )
             state = CoreState.initial()
         if held:
             # It failed only because it was invalid; now that it is valid it may start.
@@ -270,9 +295,11 @@ class Reconciler:
         failed_condition: bool = False,
         retry: bool = False,
     ) -> Outcome:
-        """Write a status that explains why no Jobs are made (invalid, waiting, dependency failed)."""
+        """Write a status saying why no Jobs are made (invalid, waiting, dependency failed)."""
         previous = CoreState.from_status({"conditions": (self.last_status or {}).get("conditions")})
-        conds = conditions.set_condition(previous.conditions, condition_type, holds, reason, message, now)
+        conds = conditions.set_condition(
+            previous.conditions, condition_type, holds, reason, message, now
+        )
         if failed_condition:
             conds = conditions.set_condition(conds, conditions.FAILED, True, reason, message, now)
         conds = conditions.set_condition(conds, conditions.READY, False, reason, message, now)
@@ -288,7 +315,13 @@ class Reconciler:
         if merged != self.last_status:
             await self.api.patch_status(self.namespace, self.name, status)
             self.last_status = merged
-            self.emit(Event(reason, message, warning=phase == "Failed" or condition_type == conditions.INVALID))
+            self.emit(
+                Event(
+                    reason,
+                    message,
+                    warning=phase == "Failed" or condition_type == conditions.INVALID,
+                )
+            )
         self.state = None  # re-read from status when it can run
         wake = now + self.resync_seconds if retry else None
         return Outcome(wake, phase == "Failed", True)

@@ -1,1 +1,1 @@
-"""Subcommands of the `microtask` CLI: each module has `configure(parser)` and `execute(args) -> int`."""
+"""Subcommands of the `microtask` CLI: each has `configure(parser)` and `execute(args) -> int`."""

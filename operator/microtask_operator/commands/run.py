@@ -1,4 +1,4 @@
-"""`microtask run FILE`: run a MicrotaskJob on this machine, through the same core as the operator."""
+"""`microtask run FILE`: run a MicrotaskJob on this machine, with the same core as the operator."""
 
 from __future__ import annotations
 
@@ -69,8 +69,10 @@ def execute(args: argparse.Namespace) -> int:
             markup=False,
         )
         return 2
-    log_dir = Path(args.log_dir) if args.log_dir else Path(
-        tempfile.mkdtemp(prefix=f"microtask-{loaded.job.metadata.name}-")
+    log_dir = (
+        Path(args.log_dir)
+        if args.log_dir
+        else Path(tempfile.mkdtemp(prefix=f"microtask-{loaded.job.metadata.name}-"))
     )
     log_dir.mkdir(parents=True, exist_ok=True)
     try:

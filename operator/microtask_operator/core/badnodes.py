@@ -2,7 +2,8 @@
 
 A node is suspect when its shards fail clearly more often than the rest of its pool: at least
 `softAfterFailures` failed shards, a failure rate 25 points above the pool's other nodes, and a
-count of failures that chance would explain less than once in 200. Work that fails everywhere (a bug, a flaky service) therefore excludes nobody;
+count of failures that chance would explain less than once in 200. Work that fails everywhere
+(a bug, a flaky service) therefore excludes nobody;
 a node that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), then hard
 (required anti-affinity) from `hardAfterFailures`, each exclusion expiring after a while. Exclusion
 never takes more than a fraction of a pool's ready nodes, and always leaves at least one.
@@ -45,7 +46,8 @@ def record_shard(
     if len(result) > MAX_NODE_RECORDS:
         # Forget the nodes with the oldest, fewest failures first.
         ranked = sorted(
-            result.items(), key=lambda kv: (kv[1].level is not None, kv[1].failures, kv[1].last_failure)
+            result.items(),
+            key=lambda kv: (kv[1].level is not None, kv[1].failures, kv[1].last_failure),
         )
         for name, _ in ranked[: len(result) - MAX_NODE_RECORDS]:
             del result[name]
@@ -102,7 +104,9 @@ def update_levels(
             continue  # old failures are forgotten
         kept[name] = record
     if not policy.enabled:
-        return {n: NodeRecord(r.failures, r.last_failure, shards=r.shards) for n, r in kept.items()}, []
+        return {
+            n: NodeRecord(r.failures, r.last_failure, shards=r.shards) for n, r in kept.items()
+        }, []
 
     pool_of = {n: p for p, names in cluster.ready_nodes.items() for n in names}
     wanted: dict[str, str | None] = {}
@@ -126,12 +130,13 @@ def update_levels(
     changed: list[tuple[str, str]] = []
     for name, record in kept.items():
         level = wanted[name]
-        if level != record.level:
-            until = (now + policy.exclude_seconds) if level else None
-            record = NodeRecord(record.failures, record.last_failure, level, until, record.shards)
-            if level:
-                changed.append((name, level))
-        result[name] = record
+        if level == record.level:
+            result[name] = record
+            continue
+        until = (now + policy.exclude_seconds) if level else None
+        result[name] = NodeRecord(record.failures, record.last_failure, level, until, record.shards)
+        if level:
+            changed.append((name, level))
     return result, changed
 
 

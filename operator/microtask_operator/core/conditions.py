@@ -1,4 +1,4 @@
-"""Status conditions: types, reasons, and the rule that a transition time changes only on transitions."""
+"""Status conditions: types, reasons, and transition times that move only on transitions."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def set_condition(
     message: str,
     now: float,
 ) -> tuple[Condition, ...]:
-    """Return the conditions with `type_` set; its transition time moves only if its status changed."""
+    """The conditions with `type_` set; its transition time moves only when its status does."""
     wanted = "True" if status else "False"
     result: list[Condition] = []
     found = False

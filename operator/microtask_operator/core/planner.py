@@ -5,8 +5,9 @@ Every body (operator, local executor, simulator) calls it whenever something cha
 shards within the window, and says what the status is. It is deterministic and free of I/O.
 
 Bodies apply the actions in this order: creates, then the status write, then deletes and suspends.
-A harvest is thereby recorded (shard id in `retired`, outcomes merged) before its Job goes away, and a
-shard created just before a crash is observed afterwards and recognised, never duplicated.
+A harvest is thereby recorded (shard id in `retired`, outcomes merged) before its Job goes
+away, and a shard created just before a crash is observed afterwards and recognised, never
+duplicated.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def group_of(shard: ObservedShard) -> int:
 
 
 class _Planner:
-    """One decision in the making. Mutable scratch space; `plan()` is the pure function around it."""
+    """One decision in the making: mutable scratch space; `plan()` is the pure wrapper."""
 
     def __init__(
         self,
@@ -201,9 +202,7 @@ class _Planner:
         for shard in self.live.values():
             groups.setdefault(group_of(shard), []).append(shard)
         for members in groups.values():
-            finished = [
-                s for s in members if s.phase in (ShardPhase.SUCCEEDED, ShardPhase.FAILED)
-            ]
+            finished = [s for s in members if s.phase in (ShardPhase.SUCCEEDED, ShardPhase.FAILED)]
             if not finished:
                 continue
             winner = min(finished, key=lambda s: (s.finished_at or self.now, s.shard_id))
@@ -310,9 +309,7 @@ class _Planner:
                 continue
             self.waste(shard)
             siblings = [
-                s
-                for s in self.live.values()
-                if s is not shard and group_of(s) == group_of(shard)
+                s for s in self.live.values() if s is not shard and group_of(s) == group_of(shard)
             ]
             report = shard.report
             ok = (report.succeeded & shard.indexes) if report and not report.runner_error else None
@@ -401,9 +398,7 @@ class _Planner:
     def fill_window(self) -> None:
         # A copy still waiting for a node holds a slot back, so it is the next pod to get one.
         waiting_copies = sum(
-            1
-            for s in self.live.values()
-            if s.copy_of is not None and s.phase == ShardPhase.PENDING
+            1 for s in self.live.values() if s.copy_of is not None and s.phase == ShardPhase.PENDING
         )
         free = self.spec.parallelism - self.groups_in_flight() - waiting_copies
         if free <= 0:
@@ -416,9 +411,7 @@ class _Planner:
         pool = self.pool_for_new_work()
         hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
         for spent, indexes in ready:
-            self.launch(
-                ShardPlan(self.new_shard_id(), indexes, spent + 1, pool, None, hard, soft)
-            )
+            self.launch(ShardPlan(self.new_shard_id(), indexes, spent + 1, pool, None, hard, soft))
         free -= len(ready)
         if free <= 0:
             return
@@ -699,9 +692,7 @@ class _Planner:
             phase=phase,
             done=done,
             next_wakeup=None if done else (min(future) if future else None),
-            in_flight={
-                pool: sum(1 for s in self.live.values() if s.pool == pool) for pool in Pool
-            },
+            in_flight={pool: sum(1 for s in self.live.values() if s.pool == pool) for pool in Pool},
         )
 
     def trim_kept(self) -> None:

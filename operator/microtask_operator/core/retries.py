@@ -1,4 +1,4 @@
-"""Item-level retry policy: backoff, the verdict on a failed microtask, and the bounded retry queue."""
+"""Item-level retries: backoff, the verdict on a failed microtask, and the bounded retry queue."""
 
 from __future__ import annotations
 

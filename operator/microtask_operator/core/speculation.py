@@ -19,7 +19,7 @@ def stragglers(
     now: float,
     factor: float | None = None,
 ) -> tuple[list[ObservedShard], list[float]]:
-    """Shards that deserve a copy now (slowest first), and when the others would become stragglers."""
+    """Shards that deserve a copy now (slowest first), and when the others would qualify."""
     copied = {s.copy_of for s in live if s.copy_of is not None}
     found: list[tuple[float, ObservedShard]] = []
     wakeups: list[float] = []

@@ -1,4 +1,4 @@
-"""Plain data the core reads and writes: the spec it needs, what is observed, and the actions it decides.
+"""Plain data the core reads and writes: the spec, what is observed, and the actions decided.
 
 Everything here is framework-free (no pydantic, no kopf, no clock): the kopf adapter, the local
 executor and the simulator all translate their world into these types and back.
@@ -154,7 +154,7 @@ class SuspendShard:
 
 @dataclass(frozen=True)
 class Event:
-    """A Kubernetes Event worth emitting (started, shard failed, permanently failed, finished...)."""
+    """A Kubernetes Event worth emitting (started, shard failed, finished...)."""
 
     reason: str
     message: str

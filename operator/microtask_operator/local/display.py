@@ -81,7 +81,11 @@ def summary_table(
     rows = [
         ("microtasks", f"{total:,}"),
         ("succeeded", f"{status['succeeded']:,}"),
-        ("failed", f"{status['failed']:,}" + (f"  ({status['failedIndexes']})" if status["failed"] else "")),
+        (
+            "failed",
+            f"{status['failed']:,}"
+            + (f"  ({status['failedIndexes']})" if status["failed"] else ""),
+        ),
         ("retried", f"{retried:,} microtask retries"),
         ("attempts", f"{status['attempts']:,}"),
         ("shards", f"{shards:,}"),

@@ -7,6 +7,7 @@ runs on this machine). A thread waits on each process so the loop wakes the mome
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -159,7 +160,10 @@ class LocalExecutor:
         )
         self.shards_started += 1
         threading.Thread(
-            target=self._wait, args=(shard.shard_id, popen), daemon=True, name=f"shard-{shard.shard_id}"
+            target=self._wait,
+            args=(shard.shard_id, popen),
+            daemon=True,
+            name=f"shard-{shard.shard_id}",
         ).start()
 
     def _wait(self, shard_id: int, popen: subprocess.Popen[bytes]) -> None:
@@ -290,8 +294,6 @@ def _terminate(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
     try:
         popen.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         popen.wait()
