@@ -66,7 +66,12 @@ def running_operator(
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     try:
         registry = build_registry(OperatorState(settings=settings, config=config, metrics=metrics))
-        with KopfRunner(cluster, registry=registry, namespaces=list(config.namespaces)) as runner:
+        with KopfRunner(
+            cluster,
+            registry=registry,
+            namespaces=list(config.namespaces),
+            clusterwide=not config.namespaces,
+        ) as runner:
             yield RunningOperator(runner, metrics)
     finally:
         if old is None:

@@ -16,16 +16,16 @@ PEERING = "microtask-operator"
 # Every API call the operator (and kopf under it) makes when it watches all
 # namespaces: (verb, group, resource, subresource, object name for by-name rules).
 OPERATOR_CALLS: list[tuple[str, str, str, str | None, str | None]] = [
-    *((v, "microtask.dev", "microtaskjobs", None, None) for v in ("get", "list", "watch", "patch")),
-    *((v, "microtask.dev", "microtaskjobs", "status", None) for v in ("get", "patch")),
+    *((v, "microtask.dev", "microtaskjobs", None, None) for v in ("list", "watch", "patch")),
+    ("patch", "microtask.dev", "microtaskjobs", "status", None),
     *(
         (v, "batch", "jobs", None, None)
         for v in ("create", "delete", "get", "list", "watch", "patch")
     ),
-    *((v, "", "pods", None, None) for v in ("get", "list", "watch")),
-    *((v, "", "nodes", None, None) for v in ("get", "list", "watch")),
+    *((v, "", "pods", None, None) for v in ("list", "watch")),
+    *((v, "", "nodes", None, None) for v in ("list", "watch")),
     ("get", "", "configmaps", None, None),
-    *((v, "", "events", None, None) for v in ("create", "patch")),
+    ("create", "", "events", None, None),
     *((v, "kopf.dev", "clusterkopfpeerings", None, None) for v in ("list", "watch", "create")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, PEERING) for v in ("get", "patch")),
     *(
