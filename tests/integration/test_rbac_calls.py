@@ -1,8 +1,8 @@
 """RBAC against reality: the operator's ServiceAccount is granted exactly the calls it makes.
 
 The operator runs as deployed (all namespaces) through scenarios that touch every kind of call —
-create, harvest and delete Jobs, suspend them, read a ConfigMap, write status, post Events, confirm a
-conflicting create — and the emulator's request log is compared with deploy/'s rules both ways.
+create, harvest and delete Jobs, suspend them, read a ConfigMap, write status, post Events,
+confirm a conflicting create — and the emulator's request log is compared with deploy/'s rules both ways.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.rbac import operator_rules, rules_allow
 
 # Granted but not called in these scenarios, each for a reason the emulator cannot show.
 NOT_EXERCISED = {
-    # kopf peering, used with two replicas (the tests run standalone); the init container creates it.
+    # kopf peering, used with two replicas (tests run standalone); the init container creates it.
     ("kopf.dev", "clusterkopfpeerings", "list"),
     ("kopf.dev", "clusterkopfpeerings", "watch"),
     ("kopf.dev", "clusterkopfpeerings", "create"),
