@@ -1,8 +1,9 @@
 """RBAC against reality: the operator's ServiceAccount is granted exactly the calls it makes.
 
-The operator runs as deployed (all namespaces) through scenarios that touch every kind of call —
+The operator runs as deployed (all namespaces) through scenarios that touch every kind of call:
 create, harvest and delete Jobs, suspend them, read a ConfigMap, write status, post Events,
-confirm a conflicting create — and the emulator's request log is compared with deploy/'s rules both ways.
+confirm a conflicting create. The emulator's request log is then compared with deploy/'s rules,
+both ways.
 """
 
 from __future__ import annotations
