@@ -4,30 +4,88 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
-# Condition types shown on a MicrotaskJob.
-READY = "Ready"
-COMPLETE = "Complete"
-FAILED = "Failed"
-INVALID = "Invalid"
-SUSPENDED = "Suspended"
-WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"
 
-# Reasons (CamelCase, as Kubernetes conventions ask).
-REASON_PENDING = "Pending"
-REASON_RUNNING = "Running"
-REASON_ALL_SUCCEEDED = "AllSucceeded"
-REASON_SUCCEEDED_WITH_FAILURES = "SucceededWithTolerableFailures"
-REASON_TOO_MANY_FAILURES = "TooManyFailures"
-REASON_DEADLINE_EXCEEDED = "DeadlineExceeded"
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_SUSPENDED = "Suspended"
-REASON_RESUMED = "Resumed"
-REASON_DEPENDENCY_FAILED = "DependencyFailed"
-REASON_WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"
-REASON_DEPENDENCIES_MET = "DependenciesSucceeded"
-REASON_FINISHED = "Finished"
-REASON_VALID = "Valid"
+class Phase(StrEnum):
+    """`status.phase`: one word for humans and printer columns; conditions carry the detail."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+#: Phases after which nothing changes any more.
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(StrEnum):
+    """`status.conditions[].type`."""
+
+    READY = "Ready"  # True while work proceeds normally (running or finished successfully)
+    COMPLETE = "Complete"  # True once every microtask succeeded (within maxFailedMicrotasks)
+    FAILED = "Failed"  # True once the job gave up (too many failures, deadline, dependency)
+    INVALID = "Invalid"  # True when the spec (or a referenced ConfigMap) cannot be used
+    SUSPENDED = "Suspended"  # True while spec.suspend holds the job
+    WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"  # True until every dependsOn succeeded
+
+
+class ConditionReason(StrEnum):
+    """`status.conditions[].reason` (CamelCase, as Kubernetes requires)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    ALL_SUCCEEDED = "AllSucceeded"
+    SUCCEEDED_WITH_FAILURES = "SucceededWithTolerableFailures"  # within maxFailedMicrotasks
+    FINISHED = "Finished"
+    TOO_MANY_FAILURES = "TooManyFailures"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    INVALID_SPEC = "InvalidSpec"
+    CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
+    INVALID_ITEMS = "InvalidItems"
+    VALID = "Valid"
+    DEPENDENCY_FAILED = "DependencyFailed"
+    DEPENDENCY_NOT_FOUND = "DependencyNotFound"
+    WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"
+    DEPENDENCIES_SUCCEEDED = "DependenciesSucceeded"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+
+
+#: Short alias: `conditions.Reason.INVALID_SPEC`.
+Reason = ConditionReason
+
+
+# The short names the core's code uses; the enums above are the one source of the strings.
+READY = ConditionType.READY
+COMPLETE = ConditionType.COMPLETE
+FAILED = ConditionType.FAILED
+INVALID = ConditionType.INVALID
+SUSPENDED = ConditionType.SUSPENDED
+WAITING_FOR_DEPENDENCIES = ConditionType.WAITING_FOR_DEPENDENCIES
+
+REASON_PENDING = Reason.PENDING
+REASON_RUNNING = Reason.RUNNING
+REASON_ALL_SUCCEEDED = Reason.ALL_SUCCEEDED
+REASON_SUCCEEDED_WITH_FAILURES = Reason.SUCCEEDED_WITH_FAILURES
+REASON_TOO_MANY_FAILURES = Reason.TOO_MANY_FAILURES
+REASON_DEADLINE_EXCEEDED = Reason.DEADLINE_EXCEEDED
+REASON_INVALID_SPEC = Reason.INVALID_SPEC
+REASON_SUSPENDED = Reason.SUSPENDED
+REASON_RESUMED = Reason.RESUMED
+REASON_DEPENDENCY_FAILED = Reason.DEPENDENCY_FAILED
+REASON_WAITING_FOR_DEPENDENCIES = Reason.WAITING_FOR_DEPENDENCIES
+REASON_DEPENDENCIES_MET = Reason.DEPENDENCIES_SUCCEEDED
+REASON_FINISHED = Reason.FINISHED
+REASON_VALID = Reason.VALID
 
 
 @dataclass(frozen=True)

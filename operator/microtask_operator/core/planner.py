@@ -601,10 +601,12 @@ class _Planner:
             )
             self.message = text
         elif phase == FAILED:
-            why = reason or conditions.REASON_TOO_MANY_FAILURES
+            failed_why: str = reason or conditions.REASON_TOO_MANY_FAILURES
             text = self.message or f"{len(self.failed)} microtasks failed"
-            conds = conditions.set_condition(conds, conditions.FAILED, True, why, text, now)
-            conds = conditions.set_condition(conds, conditions.COMPLETE, False, why, text, now)
+            conds = conditions.set_condition(conds, conditions.FAILED, True, failed_why, text, now)
+            conds = conditions.set_condition(
+                conds, conditions.COMPLETE, False, failed_why, text, now
+            )
             conds = conditions.set_condition(
                 conds, conditions.READY, False, conditions.REASON_FINISHED, text, now
             )
