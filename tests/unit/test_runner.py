@@ -514,11 +514,13 @@ def test_a_crash_leaves_current_for_attribution(
     # SIGKILL (OOM, node loss) gives the runner no chance: the last report names index 2.
     proc = background(MICROTASK_INDEXES="0-5", MICROTASK_CALLABLE="mt_helpers:slow_from_two")
     wait_for(lambda: len(calls(tmp_path)) == 3)
+    wait_for(lambda: (r := read_report(tmp_path / "report.json")) is not None and r.current == 2)
     proc.kill()
     proc.wait(timeout=5)
     report = read_report(tmp_path / "report.json")
     assert report is not None
-    assert report.succeeded == IndexSet.parse("0-1")
+    # Outcomes may lag a little behind (reporting is rate-limited); `current` never does.
+    assert report.succeeded <= IndexSet.parse("0-1")
     assert report.current == 2
 
 

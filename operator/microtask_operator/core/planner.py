@@ -46,6 +46,8 @@ SUSPENDED = "Suspended"
 
 # At the tail, with idle window slots, a shard this many times slower than usual gets a copy.
 TAIL_SLOWDOWN_FACTOR = 1.5
+# ...and a copy that straggles too may get one more there (a slow node is not that rare).
+TAIL_COPIES_PER_SHARD = 2
 # Exit code charged to a microtask whose pod died without a usable report.
 NO_REPORT_EXIT_CODE = 137
 # Pending reasons that mean "waiting in a queue on purpose": never a reason to fall back.
@@ -443,12 +445,20 @@ class _Planner:
         cap = max(1, math.floor(policy.max_fraction * self.spec.parallelism))
         budget = cap - self.copies_in_flight()
         factor = policy.slowdown_factor
-        if tail and self.groups_in_flight() < self.spec.parallelism:
+        idle = self.spec.parallelism - len(self.live)
+        if tail and idle > 0:
             # The last shards with idle slots beside them (MapReduce's backup tasks): anything
-            # past 1.5x its expected time is worth a copy, however the job is tuned.
+            # past 1.5x its expected time is worth a copy, however the job is tuned, and the
+            # idle slots may all hold copies (they would hold nothing else).
             factor = min(factor, TAIL_SLOWDOWN_FACTOR)
+            budget = max(budget, idle)
         candidates, wakeups = speculation.stragglers(
-            list(self.live.values()), self.durations, policy, self.now, factor
+            list(self.live.values()),
+            self.durations,
+            policy,
+            self.now,
+            factor,
+            copies_per_shard=TAIL_COPIES_PER_SHARD if tail else 1,
         )
         self.wakeups.extend(wakeups)
         for shard in candidates[: max(0, budget)]:
@@ -456,8 +466,13 @@ class _Planner:
             if self.spec.accelerator == Accelerator.AUTO:
                 pool = self.pool_for_new_work()
             hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
-            if shard.node is not None and shard.node not in hard:
-                hard = (*hard, shard.node)
+            # Never on a node where this work already runs slowly.
+            busy = {
+                s.node
+                for s in self.live.values()
+                if group_of(s) == shard.shard_id and s.node is not None
+            }
+            hard = (*hard, *sorted(busy - set(hard)))
             plan = ShardPlan(
                 shard_id=self.new_shard_id(),
                 indexes=shard.indexes,
