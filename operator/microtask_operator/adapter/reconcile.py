@@ -28,7 +28,6 @@ from ..core.types import (
     DeleteShard,
     Event,
     ObservedShard,
-    ShardPhase,
     SuspendShard,
 )
 from ..labels import JOB_UID
@@ -159,7 +158,8 @@ class Reconciler:
             if isinstance(action, CreateShard):
                 manifest = build_job(job, meta, action.plan, self.settings)
                 await self.api.create_job(self.namespace, manifest)
-                self.created[action.plan.shard_id] = (_pending(action, now), now)
+                pending = action.plan.as_pending(now, reason="Created")
+                self.created[action.plan.shard_id] = (pending, now)
 
         # 2. Status, once: it records harvests before their Jobs go away.
         new_status = self._full_status(decision, meta)
@@ -336,17 +336,3 @@ class Reconciler:
         self.metrics.job_active(
             self.namespace, self.name, ended, int(status.get("total", 0)), decision.in_flight
         )
-
-
-def _pending(action: CreateShard, now: float) -> ObservedShard:
-    plan_ = action.plan
-    return ObservedShard(
-        shard_id=plan_.shard_id,
-        indexes=plan_.indexes,
-        attempt=plan_.attempt,
-        pool=plan_.pool,
-        created_at=now,
-        phase=ShardPhase.PENDING,
-        copy_of=plan_.copy_of,
-        pending_reason="Created",
-    )

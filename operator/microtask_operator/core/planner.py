@@ -374,15 +374,7 @@ class _Planner:
         if count_attempts:
             self.attempts += len(plan.indexes)
             self.deltas.attempts += len(plan.indexes)
-        self.live[plan.shard_id] = ObservedShard(
-            shard_id=plan.shard_id,
-            indexes=plan.indexes,
-            attempt=plan.attempt,
-            pool=plan.pool,
-            created_at=self.now,
-            phase=ShardPhase.PENDING,
-            copy_of=plan.copy_of,
-        )
+        self.live[plan.shard_id] = plan.as_pending(self.now)
 
     def pool_for_new_work(self) -> Pool:
         if self.spec.accelerator == Accelerator.GPU:

@@ -134,6 +134,19 @@ class ShardPlan:
     avoid_nodes_hard: tuple[str, ...] = ()  # required node anti-affinity
     avoid_nodes_soft: tuple[str, ...] = ()  # preferred node anti-affinity
 
+    def as_pending(self, now: float, reason: str | None = None) -> ObservedShard:
+        """The shard as it stands right after its launch, before anything was observed."""
+        return ObservedShard(
+            shard_id=self.shard_id,
+            indexes=self.indexes,
+            attempt=self.attempt,
+            pool=self.pool,
+            created_at=now,
+            phase=ShardPhase.PENDING,
+            copy_of=self.copy_of,
+            pending_reason=reason,
+        )
+
 
 @dataclass(frozen=True)
 class CreateShard:
