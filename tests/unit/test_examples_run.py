@@ -1,0 +1,64 @@
+"""Every example runs with `microtask run` and ends as its comments say (the README promises it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def run(example: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "microtask_operator.cli", "run", str(example), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
+def test_every_example_succeeds_locally(example: Path) -> None:
+    result = run(example)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads(result.stdout)
+    assert status["phase"] == "Succeeded"
+    assert status["succeeded"] == status["total"] > 0
+    assert status["failed"] == 0
+    assert "Traceback" not in result.stderr
+
+
+def test_the_retry_example_retries_only_the_failed_microtasks() -> None:
+    result = run(ROOT / "examples" / "flaky-retry.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads(result.stdout)
+    failing_first = [i for i in range(100) if i % 7 == 3]
+    assert status["attempts"] == 100 + len(failing_first)
+    assert f"{len(failing_first)} microtask retries" in result.stderr
+    assert "transient failure" in result.stderr  # the first error text is in the summary
+
+
+def test_a_failing_job_exits_1_and_invalid_input_exits_2(tmp_path: Path) -> None:
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(
+        (ROOT / "examples" / "checksums.yaml")
+        .read_text()
+        .replace('"import hashlib, sys;', '"import sys; sys.exit(3);')
+        + "  retry: {maxAttempts: 1}\n"
+    )
+    result = run(failing, "--workers", "2")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert json.loads(result.stdout)["phase"] == "Failed"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: microtask.dev/v1alpha1\nkind: MicrotaskJob\nspec: {}\n")
+    result = run(broken)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "spec.items" in result.stderr
