@@ -145,7 +145,7 @@ def test_a_pod_killed_mid_shard_charges_only_the_running_microtask() -> None:
     [relaunch] = creates(decision.actions)
     assert str(relaunch.plan.indexes) == "5-9"
     assert relaunch.plan.attempt == 1
-    assert decision.state.attempts == 10 + 5
+    assert decision.state.attempts == 10  # the relaunch replaces launches that never ran
 
 
 def test_a_pod_without_a_report_charges_every_microtask() -> None:

@@ -179,6 +179,10 @@ class _Planner:
     def requeue_unfinished(self, shard: ObservedShard, indexes: IndexSet) -> None:
         """Give work back without spending an attempt (it was not the microtasks' fault)."""
         indexes = indexes - self.final()
+        if shard.copy_of is None:
+            # They never ran: their launch is not an attempt (the relaunch will be).
+            self.attempts -= len(indexes)
+            self.deltas.attempts -= len(indexes)
         spent = shard.attempt - 1
         if spent > 0 and indexes:
             self.retry = retries.add_batch(self.retry, spent, self.now, indexes)
