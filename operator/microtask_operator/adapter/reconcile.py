@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..api import conditions as api_conditions
 from ..api.convert import to_core_spec
 from ..api.items import ItemsError
 from ..api.loading import validate_job
@@ -62,7 +61,6 @@ class Cluster:
 class Outcome:
     next_wakeup: float | None
     done: bool
-    wrote_status: bool
 
 
 @dataclass
@@ -106,11 +104,12 @@ class Reconciler:
                 "Failed",
                 conditions.INVALID,
                 True,
-                api_conditions.Reason.INVALID_SPEC,
+                conditions.REASON_INVALID_SPEC,
                 message,
             )
 
-        waiting = self._dependencies(job)
+        # Dependencies gate the start only: a running job is not stopped by a dependency's fate.
+        waiting = None if status.get("startTime") else self._dependencies(job)
         if waiting is not None:
             failed, message = waiting
             if failed:
@@ -149,7 +148,7 @@ class Reconciler:
             )
 
         state = self._state(status)
-        observed = self._observe(job, str(meta.get("uid", "")), now)
+        observed = self._observe(str(meta.get("uid", "")), now)
         nodes = self.cluster.nodes()
         decision = plan(spec, state, observed, cluster_view(nodes), now)
 
@@ -163,7 +162,7 @@ class Reconciler:
 
         # 2. Status, once: it records harvests before their Jobs go away.
         new_status = self._full_status(decision, meta)
-        wrote = await self._write_status(new_status)
+        await self._write_status(new_status)
         self.state = decision.state
 
         # 3. Deletes and suspends: safe to repeat, so errors are only logged.
@@ -181,7 +180,7 @@ class Reconciler:
             if isinstance(action, Event):
                 self.emit(action)
         self._record(decision)
-        return Outcome(decision.next_wakeup, decision.done, wrote)
+        return Outcome(decision.next_wakeup, decision.done)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -230,7 +229,7 @@ class Reconciler:
             return False, "waiting for " + ", ".join(missing)
         return None
 
-    def _observe(self, job: MicrotaskJob, uid: str, now: float) -> list[ObservedShard]:
+    def _observe(self, uid: str, now: float) -> list[ObservedShard]:
         nodes = self.cluster.nodes()
         observed: dict[int, ObservedShard] = {}
         seen_names = set()
@@ -251,7 +250,6 @@ class Reconciler:
         for name in list(self.deleting):
             if name not in seen_names:
                 del self.deleting[name]
-        del job
         return list(observed.values())
 
     async def _delete(self, shard_id: int, now: float) -> None:
@@ -275,12 +273,11 @@ class Reconciler:
         status["conditions"] = conds
         return status
 
-    async def _write_status(self, status: dict[str, Any]) -> bool:
+    async def _write_status(self, status: dict[str, Any]) -> None:
         if status == self.last_status:
-            return False  # nothing changed: no API write
+            return  # nothing changed: no API write
         await self.api.patch_status(self.namespace, self.name, status)
         self.last_status = status
-        return True
 
     async def _hold(
         self,
@@ -324,7 +321,7 @@ class Reconciler:
             )
         self.state = None  # re-read from status when it can run
         wake = now + self.resync_seconds if retry else None
-        return Outcome(wake, phase == "Failed", True)
+        return Outcome(wake, phase == "Failed")
 
     def _record(self, decision: Decision) -> None:
         self.metrics.record(self.namespace, decision.deltas)
