@@ -214,8 +214,12 @@ def _observe_pod(
         return ObservedShard(
             phase=ShardPhase.LOST, failure_reason=str(reason), report=report, **common
         )
-    if pod_meta.get("deletionTimestamp") and not terminated:
-        return ObservedShard(phase=ShardPhase.LOST, failure_reason="PodDeleted", **common)
+    if pod_meta.get("deletionTimestamp") or (base["suspended"] and terminated is not None):
+        # Taken away (suspended, preempted by a queue, deleted): what it finished counts, the rest
+        # goes back without spending an attempt. A shard deadline is not this: it fails the Job.
+        report = _decode((terminated or {}).get("message"))
+        reason = "Suspended" if base["suspended"] else "PodDeleted"
+        return ObservedShard(phase=ShardPhase.LOST, failure_reason=reason, report=report, **common)
 
     if terminated is not None or phase in ("Succeeded", "Failed"):
         term = terminated or {}

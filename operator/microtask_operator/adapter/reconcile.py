@@ -98,10 +98,13 @@ class Reconciler:
             message = "; ".join(
                 f"{p.path}: {p.message}" if p.path else p.message for p in problems
             )[:2000]
+            # A job that already runs keeps its phase: its Jobs in flight are harvested once the
+            # spec is valid again; one that never started fails until it is fixed.
+            phase = str(status.get("phase") or "Running") if status.get("startTime") else "Failed"
             return await self._hold(
                 now,
                 meta,
-                "Failed",
+                phase,
                 conditions.INVALID,
                 True,
                 conditions.REASON_INVALID_SPEC,
@@ -212,7 +215,7 @@ class Reconciler:
                 raise ItemsError(f"ConfigMap {ref.name!r} not found in namespace {self.namespace}")
             self.config_map = data
         total = None
-        if self.state is not None and self.last_status and self.last_status.get("total"):
+        if self.last_status and self.last_status.get("startTime") and self.last_status.get("total"):
             # The item count is fixed once running: a ConfigMap edited later cannot move it.
             total = int(self.last_status["total"])
         return to_core_spec(job, self.config_map, total=total)
@@ -319,7 +322,8 @@ class Reconciler:
                     warning=phase == "Failed" or condition_type == conditions.INVALID,
                 )
             )
-        self.state = None  # re-read from status when it can run
+        if not (self.last_status or {}).get("startTime"):
+            self.state = None  # never started: start from scratch once it can run
         wake = now + self.resync_seconds if retry else None
         return Outcome(wake, phase == "Failed")
 

@@ -737,6 +737,15 @@ class ObjectMeta(_Open):
 # --- status ---------------------------------------------------------------------------------------
 
 
+class InFlightBatch(_Strict):
+    """Microtasks in shards in flight at one attempt (their level survives a vanished Job)."""
+
+    attempt: Count
+    """The attempt these microtasks are on."""
+    indexes: str
+    """Index set, e.g. `0-99,120`."""
+
+
 class RetryBatch(_Strict):
     """Failed microtasks waiting for their next attempt."""
 
@@ -834,6 +843,8 @@ class MicrotaskJobStatus(_Strict):
     """Index set of the permanently failed microtasks."""
     retry_queue: list[RetryBatch] | None = None
     """Failed microtasks waiting for a retry, by attempt count."""
+    in_flight: list[InFlightBatch] | None = None
+    """Microtasks in shards in flight, by attempt number."""
     retired_shards: str | None = None
     """Shard ids already harvested or given up (so a restart never counts one twice)."""
     kept_shards: str | None = None

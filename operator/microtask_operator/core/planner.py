@@ -142,6 +142,28 @@ class _Planner:
         self.next_shard = max([state.next_shard, *(s.shard_id + 1 for s in observed)])
         # A retry batch that is in flight was launched before a restart lost the status write.
         self.retry = retries.without(self.retry, self.in_flight())
+        self.recover_vanished(state)
+
+    def recover_vanished(self, state: CoreState) -> None:
+        """Work in flight last time whose Job is gone unseen goes back at its attempt level."""
+        seen = self.in_flight() | self.final() | self.queued()
+        for attempt, indexes in sorted(state.in_flight.items()):
+            gone = indexes - seen
+            if not gone:
+                continue
+            if attempt > 1:
+                self.retry = retries.add_batch(self.retry, attempt - 1, self.now, gone)
+            # attempt 1: nothing to keep, they are fresh work again.
+            self.attempts -= len(gone)
+            self.events.append(
+                Event(
+                    "ShardVanished",
+                    f"{len(gone)} microtasks ({gone.format_bounded(80)}) were in a Job that is "
+                    "gone; relaunched without spending an attempt",
+                    warning=True,
+                )
+            )
+            seen = seen | gone
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -178,7 +200,11 @@ class _Planner:
 
     def requeue_unfinished(self, shard: ObservedShard, indexes: IndexSet) -> None:
         """Give work back without spending an attempt (it was not the microtasks' fault)."""
-        indexes = indexes - self.final()
+        # Work another live shard already runs (a relaunch whose status write was lost) stays there.
+        others = IndexSet.from_ranges(
+            r for s in self.live.values() if s.shard_id != shard.shard_id for r in s.indexes.ranges
+        )
+        indexes = indexes - self.final() - others
         if shard.copy_of is None:
             # They never ran: their launch is not an attempt (the relaunch will be).
             self.attempts -= len(indexes)
@@ -211,13 +237,35 @@ class _Planner:
             finished = [s for s in members if s.phase in (ShardPhase.SUCCEEDED, ShardPhase.FAILED)]
             if not finished:
                 continue
-            winner = min(finished, key=lambda s: (s.finished_at or self.now, s.shard_id))
+            ran = [s for s in finished if s.phase == ShardPhase.SUCCEEDED]
+            still_running = len(finished) < len(members)
+            if not ran and still_running:
+                # A member died (a straggler on a bad node, say) while a copy still runs: keep
+                # what it finished, charge nothing; the copy decides the rest.
+                for dead in finished:
+                    self.keep_successes(dead)
+                continue
+            # The first member whose runner finished wins (or, if all died, the first to die);
+            # the rest of the group is thrown away, not counted.
+            winner = min(ran or finished, key=lambda s: (s.finished_at or self.now, s.shard_id))
             for other in members:
                 if other is not winner:
-                    # First to finish wins; the rest of the group is thrown away, not counted.
                     self.waste(other)
                     self.retire(other, "speculation_loser")
             self.harvest(winner)
+
+    def keep_successes(self, shard: ObservedShard, reason: str = "speculation_loser") -> IndexSet:
+        """Retire a shard that did not finish its run, keeping only what it reports as done."""
+        report = shard.report
+        ok = IndexSet.EMPTY
+        if report is not None and not report.runner_error:
+            ok = report.succeeded & shard.indexes
+            self.deltas.succeeded += len(ok - self.final())
+            self.succeeded = self.succeeded | ok
+            self.failed = self.failed - ok
+        self.waste(shard)
+        self.retire(shard, reason)
+        return ok
 
     def harvest(self, shard: ObservedShard) -> None:
         report = shard.report
@@ -313,20 +361,13 @@ class _Planner:
                     self.wakeups.append(deadline)
             if not lost:
                 continue
-            self.waste(shard)
             siblings = [
                 s for s in self.live.values() if s is not shard and group_of(s) == group_of(shard)
             ]
-            report = shard.report
-            ok = (report.succeeded & shard.indexes) if report and not report.runner_error else None
-            if ok:
-                self.deltas.succeeded += len(ok - self.final())
-                self.succeeded = self.succeeded | ok
-                self.failed = self.failed - ok
-            self.retire(shard, "node_lost")
+            ok = self.keep_successes(shard, "node_lost")
             if not siblings:
                 # The work goes back without spending an attempt: the node failed, not the work.
-                self.requeue_unfinished(shard, shard.indexes - (ok or IndexSet.EMPTY))
+                self.requeue_unfinished(shard, shard.indexes - ok)
                 where = f"node {shard.node}" if shard.node else "its node"
                 self.rebalanced(
                     Reason.NODE_LOST,
@@ -349,12 +390,14 @@ class _Planner:
                 continue
             self.gpu_fallback_until = self.now + self.spec.fallback_cooldown_seconds
             self.retire(shard, "fallback")
-            if shard.copy_of is not None and shard.copy_of in self.live:
-                continue  # a pending speculative copy just goes away; the original still runs
+            if not (shard.indexes - self.final() - self.in_flight()):
+                # A copy whose original still runs, or work already moved by a decision whose
+                # status write was lost: the pending shard just goes away.
+                continue
             hard, soft = badnodes.avoid_lists(self.nodes, Pool.CPU, self.cluster)
             moved = ShardPlan(
                 shard_id=self.new_shard_id(),
-                indexes=shard.indexes - self.final(),
+                indexes=shard.indexes - self.final() - self.in_flight(),
                 attempt=shard.attempt,
                 pool=Pool.CPU,
                 avoid_nodes_hard=hard,
@@ -402,6 +445,8 @@ class _Planner:
         if free <= 0:
             return
         size = self.spec.microtasks_per_shard
+        # Never queue for launch what a live shard already runs.
+        self.retry = retries.without(self.retry, self.in_flight())
         ready, self.retry = retries.take_ready(self.retry, self.now, size, free)
         for batch in self.retry:
             if batch.not_before > self.now:
@@ -665,10 +710,16 @@ class _Planner:
         if phase == SUSPENDED and self.previous_phase != SUSPENDED:
             self.events.append(Event("Suspended", "spec.suspend is true: no new shards"))
         self.trim_kept()
+        in_flight: dict[int, IndexSet] = {}
+        for shard in self.live.values():
+            rest = shard.indexes - self.final()
+            if rest:
+                in_flight[shard.attempt] = in_flight.get(shard.attempt, IndexSet.EMPTY) | rest
         state = CoreState(
             succeeded=self.succeeded,
             failed=self.failed,
             retry=self.retry,
+            in_flight=in_flight,
             retired=self.retired,
             kept=self.kept,
             next_shard=self.next_shard,

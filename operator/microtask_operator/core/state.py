@@ -71,6 +71,9 @@ class CoreState:
     succeeded: IndexSet = IndexSet.EMPTY
     failed: IndexSet = IndexSet.EMPTY  # permanently
     retry: tuple[RetryBatch, ...] = ()
+    # What was in flight after the last decision, by attempt number: a shard whose Job vanishes
+    # unseen (deleted by someone, lost to a long watch outage) comes back at its attempt level.
+    in_flight: Mapping[int, IndexSet] = field(default_factory=dict)
     retired: IndexSet = IndexSet.EMPTY  # shard ids harvested or abandoned: never harvested again
     kept: IndexSet = IndexSet.EMPTY  # retired failed shards whose Jobs are kept for debugging
     next_shard: int = 0
@@ -107,6 +110,10 @@ class CoreState:
                     "indexes": b.indexes.to_compact(),
                 }
                 for b in self.retry
+            ],
+            "inFlight": [
+                {"attempt": attempt, "indexes": indexes.to_compact()}
+                for attempt, indexes in sorted(self.in_flight.items())
             ],
             "retiredShards": self.retired.to_compact(),
             "keptShards": self.kept.to_compact(),
@@ -227,6 +234,7 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
             )
             for b in status.get("retryQueue") or []
         ),
+        in_flight={int(b["attempt"]): _indexes(b["indexes"]) for b in status.get("inFlight") or []},
         retired=_indexes(status.get("retiredShards")),
         kept=_indexes(status.get("keptShards")),
         next_shard=int(status.get("nextShard", 0)),
