@@ -511,7 +511,7 @@ class _Planner:
             busy = {
                 s.node
                 for s in self.live.values()
-                if group_of(s) == shard.shard_id and s.node is not None
+                if group_of(s) == group_of(shard) and s.node is not None
             }
             hard = (*hard, *sorted(busy - set(hard)))
             plan = ShardPlan(
@@ -519,7 +519,7 @@ class _Planner:
                 indexes=shard.indexes,
                 attempt=shard.attempt,
                 pool=pool,
-                copy_of=shard.shard_id,
+                copy_of=group_of(shard),
                 avoid_nodes_hard=tuple(sorted(hard)),
                 avoid_nodes_soft=soft,
             )
