@@ -129,6 +129,7 @@ class _Planner:
         self.events: list[Event] = []
         # Observed shards already harvested or abandoned only need their Jobs gone.
         self.live: dict[int, ObservedShard] = {}
+        self._in_flight: IndexSet | None = None
         for shard in observed:
             if shard.shard_id in state.retired:
                 if shard.shard_id not in state.kept:
@@ -168,15 +169,24 @@ class _Planner:
     # -- helpers ---------------------------------------------------------------------------
 
     def in_flight(self) -> IndexSet:
-        # One merge of all ranges: folding `|` shard by shard is quadratic in the window.
-        return IndexSet.from_ranges(r for s in self.live.values() for r in s.indexes.ranges)
+        # One merge of all ranges (folding `|` is quadratic), kept until the live shards change.
+        if self._in_flight is None:
+            self._in_flight = IndexSet.from_ranges(
+                r for s in self.live.values() for r in s.indexes.ranges
+            )
+        return self._in_flight
+
+    def forget(self, shard_id: int) -> None:
+        """The shard is no longer live (harvested, abandoned or moved)."""
+        if self.live.pop(shard_id, None) is not None:
+            self._in_flight = None
 
     def final(self) -> IndexSet:
         return self.succeeded | self.failed
 
     def retire(self, shard: ObservedShard, reason: str, *, keep: bool = False) -> None:
         self.retired = self.retired | IndexSet.from_range(shard.shard_id, shard.shard_id + 1)
-        self.live.pop(shard.shard_id, None)
+        self.forget(shard.shard_id)
         if keep:
             self.kept = self.kept | IndexSet.from_range(shard.shard_id, shard.shard_id + 1)
         else:
@@ -200,11 +210,9 @@ class _Planner:
 
     def requeue_unfinished(self, shard: ObservedShard, indexes: IndexSet) -> None:
         """Give work back without spending an attempt (it was not the microtasks' fault)."""
-        # Work another live shard already runs (a relaunch whose status write was lost) stays there.
-        others = IndexSet.from_ranges(
-            r for s in self.live.values() if s.shard_id != shard.shard_id for r in s.indexes.ranges
-        )
-        indexes = indexes - self.final() - others
+        # Work another live shard already runs (a relaunch whose status write was lost) stays
+        # there. Callers forget `shard` first, so in_flight() holds only the others.
+        indexes = indexes - self.final() - self.in_flight()
         if shard.copy_of is None:
             # They never ran: their launch is not an attempt (the relaunch will be).
             self.attempts -= len(indexes)
@@ -268,6 +276,7 @@ class _Planner:
         return ok
 
     def harvest(self, shard: ObservedShard) -> None:
+        self.forget(shard.shard_id)
         report = shard.report
         inside = shard.indexes
         final_before = self.final()
@@ -422,6 +431,7 @@ class _Planner:
             self.attempts += len(plan.indexes)
             self.deltas.attempts += len(plan.indexes)
         self.live[plan.shard_id] = plan.as_pending(self.now)
+        self._in_flight = None
 
     def pool_for_new_work(self) -> Pool:
         if self.spec.accelerator == Accelerator.GPU:
@@ -710,11 +720,15 @@ class _Planner:
         if phase == SUSPENDED and self.previous_phase != SUSPENDED:
             self.events.append(Event("Suspended", "spec.suspend is true: no new shards"))
         self.trim_kept()
-        in_flight: dict[int, IndexSet] = {}
+        ranges: dict[int, list[tuple[int, int]]] = {}
         for shard in self.live.values():
-            rest = shard.indexes - self.final()
-            if rest:
-                in_flight[shard.attempt] = in_flight.get(shard.attempt, IndexSet.EMPTY) | rest
+            ranges.setdefault(shard.attempt, []).extend(shard.indexes.ranges)
+        final = self.final()
+        in_flight = {
+            attempt: rest
+            for attempt, parts in ranges.items()
+            if (rest := IndexSet.from_ranges(parts) - final)
+        }
         state = CoreState(
             succeeded=self.succeeded,
             failed=self.failed,
