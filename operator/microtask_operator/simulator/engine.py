@@ -17,7 +17,6 @@ reused, a job declared finished with work outstanding... are recorded as anomali
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +41,7 @@ from ..core.types import (
 )
 from .bounds import lower_bound
 from .cluster import ClusterSpec
+from .events import FIRST_OWN_KIND, NODE_DELETED, NODE_LOST, POD_END, EventLoop, Stop
 from .policies import apply_policies
 from .result import Policies, SimulationError, SimulationResult
 from .world import Execution, Nodes, SimNode, WorkModel
@@ -54,7 +54,8 @@ MAX_ROUNDS_PER_INSTANT = 25
 LATE_WAKEUP_SECONDS = 0.001
 MAX_ANOMALIES = 20
 
-_POD_END, _NODE_LOST, _NODE_DELETED, _WAKEUP = range(4)
+_POD_END, _NODE_LOST, _NODE_DELETED = POD_END, NODE_LOST, NODE_DELETED
+_WAKEUP = FIRST_OWN_KIND
 
 
 class DeltasLike(Protocol):
@@ -119,7 +120,7 @@ class _Pod:
         self.observed = None
 
 
-class CoreSimulation:
+class CoreSimulation(EventLoop):
     """One run of one job on one cluster, driving `planner` (the real core by default)."""
 
     def __init__(
@@ -137,8 +138,7 @@ class CoreSimulation:
         self.cluster = cluster
         self.seed = seed
         self.planner = planner or default_planner()
-        self.start = start_time
-        self.now = start_time
+        super().__init__(start_time)
         self.nodes = Nodes(cluster)
         self.work = WorkModel(spec.total, cluster.workload, seed)
         self.state = CoreState.initial()
@@ -147,8 +147,6 @@ class CoreSimulation:
         self.on_node: dict[str, set[int]] = {node.name: set() for node in self.nodes.all}
         self.created_ids: set[int] = set()
         self.view = ClusterView(ready_nodes=self.nodes.ready_names())
-        self.heap: list[tuple[float, int, int, int, int]] = []
-        self.seq = 0
         self.wakeups: set[float] = set()
         self.anomalies: list[str] = []
         # Measurements.
@@ -169,42 +167,26 @@ class CoreSimulation:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def push(self, at: float, kind: int, ref: int = 0, token: int = 0) -> None:
-        self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, kind, ref, token))
-
     def run(self) -> SimulationResult:
-        for loss in self.cluster.node_losses:
-            node = self.nodes.by_name[loss.node]
-            self.push(self.start + loss.at, _NODE_LOST, node.order)
-            if loss.deleted_after is not None:
-                self.push(self.start + loss.at + loss.deleted_after, _NODE_DELETED, node.order)
+        self.push_node_losses(self.cluster, self.nodes)
         deadline = self.start + self.cluster.max_simulated_seconds
-        # Nodes lost "at 0" are gone before the first decision, not after its pods are placed.
-        while self.heap and self.heap[0][0] <= self.start:
-            _, _, kind, ref, token = heapq.heappop(self.heap)
-            self.handle(kind, ref, token)
         decision = self.settle()
         message = ""
         while not decision.done:
             self.ask_wakeup(decision.next_wakeup)
-            if not self.heap:
+            stop = self.advance(deadline)
+            if stop is Stop.NOTHING_LEFT:
                 message = (
                     f"stuck at t={self.now - self.start:.1f}s: nothing left to happen but the job "
                     f"is {decision.phase} ({self.outstanding()} microtasks outstanding)"
                 )
                 break
-            at = self.heap[0][0]
-            if at > deadline:
+            if stop is Stop.DEADLINE:
                 message = (
                     f"gave up after {self.cluster.max_simulated_seconds:.0f} simulated seconds "
                     f"(limits.maxSimulatedSeconds) with {self.outstanding()} microtasks outstanding"
                 )
                 break
-            self.now = at
-            while self.heap and self.heap[0][0] == at:
-                _, _, kind, ref, token = heapq.heappop(self.heap)
-                self.handle(kind, ref, token)
             self.schedule()
             decision = self.settle()
         return self.result(decision, message)

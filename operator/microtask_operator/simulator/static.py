@@ -26,6 +26,7 @@ from ..core.types import Accelerator, CoreSpec, Pool
 from .bounds import lower_bound
 from .cluster import ClusterSpec
 from .engine import START_TIME
+from .events import FIRST_OWN_KIND, NODE_DELETED, NODE_LOST, POD_END, EventLoop, Stop
 from .result import Policies, SimulationResult
 from .world import Execution, Nodes, SimNode, WorkModel
 
@@ -33,7 +34,8 @@ NOT_READY_EVICTION_SECONDS = 300.0  # kube default for node.kubernetes.io/not-re
 POD_BACKOFF_SECONDS = 10.0
 POD_BACKOFF_MAX_SECONDS = 360.0
 
-_POD_END, _NODE_LOST, _NODE_DELETED, _EVICT, _RETRY = range(5)
+_POD_END, _NODE_LOST, _NODE_DELETED = POD_END, NODE_LOST, NODE_DELETED
+_EVICT, _RETRY = FIRST_OWN_KIND, FIRST_OWN_KIND + 1
 
 
 class _StaticPod:
@@ -48,13 +50,12 @@ class _StaticPod:
         self.token = 0
 
 
-class StaticSimulation:
+class StaticSimulation(EventLoop):
     def __init__(self, spec: CoreSpec, cluster: ClusterSpec, *, seed: int = 0) -> None:
         self.spec = spec
         self.cluster = cluster
         self.seed = seed
-        self.start = START_TIME
-        self.now = START_TIME
+        super().__init__(START_TIME)
         self.nodes = Nodes(cluster)
         self.work = WorkModel(spec.total, cluster.workload, seed)
         self.pool = Pool.CPU if spec.accelerator is Accelerator.CPU else Pool.GPU
@@ -67,8 +68,6 @@ class StaticSimulation:
         self.pending: dict[int, _StaticPod] = {}  # unschedulable pods, by pod id, oldest first
         self.pods: dict[int, _StaticPod] = {}  # every active pod (pending or running)
         self.on_node: dict[str, set[int]] = {node.name: set() for node in self.nodes.all}
-        self.heap: list[tuple[float, int, int, int, int]] = []
-        self.seq = 0
         self.next_pod = 0
         self.open = len(self.chunks)  # indexes neither succeeded nor failed
         self.succeeded: list[tuple[int, int]] = []
@@ -77,37 +76,22 @@ class StaticSimulation:
         self.busy: dict[str, float] = {pool.value: 0.0 for pool in Pool}
         self.completed = 0
 
-    def push(self, at: float, kind: int, ref: int, token: int = 0) -> None:
-        self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, kind, ref, token))
-
     def run(self) -> SimulationResult:
-        for loss in self.cluster.node_losses:
-            node = self.nodes.by_name[loss.node]
-            self.push(self.start + loss.at, _NODE_LOST, node.order)
-            if loss.deleted_after is not None:
-                self.push(self.start + loss.at + loss.deleted_after, _NODE_DELETED, node.order)
+        self.push_node_losses(self.cluster, self.nodes)
         deadline = self.start + self.cluster.max_simulated_seconds
         message = ""
-        while self.heap and self.heap[0][0] <= self.start:
-            _, _, kind, ref, token = heapq.heappop(self.heap)
-            self.handle(kind, ref, token)
         self.fill()
         while self.open:
-            if not self.heap:
+            stop = self.advance(deadline)
+            if stop is Stop.NOTHING_LEFT:
                 message = f"stuck: {self.open} completion indexes can never run on this cluster"
                 break
-            at = self.heap[0][0]
-            if at > deadline:
+            if stop is Stop.DEADLINE:
                 message = (
                     f"gave up after {self.cluster.max_simulated_seconds:.0f} simulated seconds "
                     f"with {self.open} completion indexes unfinished"
                 )
                 break
-            self.now = at
-            while self.heap and self.heap[0][0] == at:
-                _, _, kind, ref, token = heapq.heappop(self.heap)
-                self.handle(kind, ref, token)
             self.fill()
         return self.result(message)
 
