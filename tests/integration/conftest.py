@@ -1,57 +1,49 @@
-"""Fixtures of the API-level tests: an emulated cluster (API server + fake control plane).
+"""Fixtures of the API-level tests: the real control plane, our kubelet, a namespace per test.
 
-``cluster`` is a running :class:`~tests.integration.harness.cluster.Cluster` with the
-project's CRDs applied (``deploy/crd.yaml`` and the kopf peering CRDs, when present), two
-CPU and two GPU nodes, and the ``default`` namespace. ``cluster_factory`` builds clusters
-with other nodes, CRDs or settings; every cluster is stopped (processes killed, threads
-joined) when the test ends.
+``cluster`` is a view of one cluster shared by the whole run (started once: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, the project's CRDs and RBAC from deploy/, our kubelet
+with two CPU and two GPU nodes), with a namespace of its own. Tests that change nodes (capacity,
+loss, behaviour) or watch every namespace take ``cluster_factory`` instead, which starts a
+cluster of their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.harness.cluster import Cluster
-
-ROOT = Path(__file__).resolve().parents[2]
-PROJECT_CRD_FILES = (
-    ROOT / "deploy" / "crd.yaml",
-    ROOT / "deploy" / "10-kopf-peering-crds.yaml",
-)
+from tests.integration.harness.cluster import Cluster, start_cluster
 
 
-def project_crds() -> list[Path]:
-    """The project's CRD manifests that exist in this checkout."""
-    return [path for path in PROJECT_CRD_FILES if path.exists()]
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with start_cluster(tmp_path_factory.mktemp("shared-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture
-def cluster_factory() -> Iterator[Callable[..., Cluster]]:
-    """``make(**kwargs)`` starts a :class:`Cluster` (project CRDs unless ``crds=`` is given)."""
-    started: list[Cluster] = []
-
-    def make(**kwargs: Any) -> Cluster:
-        kwargs.setdefault("crds", project_crds())
-        cluster = Cluster(**kwargs).start()
-        started.append(cluster)
-        return cluster
-
-    yield make
-    errors: list[BaseException] = []
-    for cluster in reversed(started):
-        try:
-            cluster.stop()
-        except BaseException as exc:  # stop them all, then report the first problem
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
+    """A namespace of its own in the shared cluster (deleted afterwards)."""
+    view = shared_cluster.view()
+    try:
+        yield view
+    finally:
+        view.close()
 
 
 @pytest.fixture
-def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
-    """A running emulated cluster with the default nodes and the project's CRDs."""
-    return cluster_factory()
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """``make(nodes=..., settings=...)`` starts a cluster of the test's own."""
+    with ExitStack() as stack:
+        count = 0
+
+        def make(**kwargs: Any) -> Cluster:
+            nonlocal count
+            count += 1
+            return stack.enter_context(start_cluster(tmp_path / f"cluster-{count}", **kwargs))
+
+        yield make

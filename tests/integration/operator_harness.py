@@ -1,83 +1,144 @@
-"""The real Microtask operator (kopf + our handlers) running against an emulated cluster.
+"""The operator as in production: a ``microtask operator`` process with deploy/'s ServiceAccount.
 
-`running_operator(cluster)` starts it in a thread with fast timings and yields a handle with its
-metrics registry and kopf's log records, so tests can fail on kopf warnings or error loops.
+`running_operator(cluster)` starts it with fast timings, its kubeconfig holding a token of the
+ServiceAccount from deploy/ (so the real authorizer enforces deploy/'s RBAC) and pointing at the
+test's fault proxy. The handle reads its Prometheus endpoint and its log, so tests can fail on any
+warning or error it logged.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from microtask_operator.adapter.config import OperatorConfig
-from microtask_operator.adapter.handlers import OperatorState, build_registry
-from microtask_operator.metrics import Metrics
-from microtask_operator.settings import Settings
-from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness.cluster import Cluster
-from tests.integration.harness.kopf_runner import KopfRunner
+from tests.integration.harness.controlplane import free_port
 
-FAST = OperatorConfig(
-    namespaces=("default",),
-    resync_seconds=1.0,
-    debounce_seconds=0.05,
-    metrics_port=0,
-    health_port=0,
-)
+OPERATOR = Path(sys.executable).with_name("microtask")
+FAST = {"resync_seconds": 1.0, "debounce_seconds": 0.05}
+# Lines of the operator's log at WARNING or above: `%(asctime)s %(levelname)s %(name)s: ...`.
+PROBLEM = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 
 
 @dataclass
 class RunningOperator:
-    runner: KopfRunner
-    metrics: Metrics
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
 
     def metrics_text(self) -> str:
-        return generate_latest(self.metrics.registry).decode()
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return str(reply.read().decode())
 
     def sample(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        """One sample's value (0 when absent)."""
+        """The sum of the samples of ``name`` with these labels (0 when absent)."""
         wanted = dict(labels or {})
-        for family in self.metrics.registry.collect():
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics_text()):
             for s in family.samples:
                 if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items()):
-                    return float(s.value)
-        return 0.0
+                    total += float(s.value)
+        return total
 
-    def assert_clean(self, allow: tuple[str, ...] = ()) -> None:
-        self.runner.assert_clean(allow=allow)
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def problems(self) -> list[str]:
+        """Warnings, errors and tracebacks the operator logged."""
+        lines = self.log().splitlines()
+        return [line for line in lines if PROBLEM.match(line) or line.startswith("Traceback")]
+
+    def assert_clean(self, allow: Iterable[str | re.Pattern[str]] = ()) -> None:
+        """Fail if the operator logged a warning or an error (except the ``allow``-ed ones)."""
+        patterns = [re.compile(re.escape(a)) if isinstance(a, str) else a for a in allow]
+        bad = [line for line in self.problems() if not any(p.search(line) for p in patterns)]
+        if bad:
+            raise AssertionError(f"the operator logged {len(bad)} problem(s):\n" + "\n".join(bad))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+                raise AssertionError("the operator did not stop within 20 s of SIGTERM") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as when a node dies under the operator's pod."""
+        self.process.kill()
+        self.process.wait(10)
 
 
 @contextmanager
 def running_operator(
     cluster: Cluster,
-    config: OperatorConfig = FAST,
-    settings: Settings | None = None,
-    metrics: Metrics | None = None,
+    *,
+    namespaces: Iterable[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    resync_seconds: float = 1.0,
+    debounce_seconds: float = 0.05,
+    startup_timeout: float = 30.0,
 ) -> Iterator[RunningOperator]:
-    metrics = metrics or Metrics()
-    settings = settings or Settings(run_as_user=None)
-    old = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    """Run the operator (watching the test's namespace, or ``namespaces``; () for all)."""
+    port = free_port()
+    watched = [cluster.namespace] if namespaces is None else list(namespaces)
+    argv = [
+        str(OPERATOR),
+        "operator",
+        f"--metrics-port={port}",
+        "--health-port=0",
+        f"--resync-seconds={resync_seconds}",
+        f"--debounce-seconds={debounce_seconds}",
+        *(f"--namespace={ns}" for ns in watched),
+    ]
+    process_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "KUBECONFIG": str(cluster.operator_kubeconfig),
+        **(env or {}),
+    }
+    log_path = cluster.operator_kubeconfig.with_name(f"operator-{port}.log")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, env=process_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    op = RunningOperator(process, log_path, port)
     try:
-        registry = build_registry(OperatorState(settings=settings, config=config, metrics=metrics))
-        with KopfRunner(
-            cluster,
-            registry=registry,
-            namespaces=list(config.namespaces),
-            clusterwide=not config.namespaces,
-        ) as runner:
-            yield RunningOperator(runner, metrics)
+        _wait_serving(op, startup_timeout)
+        yield op
     finally:
-        if old is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = old
+        op.stop()
+
+
+def _wait_serving(op: RunningOperator, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if op.process.poll() is not None:
+            raise AssertionError(f"the operator exited with {op.process.returncode}:\n{op.log()}")
+        try:
+            op.metrics_text()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise AssertionError(f"the operator did not serve metrics in {timeout}s:\n{op.log()}")
 
 
 def microtask_job(
@@ -92,7 +153,7 @@ def microtask_job(
     body: dict[str, Any] = {
         "apiVersion": "microtask.dev/v1alpha1",
         "kind": "MicrotaskJob",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name},
         "spec": {
             "items": {"range": {"start": 0, "end": total}},
             "microtasksPerShard": per_shard,
@@ -113,11 +174,11 @@ def microtask_job(
 
 
 def shard_jobs(cluster: Cluster, name: str) -> list[dict[str, Any]]:
-    return [
-        j
-        for j in cluster.list("jobs", namespace="default")
-        if (j["metadata"].get("labels") or {}).get("microtask.dev/job") == name
-    ]
+    return cluster.list("jobs", labels=f"microtask.dev/job={name}")
+
+
+def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict((cluster.get("microtaskjobs", name) or {}).get("status") or {})
 
 
 def wait_phase(
@@ -127,7 +188,7 @@ def wait_phase(
     timeout: float = 60,
 ) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
-        obj = cluster.get("microtaskjobs", name, "default")
+        obj = cluster.get("microtaskjobs", name)
         if obj and (obj.get("status") or {}).get("phase") in phases:
             return obj
         return None
@@ -135,31 +196,45 @@ def wait_phase(
     try:
         return cluster.wait_for(done, timeout=timeout, interval=0.1, message=f"{name} in {phases}")
     except TimeoutError:
-        obj = cluster.get("microtaskjobs", name, "default")
         raise AssertionError(
-            f"{name} not in {phases}: status={(obj or {}).get('status')}\n{cluster.dump()}"
+            f"{name} not in {phases}: status={status_of(cluster, name)}\n{cluster.dump()}"
         ) from None
+
+
+# The real Job controller marks success or failure first with SuccessCriteriaMet or FailureTarget,
+# and Complete or Failed only once every pod is gone.
+FINISHED = ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
 
 
 def finished(job: Mapping[str, Any]) -> bool:
     return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        c.get("type") in FINISHED and c.get("status") == "True"
         for c in (job.get("status") or {}).get("conditions") or []
     )
 
 
 def watch_in_flight(cluster: Cluster, name: str, until: float) -> int:
-    """Poll the Jobs of `name` until the deadline; the most seen in flight (not ended) at once."""
+    """Poll the shards of `name` until the deadline; the most seen in flight at once.
+
+    A shard is in flight from its Job's creation until its pod ends (the operator acts on the
+    pod's report; the Job's own status follows later).
+    """
     most = 0
     while time.monotonic() < until:
+        ended = {
+            p["metadata"]["labels"].get("batch.kubernetes.io/job-name")
+            for p in cluster.list("pods", labels=f"microtask.dev/job={name}")
+            if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        }
         alive = [
             j
             for j in shard_jobs(cluster, name)
-            if not j["metadata"].get("deletionTimestamp") and not finished(j)
+            if not j["metadata"].get("deletionTimestamp")
+            and not finished(j)
+            and j["metadata"]["name"] not in ended
         ]
         most = max(most, len(alive))
-        obj = cluster.get("microtaskjobs", name, "default")
-        if obj and (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if status_of(cluster, name).get("phase") in ("Succeeded", "Failed"):
             break
-        time.sleep(0.02)
+        time.sleep(0.05)
     return most

@@ -1,4 +1,4 @@
-"""End to end: the real operator turns MicrotaskJobs into Jobs on the emulated cluster."""
+"""End to end: the operator turns MicrotaskJobs into Jobs run by the real Job controller."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_a_thousand_microtasks_finish_with_exact_counts_within_the_window(cluste
         complete = [c for c in status["conditions"] if c["type"] == "Complete"]
         assert complete and complete[0]["status"] == "True"
         # Harvested Jobs are deleted: etcd holds only the window in flight.
-        cluster.wait_for(lambda: not shard_jobs(cluster, "big"), timeout=10, message="cleanup")
+        cluster.wait_for(lambda: not shard_jobs(cluster, "big"), timeout=30, message="cleanup")
         assert op.sample("microtask_microtasks_total", {"outcome": "succeeded"}) == 1000
         op.assert_clean()
 

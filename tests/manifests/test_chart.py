@@ -1,4 +1,8 @@
-"""The Helm chart: generated from deploy/, equal to it by default, valid with any good values."""
+"""The Helm chart: generated from deploy/, equal to it by default, valid with any good values.
+
+The chart is rendered and linted by the real, pinned helm (tests/manifests/helm.py), so what
+is checked here is what `helm install` would do, values schema included.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ import pytest
 import yaml
 from microtask_operator.adapter.config import OperatorConfig
 
-from tests.manifests.helmlite import TemplateError, merge_values, render_chart, render_template
+from tests.manifests.helm import lint, render_chart, template
 from tests.manifests.restricted import pod_spec_of, restricted_violations
 from tests.manifests.support import (
     CHART,
     DEPLOY,
     KUBERNETES_VERSIONS,
+    OLDEST_KUBERNETES,
     ROOT,
     by_key,
     container,
@@ -33,13 +38,6 @@ from tests.manifests.test_deploy import dashboard_configmap
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
 
-def schema_errors(values: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft7Validator(SCHEMA)
-    return [
-        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)
-    ]
-
-
 # ------------------------------------------------------------- generation
 
 
@@ -54,15 +52,17 @@ def test_generated_chart_files_are_up_to_date() -> None:
 
 
 def test_chart_crds_are_the_crds_of_deploy() -> None:
-    chart_crds = sorted(
-        (doc for p in (CHART / "crds").glob("*.yaml") for doc in load_yaml_documents(p)),
-        key=lambda d: d["metadata"]["name"],
-    )
-    deploy_crds = sorted(
-        (o for o in deploy_objects() if o["kind"] == "CustomResourceDefinition"),
-        key=lambda d: d["metadata"]["name"],
-    )
-    assert chart_crds == deploy_crds
+    """The CRDs helm installs (from crds/) are deploy/'s, and no template renders one.
+
+    helm installs crds/ once and never upgrades or deletes it; a CRD rendered by a
+    template would be deleted, with every MicrotaskJob, by `helm uninstall`.
+    """
+    assert [o for o in render_chart() if o["kind"] == "CustomResourceDefinition"] == []
+    chart_crds = [
+        o for o in render_chart(include_crds=True) if o["kind"] == "CustomResourceDefinition"
+    ]
+    deploy_crds = [o for o in deploy_objects() if o["kind"] == "CustomResourceDefinition"]
+    assert by_key(chart_crds) == by_key(deploy_crds)
 
 
 def test_chart_metadata() -> None:
@@ -85,8 +85,24 @@ def test_default_values_render_exactly_deploy() -> None:
     expected = [
         o for o in deploy_objects() if o["kind"] not in ("Namespace", "CustomResourceDefinition")
     ]
-    rendered = render_chart(CHART)
+    rendered = render_chart()
     assert by_key(rendered) == by_key(expected)
+
+
+def test_kube_version_admits_the_versions_checked_here_and_nothing_older() -> None:
+    """Chart.yaml's kubeVersion agrees with OLDEST_KUBERNETES, the floor the tests check.
+
+    helm refuses to render (so to install) for a cluster outside kubeVersion: a floor set
+    too high locks out clusters the manifests are valid for, one too low lets the chart
+    onto clusters nobody checked.
+    """
+    for version in KUBERNETES_VERSIONS:
+        run = template(kube_version=version)
+        assert run.ok, run.explain()
+    major, minor = OLDEST_KUBERNETES.split(".")
+    older = template(kube_version=f"{major}.{int(minor) - 1}.0")
+    assert not older.ok, older.explain()
+    assert "chart requires kubeVersion" in older.stderr, older.explain()
 
 
 def test_optional_add_ons_render_exactly_deploy_monitoring() -> None:
@@ -94,7 +110,7 @@ def test_optional_add_ons_render_exactly_deploy_monitoring() -> None:
         "metrics": {"serviceMonitor": {"enabled": True}},
         "grafanaDashboard": {"enabled": True},
     }
-    rendered = by_key(render_chart(CHART, overrides))
+    rendered = by_key(render_chart(overrides))
     (monitor,) = load_yaml_documents(DEPLOY / "monitoring" / "servicemonitor.yaml")
     dashboard = dashboard_configmap()
     for obj in (monitor, dashboard):
@@ -109,7 +125,7 @@ def test_optional_add_ons_render_exactly_deploy_monitoring() -> None:
             )
             == obj
         )
-    assert rendered == by_key(render_chart(CHART))
+    assert rendered == by_key(render_chart())
 
 
 def test_values_yaml_matches_deploy() -> None:
@@ -174,20 +190,25 @@ CUSTOM_VALUES: dict[str, Any] = {
 }
 
 
-def test_custom_values_pass_the_schema() -> None:
-    assert schema_errors(merge_values(values_defaults(), CUSTOM_VALUES)) == []
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("overrides", [{}, CUSTOM_VALUES], ids=["defaults", "custom"])
+def test_helm_lint_strict_passes(overrides: dict[str, Any], version: str) -> None:
+    """Schema, templates (NOTES.txt too), YAML and deprecated APIs: not even a warning."""
+    run = lint(overrides, kube_version=version)
+    assert run.ok, run.explain()
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overrides", [{}, CUSTOM_VALUES], ids=["defaults", "custom"])
 def test_rendered_objects_validate(overrides: dict[str, Any], version: str) -> None:
-    for obj in render_chart(CHART, overrides, release_name="mt", release_namespace="ops"):
+    objects = render_chart(overrides, release_name="mt", namespace="ops", kube_version=version)
+    for obj in objects:
         if obj["kind"] != "ServiceMonitor":  # not a built-in kind; see test_deploy
             validate(obj, version)
 
 
 def test_custom_values_reach_the_objects() -> None:
-    objects = render_chart(CHART, CUSTOM_VALUES, release_name="mt", release_namespace="ops")
+    objects = render_chart(CUSTOM_VALUES, release_name="mt", namespace="ops")
     deploy = deployment(objects)
     pod = deploy["spec"]["template"]
     operator = container(deploy, "operator")
@@ -245,102 +266,70 @@ def test_custom_values_reach_the_objects() -> None:
 
 # ----------------------------------------------------------------- bad values
 
-
-@pytest.mark.parametrize(
-    ("overrides", "where"),
-    [
-        ({"replicaCount": -1}, "replicaCount"),
-        ({"replicaCount": "two"}, "replicaCount"),
-        ({"replicas": 2}, ""),  # a typo of replicaCount: unknown keys are errors
-        ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
-        (
-            {"image": {"repository": "ghcr.io/org/operator:1.0"}},
-            "image.repository",
-        ),  # tag belongs in image.tag
-        ({"image": {"tag": "has spaces"}}, "image.tag"),
-        ({"watchNamespaces": "team-a"}, "watchNamespaces"),
-        ({"watchNamespaces": ["Team_A"]}, "watchNamespaces.0"),
-        ({"watchNamespaces": ["team-a", "team-a"]}, "watchNamespaces"),
-        ({"metrics": {"port": 70000}}, "metrics.port"),
-        ({"metrics": {"port": "8080"}}, "metrics.port"),
-        ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "metrics.serviceMonitor.enabled"),
-        (
-            {"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
-            "metrics.serviceMonitor.interval",
-        ),
-        ({"gpu": {"resourceName": ""}}, "gpu.resourceName"),
-        ({"gpu": {"nodeLabel": "has space/gpu"}}, "gpu.nodeLabel"),
-        ({"extraEnv": [{"value": "x"}]}, "extraEnv.0"),
-        ({"extraEnv": [{"name": "MICROTASK_NAMESPACES", "value": "a"}]}, "extraEnv.0.name"),
-        ({"extraEnv": [{"name": "PORT", "value": 8080}]}, "extraEnv.0.value"),
-        ({"resources": {"limits": {"memory": "lots"}}}, "resources.limits.memory"),
-        ({"resources": "small"}, "resources"),
-        ({"tolerations": [{"key": "a", "effect": "Sometimes"}]}, "tolerations.0.effect"),
-        ({"nodeSelector": {"pool": 1}}, "nodeSelector.pool"),
-        ({"userRoles": {"create": "no"}}, "userRoles.create"),
-        ({"grafanaDashboard": {"namespace": "Monitoring"}}, "grafanaDashboard.namespace"),
-    ],
-)
-def test_bad_values_are_rejected(overrides: dict[str, Any], where: str) -> None:
-    errors = schema_errors(merge_values(values_defaults(), overrides))
-    assert errors, f"accepted {overrides}"
-    assert any(e.startswith(f"{where}:") for e in errors), errors
+# Values helm must refuse, with the JSON pointer (helm's way of naming a field) of the
+# field its schema error names.
+BAD_VALUES: list[tuple[dict[str, Any], str]] = [
+    ({"replicaCount": -1}, "/replicaCount"),
+    ({"replicaCount": "two"}, "/replicaCount"),
+    ({"replicas": 2}, ""),  # a typo of replicaCount: unknown keys are errors (at the root)
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    (
+        {"image": {"repository": "ghcr.io/org/operator:1.0"}},
+        "/image/repository",
+    ),  # tag belongs in image.tag
+    ({"image": {"tag": "has spaces"}}, "/image/tag"),
+    ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
+    ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+    ({"watchNamespaces": ["team-a", "team-a"]}, "/watchNamespaces"),
+    ({"metrics": {"port": 70000}}, "/metrics/port"),
+    ({"metrics": {"port": "8080"}}, "/metrics/port"),
+    ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "/metrics/serviceMonitor/enabled"),
+    (
+        {"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
+        "/metrics/serviceMonitor/interval",
+    ),
+    ({"gpu": {"resourceName": ""}}, "/gpu/resourceName"),
+    ({"gpu": {"nodeLabel": "has space/gpu"}}, "/gpu/nodeLabel"),
+    ({"extraEnv": [{"value": "x"}]}, "/extraEnv/0"),
+    ({"extraEnv": [{"name": "MICROTASK_NAMESPACES", "value": "a"}]}, "/extraEnv/0/name"),
+    ({"extraEnv": [{"name": "PORT", "value": 8080}]}, "/extraEnv/0/value"),
+    ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
+    ({"resources": "small"}, "/resources"),
+    ({"tolerations": [{"key": "a", "effect": "Sometimes"}]}, "/tolerations/0/effect"),
+    ({"nodeSelector": {"pool": 1}}, "/nodeSelector/pool"),
+    ({"userRoles": {"create": "no"}}, "/userRoles/create"),
+    ({"grafanaDashboard": {"namespace": "Monitoring"}}, "/grafanaDashboard/namespace"),
+]
 
 
-def test_defaults_pass_the_schema() -> None:
-    assert schema_errors(values_defaults()) == []
+def _names_the_field(output: str, overrides: dict[str, Any], where: str) -> bool:
+    """Whether helm's message names the offending field.
+
+    An unknown key is reported at its parent (at the root: `at ''`) with its own name.
+    """
+    if where:
+        return f"at '{where}'" in output
+    return "at ''" in output and all(f"'{name}'" in output for name in overrides)
 
 
-# -------------------------------------------------------------- the renderer
+@pytest.mark.parametrize(("overrides", "where"), BAD_VALUES)
+def test_bad_values_are_refused_by_helm_template(overrides: dict[str, Any], where: str) -> None:
+    """helm checks the values against values.schema.json before rendering anything."""
+    run = template(overrides)
+    assert not run.ok, f"accepted {overrides}\n{run.explain()}"
+    assert "don't meet the specifications of the schema" in run.stderr, run.explain()
+    assert _names_the_field(run.stderr, overrides, where), run.explain()
+    assert run.stdout == "", run.explain()  # nothing half-rendered to apply
 
 
-def _render(source: str, values: dict[str, Any] | None = None) -> str:
-    return render_template(
-        source,
-        values or {},
-        chart_dir=CHART,
-        release_name="rel",
-        release_namespace="ns",
-        app_version="9.9.9",
-    )
-
-
-def test_renderer_trims_whitespace_like_go_templates() -> None:
-    source = "a:\n  {{- if .Values.on }}\n  b: {{ .Values.on }}\n  {{- end }}\nc: 1\n"
-    assert _render(source, {"on": 1}) == "a:\n  b: 1\nc: 1\n"
-    assert _render(source, {"on": 0}) == "a:\nc: 1\n"
-
-
-def test_renderer_pipelines_and_scopes() -> None:
-    values = {"tag": "", "names": ["a", "b"], "map": {"k": "v"}}
-    assert _render("{{ .Values.tag | default .Chart.AppVersion }}", values) == "9.9.9"
-    assert _render('{{ join "," .Values.names | quote }}', values) == '"a,b"'
-    assert _render(
-        "{{- range .Values.names }}\n- {{ . }}-{{ $.Release.Name }}\n{{- end }}", values
-    ) == ("\n- a-rel\n- b-rel")
-    assert (
-        _render("x:\n{{- with .Values.map }}\n  {{- toYaml . | nindent 2 }}\n{{- end }}", values)
-        == "x:\n  k: v"
-    )
-
-
-def test_renderer_refuses_what_the_generator_never_emits() -> None:
-    for source in (
-        '{{ include "x" . }}',
-        "{{ .Values.a | upper }}",
-        "{{/* note */}}",
-        "{{ if .Values.a }}",
-        "{{ end }}",
-    ):
-        with pytest.raises(TemplateError):
-            _render(source, {"a": "b"})
-
-
-def test_generator_emits_only_what_the_renderer_knows() -> None:
-    """Every template renders with defaults and with all optional parts switched on."""
-    for overrides in ({}, CUSTOM_VALUES):
-        for path in sorted((CHART / "templates").glob("*.yaml")):
-            _render(path.read_text(), merge_values(values_defaults(), overrides))
+@pytest.mark.parametrize(("overrides", "where"), BAD_VALUES)
+def test_bad_values_are_refused_by_helm_lint(overrides: dict[str, Any], where: str) -> None:
+    run = lint(overrides)
+    assert not run.ok, f"accepted {overrides}\n{run.explain()}"
+    assert "1 chart(s) failed" in run.stderr, run.explain()
+    # lint reports its findings on stdout, as `[ERROR] values.yaml: - at '/field': ...`.
+    assert "[ERROR] values.yaml" in run.stdout, run.explain()
+    assert _names_the_field(run.stdout, overrides, where), run.explain()
 
 
 def test_templates_are_only_generated_or_notes() -> None:

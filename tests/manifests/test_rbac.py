@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.manifests.helmlite import render_chart
-from tests.manifests.support import CHART, DEPLOY, deploy_objects, load_yaml_documents
+from tests.manifests.helm import render_chart
+from tests.manifests.support import DEPLOY, deploy_objects, load_yaml_documents
 from tests.rbac import Rule, operator_rules, rule_allows, rules_allow, service_account_rules
 
 PEERING = "microtask-operator"
@@ -181,7 +181,7 @@ def test_user_roles_extend_the_built_in_roles() -> None:
 
 
 def test_watching_some_namespaces_grants_namespaced_access_only_there() -> None:
-    objects = render_chart(CHART, {"watchNamespaces": ["team-a", "team-b"]})
+    objects = render_chart({"watchNamespaces": ["team-a", "team-b"]})
     bound = list(service_account_rules(objects))
     cluster = [rule for rule, scope in bound if scope is None]
     for namespace in ("team-a", "team-b"):
@@ -204,5 +204,5 @@ def test_watching_some_namespaces_grants_namespaced_access_only_there() -> None:
 
 
 def test_the_chart_grants_what_deploy_grants_by_default() -> None:
-    rendered = [rule for rule, scope in service_account_rules(render_chart(CHART)) if scope is None]
+    rendered = [rule for rule, scope in service_account_rules(render_chart()) if scope is None]
     assert granted(rendered) == granted(operator_rules())

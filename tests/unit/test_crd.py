@@ -41,6 +41,17 @@ def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[st
         yield from nodes(schema["additionalProperties"], f"{path}.*")
 
 
+def cel_typed(node: dict[str, Any]) -> bool:
+    """Whether the API server's CEL declares a field of this schema (it needs a type throughout)."""
+    if node.get("x-kubernetes-int-or-string"):
+        return True
+    if "type" not in node:
+        return False
+    if node["type"] == "array":
+        return cel_typed(node["items"])
+    return True
+
+
 def structural_violations(schema: dict[str, Any]) -> list[str]:
     """The rules of a structural schema (apiextensions.k8s.io/v1) that `schema` breaks."""
     out: list[str] = []
@@ -59,8 +70,15 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
             if key in node:
                 out.append(f"{where}: {key} is not allowed")
         for junctor in JUNCTORS:
-            if junctor in node:
-                out.append(f"{where}: {junctor} (the model should not need it)")
+            branches = node.get(junctor)
+            if branches is None:
+                continue
+            # Structural schemas allow junctors of value validations only; `oneOf` of
+            # `required` is how "exactly one of these fields" is said.
+            if junctor != "oneOf" or any(set(b) != {"required"} for b in branches):
+                out.append(f"{where}: {junctor} beyond oneOf-of-required")
+            elif {f for b in branches for f in b["required"]} - set(node.get("properties") or {}):
+                out.append(f"{where}: oneOf requires unknown fields")
         if node.get("uniqueItems"):
             out.append(f"{where}: uniqueItems is not allowed")
         if "properties" in node and "additionalProperties" in node:
@@ -106,6 +124,11 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
             unknown = fields - set(node.get("properties") or {})
             if unknown:
                 out.append(f"{where}: CEL rule names unknown fields {sorted(unknown)}")
+            # CEL declares only fields with a type; a rule naming an untyped one (a list of
+            # anything) does not compile, and the API server refuses the whole CRD.
+            untyped = {f for f in fields - unknown if not cel_typed(node["properties"][f])}
+            if untyped:
+                out.append(f"{where}: CEL rule names fields CEL cannot type {sorted(untyped)}")
             if not rule.get("message"):
                 out.append(f"{where}: CEL rule without a message")
     metadata = schema["properties"]["metadata"]

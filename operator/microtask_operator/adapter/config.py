@@ -81,6 +81,11 @@ class OperatorConfig:
             prefix=GROUP, key="last-handled-configuration"
         )
         settings.posting.level = 20  # INFO: Events for what users should see, not debug chatter
+        # Given namespace names, kopf would still list every namespace (to match patterns and
+        # notice new ones), which a per-namespace install's RBAC rightly does not grant; exact
+        # names need no listing. CRDs are then discovered once, at start-up.
+        if self.namespaces and not any(set("*?[!") & set(ns) for ns in self.namespaces):
+            settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         if self.peering:

@@ -387,7 +387,7 @@ def _yaml_problem(exc: Exception, text: str) -> str:
 
 
 def _line(event: Any) -> str:
-    mark = getattr(event, "start_mark", None)
+    mark = getattr(event, "start_mark", None) or getattr(event, "problem_mark", None)
     return f" (line {mark.line + 1})" if mark is not None else ""
 
 
@@ -439,6 +439,12 @@ def _prescan(text: str, loader: type[Any]) -> Problem | None:
                     document=documents or None,
                 )
     except yaml.YAMLError as exc:
+        if "nesting depth" in str(getattr(exc, "problem", "")):
+            # PyYAML 6.0.4+ stops deep flow nesting itself, before its events reach our count.
+            return Problem(
+                f"YAML nested more than {limits.MAX_YAML_DEPTH} levels deep{_line(exc)}",
+                document=documents or None,
+            )
         return Problem(_yaml_problem(exc, text), document=documents or None)
     if documents == 0:
         return Problem("no YAML documents (the file is empty)")

@@ -1,401 +1,303 @@
-"""An emulated cluster in a background thread: API server + control plane + test helpers.
+"""A test's view of a real control plane: its namespace, our kubelet, the fault proxy, helpers.
 
-``Cluster`` starts its own event loop in a daemon thread, serves the API on 127.0.0.1 with a
-free port, writes a kubeconfig, and offers synchronous helpers for tests (create/get/list/
-patch/delete objects, bounded waits, request-log queries, fault injection, node knobs).
-Helpers act on the store inside the emulator's loop, so they are thread-safe and do not
-show up in the request log: the log holds only what clients (the operator) asked over HTTP.
+``Cluster`` gives a test synchronous helpers (create/get/list/patch/delete objects by resource
+name, bounded waits), the operator's credentials (a token of deploy/'s ServiceAccount, through a
+fault-injecting proxy), what the operator asked of the API (from the API server's audit log) and
+the node knobs of our kubelet.
 
-Stopping kills every container process, closes every watch and joins the thread; it fails
-loudly if anything is left behind, so a leak breaks the test that caused it.
+Two shapes: :func:`start_cluster` starts a control plane, installs the project (CRDs, deploy/'s
+RBAC) and our kubelet with its nodes; :meth:`Cluster.view` is another test's view of the same
+cluster with a namespace of its own, so tests that leave the nodes alone share one cluster.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import concurrent.futures
 import contextlib
 import json
-import os
+import secrets
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import EllipsisType, TracebackType
+from types import EllipsisType
 from typing import Any, TypeVar
 
 import yaml
 
-from .controlplane import ControlPlane, ControlPlaneSettings, NodeSpec, default_nodes
-from .emulator import ApiEmulator, ApiRequest, ApiServer, Fault, RequestLog
-from .resources import ResourceDef
-from .selectors import FieldSelector, LabelSelector
-from .store import ApiError, DeleteOptions, Store
+from .apiclient import MERGE_PATCH, ApiError, SyncApi
+from .controlplane import ControlPlane, kubeconfig
+from .faultproxy import Fault, FaultProxy
+from .kubelet import Kubelet, KubeletSettings, NodeSpec, default_nodes
 
-__all__ = ["Cluster", "load_crds"]
+__all__ = ["OPERATOR_ACCOUNT", "ApiError", "Cluster", "Resource", "load_documents"]
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[3]
+# What `kubectl apply -k deploy/` would install before the operator's Deployment.
+PROJECT_MANIFESTS = ("00-namespace.yaml", "10-kopf-peering-crds.yaml", "crd.yaml", "20-rbac.yaml")
+OPERATOR_NAMESPACE = "microtask-system"
+OPERATOR_ACCOUNT = "microtask-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
-def load_crds(path: Path) -> list[dict[str, Any]]:
-    """The CustomResourceDefinitions in a (multi-document) YAML file."""
-    with path.open() as handle:
-        docs = [doc for doc in yaml.safe_load_all(handle) if doc]
-    return [doc for doc in docs if doc.get("kind") == "CustomResourceDefinition"]
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    """The non-empty documents of a YAML file."""
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A served resource, as discovery names it."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+class Discovery:
+    """Resource names (plural, kind, short names, ``plural.group``) to served resources."""
+
+    def __init__(self, api: SyncApi) -> None:
+        self._api = api
+        self._by_name: dict[str, Resource] = {}
+        self._by_kind: dict[tuple[str, str], Resource] = {}
+
+    def refresh(self) -> None:
+        versions = [("", "v1")]
+        for group in self._api.request("GET", "/apis")["groups"]:
+            versions.append((group["name"], group["preferredVersion"]["version"]))
+        for group, version in versions:
+            path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+            with contextlib.suppress(ApiError):
+                for item in self._api.request("GET", path)["resources"]:
+                    if "/" in item["name"]:
+                        continue
+                    res = Resource(
+                        group,
+                        version,
+                        item["name"],
+                        item["kind"],
+                        item["namespaced"],
+                        tuple(item.get("shortNames") or ()),
+                    )
+                    self._by_kind[(res.api_version, res.kind)] = res
+                    names = [res.plural, res.kind.lower(), *res.short_names]
+                    names += [f"{res.plural}.{group}" if group else res.plural]
+                    for name in names:
+                        # The preferred version of the core group wins over aggregated copies.
+                        self._by_name.setdefault(name.lower(), res)
+
+    def find(self, ref: str) -> Resource:
+        for attempt in range(2):
+            res = self._by_name.get(ref.lower())
+            if res is not None:
+                return res
+            if attempt == 0:
+                self.refresh()
+        raise KeyError(f"no served resource is called {ref!r}")
+
+    def of(self, obj: Mapping[str, Any]) -> Resource:
+        key = (str(obj.get("apiVersion", "v1")), str(obj.get("kind", "")))
+        for attempt in range(2):
+            if key in self._by_kind:
+                return self._by_kind[key]
+            if attempt == 0:
+                self.refresh()
+        raise KeyError(f"no served resource has apiVersion {key[0]} and kind {key[1]}")
+
+
+@dataclass
+class Shared:
+    """What the views of one cluster share."""
+
+    plane: ControlPlane
+    kubelet: Kubelet
+    api: SyncApi
+    discovery: Discovery
+    operator_token: str
 
 
 class Cluster:
-    """A running emulated cluster (use as a context manager or call start/stop)."""
+    """One test's view: a namespace of its own, a fault proxy of its own, shared nodes."""
 
-    def __init__(
-        self,
-        *,
-        nodes: Sequence[NodeSpec] | None = None,
-        crds: Iterable[Mapping[str, Any] | Path] = (),
-        namespaces: Sequence[str] = ("default",),
-        settings: ControlPlaneSettings | None = None,
-        control_plane: bool = True,
-        bookmark_interval: float = 5.0,
-        history_limit: int = 20_000,
-        startup_timeout: float = 10.0,
-    ) -> None:
-        self._node_specs = list(default_nodes() if nodes is None else nodes)
-        self._crds = list(crds)
-        self._namespaces = list(namespaces)
-        self._settings = settings or ControlPlaneSettings()
-        self._with_control_plane = control_plane
-        self._bookmark_interval = bookmark_interval
-        self._history_limit = history_limit
-        self._startup_timeout = startup_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._startup_error: BaseException | None = None
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
-        self.emulator: ApiEmulator | None = None
-        self.control_plane: ControlPlane | None = None
-        self.url = ""
-        self.kubeconfig = Path()
+    def __init__(self, shared: Shared, namespace: str) -> None:
+        self.shared = shared
+        self.namespace = namespace
+        self.proxy = FaultProxy(shared.plane.url, ca_file=shared.plane.ca_file).start()
+        self._tmp = tempfile.TemporaryDirectory(prefix="microtask-view-")
+        self.kubeconfig = Path(self._tmp.name) / "admin.kubeconfig"
+        self.kubeconfig.write_text(
+            kubeconfig(
+                self.url,
+                shared.plane.identities["admin"].token,
+                shared.plane.ca_file,
+                namespace=namespace,
+            )
+        )
+        self.operator_kubeconfig = Path(self._tmp.name) / "operator.kubeconfig"
+        self.operator_kubeconfig.write_text(
+            kubeconfig(self.proxy.url, shared.operator_token, None, namespace=namespace)
+        )
+        self._mark = shared.plane.audit_position()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> Cluster:
-        """Start the thread and wait (bounded) until the API answers."""
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="microtask-cluster-")
-        self._thread = threading.Thread(target=self._run, name="emulated-cluster", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._startup_timeout):
-            raise TimeoutError("the emulated cluster did not start in time")
-        if self._startup_error is not None:
-            self._thread.join(5)
-            raise RuntimeError("the emulated cluster failed to start") from self._startup_error
-        self.kubeconfig = Path(self._tmpdir.name) / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump(self.kubeconfig_dict()))
-        return self
+    def view(self, namespace: str | None = None) -> Cluster:
+        """Another view of this cluster, with a new namespace (created and ready)."""
+        namespace = namespace or f"t-{secrets.token_hex(4)}"
+        create_namespace(self.shared, namespace)
+        return Cluster(self.shared, namespace)
 
-    def stop(self) -> None:
-        """Stop everything; raises if processes or the thread are left behind."""
-        leaked = 0
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(20)
-            if self._thread.is_alive():
-                raise RuntimeError("the emulated cluster thread did not stop")
-            if self.control_plane is not None:
-                leaked = self.control_plane.leaked_processes
-            self._loop = None  # stopping twice is harmless
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-        if leaked:
-            raise RuntimeError(f"{leaked} container processes survived the cluster shutdown")
-
-    @property
-    def running(self) -> bool:
-        """Whether the cluster's thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def __enter__(self) -> Cluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            store = Store(history_limit=self._history_limit)
-            self.emulator = ApiEmulator(store=store, bookmark_interval=self._bookmark_interval)
-            ns_res = store.resource("", "v1", "namespaces")
-            for name in dict.fromkeys([*self._namespaces, "default", "kube-system"]):
-                store.create(ns_res, None, {"metadata": {"name": name}})
-            crd_res = store.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-            for crd in self._crds:
-                for doc in load_crds(crd) if isinstance(crd, Path) else [crd]:
-                    store.create(crd_res, None, doc)
-            server = ApiServer(self.emulator)
-            await server.__aenter__()
-        except BaseException as exc:
-            self._startup_error = exc
-            self._ready.set()
-            return
-        gc = asyncio.create_task(store.run_gc(), name="garbage-collector")
-        try:
-            if self._with_control_plane:
-                settings = self._settings
-                if settings.workdir is None and self._tmpdir is not None:
-                    settings.workdir = Path(self._tmpdir.name) / "pods"
-                self.control_plane = ControlPlane(store, self._node_specs, settings)
-                await self.control_plane.start()
-                self.emulator.log_provider = self.control_plane.pod_log
-                plane = self.control_plane
-
-                async def evict(namespace: str, name: str, body: Mapping[str, Any]) -> None:
-                    await plane.evict(namespace, name, via_api=True)
-
-                self.emulator.eviction_handler = evict
-            self.url = server.url
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            if self.control_plane is not None:
-                await self.control_plane.stop()
-            await server.__aexit__(None, None, None)
-            gc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gc
-
-    # --- calling into the loop -----------------------------------------------------------------
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        """Run ``fn`` on the cluster's loop and return its result (exceptions propagate)."""
-        if self._loop is None:
-            raise RuntimeError("the cluster is not running")
-
-        async def run() -> T:
-            return fn()
-
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"cluster call did not finish in {timeout}s") from None
-
-    def call_async(self, coro_fn: Callable[[], Any], timeout: float = 30.0) -> Any:
-        """Run a coroutine function on the cluster's loop and return its result."""
-        if self._loop is None:
-            raise RuntimeError("the cluster is not running")
-        future = asyncio.run_coroutine_threadsafe(coro_fn(), self._loop)
-        return future.result(timeout)
-
-    @property
-    def store(self) -> Store:
-        """The store (only touch it inside :meth:`call`)."""
-        assert self.emulator is not None
-        return self.emulator.store
+    def close(self) -> None:
+        """Stop the proxy and delete the namespace (in the background, as kubectl does)."""
+        self.proxy.stop()
+        with contextlib.suppress(ApiError):
+            self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
+        self._tmp.cleanup()
 
     @property
     def plane(self) -> ControlPlane:
-        """The control plane (only touch it inside :meth:`call`)."""
-        if self.control_plane is None:
-            raise RuntimeError("this cluster runs without a control plane")
-        return self.control_plane
-
-    # --- client configuration ------------------------------------------------------------------
-
-    def kubeconfig_dict(self) -> dict[str, Any]:
-        """A kubeconfig pointing at the emulator (a token is set; the emulator ignores it)."""
-        return {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
-            "users": [{"name": "emulated", "user": {"token": "emulated-token"}}],
-            "contexts": [
-                {
-                    "name": "emulated",
-                    "context": {"cluster": "emulated", "user": "emulated", "namespace": "default"},
-                }
-            ],
-            "current-context": "emulated",
-        }
+        return self.shared.plane
 
     @property
-    def env(self) -> dict[str, str]:
-        """Environment for an operator process: KUBECONFIG and a PATH with the runner on it."""
-        path = os.pathsep.join([*self._settings.path_prepend, os.environ.get("PATH", "")])
-        return {"KUBECONFIG": str(self.kubeconfig), "PATH": path}
+    def kubelet(self) -> Kubelet:
+        return self.shared.kubelet
+
+    @property
+    def api(self) -> SyncApi:
+        return self.shared.api
+
+    @property
+    def url(self) -> str:
+        return self.shared.plane.url
 
     def api_client(self) -> Any:
-        """An official ``kubernetes`` ApiClient configured for this cluster."""
+        """An official ``kubernetes`` ApiClient, as the admin."""
         import kubernetes
 
         configuration = kubernetes.client.Configuration()
         configuration.host = self.url
-        configuration.api_key = {"BearerToken": "emulated-token"}
+        configuration.ssl_ca_cert = str(self.plane.ca_file)
+        configuration.api_key = {"BearerToken": self.plane.identities["admin"].token}
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
         return kubernetes.client.ApiClient(configuration)
 
     # --- objects -------------------------------------------------------------------------------
 
-    def resource(self, ref: str) -> ResourceDef:
-        """Resolve ``pods``, ``Job``, ``jobs.batch``, ``batch/v1/jobs``, ``mtj``, ..."""
-        return self.call(lambda: self.store.registry.find(ref))
+    def resource(self, ref: str) -> Resource:
+        """``pods``, ``Job``, ``jobs.batch``, ``mtj``, ..."""
+        return self.shared.discovery.find(ref)
 
-    def apply_crd(self, crd: Mapping[str, Any] | Path) -> None:
-        """Create (or replace) CRDs so their resources are served."""
-        docs = load_crds(crd) if isinstance(crd, Path) else [dict(crd)]
-
-        def apply() -> None:
-            res = self.store.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-            for doc in docs:
-                name = doc["metadata"]["name"]
-                current = self.store.peek(res, None, name)
-                if current is None:
-                    self.store.create(res, None, doc)
-                else:
-                    body = dict(
-                        doc,
-                        metadata=dict(
-                            doc["metadata"], resourceVersion=current["metadata"]["resourceVersion"]
-                        ),
-                    )
-                    self.store.replace(res, None, name, body)
-
-        self.call(apply)
+    def _ns(self, res: Resource, namespace: str | None) -> str | None:
+        return (namespace or self.namespace) if res.namespaced else None
 
     def create(self, obj: Mapping[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        """Create an object (resource from apiVersion/kind); returns it as stored."""
+        """Create an object (its resource from apiVersion/kind) in the test's namespace."""
+        res = self.shared.discovery.of(obj)
+        ns = self._ns(res, namespace or (obj.get("metadata") or {}).get("namespace"))
+        body = dict(obj)
+        if ns:
+            body["metadata"] = {**(obj.get("metadata") or {}), "namespace": ns}
+        created: dict[str, Any] = self.api.request("POST", res.path(ns), body)
+        return created
 
-        def create() -> dict[str, Any]:
-            res = self._res_of(obj)
-            ns = (
-                namespace
-                or (obj.get("metadata") or {}).get("namespace")
-                or ("default" if res.namespaced else None)
-            )
-            return self.store.present(res, self.store.create(res, ns, obj))
+    def apply_file(self, path: Path) -> None:
+        """Create every object of a YAML file (replacing those that exist)."""
+        apply(self.api, self.shared.discovery, load_documents(path), namespace=self.namespace)
 
-        return self.call(create)
-
-    def _res_of(self, obj: Mapping[str, Any]) -> ResourceDef:
-        api_version, kind = obj.get("apiVersion", "v1"), obj.get("kind", "")
-        group, _, version = api_version.rpartition("/")
-        for res in self.store.registry.all():
-            if res.group == group and res.version == version and res.kind == kind:
-                return res
-        raise KeyError(f"no resource serves {api_version} {kind}")
-
-    def get(
-        self, resource: str, name: str, namespace: str | None = "default"
-    ) -> dict[str, Any] | None:
-        """An object's current state (a copy), or None."""
-
-        def get() -> dict[str, Any] | None:
-            res = self.store.registry.find(resource)
-            obj = self.store.peek(res, namespace if res.namespaced else None, name)
-            return None if obj is None else self.store.present(res, obj)
-
-        return self.call(get)
+    def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """An object, or None."""
+        res = self.resource(resource)
+        try:
+            obj: dict[str, Any] = self.api.request("GET", res.path(self._ns(res, namespace), name))
+        except ApiError as error:
+            if error.code == 404:
+                return None
+            raise
+        return obj
 
     def list(
         self,
         resource: str,
-        namespace: str | None = None,
+        namespace: str | None | EllipsisType = ...,
         labels: str | None = None,
         fields: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Objects (copies) of a resource, optionally scoped and filtered by selectors."""
-
-        def list_() -> list[dict[str, Any]]:
-            res = self.store.registry.find(resource)
-            found = self.store.select(
-                res,
-                namespace,
-                LabelSelector.parse(labels),
-                FieldSelector.parse(fields, res.group, res.plural),
-            )
-            return [self.store.present(res, obj) for obj in found]
-
-        return self.call(list_)
+    ) -> builtins.list[dict[str, Any]]:
+        """Objects of a resource: in the test's namespace, another, or all (``None``)."""
+        res = self.resource(resource)
+        ns = self.namespace if namespace is ... else namespace
+        params = {"labelSelector": labels, "fieldSelector": fields}
+        listing = self.api.request("GET", res.path(self._ns(res, ns) if ns else None), params=params)
+        items: builtins.list[dict[str, Any]] = listing.get("items") or []
+        for item in items:  # list items carry no type; callers and dumps want it
+            item.setdefault("kind", res.kind)
+            item.setdefault("apiVersion", res.api_version)
+        return items
 
     def patch(
         self,
         resource: str,
         name: str,
         patch: Any,
-        namespace: str | None = "default",
+        namespace: str | None = None,
         *,
         subresource: str | None = None,
-        patch_type: str = "application/merge-patch+json",
+        patch_type: str = MERGE_PATCH,
     ) -> dict[str, Any]:
         """Patch an object (merge patch by default)."""
-
-        def patch_() -> dict[str, Any]:
-            res = self.store.registry.find(resource)
-            return self.store.present(
-                res,
-                self.store.patch(
-                    res,
-                    namespace if res.namespaced else None,
-                    name,
-                    patch_type,
-                    patch,
-                    subresource=subresource,
-                ),
-            )
-
-        return self.call(patch_)
+        res = self.resource(resource)
+        path = res.path(self._ns(res, namespace), name)
+        if subresource:
+            path += f"/{subresource}"
+        patched: dict[str, Any] = self.api.request("PATCH", path, patch, content_type=patch_type)
+        return patched
 
     def delete(
         self,
         resource: str,
         name: str,
-        namespace: str | None = "default",
+        namespace: str | None = None,
         *,
         propagation: str | None = "Background",
         grace: int | None = None,
         missing_ok: bool = True,
     ) -> None:
         """Delete an object (Background propagation by default, as kubectl does)."""
-
-        def delete() -> None:
-            res = self.store.registry.find(resource)
-            try:
-                self.store.delete(
-                    res,
-                    namespace if res.namespaced else None,
-                    name,
-                    DeleteOptions(propagation=propagation, grace=grace),
-                )
-            except ApiError as exc:
-                if not (missing_ok and exc.code == 404):
-                    raise
-
-        self.call(delete)
+        res = self.resource(resource)
+        body: dict[str, Any] = {}
+        if propagation:
+            body["propagationPolicy"] = propagation
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
+        try:
+            self.api.request("DELETE", res.path(self._ns(res, namespace), name), body or None)
+        except ApiError as error:
+            if not (missing_ok and error.code == 404):
+                raise
 
     def wait_for(
         self,
         predicate: Callable[[], T],
         timeout: float = 10.0,
-        interval: float = 0.05,
+        interval: float = 0.1,
         message: str = "condition",
     ) -> T:
         """Poll ``predicate`` until it returns something truthy, and return that (bounded)."""
@@ -411,7 +313,7 @@ class Cluster:
         return last
 
     def wait_gone(
-        self, resource: str, name: str, namespace: str | None = "default", timeout: float = 10.0
+        self, resource: str, name: str, namespace: str | None = None, timeout: float = 30.0
     ) -> None:
         """Wait until an object no longer exists."""
         self.wait_for(
@@ -420,148 +322,239 @@ class Cluster:
             message=f"{resource}/{name} to be gone",
         )
 
-    # --- request log and faults ----------------------------------------------------------------
-
-    @property
-    def requests(self) -> RequestLog:
-        """The request log (read it through the helpers below from the test thread)."""
-        assert self.emulator is not None
-        return self.emulator.request_log
+    # --- what the operator asked (audit log) and faults (proxy) --------------------------------
 
     def mark(self) -> int:
-        """A position in the request log, for ``since=`` in the queries below."""
-        return self.call(lambda: self.requests.next_seq)
+        """A position in the audit log, for ``since=`` below."""
+        return self.plane.audit_position()
+
+    def operator_requests(self, since: int | None = None) -> Iterator[dict[str, Any]]:
+        """Audit events of the operator's ServiceAccount since the mark (default: this view)."""
+        for event in self.plane.audit_events(self._mark if since is None else since):
+            if event.get("user", {}).get("username") == OPERATOR_USER:
+                yield event
 
     def request_list(
-        self, verb: str | None = None, resource: str | None = None, **criteria: Any
-    ) -> builtins.list[ApiRequest]:
-        """Recorded requests matching the criteria (see :meth:`RequestLog.select`)."""
-        return self.call(lambda: self.requests.select(verb, resource, **criteria))
-
-    def count_requests(
-        self, verb: str | None = None, resource: str | None = None, **criteria: Any
-    ) -> int:
-        """How many recorded requests match."""
-        return len(self.request_list(verb, resource, **criteria))
-
-    def count_writes(
-        self, resource: str | None = None, *, since: int = 0
-    ) -> Counter[tuple[str, str, str | None]]:
-        """Write requests by (verb, resource, subresource)."""
-        return self.call(lambda: self.requests.writes(since=since, resource=resource))
-
-    def verbs_used(self, *, since: int = 0) -> set[tuple[str, str, str]]:
-        """(group, resource[/subresource], verb) triples clients used (compare with RBAC)."""
-        return self.call(lambda: self.requests.verbs_used(since=since))
-
-    def inject_fault(
         self,
-        code: int,
-        *,
-        times: int = 1,
         verb: str | None = None,
         resource: str | None = None,
-        group: str | None = None,
+        *,
+        since: int | None = None,
+        code: int | None = None,
         namespace: str | None = None,
-        name: str | None = None,
-        subresource: str | EllipsisType | None = ...,
-        retry_after: int | None = None,
-        message: str | None = None,
-    ) -> Fault:
-        """Make the next ``times`` matching requests fail with ``code``, changing nothing."""
-        fault = Fault(
-            code=code,
-            remaining=times,
-            verb=verb,
-            resource=resource,
-            group=group,
-            namespace=namespace,
-            name=name,
-            subresource=subresource,
-            retry_after=retry_after,
-            message=message,
+        subresource: str | None | EllipsisType = ...,
+    ) -> builtins.list[dict[str, Any]]:
+        """The operator's requests that match (all namespaces unless ``namespace``)."""
+        found = []
+        for event in self.operator_requests(since):
+            ref = event.get("objectRef") or {}
+            if (
+                (verb is None or event["verb"] == verb)
+                and (resource is None or ref.get("resource") == resource)
+                and (code is None or (event.get("responseStatus") or {}).get("code") == code)
+                and (namespace is None or ref.get("namespace") == namespace)
+                and (subresource is ... or ref.get("subresource") == subresource)
+            ):
+                found.append(event)
+        return found
+
+    def count_requests(self, verb: str | None = None, resource: str | None = None, **kw: Any) -> int:
+        """How many of the operator's requests match."""
+        return len(self.request_list(verb, resource, **kw))
+
+    def count_writes(
+        self, resource: str | None = None, *, since: int | None = None
+    ) -> Counter[tuple[str, str, str | None]]:
+        """The operator's writes by (verb, resource, subresource)."""
+        return Counter(
+            (e["verb"], e["objectRef"]["resource"], e["objectRef"].get("subresource"))
+            for e in self.request_list(resource=resource, since=since)
+            if e["verb"] in WRITE_VERBS
         )
-        assert self.emulator is not None
-        emulator = self.emulator
-        return self.call(lambda: emulator.faults.add(fault))
+
+    def verbs_used(self, *, since: int | None = None) -> set[tuple[str, str, str]]:
+        """(group, resource[/subresource], verb) of every call the operator made."""
+        used = set()
+        for event in self.operator_requests(since):
+            ref = event.get("objectRef")
+            if not ref:
+                continue  # discovery and other non-resource URLs
+            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        return used
+
+    def inject_fault(self, code: int, **kwargs: Any) -> Fault:
+        """Answer the next matching requests of the operator with ``code`` (see FaultProxy)."""
+        return self.proxy.inject_fault(code, **kwargs)
 
     def clear_faults(self) -> None:
-        """Disarm all injected faults."""
-        assert self.emulator is not None
-        emulator = self.emulator
-        self.call(emulator.faults.clear)
+        self.proxy.clear_faults()
 
-    def compact(self) -> None:
-        """Drop watch history so resuming watches get 410 Gone (as after etcd compaction)."""
-        self.call(self.store.compact)
-
-    # --- control-plane knobs -------------------------------------------------------------------
+    # --- node and pod knobs (our kubelet) ------------------------------------------------------
 
     def add_node(self, spec: NodeSpec) -> None:
-        """Register another node."""
-        self.call(lambda: self.plane.add_node(spec))
+        self.kubelet.add_node(spec)
 
     def delete_node(self, name: str) -> None:
-        """Delete a node (its pods are force-deleted by the pod GC)."""
-        self.call(lambda: self.plane.delete_node(name))
+        self.kubelet.delete_node(name)
 
     def set_node_ready(self, name: str, ready: bool) -> None:
-        """Lose a node (False: processes die, pods stay Running) or bring it back."""
-        self.call(lambda: self.plane.set_node_ready(name, ready))
+        self.kubelet.set_node_ready(name, ready)
 
     def cordon(self, name: str, unschedulable: bool = True) -> None:
-        """Cordon or uncordon a node."""
-        self.call(lambda: self.plane.cordon(name, unschedulable))
+        self.kubelet.cordon(name, unschedulable)
 
     def set_node_capacity(self, name: str, **changes: Any) -> None:
-        """Change allocatable ``gpus``, ``cpu`` or ``pods`` of a node."""
-        self.call(lambda: self.plane.set_node_capacity(name, **changes))
+        self.kubelet.set_node_capacity(name, **changes)
 
     def set_node_behaviour(self, name: str, **behaviour: Any) -> None:
-        """``start_delay=`` seconds (slow node) or ``fail_exit_code=`` (every pod fails)."""
-        self.call(lambda: self.plane.set_node_behaviour(name, **behaviour))
+        self.kubelet.set_node_behaviour(name, **behaviour)
 
-    def evict_pod(
-        self,
-        name: str,
-        namespace: str = "default",
-        *,
-        via_api: bool = False,
-        message: str = "The node was low on resource: memory.",
-    ) -> None:
-        """Evict a pod (kubelet-style by default: Failed/Evicted with DisruptionTarget)."""
-        self.call_async(lambda: self.plane.evict(namespace, name, via_api=via_api, message=message))
+    def evict_pod(self, name: str, namespace: str | None = None, **kwargs: Any) -> None:
+        self.kubelet.evict(namespace or self.namespace, name, **kwargs)
 
-    def oom_kill(self, name: str, namespace: str = "default") -> None:
-        """Kill a pod's container like the OOM killer (exit 137, reason OOMKilled)."""
-        self.call(lambda: self.plane.oom_kill(namespace, name))
+    def oom_kill(self, name: str, namespace: str | None = None) -> None:
+        self.kubelet.oom_kill(namespace or self.namespace, name)
 
-    def pod_pid(self, name: str, namespace: str = "default") -> int | None:
-        """The pid of a pod's running container process."""
-        return self.call(lambda: self.plane.pod_pid(namespace, name))
+    def pod_pid(self, name: str, namespace: str | None = None) -> int | None:
+        return self.kubelet.pod_pid(namespace or self.namespace, name)
 
-    def pod_log(self, name: str, namespace: str = "default") -> str | None:
-        """A pod's container output."""
-        return self.call(lambda: self.plane.pod_log(namespace, name))
+    def pod_log(self, name: str, namespace: str | None = None) -> str | None:
+        return self.kubelet.pod_log(namespace or self.namespace, name)
 
     def running_processes(self) -> int:
-        """Container processes currently alive."""
-        return self.call(self.plane.running_processes)
+        return self.kubelet.running_processes()
 
     # --- diagnostics ---------------------------------------------------------------------------
 
-    def dump(self, resources: Sequence[str] = ("jobs", "pods", "nodes")) -> str:
-        """A compact text dump of objects, for assertion messages."""
+    def dump(self, resources: Sequence[str] = ("jobs", "pods")) -> str:
+        """A compact text dump of the namespace's objects and the nodes, for failure messages."""
         lines = []
-        for ref in resources:
+        for ref in (*resources, "nodes"):
             for obj in self.list(ref):
                 meta, status = obj["metadata"], obj.get("status") or {}
                 summary = {
                     k: status[k] for k in ("phase", "active", "succeeded", "failed") if k in status
                 }
+                node = (obj.get("spec") or {}).get("nodeName", "")
                 conditions = [f"{c['type']}={c['status']}" for c in status.get("conditions") or []]
                 lines.append(
-                    f"{obj['kind']} {meta.get('namespace', '')}/{meta['name']} "
-                    f"{json.dumps(summary)} {' '.join(conditions)}"
+                    f"{obj['kind']} {meta['name']} {node} {json.dumps(summary)} "
+                    f"{' '.join(conditions)}"
                 )
         return "\n".join(lines)
+
+
+def apply(
+    api: SyncApi,
+    discovery: Discovery,
+    docs: Iterable[Mapping[str, Any]],
+    namespace: str | None = None,
+) -> None:
+    """Create each object, or replace it when it exists (CRDs are waited for until served)."""
+    for doc in docs:
+        res = discovery.of(doc)
+        ns = ((doc.get("metadata") or {}).get("namespace") or namespace) if res.namespaced else None
+        name = doc["metadata"]["name"]
+        try:
+            api.request("POST", res.path(ns), doc)
+        except ApiError as error:
+            if error.code != 409:
+                raise
+            current = api.request("GET", res.path(ns, name))
+            body = {**doc, "metadata": {**doc["metadata"], **_version_of(current)}}
+            api.request("PUT", res.path(ns, name), body)
+        if doc.get("kind") == "CustomResourceDefinition":
+            _wait_established(api, discovery, name)
+
+
+def _version_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    return {"resourceVersion": obj["metadata"]["resourceVersion"]}
+
+
+def _wait_established(api: SyncApi, discovery: Discovery, name: str) -> None:
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = api.request("GET", path)
+        conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
+        if conditions.get("Established") == "True":
+            discovery.refresh()
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"CRD {name} not established")
+
+
+def create_namespace(shared: Shared, namespace: str) -> None:
+    """A namespace whose default ServiceAccount exists (pods cannot be created before)."""
+    shared.api.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ApiError):
+            shared.api.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no default ServiceAccount in {namespace}")
+
+
+def operator_token(api: SyncApi) -> str:
+    """A token of deploy/'s ServiceAccount, as the operator's pod would mount."""
+    path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{OPERATOR_ACCOUNT}/token"
+    review = api.request("POST", path, {"spec": {"expirationSeconds": 86400}})
+    return str(review["status"]["token"])
+
+
+@contextlib.contextmanager
+def start_cluster(
+    directory: Path,
+    *,
+    nodes: Sequence[NodeSpec] | None = None,
+    settings: KubeletSettings | None = None,
+    namespace: str = "default",
+) -> Iterator[Cluster]:
+    """A control plane with the project installed, our kubelet and its nodes; a view of it."""
+    with ControlPlane(directory) as plane:
+        admin = plane.identities["admin"].token
+        api = SyncApi(plane.url, admin, plane.ca_file)
+        discovery = Discovery(api)
+        discovery.refresh()
+        project = [doc for name in PROJECT_MANIFESTS for doc in load_documents(ROOT / "deploy" / name)]
+        apply(api, discovery, project)
+        token = operator_token(api)
+        kubelet = Kubelet(
+            plane.url,
+            plane.identities["kubelet"].token,
+            plane.ca_file,
+            default_nodes() if nodes is None else nodes,
+            settings,
+        ).start()
+        shared = Shared(plane, kubelet, api, discovery, token)
+        try:
+            if namespace != "default":
+                create_namespace(shared, namespace)
+            cluster = Cluster(shared, namespace)
+            try:
+                wait_nodes_schedulable(cluster)
+                yield cluster
+            finally:
+                cluster.proxy.stop()
+        finally:
+            kubelet.stop()
+
+
+def wait_nodes_schedulable(cluster: Cluster, timeout: float = 30.0) -> None:
+    """Until every node of the kubelet is Ready and free of the not-ready taint."""
+
+    def ready() -> bool:
+        nodes = cluster.list("nodes", None)
+        names = {n["metadata"]["name"] for n in nodes}
+        if names < set(cluster.kubelet.nodes):
+            return False
+        for node in nodes:
+            taints = {t["key"] for t in node["spec"].get("taints") or []}
+            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions") or []}
+            if "node.kubernetes.io/not-ready" in taints or conditions.get("Ready") != "True":
+                return False
+        return True
+
+    cluster.wait_for(ready, timeout, message="nodes Ready and schedulable")
