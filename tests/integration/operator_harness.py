@@ -92,11 +92,16 @@ def running_operator(
     *,
     namespaces: Iterable[str] | None = None,
     env: Mapping[str, str] | None = None,
+    kubeconfig: Path | None = None,
     resync_seconds: float = 1.0,
     debounce_seconds: float = 0.05,
     startup_timeout: float = 30.0,
 ) -> Iterator[RunningOperator]:
-    """Run the operator (watching the test's namespace, or ``namespaces``; () for all)."""
+    """Run the operator (watching the test's namespace, or ``namespaces``; () for all).
+
+    It acts as deploy/'s ServiceAccount through the test's fault proxy, unless ``kubeconfig``
+    names other credentials (e.g. the ServiceAccount a Helm release made).
+    """
     port = free_port()
     watched = [cluster.namespace] if namespaces is None else list(namespaces)
     argv = [
@@ -112,7 +117,7 @@ def running_operator(
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
         "LANG": "C.UTF-8",
-        "KUBECONFIG": str(cluster.operator_kubeconfig),
+        "KUBECONFIG": str(kubeconfig or cluster.operator_kubeconfig),
         **(env or {}),
     }
     log_path = cluster.operator_kubeconfig.with_name(f"operator-{port}.log")
