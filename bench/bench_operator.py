@@ -1,9 +1,9 @@
-"""The operator's load on the API server, measured on the emulated cluster.
+"""The operator's load on the API server, measured on the real control plane.
 
 For one MicrotaskJob of N microtasks (default 10,000) it prints the API write requests the operator
-made per microtask, with 100 microtasks per shard and with 1, and the time from the MicrotaskJob's
-creation to its first Jobs. Prints figures; asserts nothing. Needs the dev install (the emulator is
-the test harness).
+made per microtask (from the API server's audit log), with 100 microtasks per shard and with 1, and
+the time from the MicrotaskJob's creation to its first Jobs. Prints figures; asserts nothing. Needs
+the dev install and hack/kube-binaries.sh (the control plane and our kubelet are the test harness).
 
     .venv/bin/python bench/bench_operator.py [--total N] [--parallelism P]
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,8 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import project_crds  # noqa: E402
-from tests.integration.harness.cluster import Cluster  # noqa: E402
+from tests.integration.harness.cluster import start_cluster  # noqa: E402
 from tests.integration.operator_harness import (  # noqa: E402
     microtask_job,
     running_operator,
@@ -29,26 +29,26 @@ from tests.integration.operator_harness import (  # noqa: E402
 
 
 def measure(total: int, per_shard: int, parallelism: int) -> dict[str, float]:
-    cluster = Cluster(crds=project_crds()).start()
-    try:
-        with running_operator(cluster):
-            mark = cluster.mark()
-            created = time.monotonic()
-            cluster.create(
-                microtask_job("bench", total=total, per_shard=per_shard, parallelism=parallelism)
-            )
-            cluster.wait_for(
-                lambda: cluster.list("jobs", "default", labels="microtask.dev/job=bench"),
-                timeout=60,
-                interval=0.005,
-                message="first Jobs",
-            )
-            first_jobs = time.monotonic() - created
-            status = wait_phase(cluster, "bench", timeout=3600)["status"]
-            elapsed = time.monotonic() - created
-            writes: Counter[tuple[str, str, str | None]] = cluster.count_writes(since=mark)
-    finally:
-        cluster.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-operator-") as workdir,
+        start_cluster(Path(workdir)) as cluster,
+        running_operator(cluster),
+    ):
+        mark = cluster.mark()
+        created = time.monotonic()
+        cluster.create(
+            microtask_job("bench", total=total, per_shard=per_shard, parallelism=parallelism)
+        )
+        cluster.wait_for(
+            lambda: cluster.list("jobs", labels="microtask.dev/job=bench"),
+            timeout=60,
+            interval=0.005,
+            message="first Jobs",
+        )
+        first_jobs = time.monotonic() - created
+        status = wait_phase(cluster, "bench", timeout=3600)["status"]
+        elapsed = time.monotonic() - created
+        writes: Counter[tuple[str, str, str | None]] = cluster.count_writes(since=mark)
     total_writes = sum(writes.values())
     return {
         "phase_ok": float(status["phase"] == "Succeeded"),
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, default=20)
     args = parser.parse_args()
     rows = [(per_shard, measure(args.total, per_shard, args.parallelism)) for per_shard in (100, 1)]
-    print(f"{args.total:,} microtasks, parallelism {args.parallelism}, emulated cluster")
+    print(f"{args.total:,} microtasks, parallelism {args.parallelism}, real control plane")
     print(
         f"{'per shard':>9}{'writes':>9}{'per microtask':>15}{'Job creates':>13}"
         f"{'status writes':>15}{'first Jobs':>12}{'total s':>9}  ok"

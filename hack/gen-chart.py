@@ -85,6 +85,8 @@ class Optional:
     value: str
     after: str
     scalar: bool = False
+    # How a scalar renders the value (`.`), e.g. `join "," . | quote` for a list.
+    pipeline: str = ". | quote"
 
 
 @dataclass(frozen=True)
@@ -173,15 +175,19 @@ EDITS: dict[tuple[str, str], list[tuple[FieldPath, Edit]]] = {
         (POD, Optional("tolerations", ".Values.tolerations", "nodeSelector")),
         ((*INIT, "image"), Expr(IMAGE)),
         ((*INIT, "imagePullPolicy"), Expr("{{ .Values.image.pullPolicy }}")),
+        # deploy/ gives no value (all namespaces): an empty one would be dropped by the API
+        # server and re-sent by every `kubectl apply`.
         (
-            _env(INIT, "MICROTASK_NAMESPACES"),
-            Expr('{{ join "," .Values.watchNamespaces | quote }}'),
+            (*INIT, "env", {"name": "MICROTASK_NAMESPACES"}),
+            Optional("value", ".Values.watchNamespaces", "name", True, 'join "," . | quote'),
         ),
         ((*OPERATOR, "image"), Expr(IMAGE)),
         ((*OPERATOR, "imagePullPolicy"), Expr("{{ .Values.image.pullPolicy }}")),
+        # deploy/ gives no value (all namespaces): an empty one would be dropped by the API
+        # server and re-sent by every `kubectl apply`.
         (
-            _env(OPERATOR, "MICROTASK_NAMESPACES"),
-            Expr('{{ join "," .Values.watchNamespaces | quote }}'),
+            (*OPERATOR, "env", {"name": "MICROTASK_NAMESPACES"}),
+            Optional("value", ".Values.watchNamespaces", "name", True, 'join "," . | quote'),
         ),
         (_env(OPERATOR, "MICROTASK_METRICS_PORT"), Expr("{{ .Values.metrics.port | quote }}")),
         (_env(OPERATOR, "MICROTASK_HEALTH_PORT"), Expr("{{ .Values.health.port | quote }}")),
@@ -219,15 +225,10 @@ EDITS: dict[tuple[str, str], list[tuple[FieldPath, Edit]]] = {
 DASHBOARD_VALUE_LABELS = {"grafana_dashboard"}
 
 # When only some namespaces are watched, kopf peers in each of them (namespaced
-# KopfPeering instead of ClusterKopfPeering) and lists/watches namespaces to learn
-# which exist; a cluster-wide kopf does neither.
+# KopfPeering instead of ClusterKopfPeering). Given exact names, the operator turns
+# kopf's namespace scanning off, so namespaces are never listed either way.
 CLUSTER_PEERINGS = "clusterkopfpeerings"
 NAMESPACED_PEERINGS = "kopfpeerings"
-NAMESPACES_RULE: dict[str, Any] = {
-    "apiGroups": [""],
-    "resources": ["namespaces"],
-    "verbs": ["list", "watch"],
-}
 
 
 def _rbac_edits(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[FieldPath, Edit]]]:
@@ -235,8 +236,7 @@ def _rbac_edits(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[
 
     The rules stay written once, in deploy/20-rbac.yaml. With watchNamespaces set,
     the peering rules move from the cluster-wide role to the workloads role (as
-    kopfpeerings; that role is then bound in each watched namespace only) and
-    namespaces list/watch is added to the cluster-wide role.
+    kopfpeerings; that role is then bound in each watched namespace only).
     """
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
     cluster_rules = roles[DEFAULT_NAME]["rules"]
@@ -252,9 +252,7 @@ def _rbac_edits(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[
     cluster_only = [r for r in cluster_rules if CLUSTER_PEERINGS not in r["resources"]]
     condition = ".Values.watchNamespaces"
     return {
-        ("ClusterRole", DEFAULT_NAME): [
-            (("rules",), Switch(condition, [*cluster_only, NAMESPACES_RULE]))
-        ],
+        ("ClusterRole", DEFAULT_NAME): [(("rules",), Switch(condition, cluster_only))],
         ("ClusterRole", f"{DEFAULT_NAME}-workloads"): [
             (("rules",), Switch(condition, [*workload_rules, *namespaced_peering]))
         ],
@@ -400,7 +398,7 @@ def _expand(line: str, marks: Marks) -> str:
         return f"{pad}{key}: |\n{pad}  {get}"
     if isinstance(edit, Optional):
         if edit.scalar:
-            body = f"{pad}{edit.key}: {_tag(' . | quote')}"
+            body = f"{pad}{edit.key}: {_tag(' ' + edit.pipeline)}"
         else:
             body = f"{pad}{edit.key}:\n{pad}  {_tag(f'- toYaml . | nindent {inner}')}"
         return f"{pad}{_tag(f'- with {edit.value}')}\n{body}\n{end}"

@@ -31,7 +31,7 @@ components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 log() { printf 'kube-binaries: %s\n' "$*" >&2; }
 
 # sum.golang.org is not reachable from every machine that runs this; go.sum pins every hash.
-export GOSUMDB=off GOFLAGS=-mod=readonly
+export GOSUMDB=off GOFLAGS="-mod=readonly -buildvcs=false"
 
 update() {
   local version=${KUBE_VERSION#v} mod

@@ -2,7 +2,7 @@
 
 Used by the manifest tests (deploy/'s rules hold no wildcard and nothing beyond
 the operator's needs) and by the API-level tests, which check every request the
-operator makes against the emulator with `rules_allow`.
+operator made (from the real API server's audit log) with `rules_allow`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """End-to-end scenarios on a real cluster (kind via hack/kind-e2e.sh, or any cluster).
 
-The same scenarios the API-level tests run against the emulator, here with the
-real API server, scheduler, job controller, kubelet and Pod Security admission.
+The same scenarios the API-level tests run on the real control plane with our
+kubelet, here with a real kubelet, container runtime and images too.
 The MicrotaskJobs run a tiny Python worker in the runner image; each test uses
 its own namespace, which enforces Pod Security "restricted".
 """

@@ -1,9 +1,12 @@
-"""Rebalancing end to end on the emulated cluster: unschedulable GPUs, a lost node, a slow pod and
-a node whose pods always fail — the same policies the simulator exercises at scale."""
+"""Rebalancing end to end on the real control plane: unschedulable GPUs, a lost node, a slow pod
+and a node whose pods always fail — the same policies the simulator exercises at scale.
+
+Each test changes nodes, so each starts a cluster of its own."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.integration.harness.cluster import Cluster
@@ -18,7 +21,7 @@ from tests.integration.operator_harness import (
 def reasons(cluster: Cluster) -> set[str]:
     return {
         str(e.get("message", "")).split(":")[0]
-        for e in cluster.list("events", "default")
+        for e in cluster.list("events")
         if e.get("reason") == "Rebalanced"
     }
 
@@ -26,12 +29,13 @@ def reasons(cluster: Cluster) -> set[str]:
 def pods_of(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     return [
         p
-        for p in cluster.list("pods", "default")
+        for p in cluster.list("pods")
         if (p["metadata"].get("labels") or {}).get("microtask.dev/job") == name
     ]
 
 
-def test_gpu_pool_full_falls_back_to_cpu(cluster: Cluster) -> None:
+def test_gpu_pool_full_falls_back_to_cpu(cluster_factory: Callable[..., Cluster]) -> None:
+    cluster = cluster_factory()
     for node in ("gpu-0", "gpu-1"):
         cluster.set_node_capacity(node, gpus=0)
     with running_operator(cluster) as op:
@@ -54,7 +58,10 @@ def test_gpu_pool_full_falls_back_to_cpu(cluster: Cluster) -> None:
         op.assert_clean()
 
 
-def test_a_lost_node_loses_no_microtask_and_spends_no_attempt(cluster: Cluster) -> None:
+def test_a_lost_node_loses_no_microtask_and_spends_no_attempt(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory()
     slow = ["python3", "-c", "import time; time.sleep(0.2)"]
     with running_operator(cluster) as op:
         cluster.create(
@@ -87,7 +94,9 @@ def test_a_lost_node_loses_no_microtask_and_spends_no_attempt(cluster: Cluster) 
         op.assert_clean()
 
 
-def test_a_slow_pod_gets_a_speculative_copy_and_counts_once(cluster_factory: Any) -> None:
+def test_a_slow_pod_gets_a_speculative_copy_and_counts_once(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
     cluster = cluster_factory()
     quick = ["python3", "-c", "pass"]
     with running_operator(cluster) as op:
@@ -117,7 +126,10 @@ def test_a_slow_pod_gets_a_speculative_copy_and_counts_once(cluster_factory: Any
         op.assert_clean()
 
 
-def test_a_node_whose_pods_always_fail_is_excluded_and_the_job_succeeds(cluster: Cluster) -> None:
+def test_a_node_whose_pods_always_fail_is_excluded_and_the_job_succeeds(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory()
     cluster.set_node_behaviour("cpu-0", fail_exit_code=7)
     with running_operator(cluster) as op:
         cluster.create(
@@ -142,8 +154,9 @@ def test_a_node_whose_pods_always_fail_is_excluded_and_the_job_succeeds(cluster:
         op.assert_clean()
 
 
-def test_status_and_metrics_name_each_rebalance(cluster: Cluster) -> None:
+def test_status_and_metrics_name_each_rebalance(cluster_factory: Callable[..., Cluster]) -> None:
     """One run with two kinds of trouble: both reasons show in status, metrics and Events."""
+    cluster = cluster_factory()
     for node in ("gpu-0", "gpu-1"):
         cluster.set_node_capacity(node, gpus=0)
     with running_operator(cluster) as op:

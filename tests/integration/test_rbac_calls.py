@@ -1,20 +1,21 @@
 """RBAC against reality: the operator's ServiceAccount is granted exactly the calls it makes.
 
-The operator runs as deployed (all namespaces) through scenarios that touch every kind of call:
-create, harvest and delete Jobs, suspend them, read a ConfigMap, write status, post Events,
-confirm a conflicting create. The emulator's request log is then compared with deploy/'s rules,
-both ways.
+The operator runs as deployed (all namespaces, deploy/'s ServiceAccount, so the API server's
+RBAC authorizer judges every call) through scenarios that touch every kind of call: create,
+harvest and delete Jobs, suspend them, read a ConfigMap, write status, post Events, confirm a
+conflicting create. The API server's audit log of its calls is then compared with deploy/'s
+rules, both ways.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 
 from tests.integration.harness.cluster import Cluster
-from tests.integration.operator_harness import FAST, microtask_job, running_operator, wait_phase
+from tests.integration.operator_harness import microtask_job, running_operator, wait_phase
 from tests.rbac import operator_rules, rules_allow
 
-# Granted but not called in these scenarios, each for a reason the emulator cannot show.
+# Granted but not called in these scenarios, each for a reason these scenarios cannot show.
 NOT_EXERCISED = {
     # kopf peering, used with two replicas (tests run standalone); the init container creates it.
     ("kopf.dev", "clusterkopfpeerings", "list"),
@@ -25,18 +26,20 @@ NOT_EXERCISED = {
 }
 
 
-def test_the_operator_calls_exactly_what_rbac_grants(cluster: Cluster) -> None:
+def test_the_operator_calls_exactly_what_rbac_grants(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory()  # of its own: a cluster-wide operator sees every namespace
     cluster.create(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "words", "namespace": "default"},
+            "metadata": {"name": "words"},
             "data": {"list": "a\nb\nc\nd\n"},
         }
     )
-    config = dataclasses.replace(FAST, namespaces=())
     mark = cluster.mark()
-    with running_operator(cluster, config) as op:
+    with running_operator(cluster, namespaces=()) as op:
         from_map = microtask_job("from-map", per_shard=2, parallelism=2)
         from_map["spec"]["items"] = {"configMapRef": {"name": "words", "key": "list"}}
         cluster.create(from_map)
@@ -59,7 +62,7 @@ def test_the_operator_calls_exactly_what_rbac_grants(cluster: Cluster) -> None:
         )
         cluster.create(slow)
         cluster.wait_for(
-            lambda: cluster.list("jobs", "default", labels="microtask.dev/job=paused"),
+            lambda: cluster.list("jobs", labels="microtask.dev/job=paused"),
             timeout=20,
             message="jobs of paused",
         )
@@ -70,6 +73,8 @@ def test_the_operator_calls_exactly_what_rbac_grants(cluster: Cluster) -> None:
             assert wait_phase(cluster, name, timeout=60)["status"]["phase"] == "Succeeded"
         op.assert_clean()
     used = cluster.verbs_used(since=mark)
+    refused = cluster.request_list(code=403, since=mark)
+    assert refused == [], f"calls the API server's RBAC refused: {refused}"
     rules = operator_rules()
 
     def allowed(group: str, resource: str, verb: str) -> bool:

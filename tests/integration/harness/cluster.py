@@ -237,7 +237,7 @@ class Cluster:
     def list(
         self,
         resource: str,
-        namespace: str | None | EllipsisType = ...,
+        namespace: str | EllipsisType | None = ...,
         labels: str | None = None,
         fields: str | None = None,
     ) -> builtins.list[dict[str, Any]]:
@@ -245,7 +245,9 @@ class Cluster:
         res = self.resource(resource)
         ns = self.namespace if namespace is ... else namespace
         params = {"labelSelector": labels, "fieldSelector": fields}
-        listing = self.api.request("GET", res.path(self._ns(res, ns) if ns else None), params=params)
+        listing = self.api.request(
+            "GET", res.path(self._ns(res, ns) if ns else None), params=params
+        )
         items: builtins.list[dict[str, Any]] = listing.get("items") or []
         for item in items:  # list items carry no type; callers and dumps want it
             item.setdefault("kind", res.kind)
@@ -342,7 +344,7 @@ class Cluster:
         since: int | None = None,
         code: int | None = None,
         namespace: str | None = None,
-        subresource: str | None | EllipsisType = ...,
+        subresource: str | EllipsisType | None = ...,
     ) -> builtins.list[dict[str, Any]]:
         """The operator's requests that match (all namespaces unless ``namespace``)."""
         found = []
@@ -358,7 +360,9 @@ class Cluster:
                 found.append(event)
         return found
 
-    def count_requests(self, verb: str | None = None, resource: str | None = None, **kw: Any) -> int:
+    def count_requests(
+        self, verb: str | None = None, resource: str | None = None, **kw: Any
+    ) -> int:
         """How many of the operator's requests match."""
         return len(self.request_list(verb, resource, **kw))
 
@@ -379,7 +383,9 @@ class Cluster:
             ref = event.get("objectRef")
             if not ref:
                 continue  # discovery and other non-resource URLs
-            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            resource = ref["resource"] + (
+                f"/{ref['subresource']}" if ref.get("subresource") else ""
+            )
             used.add((ref.get("apiGroup", ""), resource, event["verb"]))
         return used
 
@@ -389,6 +395,10 @@ class Cluster:
 
     def clear_faults(self) -> None:
         self.proxy.clear_faults()
+
+    def cut_watches(self) -> int:
+        """End every watch stream the operator has open (as an API server restart would)."""
+        return self.proxy.cut_watches(abort=True)
 
     # --- node and pod knobs (our kubelet) ------------------------------------------------------
 
@@ -477,7 +487,9 @@ def _wait_established(api: SyncApi, discovery: Discovery, name: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         crd = api.request("GET", path)
-        conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
+        conditions = {
+            c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []
+        }
         if conditions.get("Established") == "True":
             discovery.refresh()
             return
@@ -518,7 +530,9 @@ def start_cluster(
         api = SyncApi(plane.url, admin, plane.ca_file)
         discovery = Discovery(api)
         discovery.refresh()
-        project = [doc for name in PROJECT_MANIFESTS for doc in load_documents(ROOT / "deploy" / name)]
+        project = [
+            doc for name in PROJECT_MANIFESTS for doc in load_documents(ROOT / "deploy" / name)
+        ]
         apply(api, discovery, project)
         token = operator_token(api)
         kubelet = Kubelet(

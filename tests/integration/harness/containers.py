@@ -132,7 +132,9 @@ async def _materialize_volume(
         data = _data(obj, plural)
         items = ref.get("items")
         selected = (
-            [(i["key"], i.get("path", i["key"])) for i in items] if items else [(k, k) for k in data]
+            [(i["key"], i.get("path", i["key"])) for i in items]
+            if items
+            else [(k, k) for k in data]
         )
         for key, path in selected:
             if key not in data:

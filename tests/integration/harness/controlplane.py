@@ -214,13 +214,16 @@ class ControlPlane:
             "admin": Identity(ADMIN_USER, secrets.token_hex(16), ("system:masters",)),
             # Our kubelet plays every node at once, so it cannot be one system:node:NAME; it
             # acts with full rights, as the one component this project fakes.
-            "kubelet": Identity("microtask-test-kubelet", secrets.token_hex(16), ("system:masters",)),
+            "kubelet": Identity(
+                "microtask-test-kubelet", secrets.token_hex(16), ("system:masters",)
+            ),
             "controller-manager": Identity("system:kube-controller-manager", secrets.token_hex(16)),
             "scheduler": Identity("system:kube-scheduler", secrets.token_hex(16)),
         }
         rows = [
-            f'{i.token},{i.name},{i.name},"{",".join(i.groups)}"' if i.groups else
-            f"{i.token},{i.name},{i.name}"
+            f'{i.token},{i.name},{i.name},"{",".join(i.groups)}"'
+            if i.groups
+            else f"{i.token},{i.name},{i.name}"
             for i in self.identities.values()
         ]
         (self.directory / "tokens.csv").write_text("\n".join(rows) + "\n")
@@ -273,7 +276,7 @@ class ControlPlane:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
-                # The `kubernetes` Service cannot point at a loopback address; nothing here needs it.
+                # The `kubernetes` Service cannot point at a loopback address; nothing needs it.
                 "--endpoint-reconciler-type=none",
                 f"--secure-port={port}",
                 f"--cert-dir={self.directory / 'apiserver-certs'}",

@@ -30,7 +30,7 @@ import signal
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
@@ -214,6 +214,7 @@ class Kubelet:
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> the pod as last watched
         self.runs: dict[str, PodRun] = {}
         self._finalizing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._ips = itertools.count(2)
         self._node_index = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -329,6 +330,12 @@ class Kubelet:
         self.leaked_processes = self.running_processes_now()
         self.runs.clear()
 
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """A task of its own, kept referenced until done (the loop holds tasks only weakly)."""
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -388,11 +395,11 @@ class Kubelet:
                 if run is None or run.ended:
                     if uid not in self._finalizing:
                         self._finalizing.add(uid)
-                        asyncio.create_task(self._finalize(pod))
+                        self._spawn(self._finalize(pod))
                 elif run.kill_reason is None:
                     run.kill_reason = "deleted"
                     grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 0)
-                    asyncio.create_task(self._terminate(run, grace))
+                    self._spawn(self._terminate(run, grace))
                 continue
             if run is None and (pod.get("status") or {}).get("phase", "Pending") == "Pending":
                 run = PodRun(
@@ -455,7 +462,9 @@ class Kubelet:
                 ("PIDPressure", "KubeletHasSufficientPID"),
             ):
                 set_condition(status, type_, "False", reason, f"kubelet has {reason[10:]}")
-            set_condition(status, "Ready", "True", "KubeletReady", "kubelet is posting ready status")
+            set_condition(
+                status, "Ready", "True", "KubeletReady", "kubelet is posting ready status"
+            )
             for condition in status["conditions"]:
                 condition["lastHeartbeatTime"] = now_iso()
 
@@ -586,9 +595,10 @@ class Kubelet:
         try:
             launch = await prepare(self.api, pod, run.workdir, self.settings)
         except ContainerConfigError as exc:
-            if exc.reason == "CreateContainerConfigError":
+            reason, message = exc.reason, exc.message
+            if reason == "CreateContainerConfigError":
                 # Stays Pending with a waiting container, as the kubelet keeps retrying.
-                await self._pod_status(run, lambda s: _waiting(s, pod, exc.reason, exc.message))
+                await self._pod_status(run, lambda s: _waiting(s, pod, reason, message))
                 self.runs.pop(run.uid, None)
                 return
             await self._mark_running(run, pod)
@@ -627,7 +637,9 @@ class Kubelet:
         if run.kill_reason == "lost":
             return  # a lost node reports nothing
         message = termination_message(container, launch.report_path, log_path, exit_code)
-        reason = "OOMKilled" if run.kill_reason == "oom" else "Completed" if not exit_code else "Error"
+        reason = (
+            "OOMKilled" if run.kill_reason == "oom" else "Completed" if not exit_code else "Error"
+        )
         await self._finish(run, exit_code, reason, message)
 
     async def _mark_running(self, run: PodRun, pod: Mapping[str, Any]) -> None:
