@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,18 +15,22 @@ import yaml
 from tests.manifests.support import KIND_CONFIG, ROOT, gen_chart, values_defaults
 
 KIND_E2E = ROOT / "hack" / "kind-e2e.sh"
+SCRIPTS = sorted((ROOT / "hack").glob("*.sh"))
 
 
-def test_kind_e2e_is_strict_bash() -> None:
-    text = KIND_E2E.read_text()
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_scripts_are_strict_bash(script: Path) -> None:
+    text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
-    subprocess.run(["bash", "-n", str(KIND_E2E)], check=True)
+    assert os.access(script, os.X_OK), "not executable: the README runs it as hack/NAME.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-def test_kind_e2e_is_shellcheck_clean() -> None:
-    subprocess.run(["shellcheck", str(KIND_E2E)], check=True)
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_scripts_are_shellcheck_clean(script: Path) -> None:
+    subprocess.run(["shellcheck", str(script)], check=True)
 
 
 def _sed(expression: str, path: str) -> str:
