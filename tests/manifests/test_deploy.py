@@ -297,7 +297,8 @@ def test_operator_settings_probes_and_ports() -> None:
     deploy = deployment(objects)
     operator = container(deploy, "operator")
     settings = env(operator)
-    assert settings["MICROTASK_NAMESPACES"] == ""  # all namespaces
+    # No value (not "", which the API server drops, so `kubectl apply` re-sends it): all.
+    assert "MICROTASK_NAMESPACES" in settings and settings["MICROTASK_NAMESPACES"] is None
     assert settings["MICROTASK_PEERING"] == deploy["metadata"]["name"]
     assert settings["MICROTASK_METRICS_PORT"] == "8080"
     assert settings["MICROTASK_HEALTH_PORT"] == "8081"

@@ -68,6 +68,9 @@ _VALIDATIONS: dict[tuple[str, ...], list[dict[str, str]]] = {
         {
             "rule": "!has(self.spec.dependsOn) || !(self.metadata.name in self.spec.dependsOn)",
             "message": "a MicrotaskJob cannot depend on itself",
+            # A rule of the root needs metadata.name; fieldPath makes the API server's error
+            # name the field at fault (`spec.dependsOn: Invalid value...`) instead of `<nil>`.
+            "fieldPath": ".spec.dependsOn",
         }
     ],
 }
