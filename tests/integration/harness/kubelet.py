@@ -30,7 +30,7 @@ import signal
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
@@ -274,10 +274,10 @@ class Kubelet:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
-    def _call(self, fn: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+    def _call(self, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 30.0) -> T:
         if self._loop is None:
             raise RuntimeError("the kubelet is not running")
-        future = asyncio.run_coroutine_threadsafe(fn(), self._loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(fn(), self._loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -412,9 +412,17 @@ class Kubelet:
                 self.runs[uid] = run
                 run.task = asyncio.create_task(self._run_pod(run), name=f"pod {run.name}")
         for uid, run in list(self.runs.items()):
-            if uid not in self.pods and run.ended and run.kill_reason != "lost":
+            if uid in self.pods or run.kill_reason == "lost":
+                continue
+            if run.ended:
                 self.runs.pop(uid, None)
                 shutil.rmtree(run.workdir, ignore_errors=True)
+            elif run.kill_reason is None:
+                # Gone from the API while its container runs (a forced deletion whose
+                # deletionTimestamp update and DELETED event came in one pass): a kubelet
+                # kills the containers of pods it no longer finds.
+                run.kill_reason = "deleted"
+                self._spawn(self._terminate(run, 0))
         self._finalizing &= set(self.pods)
 
     # --- nodes ---------------------------------------------------------------------------------
