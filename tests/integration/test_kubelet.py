@@ -792,6 +792,37 @@ def test_a_missing_command_fails_like_a_start_error(cluster: Cluster) -> None:
     assert "definitely-not-a-command-xyz" in state["message"]
 
 
+def test_restart_policy_always_and_on_failure_restart_the_container(cluster: Cluster) -> None:
+    """As a Deployment's pod: restarted in CrashLoopBackOff, never Failed; OnFailure ends on 0."""
+    cluster.create(pod("crashing", ["sh", "-c", "echo run; exit 3"], restartPolicy="Always"))
+
+    def crashed() -> dict[str, Any] | None:
+        found = cluster.get("pods", "crashing")
+        statuses = ((found or {}).get("status") or {}).get("containerStatuses") or [{}]
+        return found if statuses[0].get("restartCount", 0) >= 1 else None
+
+    entry = cluster.wait_for(crashed, 20, message="a restart")["status"]["containerStatuses"][0]
+    assert entry["lastState"]["terminated"]["exitCode"] == 3
+    assert entry["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert cluster.get("pods", "crashing")["status"]["phase"] == "Running"  # type: ignore[index]
+    cluster.create(pod("once", ["true"], restartPolicy="OnFailure"))
+    state = terminated(wait_phase(cluster, "once", "Succeeded"))
+    assert state["exitCode"] == 0
+    cluster.create(pod("no-command", [], restartPolicy="Always"))
+    cluster.wait_for(
+        lambda: (
+            (
+                ((cluster.get("pods", "no-command") or {}).get("status") or {}).get(
+                    "containerStatuses", [{}]
+                )[0]
+            ).get("restartCount", 0)
+            >= 1
+        ),
+        20,
+        message="a container that cannot start, restarted",
+    )
+
+
 def test_no_process_outlives_the_cluster(tmp_path: Path) -> None:
     with start_cluster(tmp_path, nodes=[cpu_node("cpu-0")]) as cluster:
         cluster.create(

@@ -39,7 +39,13 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .apiclient import MERGE_PATCH, ApiError, AsyncApi
-from .containers import ContainerConfigError, ContainerSettings, prepare, termination_message
+from .containers import (
+    ContainerConfigError,
+    ContainerSettings,
+    Launch,
+    prepare,
+    termination_message,
+)
 
 __all__ = [
     "GPU_LABEL",
@@ -165,6 +171,7 @@ class KubeletSettings(ContainerSettings):
 
     heartbeat_seconds: float = 1.0
     resync_seconds: float = 0.5  # a pass over the pods even without news (missed events)
+    crash_backoff_seconds: float = 10.0  # first CrashLoopBackOff delay (the kubelet's)
     max_grace_seconds: float = 30.0  # cap for termination grace periods (keeps tests bounded)
     workdir: Path | None = None  # per-pod directories go here (a temporary directory otherwise)
 
@@ -600,8 +607,9 @@ class Kubelet:
         container = pod["spec"]["containers"][0]
         behaviour = self.behaviours[run.node]
         run.workdir.mkdir(parents=True, exist_ok=True)
+        failure = (0, "", "")
         try:
-            launch = await prepare(self.api, pod, run.workdir, self.settings)
+            launch: Launch | None = await prepare(self.api, pod, run.workdir, self.settings)
         except ContainerConfigError as exc:
             reason, message = exc.reason, exc.message
             if reason == "CreateContainerConfigError":
@@ -609,9 +617,8 @@ class Kubelet:
                 await self._pod_status(run, lambda s: _waiting(s, pod, reason, message))
                 self.runs.pop(run.uid, None)
                 return
-            await self._mark_running(run, pod)
-            await self._finish(run, 128, exc.reason, exc.message)
-            return
+            # Nothing to start (no command): the container fails to start, every time.
+            launch, failure = None, (128, reason, message)
         await self._mark_running(run, pod)
         if behaviour.start_delay:
             await asyncio.sleep(behaviour.start_delay)
@@ -622,8 +629,32 @@ class Kubelet:
         if behaviour.fail_exit_code is not None:
             await self._finish(run, behaviour.fail_exit_code, "Error", "")
             return
+        restarts = 0
+        while True:
+            if launch is None:
+                ended: tuple[int, str, str] | None = failure
+            else:
+                ended = await self._run_container(run, launch, container)
+            if ended is None:
+                return  # a lost node reports nothing
+            exit_code, reason, message = ended
+            if run.kill_reason is not None or not _restarts(pod, exit_code):
+                await self._finish(run, exit_code, reason, message)
+                return
+            # restartPolicy Always (a Deployment's pod) or OnFailure: the container is started
+            # again after a back-off that doubles, as the kubelet's CrashLoopBackOff does.
+            restarts += 1
+            delay = min(self.settings.crash_backoff_seconds * 2 ** (restarts - 1), 300.0)
+            await self._crashed(run, ended, restarts, delay)
+            await asyncio.sleep(delay)
+            await self._pod_status(run, _restarted)
+
+    async def _run_container(
+        self, run: PodRun, launch: Launch, container: Mapping[str, Any]
+    ) -> tuple[int, str, str] | None:
+        """Run the container's process to its end: (exit code, reason, message); None if lost."""
         log_path = run.workdir / "container.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             try:
                 run.process = await asyncio.create_subprocess_exec(
                     *launch.argv,
@@ -636,19 +667,44 @@ class Kubelet:
                 )
             except OSError as exc:
                 message = f"failed to create task: exec: {launch.argv[0]!r}: {exc.strerror}"
-                await self._finish(run, 128, "StartError", message)
-                return
+                return 128, "StartError", message
             returncode = await run.process.wait()
         # The main process is gone: tear down whatever it left behind, as a container would.
         _kill_group(run)
         exit_code = returncode if returncode >= 0 else 128 - returncode
         if run.kill_reason == "lost":
-            return  # a lost node reports nothing
+            return None
         message = termination_message(container, launch.report_path, log_path, exit_code)
         reason = (
             "OOMKilled" if run.kill_reason == "oom" else "Completed" if not exit_code else "Error"
         )
-        await self._finish(run, exit_code, reason, message)
+        return exit_code, reason, message
+
+    async def _crashed(
+        self, run: PodRun, ended: tuple[int, str, str], restarts: int, delay: float
+    ) -> None:
+        exit_code, reason, message = ended
+        finished = now_iso()
+
+        def crashed(status: dict[str, Any]) -> None:
+            for condition in ("ContainersReady", "Ready"):
+                set_condition(status, condition, "False", "ContainersNotReady")
+            entry = (status.get("containerStatuses") or [{}])[0]
+            last = {"exitCode": exit_code, "reason": reason, "finishedAt": finished}
+            last["startedAt"] = (entry.get("state") or {}).get("running", {}).get("startedAt")
+            if message:
+                last["message"] = message
+            entry["lastState"] = {"terminated": {k: v for k, v in last.items() if v}}
+            entry["restartCount"] = restarts
+            entry["ready"], entry["started"] = False, False
+            entry["state"] = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:g}s restarting failed container",
+                }
+            }
+
+        await self._pod_status(run, crashed)
 
     async def _mark_running(self, run: PodRun, pod: Mapping[str, Any]) -> None:
         run.started_at = now_iso()
@@ -916,6 +972,20 @@ class Kubelet:
         return sum(
             1 for r in self.runs.values() if r.process is not None and r.process.returncode is None
         )
+
+
+def _restarts(pod: Mapping[str, Any], exit_code: int) -> bool:
+    """Whether the kubelet starts the container again (pods default to restartPolicy Always)."""
+    policy = pod["spec"].get("restartPolicy", "Always")
+    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+
+
+def _restarted(status: dict[str, Any]) -> None:
+    for condition in ("ContainersReady", "Ready"):
+        set_condition(status, condition, "True")
+    entry = (status.get("containerStatuses") or [{}])[0]
+    entry["ready"], entry["started"] = True, True
+    entry["state"] = {"running": {"startedAt": now_iso()}}
 
 
 def _kill_group(run: PodRun) -> None:
