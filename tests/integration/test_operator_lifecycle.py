@@ -100,6 +100,55 @@ def test_cross_field_rules_are_refused_by_the_api_server(cluster: Cluster) -> No
         raise AssertionError("the API server accepted hardAfterFailures < softAfterFailures")
 
 
+def test_shard_pods_pass_pod_security_restricted_admission(shared_cluster: Cluster) -> None:
+    """The real PodSecurity admission, enforcing "restricted", admits every pod the operator
+    makes: CPU and GPU shards, and ConfigMap items mounted as a volume."""
+    cluster = shared_cluster.view(labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    try:
+        plain = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "plain"},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}]},
+        }
+        try:
+            cluster.create(plain)
+        except ApiError as error:  # the enforcement is on: a pod as users write it is refused
+            assert error.code == 403 and "violates PodSecurity" in error.message, error
+        else:
+            raise AssertionError("a pod with no securityContext was admitted")
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "words"},
+                "data": {"list": "a\nb\nc\n"},
+            }
+        )
+        from_map = microtask_job("from-map", per_shard=2, parallelism=2)
+        from_map["spec"]["items"] = {"configMapRef": {"name": "words", "key": "list"}}
+        with running_operator(cluster) as op:
+            cluster.create(microtask_job("on-cpu", total=6, per_shard=3, parallelism=2))
+            cluster.create(
+                microtask_job(
+                    "on-gpu", total=4, per_shard=2, parallelism=2, placement={"accelerator": "gpu"}
+                )
+            )
+            cluster.create(from_map)
+            for name in ("on-cpu", "on-gpu", "from-map"):
+                status = wait_phase(cluster, name, timeout=60)["status"]
+                assert status["phase"] == "Succeeded", (name, status)
+            refused = [
+                e["message"]
+                for e in cluster.list("events", fields="reason=FailedCreate")
+                if "violates PodSecurity" in e.get("message", "")
+            ]
+            assert refused == []
+            op.assert_clean()
+    finally:
+        cluster.close()
+
+
 def test_deleting_a_job_removes_its_jobs_and_metric_series(cluster: Cluster) -> None:
     with running_operator(cluster) as op:
         cluster.create(microtask_job("doomed", total=200, per_shard=5, parallelism=3, command=SLOW))

@@ -160,10 +160,12 @@ class Cluster:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def view(self, namespace: str | None = None) -> Cluster:
+    def view(
+        self, namespace: str | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> Cluster:
         """Another view of this cluster, with a new namespace (created and ready)."""
         namespace = namespace or f"t-{secrets.token_hex(4)}"
-        create_namespace(self.shared, namespace)
+        create_namespace(self.shared, namespace, labels)
         return Cluster(self.shared, namespace)
 
     def close(self) -> None:
@@ -497,9 +499,12 @@ def _wait_established(api: SyncApi, discovery: Discovery, name: str) -> None:
     raise TimeoutError(f"CRD {name} not established")
 
 
-def create_namespace(shared: Shared, namespace: str) -> None:
+def create_namespace(
+    shared: Shared, namespace: str, labels: Mapping[str, str] | None = None
+) -> None:
     """A namespace whose default ServiceAccount exists (pods cannot be created before)."""
-    shared.api.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    metadata = {"name": namespace, "labels": dict(labels or {})}
+    shared.api.request("POST", "/api/v1/namespaces", {"metadata": metadata})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(ApiError):
