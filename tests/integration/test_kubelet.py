@@ -26,7 +26,7 @@ from microtask_runner.report import Report
 
 from tests.integration.harness.cluster import Cluster, start_cluster
 from tests.integration.harness.containers import expand_vars
-from tests.integration.harness.kubelet import cpu_node, gpu_node
+from tests.integration.harness.kubelet import cpu_node, gpu_node, process_alive
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -204,15 +204,6 @@ def terminated(pod_obj: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 # --- Job controller + our kubelet ------------------------------------------------------------
 
 
@@ -298,7 +289,7 @@ def test_active_deadline_fails_the_job_and_kills_its_pod(cluster: Cluster) -> No
     assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
     assert condition(failed, "FailureTarget")["reason"] == "DeadlineExceeded"
     cluster.wait_for(lambda: not pods_of(cluster, "slow"), message="the killed pod to be removed")
-    assert not alive(pid)
+    assert not process_alive(pid)
 
 
 def test_suspend_deletes_active_pods_and_resume_starts_new_ones(cluster: Cluster) -> None:
@@ -311,7 +302,7 @@ def test_suspend_deletes_active_pods_and_resume_starts_new_ones(cluster: Cluster
     suspended = wait_job(cluster, "pausable", "Suspended")
     assert condition(suspended, "Suspended")["reason"] == "JobSuspended"
     cluster.wait_gone("pods", first)
-    assert not alive(pid)
+    assert not process_alive(pid)
     status = (cluster.get("jobs", "pausable") or {})["status"]
     assert "active" not in status and "failed" not in status
     assert "Failed" not in conditions(cluster.get("jobs", "pausable"))
@@ -358,10 +349,11 @@ def test_deleting_a_job_removes_its_running_pods(cluster: Cluster) -> None:
     cluster.wait_for(released, message="the orphan to be released")
     assert (cluster.get("pods", pods["orphaned"]) or {})["status"]["phase"] == "Running"
     orphan_pid = pids["orphaned"]
-    assert orphan_pid is not None and alive(orphan_pid)
+    assert orphan_pid is not None and process_alive(orphan_pid)
     deleted = [pid for name, pid in pids.items() if pid and name != "orphaned"]
     cluster.wait_for(
-        lambda: not any(alive(pid) for pid in deleted), message="the deleted pods' processes to die"
+        lambda: not any(process_alive(pid) for pid in deleted),
+        message="the deleted pods' processes to die",
     )
 
 
@@ -608,7 +600,7 @@ def test_a_lost_node_kills_processes_and_leaves_pods_running(
     wait_phase(cluster, "doomed", "Running")
     pid = wait_pid(cluster, "stuck")
     cluster.set_node_ready("cpu-0", False)
-    cluster.wait_for(lambda: not alive(pid), message="the container process to die")
+    cluster.wait_for(lambda: not process_alive(pid), message="the container process to die")
     cluster.delete("pods", "doomed")  # nobody on the lost node can finish this deletion
 
     unreachable = {
@@ -662,7 +654,7 @@ def test_deleting_a_node_deletes_its_pods_and_fails_their_job(
     [running] = cluster.wait_for(lambda: running_pods_of(cluster, "victim"))
     pid = wait_pid(cluster, running["metadata"]["name"])
     cluster.delete_node("cpu-1")
-    cluster.wait_for(lambda: not alive(pid), message="the container process to die")
+    cluster.wait_for(lambda: not process_alive(pid), message="the container process to die")
     # The real pod GC deletes pods bound to a missing node only after a 40 s quarantine,
     # checked every 20 s (the emulator did it at once): hence slow, with a generous bound.
     failed = wait_job(cluster, "victim", "Failed", timeout=120)
@@ -717,7 +709,7 @@ def test_api_eviction_deletes_the_pod_gracefully(cluster: Cluster) -> None:
     assert terminating["metadata"]["deletionGracePeriodSeconds"] == 3
     assert condition(terminating, "DisruptionTarget")["reason"] == "EvictionByEvictionAPI"
     cluster.wait_gone("pods", "evictee")
-    assert not alive(pid)
+    assert not process_alive(pid)
 
 
 def test_pod_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster: Cluster) -> None:
@@ -737,7 +729,7 @@ def test_pod_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster:
     assert terminating["metadata"]["deletionGracePeriodSeconds"] == 1
     cluster.wait_gone("pods", "stubborn")
     assert time.monotonic() - started >= 1.0, "SIGTERM is ignored: only SIGKILL ends it"
-    assert not alive(pid)
+    assert not process_alive(pid)
 
     cluster.create(pod("polite", SLEEP))
     wait_log(cluster, "polite", "ready\n")
@@ -758,7 +750,7 @@ def test_force_deletion_kills_the_container(cluster: Cluster) -> None:
     # `kubectl delete --force --grace-period=0`: the object goes at once, the kubelet kills.
     cluster.delete("pods", "forced", grace=0)
     assert cluster.get("pods", "forced") is None
-    cluster.wait_for(lambda: not alive(pid), message="the container process to die")
+    cluster.wait_for(lambda: not process_alive(pid), message="the container process to die")
 
 
 def test_oom_kill(cluster: Cluster) -> None:
@@ -832,11 +824,11 @@ def test_no_process_outlives_the_cluster(tmp_path: Path) -> None:
         parent = cluster.pod_pid("parent")
         assert parent is not None
         child = int((Path(f"/proc/{parent}/cwd") / "child.pid").read_text())
-        assert alive(parent) and alive(child)
+        assert process_alive(parent) and process_alive(child)
     # stop() has returned: it SIGKILLed the process group and reaped the main process; the
     # orphaned grandchild is reaped by init when the kernel gets to it, hence a bounded wait.
-    assert not alive(parent)
-    cluster.wait_for(lambda: not alive(child), timeout=10, message="the grandchild to die")
+    assert not process_alive(parent)
+    cluster.wait_for(lambda: not process_alive(child), timeout=10, message="the grandchild to die")
 
 
 def test_dollar_var_expansion() -> None:

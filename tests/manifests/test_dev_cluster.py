@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.harness.kubelet import process_alive
 from tests.kube_tools import CONTROL_PLANE, require
 from tests.manifests.support import ROOT
 
@@ -27,15 +28,6 @@ def test_dev_cluster_usage() -> None:
     result = subprocess.run([str(SCRIPT)], check=False, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "up|down|env" in result.stderr
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a detached process may go unreaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _pod_processes(state: Path) -> set[int]:
@@ -122,13 +114,13 @@ def test_dev_cluster_up_env_down(tmp_path: Path) -> None:
         }
         assert len(components) == 5  # this devcluster process and the four components
         processes = pods | components
-        assert all(_alive(pid) for pid in processes)
+        assert all(process_alive(pid) for pid in processes)
 
         started = time.monotonic()
         down = script("down", timeout=120)
         assert down.returncode == 0, down.stdout + down.stderr
         assert time.monotonic() - started < 60
-        assert not [pid for pid in processes if _alive(pid)]
+        assert not [pid for pid in processes if process_alive(pid)]
         assert not state.exists() and not kubeconfig.exists()
 
         down_again = script("down")

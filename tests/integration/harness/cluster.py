@@ -30,7 +30,7 @@ import yaml
 from .apiclient import MERGE_PATCH, ApiError, SyncApi
 from .controlplane import ControlPlane, kubeconfig
 from .faultproxy import Fault, FaultProxy
-from .kubelet import Kubelet, KubeletSettings, NodeSpec, default_nodes
+from .kubelet import Kubelet, KubeletSettings, NodeSpec, default_nodes, schedulable
 
 __all__ = ["OPERATOR_ACCOUNT", "ApiError", "Cluster", "Resource", "load_documents"]
 
@@ -565,15 +565,6 @@ def wait_nodes_schedulable(cluster: Cluster, timeout: float = 30.0) -> None:
     """Until every node of the kubelet is Ready and free of the not-ready taint."""
 
     def ready() -> bool:
-        nodes = cluster.list("nodes", None)
-        names = {n["metadata"]["name"] for n in nodes}
-        if names < set(cluster.kubelet.nodes):
-            return False
-        for node in nodes:
-            taints = {t["key"] for t in node["spec"].get("taints") or []}
-            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions") or []}
-            if "node.kubernetes.io/not-ready" in taints or conditions.get("Ready") != "True":
-                return False
-        return True
+        return schedulable(cluster.list("nodes", None), cluster.kubelet.nodes)
 
     cluster.wait_for(ready, timeout, message="nodes Ready and schedulable")

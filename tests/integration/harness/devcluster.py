@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .controlplane import ControlPlane
-from .kubelet import Kubelet, KubeletSettings, default_nodes
+from .kubelet import Kubelet, KubeletSettings, default_nodes, schedulable
 
 __all__ = ["admin_kubeconfig", "main"]
 
@@ -97,15 +97,7 @@ def write_private(path: Path, text: str) -> None:
 
 def nodes_schedulable(plane: ControlPlane, names: set[str]) -> bool:
     """Every node registered, Ready and without the not-ready taint."""
-    nodes = plane.request("GET", "/api/v1/nodes").get("items") or []
-    if {n["metadata"]["name"] for n in nodes} < names:
-        return False
-    for node in nodes:
-        taints = {t["key"] for t in node["spec"].get("taints") or []}
-        conditions = {c["type"]: c["status"] for c in node["status"].get("conditions") or []}
-        if "node.kubernetes.io/not-ready" in taints or conditions.get("Ready") != "True":
-            return False
-    return True
+    return schedulable(plane.request("GET", "/api/v1/nodes").get("items") or [], names)
 
 
 def wait_nodes(plane: ControlPlane, names: set[str]) -> None:

@@ -56,6 +56,8 @@ __all__ = [
     "cpu_node",
     "default_nodes",
     "gpu_node",
+    "process_alive",
+    "schedulable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -972,6 +974,28 @@ class Kubelet:
         return sum(
             1 for r in self.runs.values() if r.process is not None and r.process.returncode is None
         )
+
+
+def schedulable(nodes: Iterable[Mapping[str, Any]], names: Iterable[str]) -> bool:
+    """Whether every named node is registered, Ready and free of the not-ready taint."""
+    nodes = list(nodes)
+    if {n["metadata"]["name"] for n in nodes} < set(names):
+        return False
+    for node in nodes:
+        taints = {t["key"] for t in node["spec"].get("taints") or []}
+        conditions = {c["type"]: c["status"] for c in node["status"].get("conditions") or []}
+        if "node.kubernetes.io/not-ready" in taints or conditions.get("Ready") != "True":
+            return False
+    return True
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (a detached process may go unreaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _restarts(pod: Mapping[str, Any], exit_code: int) -> bool:
