@@ -84,11 +84,13 @@ build_control_plane() {
   ldflags+=" -X $pkg.gitTreeState=clean"
   log "building kube-apiserver, kube-controller-manager, kube-scheduler $KUBE_VERSION and etcd"
   log "$ETCD_VERSION from source (a cold build takes a while; it is cached afterwards)"
+  # A few hundred "go: downloading" lines say nothing; errors still reach stderr.
   (cd hack/kube && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler)
-  (cd hack/kube && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+    k8s.io/kubernetes/cmd/kube-scheduler) 2> >(grep -v '^go: downloading ' >&2)
+  (cd hack/kube && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3) \
+    2> >(grep -v '^go: downloading ' >&2)
   rm -rf "$kube_dir"
   mv "$tmp" "$kube_dir"   # all or nothing: a half-built directory is never taken for a cache
   log "built in $(($(date +%s) - start)) s into $kube_dir"

@@ -488,6 +488,17 @@ class Kubelet:
         await self._update_status(f"/api/v1/nodes/{spec.name}", None, change)
 
     async def _renew_lease(self, state: NodeState) -> None:
+        """Renew (or create) the node's Lease; a concurrent renewal's 409 means read again."""
+        for _ in range(5):
+            try:
+                await self._renew_lease_once(state)
+                return
+            except ApiError as error:
+                if error.code != 409:
+                    raise
+        raise RuntimeError(f"lease of {state.spec.name}: too many conflicts")
+
+    async def _renew_lease_once(self, state: NodeState) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
         name = state.spec.name
         try:
@@ -815,9 +826,10 @@ class Kubelet:
 
         async def recover() -> None:
             state = self.nodes[name]
-            state.lost = False
+            # Renewed before the heartbeat loop takes the node back, so the two do not race.
             await self._renew_lease(state)
             await self._post_node_status(state)
+            state.lost = False
             for run in [r for r in self.runs.values() if r.node == name]:
                 if run.kill_reason != "lost":
                     continue
