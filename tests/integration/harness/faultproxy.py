@@ -31,6 +31,7 @@ The proxy runs its own event loop in a daemon thread, so synchronous tests drive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import threading
@@ -656,7 +657,10 @@ class FaultProxy:
                 return
         except ConnectionResetError:
             return  # the client went away; nothing left to deliver
-        await response.write_eof()
+        # The client may also go away right at the end (a watch it stopped, an operator that
+        # exits): the end of a body nobody reads is not an error.
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
 
 
 _API_REQUEST_FIELDS = frozenset(f.name for f in fields(ApiRequest))
