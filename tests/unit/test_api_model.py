@@ -144,11 +144,11 @@ def test_the_model_dumps_back_to_camel_case() -> None:
 @pytest.mark.parametrize(
     ("items", "path", "words"),
     [
-        ({}, "spec.items", "exactly one of range, list, configMapRef (found: none)"),
+        ({}, "spec.items", "exactly one of range, list, configMapRef, fromJob (found: none)"),
         (
             {"range": {"end": 3}, "list": [1]},
             "spec.items",
-            "exactly one of range, list, configMapRef (found: range, list)",
+            "exactly one of range, list, configMapRef, fromJob (found: range, list)",
         ),
         ({"range": {"start": 5, "end": 5}}, "spec.items.range.end", "greater than start (5)"),
         ({"range": {"end": 10, "step": 0}}, "spec.items.range.step", "at least 1"),

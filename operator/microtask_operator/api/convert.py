@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from microtask_runner.indexset import IndexSet
 
 from microtask_operator.api.items import total_microtasks
 from microtask_operator.api.model import MicrotaskJob, MicrotaskJobSpec
@@ -22,14 +26,19 @@ def to_core_spec(
     config_map_data: Mapping[str, str] | None = None,
     *,
     total: int | None = None,
+    universe: IndexSet | None = None,
 ) -> CoreSpec:
     """The decision-relevant part of a validated spec.
 
     The number of microtasks is `total` when given, else counted from the items (a
     `configMapRef` source needs the ConfigMap's `data`; ItemsError when it is missing).
+    `universe`, when given, holds the microtasks' indexes (a rerun of some of another job's) and
+    sets the total.
     """
     spec = job.spec if isinstance(job, MicrotaskJob) else job
-    if total is None:
+    if universe is not None:
+        total = len(universe)
+    elif total is None:
         total = total_microtasks(spec, config_map_data)
     retry = spec.retry
     speculation = spec.speculation
@@ -47,6 +56,8 @@ def to_core_spec(
             max_backoff_seconds=retry.max_backoff_seconds,
             non_retryable_exit_codes=frozenset(retry.non_retryable_exit_codes),
             max_failed_microtasks=retry.max_failed_microtasks,
+            max_failed_fraction=retry.max_failed_fraction,
+            retry_command_not_found=retry.retry_command_not_found,
         ),
         speculation=SpeculationPolicy(
             enabled=speculation.enabled,
@@ -65,4 +76,32 @@ def to_core_spec(
         job_timeout_seconds=spec.timeouts.job_seconds,
         suspend=spec.suspend,
         keep_failed_shards=spec.keep_failed_shards,
+        universe=universe,
+        cpu_per_pod=cpu_request(spec.template.spec.containers[0].model_extra or {}),
+        gpus_per_pod=spec.placement.gpu.count,
     )
+
+
+def cpu_request(worker: Mapping[str, Any]) -> float:
+    """Cores the worker requests (its limit when only that is set; 1 when neither is)."""
+    resources = worker.get("resources") or {}
+    for kind in ("requests", "limits"):
+        amount = (resources.get(kind) or {}).get("cpu")
+        if amount is not None:
+            cores = parse_cpu(str(amount))
+            if cores is not None:
+                return cores
+    return 1.0
+
+
+def parse_cpu(quantity: str) -> float | None:
+    """A Kubernetes CPU quantity (`2`, `500m`, `0.25`) in cores; None if it is not one."""
+    text = quantity.strip()
+    scale = Decimal(1)
+    if text.endswith("m"):
+        text, scale = text[:-1], Decimal("0.001")
+    try:
+        value = Decimal(text) * scale
+    except InvalidOperation:
+        return None
+    return float(value) if value.is_finite() and value > 0 else None

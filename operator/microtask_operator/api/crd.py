@@ -79,7 +79,9 @@ _VALIDATIONS: dict[tuple[str, ...], list[dict[str, str]]] = {
 # "Exactly one of" as OpenAPI `oneOf` over `required`, not CEL: CEL sees only fields it can type,
 # and `items.list` (entries of any JSON type) has none, so a rule naming it does not compile.
 _EXACTLY_ONE_OF: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("spec", "items"): ("range", "list", "configMapRef"),
+    ("spec", "items"): ("range", "list", "configMapRef", "fromJob"),
+    ("spec", "output"): ("s3", "volume"),
+    ("spec", "output", "volume"): ("name", "claimName"),
 }
 
 

@@ -298,8 +298,21 @@ class ConfigMapItems(_Strict):
     """`lines`: item i is line i (a final newline ends the last line); `json`: a JSON array."""
 
 
+class FromJobItems(_Strict):
+    """The items of another MicrotaskJob of the namespace, restricted to what it did not finish.
+
+    A rerun: the microtasks keep their indexes and items from that job, and their records go to
+    that job's result store, so `microtask results` sees one merged job.
+    """
+
+    name: JobName
+    """The MicrotaskJob whose items are rerun; it must have finished (Succeeded or Failed)."""
+    indexes: Literal["failed"] = "failed"
+    """Which of its microtasks: `failed`, every one that did not succeed (failed or never run)."""
+
+
 class Items(_Strict):
-    """What the microtasks work on: exactly one of `range`, `list` or `configMapRef`."""
+    """What the microtasks work on: exactly one of `range`, `list`, `configMapRef` or `fromJob`."""
 
     range_: RangeItems | None = Field(default=None, alias="range")
     """Numbers: microtask i gets `start + i*step`."""
@@ -310,14 +323,18 @@ class Items(_Strict):
     At most 10,000 entries and 256 KiB of JSON; larger lists belong in a ConfigMap."""
     config_map_ref: ConfigMapItems | None = None
     """Items from a ConfigMap key (lines of text or a JSON array)."""
+    from_job: FromJobItems | None = None
+    """Rerun what another MicrotaskJob did not finish, with its items, into its result store."""
 
     @property
-    def source(self) -> Literal["range", "list", "configMapRef"]:
+    def source(self) -> Literal["range", "list", "configMapRef", "fromJob"]:
         """Which item source is set."""
         if self.range_ is not None:
             return "range"
         if self.list_ is not None:
             return "list"
+        if self.from_job is not None:
+            return "fromJob"
         return "configMapRef"
 
     @model_validator(mode="after")
@@ -328,12 +345,15 @@ class Items(_Strict):
                 ("range", self.range_),
                 ("list", self.list_),
                 ("configMapRef", self.config_map_ref),
+                ("fromJob", self.from_job),
             )
             if value is not None
         ]
         if len(chosen) != 1:
             found = ", ".join(chosen) if chosen else "none"
-            raise field_error((), f"set exactly one of range, list, configMapRef (found: {found})")
+            raise field_error(
+                (), f"set exactly one of range, list, configMapRef, fromJob (found: {found})"
+            )
         if self.list_ is not None:
             _check_inline_items(self.list_)
         return self
@@ -542,6 +562,97 @@ class Placement(_Strict):
     """Spread the job's pods across nodes (topology spread on the hostname, best effort)."""
 
 
+# --- output ---------------------------------------------------------------------------------------
+
+#: Where the result store's volume is mounted in the worker (output.volume).
+OUTPUT_MOUNT_PATH = "/var/run/microtask/output"
+RESERVED_OUTPUT_VOLUME_NAME = "microtask-output"
+_S3_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
+_RELATIVE_PATH = r"^$|^[^/\s][^\s]*$"
+_ENDPOINT = r"^https?://[^\s/]+(/[^\s]*)?$"
+_REGION = r"^[a-z0-9-]{1,64}$"
+
+
+def _check_relative_path(value: str) -> str:
+    if not re.fullmatch(_RELATIVE_PATH, value) or ".." in value.split("/"):
+        raise ValueError(
+            f"{_shown(value)} must be a relative folder (no leading /, no `..`, no spaces)"
+        )
+    return value
+
+
+def _check_s3_url(value: str) -> str:
+    if not re.fullmatch(_S3_URL, value):
+        raise ValueError(f"{_shown(value)} must look like s3://bucket/prefix")
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    if not re.fullmatch(_ENDPOINT, value):
+        raise ValueError(f"{_shown(value)} must be an http:// or https:// URL")
+    return value
+
+
+def _check_region(value: str) -> str:
+    if not re.fullmatch(_REGION, value):
+        raise ValueError(f"{_shown(value)} is not a region name (e.g. us-east-1)")
+    return value
+
+
+class S3Output(_Strict):
+    """S3-compatible object storage (AWS S3, MinIO, ...)."""
+
+    url: Annotated[str, _schema(maxLength=1024, pattern=_S3_URL), AfterValidator(_check_s3_url)]
+    """`s3://bucket/prefix`: the job's records and logs go under `prefix/<job name>/`."""
+    endpoint: (
+        Annotated[str, _schema(maxLength=1024, pattern=_ENDPOINT), AfterValidator(_check_endpoint)]
+        | None
+    ) = None
+    """The service's URL, for storage other than AWS (e.g. `http://minio.storage:9000`)."""
+    region: (
+        Annotated[str, _schema(maxLength=64, pattern=_REGION), AfterValidator(_check_region)] | None
+    ) = None
+    """The bucket's region."""
+    secret_name: DnsSubdomain | None = None
+    """A Secret of the namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
+    optionally AWS_SESSION_TOKEN), given to the workers; unset: the pods' own credentials."""
+
+
+class VolumeOutput(_Strict):
+    """A volume: one of the pod template's volumes, or a PersistentVolumeClaim."""
+
+    name: ContainerName | None = None
+    """A volume of spec.template.spec.volumes."""
+    claim_name: DnsSubdomain | None = None
+    """A PersistentVolumeClaim of the namespace (ReadWriteMany when shards run on several
+    nodes)."""
+    path: Annotated[
+        str, _schema(maxLength=512, pattern=_RELATIVE_PATH), AfterValidator(_check_relative_path)
+    ] = ""
+    """A folder inside the volume; the job's records and logs go under `path/<job name>/`."""
+
+    @model_validator(mode="after")
+    def _check(self) -> VolumeOutput:
+        if (self.name is None) == (self.claim_name is None):
+            raise field_error((), "set exactly one of name (a template volume) or claimName")
+        return self
+
+
+class Output(_Strict):
+    """The result store: where every microtask's record and every shard's log go."""
+
+    s3: S3Output | None = None
+    """S3-compatible object storage."""
+    volume: VolumeOutput | None = None
+    """A volume mounted into every worker."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Output:
+        if (self.s3 is None) == (self.volume is None):
+            raise field_error((), "set exactly one of s3 or volume")
+        return self
+
+
 # --- policies -------------------------------------------------------------------------------------
 
 
@@ -560,6 +671,12 @@ class Retry(_Strict):
     """Exit codes that fail a microtask at once, without retries."""
     max_failed_microtasks: int = Field(default=0, ge=0, le=limits.MAX_FAILED_MICROTASKS)
     """Permanently failed microtasks tolerated before the job fails."""
+    max_failed_fraction: float | None = Field(default=None, ge=0, le=1)
+    """Permanently failed microtasks tolerated, as a fraction of all of them (0.05: up to 5%).
+    With maxFailedMicrotasks too, the larger allowance applies."""
+    retry_command_not_found: bool = False
+    """Retry microtasks whose command was not found (exit 127) or cannot be executed (126); off,
+    they fail at once: a retry would fail the same way."""
 
     @field_validator("non_retryable_exit_codes")
     @classmethod
@@ -683,6 +800,9 @@ class MicrotaskJobSpec(_Strict):
     """MicrotaskJobs of the same namespace that must succeed before this one starts."""
     keep_failed_shards: int = Field(default=3, ge=0, le=limits.MAX_KEEP_FAILED_SHARDS)
     """Failed shards' Jobs (and pods) kept for debugging; the others are deleted once harvested."""
+    output: Output | None = None
+    """The result store (S3 or a volume); unset: no records are kept on a cluster (`microtask
+    run` keeps them in a local folder)."""
 
     @field_validator("depends_on")
     @classmethod
@@ -709,6 +829,16 @@ class MicrotaskJobSpec(_Strict):
                 "required: the program run for each microtask (or set spec.callable to call a "
                 "Python function)",
             )
+        if self.output is not None and self.output.volume is not None:
+            wanted = self.output.volume.name
+            volumes = (self.template.spec.model_extra or {}).get("volumes") or []
+            names = [v.get("name") for v in volumes if isinstance(v, dict)]
+            if wanted is not None and wanted not in names:
+                raise field_error(
+                    ("output", "volume", "name"),
+                    f"no volume {wanted!r} in template.spec.volumes"
+                    + (f" (volumes: {', '.join(map(str, names))})" if names else ""),
+                )
         if self.items.list_ is not None:
             # The largest shard the core can form holds microtasksPerShard microtasks; their
             # items must fit one environment string of the worker.
@@ -798,6 +928,55 @@ class PoolDurations(_Strict):
     """Harvested shards with a failed microtask (the pool's failure rate)."""
 
 
+class FailureKind(_Strict):
+    """One kind of failure (an exit code or a pod-level reason), with a sample."""
+
+    exit_code: int | None = None
+    """The exit code (124 timeout, 126 not executable, 127 not found, 128+N signal N)."""
+    reason: str
+    """What it means, e.g. `exit 127 (command not found)`, `OOMKilled`, `timeout`."""
+    attempts: Count
+    """Failed attempts of this kind, retried or not."""
+    microtasks: Count | None = None
+    """Microtasks that failed permanently with it."""
+    sample_index: Count
+    """One microtask that failed this way."""
+    message: str | None = None
+    """Its error text (bounded)."""
+
+
+class ResourceUsage(_Strict):
+    """Pod time spent, weighted by what the pods requested (as Argo's resourcesDuration)."""
+
+    cpu_seconds: float = Field(ge=0)
+    """Run time of the shards' pods times their CPU request (1 core when unset)."""
+    gpu_seconds: float = Field(ge=0)
+    """Run time of GPU shards' pods times their GPU count."""
+    wasted_cpu_seconds: float = Field(ge=0)
+    """The part of cpuSeconds spent on work thrown away: failed attempts that were retried,
+    losing speculative copies, shards lost with their node or cancelled."""
+    wasted_gpu_seconds: float = Field(ge=0)
+    """The same for gpuSeconds."""
+
+
+class OutputStatus(_Strict):
+    """Where this job's records and logs are."""
+
+    url: str
+    """`s3://bucket/prefix/<job>`, or `volume://<volume or claim>/<path>/<job>`."""
+
+
+class SourceStatus(_Strict):
+    """items.fromJob, resolved when the job started (fixed from then on)."""
+
+    job: str
+    """The MicrotaskJob whose items are rerun."""
+    items: Items
+    """Its item source (range, list or configMapRef)."""
+    indexes: str
+    """The indexes rerun (an index set)."""
+
+
 class Condition(_Strict):
     """A Kubernetes-style condition."""
 
@@ -863,6 +1042,18 @@ class MicrotaskJobStatus(_Strict):
     """auto: new shards go to the CPU pool until then."""
     wasted_seconds: float | None = Field(default=None, ge=0)
     """Pod time spent on work that was thrown away (lost nodes, losing speculative copies)."""
+    not_run: Count | None = None
+    """Microtasks that never ran (a job that stopped early)."""
+    succeeded_after_retry: Count | None = None
+    """Succeeded microtasks that needed more than one attempt."""
+    failure_summary: list[FailureKind] | None = Field(default=None, max_length=10)
+    """The most frequent kinds of failure, each with a count and a sample."""
+    resources: ResourceUsage | None = None
+    """CPU- and GPU-seconds spent, and the share thrown away."""
+    output: OutputStatus | None = None
+    """The result store of this job's records and logs."""
+    source: SourceStatus | None = None
+    """items.fromJob as resolved at the start."""
     start_time: DateTime | None = None
     """When the first shard was created."""
     completion_time: DateTime | None = None

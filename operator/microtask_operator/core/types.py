@@ -54,6 +54,8 @@ class RetryPolicy:
     max_backoff_seconds: float = 300.0
     non_retryable_exit_codes: frozenset[int] = frozenset()
     max_failed_microtasks: int = 0
+    max_failed_fraction: float | None = None  # of the job's microtasks; the larger allowance wins
+    retry_command_not_found: bool = False  # 126/127 fail at once unless this is set
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class CoreSpec:
     job_timeout_seconds: float | None = None
     suspend: bool = False
     keep_failed_shards: int = 3
+    # The microtasks' indexes when they are not 0..total-1 (a rerun of another job's failures);
+    # total is then len(universe).
+    universe: IndexSet | None = None
+    # What one shard's pod holds, for the CPU- and GPU-seconds spent.
+    cpu_per_pod: float = 1.0
+    gpus_per_pod: int = 1
 
 
 @dataclass(frozen=True)
