@@ -8,6 +8,11 @@ recognises the Job (deterministic name `{mtj}-s{shard}`, labels in `labels.py`).
 
 The template is the user's; the builder only adds to it, and where it must override a value (the
 worker's command, restartPolicy) validation has already rejected conflicting settings.
+
+The worker's environment is the runner's contract (`microtask_runner.contract`): the shard
+(MICROTASK_JOB/SHARD/ATTEMPT/POOL/INDEXES/ITEMS), its node (MICROTASK_NODE, from the downward API)
+and, with `spec.output`, the result store: MICROTASK_OUTPUT_URL, plus for S3 the endpoint, region
+and the Secret's credentials (AWS_*), or for a volume its mount at OUTPUT_MOUNT_PATH.
 """
 
 from __future__ import annotations
@@ -19,10 +24,32 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from microtask_runner.contract import (
+    ENV_ATTEMPT,
+    ENV_CALLABLE,
+    ENV_INDEXES,
+    ENV_ITEMS,
+    ENV_JOB,
+    ENV_NODE,
+    ENV_OUTPUT_URL,
+    ENV_POOL,
+    ENV_S3_ENDPOINT,
+    ENV_SHARD,
+    ENV_TIMEOUT_SECONDS,
+)
+
 from microtask_operator import labels
-from microtask_operator.api.items import runner_items
-from microtask_operator.api.model import RESERVED_VOLUME_NAME, MicrotaskJob
+from microtask_operator.api.items import effective_items, runner_items
+from microtask_operator.api.model import (
+    OUTPUT_MOUNT_PATH,
+    RESERVED_OUTPUT_VOLUME_NAME,
+    RESERVED_VOLUME_NAME,
+    Items,
+    MicrotaskJob,
+    Output,
+)
 from microtask_operator.api.names import API_VERSION, KIND
+from microtask_operator.api.sources import pod_store_root, store_url
 from microtask_operator.core.types import Pool, ShardPlan
 from microtask_operator.settings import Settings
 
@@ -32,7 +59,10 @@ __all__ = [
     "ENV_INDEXES",
     "ENV_ITEMS",
     "ENV_JOB",
+    "ENV_NODE",
+    "ENV_OUTPUT_URL",
     "ENV_POOL",
+    "ENV_S3_ENDPOINT",
     "ENV_SHARD",
     "ENV_TIMEOUT_SECONDS",
     "OwnerMeta",
@@ -41,16 +71,7 @@ __all__ = [
     "parse_job_name",
 ]
 
-# The runner's inputs (microtask_runner.cli reads them).
-ENV_INDEXES = "MICROTASK_INDEXES"
-ENV_ITEMS = "MICROTASK_ITEMS"
-ENV_TIMEOUT_SECONDS = "MICROTASK_TIMEOUT_SECONDS"
-ENV_CALLABLE = "MICROTASK_CALLABLE"
-# Told to the worker so it can log, tag outputs or behave per attempt (as the local executor does).
-ENV_JOB = "MICROTASK_JOB"
-ENV_SHARD = "MICROTASK_SHARD"
-ENV_ATTEMPT = "MICROTASK_ATTEMPT"
-ENV_POOL = "MICROTASK_POOL"
+# The names the operator sets on the worker; the template's own values of them are dropped.
 _RUNNER_ENV = {
     ENV_INDEXES,
     ENV_ITEMS,
@@ -60,7 +81,15 @@ _RUNNER_ENV = {
     ENV_SHARD,
     ENV_ATTEMPT,
     ENV_POOL,
+    ENV_NODE,
+    ENV_OUTPUT_URL,
+    ENV_S3_ENDPOINT,
 }
+# The AWS SDKs' names, which the runner reads too; keys of the Secret named by output.s3.
+AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+AWS_REGION = "AWS_REGION"
 
 _JOB_NAME = re.compile(r"(?P<mtj>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-s(?P<shard>0|[1-9][0-9]*)")
 
@@ -177,33 +206,11 @@ def _set_gpu_resources(worker: dict[str, Any], resource: str, count: int | None)
         del worker["resources"]
 
 
-def build_job(
-    mtj: MicrotaskJob, meta: OwnerMeta | Mapping[str, str], plan: ShardPlan, settings: Settings
-) -> dict[str, Any]:
-    """The `batch/v1` Job running `plan`'s shard of `mtj`.
-
-    `meta` is the MicrotaskJob's name, namespace and uid as stored (the ownerReference needs the
-    uid). Raises ItemsError when the shard's inline items cannot be given to it.
-    """
-    spec = mtj.spec
-    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-    template = spec.template.model_dump(by_alias=True, exclude_unset=True)
-    shard_labels = _shard_labels(name, uid, plan, spec.queue_name)
-    indexes = plan.indexes.to_compact()
-
-    pod_meta: dict[str, Any] = template.get("metadata") or {}
-    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **shard_labels}
-    pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), labels.INDEXES: indexes}
-    pod: dict[str, Any] = template["spec"]
-    pod["restartPolicy"] = "Never"
-    if spec.priority_class_name:
-        pod["priorityClassName"] = spec.priority_class_name
-
-    # Placement: the shard's pool, then the nodes the core wants avoided.
-    placement = spec.placement
+def _place(pod: dict[str, Any], mtj: MicrotaskJob, plan: ShardPlan, settings: Settings) -> None:
+    """The shard's pool (affinity, selector, tolerations), the nodes to avoid, the spread."""
+    placement = mtj.spec.placement
     gpu = placement.gpu
     gpu_label = gpu.node_label or settings.gpu_node_label
-    gpu_resource = gpu.resource_name or settings.gpu_resource_name
     label_value = settings.gpu_node_label_value
     required: list[dict[str, Any]] = []
     if plan.pool is Pool.GPU:
@@ -254,9 +261,133 @@ def build_job(
                 "maxSkew": 1,
                 "topologyKey": labels.HOSTNAME,
                 "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": {labels.JOB: name}},
+                "labelSelector": {"matchLabels": {labels.JOB: mtj.name}},
             }
         )
+
+
+def _mount(
+    pod: dict[str, Any],
+    worker: dict[str, Any],
+    volume: dict[str, Any] | None,
+    mount: dict[str, Any],
+) -> None:
+    """Add `volume` (unless it is the template's own) and mount it in the worker.
+
+    A mount of the template's at the same path gives way: the operator's paths are its own.
+    """
+    if volume is not None:
+        pod.setdefault("volumes", []).append(volume)
+    mounts = [
+        m for m in worker.get("volumeMounts") or [] if m.get("mountPath") != mount["mountPath"]
+    ]
+    worker["volumeMounts"] = [*mounts, mount]
+
+
+def _mount_items(
+    pod: dict[str, Any], worker: dict[str, Any], items: Items, settings: Settings
+) -> str | None:
+    """Mount a configMapRef source's key; the path the runner reads it at (None: no file)."""
+    ref = items.config_map_ref
+    if ref is None:
+        return None
+    volume = {
+        "name": RESERVED_VOLUME_NAME,
+        "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+    }
+    mount = {"name": RESERVED_VOLUME_NAME, "mountPath": settings.items_mount_path, "readOnly": True}
+    _mount(pod, worker, volume, mount)
+    return f"{settings.items_mount_path}/{ref.key}"
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _wire_output(
+    pod: dict[str, Any], worker: dict[str, Any], output: Output, root: str
+) -> list[dict[str, Any]]:
+    """Give the worker the result store at `root` (its MICROTASK_OUTPUT_URL): mounts, env."""
+    env: list[dict[str, Any]] = [{"name": ENV_OUTPUT_URL, "value": root}]
+    if output.s3 is not None:
+        s3 = output.s3
+        if s3.endpoint is not None:
+            env.append({"name": ENV_S3_ENDPOINT, "value": s3.endpoint})
+        if s3.region is not None:
+            env.append({"name": AWS_REGION, "value": s3.region})
+        if s3.secret_name is not None:
+            env.append(_secret_env(AWS_ACCESS_KEY_ID, s3.secret_name, AWS_ACCESS_KEY_ID))
+            env.append(_secret_env(AWS_SECRET_ACCESS_KEY, s3.secret_name, AWS_SECRET_ACCESS_KEY))
+            env.append(
+                _secret_env(AWS_SESSION_TOKEN, s3.secret_name, AWS_SESSION_TOKEN, optional=True)
+            )
+        return env
+    volume = output.volume
+    assert volume is not None  # the model holds exactly one
+    if volume.name is not None:
+        _mount(pod, worker, None, {"name": volume.name, "mountPath": OUTPUT_MOUNT_PATH})
+    else:
+        claim = {
+            "name": RESERVED_OUTPUT_VOLUME_NAME,
+            "persistentVolumeClaim": {"claimName": volume.claim_name},
+        }
+        _mount(
+            pod,
+            worker,
+            claim,
+            {"name": RESERVED_OUTPUT_VOLUME_NAME, "mountPath": OUTPUT_MOUNT_PATH},
+        )
+    return env
+
+
+def _store_root(mtj: MicrotaskJob, url: str | None) -> str | None:
+    """The worker's MICROTASK_OUTPUT_URL: the store at `url`, else the job's own store."""
+    output = mtj.spec.output
+    if output is None:
+        return None
+    if url is not None:
+        root = pod_store_root(output, url)
+        if root is not None:
+            return root
+    own = pod_store_root(output, store_url(output, mtj.name))
+    assert own is not None
+    return own
+
+
+def build_job(
+    mtj: MicrotaskJob,
+    meta: OwnerMeta | Mapping[str, str],
+    plan: ShardPlan,
+    settings: Settings,
+    *,
+    store: str | None = None,
+    source: Items | None = None,
+) -> dict[str, Any]:
+    """The `batch/v1` Job running `plan`'s shard of `mtj`.
+
+    `meta` is the MicrotaskJob's name, namespace and uid as stored (the ownerReference needs the
+    uid). `store` is the job's result store root as its status names it (`status.output.url`;
+    None: the job's own store from `spec.output`); `source` holds a rerun's items
+    (`status.source.items`). Raises ItemsError when the shard's items cannot be given to it.
+    """
+    spec = mtj.spec
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    items = effective_items(mtj, source)
+    template = spec.template.model_dump(by_alias=True, exclude_unset=True)
+    shard_labels = _shard_labels(name, uid, plan, spec.queue_name)
+    indexes = plan.indexes.to_compact()
+
+    pod_meta: dict[str, Any] = template.get("metadata") or {}
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **shard_labels}
+    pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), labels.INDEXES: indexes}
+    pod: dict[str, Any] = template["spec"]
+    pod["restartPolicy"] = "Never"
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    _place(pod, mtj, plan, settings)
 
     # The worker: the runner runs the user's command once per microtask.
     worker: dict[str, Any] = pod["containers"][0]
@@ -264,35 +395,35 @@ def build_job(
     worker["command"] = list(settings.runner_command)
     if spec.callable_ is None:
         worker["args"] = ["--", *user_command]
-    items_file = None
-    if spec.items.config_map_ref is not None:
-        ref = spec.items.config_map_ref
-        items_file = f"{settings.items_mount_path}/{ref.key}"
-        pod.setdefault("volumes", []).append(
-            {
-                "name": RESERVED_VOLUME_NAME,
-                "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
-            }
-        )
-        worker.setdefault("volumeMounts", []).append(
-            {"name": RESERVED_VOLUME_NAME, "mountPath": settings.items_mount_path, "readOnly": True}
-        )
-    env = [e for e in worker.get("env") or [] if e.get("name") not in _RUNNER_ENV]
-    env.append({"name": ENV_JOB, "value": name})
-    env.append({"name": ENV_SHARD, "value": str(plan.shard_id)})
-    env.append({"name": ENV_ATTEMPT, "value": str(plan.attempt)})
-    env.append({"name": ENV_POOL, "value": plan.pool.value})
-    env.append({"name": ENV_INDEXES, "value": indexes})
-    items = runner_items(spec, plan.indexes, items_file)
+    items_file = _mount_items(pod, worker, items, settings)
+    env: list[dict[str, Any]] = [
+        {"name": ENV_JOB, "value": name},
+        {"name": ENV_SHARD, "value": str(plan.shard_id)},
+        {"name": ENV_ATTEMPT, "value": str(plan.attempt)},
+        {"name": ENV_POOL, "value": plan.pool.value},
+        {"name": ENV_NODE, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": ENV_INDEXES, "value": indexes},
+    ]
+    shard_items = runner_items(mtj, plan.indexes, items_file, source=source)
     env.append(
-        {"name": ENV_ITEMS, "value": json.dumps(items, separators=(",", ":"), ensure_ascii=False)}
+        {
+            "name": ENV_ITEMS,
+            "value": json.dumps(shard_items, separators=(",", ":"), ensure_ascii=False),
+        }
     )
     if spec.timeouts.microtask_seconds is not None:
         env.append({"name": ENV_TIMEOUT_SECONDS, "value": _number(spec.timeouts.microtask_seconds)})
     if spec.callable_ is not None:
         env.append({"name": ENV_CALLABLE, "value": spec.callable_})
-    worker["env"] = env
+    root = _store_root(mtj, store)
+    if root is not None:
+        assert spec.output is not None
+        env.extend(_wire_output(pod, worker, spec.output, root))
+    ours = _RUNNER_ENV | {e["name"] for e in env}
+    worker["env"] = [e for e in worker.get("env") or [] if e.get("name") not in ours] + env
     worker["terminationMessagePolicy"] = "File"
+    gpu = spec.placement.gpu
+    gpu_resource = gpu.resource_name or settings.gpu_resource_name
     _set_gpu_resources(worker, gpu_resource, gpu.count if plan.pool is Pool.GPU else None)
     # The fields a reader looks for first, first (the manifest is printed by `microtask plan`).
     first = ("name", "image", "command", "args", "env")

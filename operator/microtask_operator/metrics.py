@@ -1,7 +1,8 @@
 """Prometheus metrics of the operator, served on their own port at /metrics.
 
 Label values are bounded: namespaces, pools, outcomes, reasons, verbs and codes. No pod or Job names
-ever become labels; the one per-MicrotaskJob series (progress) exists only while that job is active.
+ever become labels. Per-MicrotaskJob series carry its name: progress exists only while that job is
+active; its resource and failure counters until the MicrotaskJob is deleted.
 """
 
 from __future__ import annotations
@@ -68,13 +69,34 @@ class Metrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.resource_seconds = Counter(
+            "microtask_resource_seconds_total",
+            "Pod run time of a MicrotaskJob's shards times what each pod holds (CPU cores, or "
+            "GPUs on the GPU pool). resource: cpu | gpu. use: useful | wasted (thrown away: "
+            "failed attempts that are retried, losing speculative copies, shards lost or "
+            "cancelled).",
+            ["namespace", "job", "resource", "use"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "microtask_failures_total",
+            "Failed microtask attempts of a MicrotaskJob, by kind. reason: what the exit code "
+            "means (exit N, timeout, not executable, command not found, killed by SIG...) or "
+            "the pod-level reason when the pod died without a report (OOMKilled, "
+            "DeadlineExceeded, RunnerError...).",
+            ["namespace", "job", "reason"],
+            registry=r,
+        )
         # Per-job shard counts, summed into the per-namespace gauge.
         self._in_flight: dict[tuple[str, str], Mapping[Pool, int]] = {}
+        # Label values of the per-job counters, removed when the MicrotaskJob is deleted.
+        self._job_counters: dict[tuple[str, str], set[tuple[Counter, tuple[str, ...]]]] = {}
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)
 
-    def record(self, namespace: str, deltas: Deltas) -> None:
+    def record(self, namespace: str, deltas: Deltas, job: str = "") -> None:
+        """Add one decision's increments; `job` names the MicrotaskJob (per-job counters)."""
         if deltas.succeeded:
             self.microtasks.labels(namespace, "succeeded").inc(deltas.succeeded)
         if deltas.failed:
@@ -85,6 +107,21 @@ class Metrics:
             self.rebalances.labels(namespace, reason.value).inc(count)
         for pool, seconds in deltas.shard_durations:
             self.shard_duration.labels(namespace, pool.value).observe(seconds)
+        used = deltas.resources
+        for resource, spent, wasted in (
+            ("cpu", used.cpu, used.wasted_cpu),
+            ("gpu", used.gpu, used.wasted_gpu),
+        ):
+            self._count(self.resource_seconds, (namespace, job, resource, "useful"), spent - wasted)
+            self._count(self.resource_seconds, (namespace, job, resource, "wasted"), wasted)
+        for kind, attempts in deltas.failures.items():
+            self._count(self.failures, (namespace, job, reason_label(kind)), attempts)
+
+    def _count(self, counter: Counter, labels: tuple[str, ...], amount: float) -> None:
+        if amount <= 0:
+            return
+        counter.labels(*labels).inc(amount)
+        self._job_counters.setdefault((labels[0], labels[1]), set()).add((counter, labels))
 
     def job_active(
         self, namespace: str, name: str, ended: int, total: int, shards: Mapping[Pool, int]
@@ -100,6 +137,13 @@ class Metrics:
         self._in_flight.pop((namespace, name), None)
         self._refresh_in_flight(namespace)
 
+    def job_deleted(self, namespace: str, name: str) -> None:
+        """The MicrotaskJob is gone (or no longer ours): its counters go too."""
+        self.job_gone(namespace, name)
+        for counter, labels in self._job_counters.pop((namespace, name), set()):
+            with contextlib.suppress(KeyError):
+                counter.remove(*labels)
+
     def _refresh_in_flight(self, namespace: str) -> None:
         for pool in Pool:
             total = sum(
@@ -108,3 +152,12 @@ class Metrics:
                 if ns == namespace
             )
             self.in_flight.labels(namespace, pool.value).set(total)
+
+
+#: Longest `reason` label value: kinds are short words; anything longer is cut.
+MAX_REASON_CHARS = 63
+
+
+def reason_label(reason: str) -> str:
+    """A failure kind as a label value (kinds are a bounded set of short words)."""
+    return reason[:MAX_REASON_CHARS] or "unknown"

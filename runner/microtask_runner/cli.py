@@ -11,6 +11,13 @@ same meaning override them (handy when running it by hand):
     MICROTASK_CALLABLE         --callable  module:function, called in-process
     MICROTASK_REPORT_PATH      --report    report file (default /dev/termination-log)
 
+Who runs, for the delimiter lines and the result records (environment only):
+
+    MICROTASK_JOB, MICROTASK_SHARD, MICROTASK_ATTEMPT (default 1),
+    MICROTASK_POOL, MICROTASK_NODE
+    MICROTASK_OUTPUT_URL       the result store: a directory or s3://bucket/prefix
+    MICROTASK_LOG_COPY         "false": no copy of the shard's log in the store
+
 Exit codes: 0 all microtasks succeeded, 10 some failed, 2 the runner could not
 work (the report says why in runner_error), 128+N stopped by signal N.
 """
@@ -21,15 +28,36 @@ import argparse
 import importlib
 import math
 import os
-import shutil
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .console import CONSOLE
+from .contract import (
+    ENV_ATTEMPT,
+    ENV_CALLABLE,
+    ENV_INDEXES,
+    ENV_ITEMS,
+    ENV_JOB,
+    ENV_LOG_COPY,
+    ENV_NODE,
+    ENV_OUTPUT_URL,
+    ENV_POOL,
+    ENV_REPORT_PATH,
+    ENV_RESULT_FILE,
+    ENV_SHARD,
+    ENV_TIMEOUT_SECONDS,
+    log_name,
+    parse_records_name,
+    records_name,
+)
 from .execute import (
+    EXIT_CANNOT_RUN,
+    EXIT_NOT_FOUND,
     EXIT_RUNNER_ERROR,
     INDEX_TOKEN,
     ITEM_TOKEN,
@@ -40,12 +68,16 @@ from .execute import (
     PythonExecutor,
     ReportFile,
     Signals,
+    fail_shard,
     log,
     run_shard,
 )
 from .indexset import IndexSet
 from .items import ItemSource, load_items
+from .output import SinkUnavailable, open_sink
+from .records import ResultStore, ShardInfo
 from .report import Report
+from .results import ResultFiles
 
 __all__ = ["DEFAULT_REPORT_PATH", "Config", "RunnerError", "load_callable", "load_config", "main"]
 
@@ -53,11 +85,11 @@ DEFAULT_REPORT_PATH = "/dev/termination-log"
 
 #: option -> environment variable of the same meaning
 _SETTINGS = {
-    "indexes": "MICROTASK_INDEXES",
-    "items": "MICROTASK_ITEMS",
-    "timeout": "MICROTASK_TIMEOUT_SECONDS",
-    "callable": "MICROTASK_CALLABLE",
-    "report": "MICROTASK_REPORT_PATH",
+    "indexes": ENV_INDEXES,
+    "items": ENV_ITEMS,
+    "timeout": ENV_TIMEOUT_SECONDS,
+    "callable": ENV_CALLABLE,
+    "report": ENV_REPORT_PATH,
 }
 _VALUE_OPTIONS = {f"--{name}" for name in _SETTINGS}
 
@@ -127,6 +159,13 @@ class Config:
     timeout: float | None
     callable: str | None
     command: tuple[str, ...]
+    info: ShardInfo = field(default_factory=ShardInfo)
+    #: the result store's URL; None: no records
+    output_url: str | None = None
+    #: keep a copy of the shard's log in the store
+    log_copy: bool = True
+    #: (exit code, error) when the command cannot run at all: every microtask fails with it
+    unrunnable: tuple[int, str] | None = None
 
 
 def _setting(options: argparse.Namespace, env: Mapping[str, str], name: str) -> tuple[str, str]:
@@ -143,8 +182,8 @@ def load_config(
 ) -> Config:
     """Check the inputs; raises RunnerError with a message naming the bad setting."""
     text, source = _setting(options, env, "indexes")
-    if "MICROTASK_INDEXES" not in env and options.indexes is None:
-        raise RunnerError("MICROTASK_INDEXES is not set: no index set to run (or use --indexes)")
+    if ENV_INDEXES not in env and options.indexes is None:
+        raise RunnerError(f"{ENV_INDEXES} is not set: no index set to run (or use --indexes)")
     try:
         indexes = IndexSet.from_compact(text)
     except ValueError as exc:
@@ -176,20 +215,83 @@ def load_config(
         )
     if not function and not command:
         raise RunnerError("nothing to run: give a command, or a function in MICROTASK_CALLABLE")
-    if command:
-        _check_command(command[0], env)
-    return Config(indexes, items, timeout, function or None, tuple(command))
+    output_url = env.get(ENV_OUTPUT_URL, "").strip() or None
+    info = _shard_info(env, indexes, store=output_url is not None)
+    return Config(
+        indexes,
+        items,
+        timeout,
+        function or None,
+        tuple(command),
+        info=info,
+        output_url=output_url,
+        log_copy=env.get(ENV_LOG_COPY, "").strip().lower() != "false",
+        unrunnable=_check_command(command[0], env) if command else None,
+    )
 
 
-def _check_command(program: str, env: Mapping[str, str]) -> None:
-    """Fail the whole shard up front when the program does not exist at all."""
+def _shard_info(env: Mapping[str, str], indexes: IndexSet, *, store: bool) -> ShardInfo:
+    """Job, shard, attempt, pool and node; job and shard are required with a result store."""
+    text = env.get(ENV_ATTEMPT, "").strip()
+    attempt = 1
+    if text:
+        if not (text.isascii() and text.isdigit() and 0 < int(text) < 2**31):
+            raise RunnerError(f"{ENV_ATTEMPT}: {text!r:.40} is not a positive integer")
+        attempt = int(text)
+    job = env.get(ENV_JOB, "").strip() or None
+    text = env.get(ENV_SHARD, "").strip()
+    shard: int | None = None
+    if text:
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+            raise RunnerError(f"{ENV_SHARD}: {text!r:.40} is not a shard number")
+        shard = int(text)
+    if store:
+        where = f"{ENV_OUTPUT_URL} is set"
+        if job is None or shard is None:
+            missing = " and ".join(v for v, x in ((ENV_JOB, job), (ENV_SHARD, shard)) if x is None)
+            raise RunnerError(f"{where}, but {missing} not: records are named after them")
+        name = records_name(indexes.first() or 0, job, shard)
+        if parse_records_name(name.rpartition("/")[2]) is None:
+            raise RunnerError(
+                f"{ENV_JOB}: {job!r:.80} cannot name records (lowercase letters, digits, "
+                "'-' and '.', starting and ending with a letter or digit)"
+            )
+    return ShardInfo(
+        job=job,
+        shard=shard,
+        attempt=attempt,
+        pool=env.get(ENV_POOL, "").strip() or None,
+        node=env.get(ENV_NODE, "").strip() or None,
+    )
+
+
+def _check_command(program: str, env: Mapping[str, str]) -> tuple[int, str] | None:
+    """(exit code, error) when the program cannot run at all, as a shell would say it.
+
+    Then every microtask of the shard fails with it, each in its own record: a missing
+    program is the job's failure, not the pod's, and a retry would not find it either.
+    """
     if INDEX_TOKEN in program or ITEM_TOKEN in program:
-        return  # depends on the microtask
+        return None  # depends on the microtask
     if "/" in program:
-        if not os.path.exists(program):
-            raise RunnerError(f"command not found: {program}")
-    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
-        raise RunnerError(f"command not found: {program} (searched PATH)")
+        candidates = [program]
+        missing = f"command not found: {program}"
+    else:
+        path = env.get("PATH", os.defpath)
+        candidates = [os.path.join(d or ".", program) for d in path.split(os.pathsep)]
+        missing = f"command not found: {program} (searched PATH)"
+    denied = False
+    for candidate in candidates:
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and os.access(candidate, os.X_OK):
+            return None
+        denied = True  # a directory, or a file without execute permission: exec says EACCES
+    if denied:
+        return EXIT_CANNOT_RUN, f"cannot run {program}: Permission denied"
+    return EXIT_NOT_FOUND, missing
 
 
 def load_callable(spec: str) -> Callable[[int, Any], object]:
@@ -235,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = _parser().parse_args(option_args)
     except _UsageError as exc:
-        path = env.get("MICROTASK_REPORT_PATH") or DEFAULT_REPORT_PATH
+        path = env.get(ENV_REPORT_PATH) or DEFAULT_REPORT_PATH
         file = ReportFile(path)
         try:
             return _runner_error(file, str(exc))
@@ -247,32 +349,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_path, _ = _setting(options, env, "report")
     file = ReportFile(report_path or DEFAULT_REPORT_PATH)
     signals: Signals | None = None
+    store: ResultStore | None = None
+    results: ResultFiles | None = None
     try:
         try:
             config = load_config(options, command, env)
             function = load_callable(config.callable) if config.callable else None
+            store = _open_store(config, env)
         except RunnerError as exc:
             return _runner_error(file, str(exc))
+        if store is not None and store.log is not None:
+            CONSOLE.set_copy(store.copy_log)
+            if function is not None:
+                _capture_output()
 
         signals = Signals()
         signals.install()
         outcomes = Outcomes()
         progress = Progress(outcomes, file)
-        executor: Executor
-        if function is not None:
-            executor = PythonExecutor(function, config.timeout, signals)
-        else:
-            executor = CommandExecutor(
-                config.command,
-                env,
-                config.timeout,
-                signals,
-                # On SIGTERM, say at once that nothing is running any more: the
-                # interrupted microtask must not be charged even if the child
-                # outlives the grace period.
-                on_signal=lambda: progress.write(current=None, final=True),
-            )
         try:
+            if config.unrunnable is not None:
+                code, message = config.unrunnable
+                return fail_shard(
+                    indexes=config.indexes,
+                    code=code,
+                    message=message,
+                    outcomes=outcomes,
+                    progress=progress,
+                    signals=signals,
+                    store=store,
+                    info=config.info,
+                )
+            executor: Executor
+            if function is not None:
+                executor = PythonExecutor(
+                    function, config.timeout, signals, keep_results=store is not None
+                )
+            else:
+                results = _result_files(keep=store is not None)
+                executor = CommandExecutor(
+                    config.command,
+                    env,
+                    config.timeout,
+                    signals,
+                    # On SIGTERM, say at once that nothing is running any more: the
+                    # interrupted microtask must not be charged even if the child
+                    # outlives the grace period.
+                    on_signal=lambda: progress.write(current=None, final=True),
+                    results=results,
+                )
             return run_shard(
                 indexes=config.indexes,
                 items=config.items,
@@ -280,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcomes=outcomes,
                 progress=progress,
                 signals=signals,
+                store=store,
+                info=config.info,
             )
         except Exception as exc:
             # A bug of ours: keep what was achieved, and say what happened.
@@ -289,6 +416,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             file.write(outcomes.report(current=None, runner_error=message).encode())
             return EXIT_RUNNER_ERROR
     finally:
+        CONSOLE.release()
+        if store is not None:
+            store.close()  # the final flush: also when stopped by a signal
+        CONSOLE.set_copy(None)
+        if results is not None:
+            results.close()
         if signals is not None:
             signals.restore()
         file.close()
+
+
+def _open_store(config: Config, env: Mapping[str, str]) -> ResultStore | None:
+    """The result store of ``config``, if any; RunnerError if this runner cannot use it."""
+    url = config.output_url
+    info = config.info
+    if url is None or info.job is None or info.shard is None:
+        return None
+    try:
+        sink = open_sink(url, env)
+    except SinkUnavailable as exc:
+        raise RunnerError(f"{ENV_OUTPUT_URL}: {exc}") from None
+    except Exception as exc:
+        log(
+            f"warning: cannot open the result store {url}: {type(exc).__name__}: {exc}; "
+            "this shard runs without records"
+        )
+        return None
+    return ResultStore(
+        sink,
+        description=url,
+        records=records_name(config.indexes.first() or 0, info.job, info.shard),
+        log=log_name(info.job, info.shard) if config.log_copy else None,
+        warn=log,
+        lock=CONSOLE.lock,
+    )
+
+
+def _capture_output() -> None:
+    """Python mode: take over fds 1 and 2, so the log copy has every byte printed."""
+    try:
+        CONSOLE.capture()
+    except OSError as exc:
+        log(f"warning: cannot capture the output for the log copy: {exc.strerror or exc}")
+
+
+def _result_files(*, keep: bool) -> ResultFiles | None:
+    """The spool of $MICROTASK_OUTPUT files; None (and a warning) if none can be made."""
+    try:
+        return ResultFiles(keep)
+    except OSError as exc:
+        log(
+            f"warning: cannot make a directory for results ({exc.strerror or exc}): "
+            f"{ENV_RESULT_FILE} is not set, commands cannot give back results"
+        )
+        return None

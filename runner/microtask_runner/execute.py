@@ -6,6 +6,10 @@ called in-process (no interpreter start per microtask). The report file is
 rewritten in place before every microtask, with ``current`` naming the
 microtask about to run: if the pod dies, the operator knows which microtask to
 charge and which outcomes are already safe.
+
+Each microtask's output is framed by delimiter lines on stdout (``contract.begin_line``,
+``contract.end_line``), and with a result store each finished microtask leaves a record there
+(``records.py``) before the next one starts.
 """
 
 from __future__ import annotations
@@ -24,21 +28,35 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
+from .console import CONSOLE, LOG_PREFIX, log
+from .contract import (
+    ENV_INDEX,
+    ENV_ITEM,
+    ENV_RESULT_FILE,
+    MAX_RECORD_ERROR_CHARS,
+    begin_line,
+    end_line,
+)
 from .indexset import IndexSet
 from .items import ItemSource, item_text
+from .records import ResultStore, ShardInfo, format_record
 from .report import Report, replace_current
+from .results import Finished, ResultFiles, encode_value, tail
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_RUNNER_ERROR",
     "EXIT_TIMEOUT",
+    "LOG_PREFIX",
     "CommandExecutor",
+    "Finished",
     "Outcomes",
     "Progress",
     "PythonExecutor",
     "ReportFile",
     "Signals",
+    "fail_shard",
     "log",
     "run_shard",
 ]
@@ -56,8 +74,9 @@ EXIT_CANNOT_RUN = 126
 
 #: A timed-out command gets SIGTERM, then SIGKILL after this grace period.
 KILL_GRACE_SECONDS = 2.0
-#: Bytes of a command's stderr kept for the error text.
-_TAIL_BYTES = 4096
+#: Bytes of a command's stderr kept for the error texts (a record's is the longer).
+_TAIL_BYTES = 4 * MAX_RECORD_ERROR_CHARS
+#: Characters of that tail in the report's error text.
 _ERROR_TAIL_CHARS = 800
 #: Encodes cheaper than this are redone after every microtask; costlier ones
 #: (huge, scattered reports) at most once per 10x their cost, so reporting
@@ -65,19 +84,8 @@ _ERROR_TAIL_CHARS = 800
 _CHEAP_ENCODE_SECONDS = 0.001
 _ENCODE_TIME_RATIO = 10.0
 
-LOG_PREFIX = "microtask-runner: "
-
 INDEX_TOKEN = "$(MICROTASK_INDEX)"
 ITEM_TOKEN = "$(MICROTASK_ITEM)"
-
-
-def log(message: str) -> None:
-    """One line on stderr (the pod log); never fails the runner."""
-    try:
-        sys.stderr.write(LOG_PREFIX + message + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _first_line(text: str, limit: int = 160) -> str:
@@ -329,9 +337,9 @@ class Signals:
 
 
 class Executor(Protocol):
-    """Runs one microtask: (exit code, error text) or None if interrupted."""
+    """Runs one microtask: how it ended, or None if the runner was told to stop meanwhile."""
 
-    def run(self, index: int, item: Any) -> tuple[int, str | None] | None: ...
+    def run(self, index: int, item: Any) -> Finished | None: ...
 
 
 class CommandExecutor:
@@ -344,6 +352,7 @@ class CommandExecutor:
         timeout: float | None,
         signals: Signals,
         on_signal: Callable[[], None],
+        results: ResultFiles | None = None,
     ) -> None:
         self.command = list(command)
         # Positions holding a $(...) token; the others are reused as they are.
@@ -354,9 +363,11 @@ class CommandExecutor:
         self.timeout = timeout
         self.signals = signals
         self.on_signal = on_signal
+        #: None: no $MICROTASK_OUTPUT (no spool directory could be made)
+        self.results = results
         self.use_pidfd = hasattr(os, "pidfd_open")
 
-    def run(self, index: int, item: Any) -> tuple[int, str | None] | None:
+    def run(self, index: int, item: Any) -> Finished | None:
         text = item_text(item)
         argv = self.command
         if self.templated:
@@ -364,12 +375,18 @@ class CommandExecutor:
             for pos in self.templated:
                 argv[pos] = argv[pos].replace(INDEX_TOKEN, str(index)).replace(ITEM_TOKEN, text)
         env = dict(self.env)
-        env["MICROTASK_INDEX"] = str(index)
-        env["MICROTASK_ITEM"] = text
+        env[ENV_INDEX] = str(index)
+        env[ENV_ITEM] = text
+        result_path = None
+        if self.results is not None:
+            result_path = env[ENV_RESULT_FILE] = self.results.path(index)
+        else:
+            env.pop(ENV_RESULT_FILE, None)  # not one of ours: nobody would read it
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
                 # Its own process group: a timeout or SIGTERM reaches everything
@@ -377,19 +394,22 @@ class CommandExecutor:
                 start_new_session=True,
             )
         except FileNotFoundError:
-            return EXIT_NOT_FOUND, f"index {index}: command not found: {argv[0]}"
+            return Finished.failure(index, EXIT_NOT_FOUND, f"command not found: {argv[0]}")
         except PermissionError as exc:
-            return EXIT_CANNOT_RUN, f"index {index}: cannot run {argv[0]}: {exc.strerror}"
+            return Finished.failure(index, EXIT_CANNOT_RUN, f"cannot run {argv[0]}: {exc.strerror}")
         except (OSError, ValueError) as exc:
-            return EXIT_CANNOT_RUN, f"index {index}: cannot run {argv[0]}: {exc}"
+            return Finished.failure(index, EXIT_CANNOT_RUN, f"cannot run {argv[0]}: {exc}")
         self.signals.child_pgid = proc.pid
         if self.signals.received is not None:
             # The signal came while the child was being started.
             _kill_group(proc.pid, self.signals.received)
         try:
-            returncode, timed_out, tail = self._wait(proc)
+            returncode, timed_out, stderr_tail = self._wait(proc)
         finally:
             self.signals.child_pgid = None
+            result, result_error = (None, None)
+            if self.results is not None and result_path is not None:
+                result, result_error = self.results.take(result_path)
         if timed_out and returncode != 0:
             code = EXIT_TIMEOUT
         elif returncode < 0:
@@ -400,20 +420,26 @@ class CommandExecutor:
             # Stopped by us: not the microtask's failure, so not reported.
             return None
         if code == 0:
-            return 0, None
-        stderr = tail.decode("utf-8", "replace").strip()[-_ERROR_TAIL_CHARS:]
+            if result_error is not None:
+                return Finished.failure(index, 1, result_error)
+            return Finished(0, result=result)
+        stderr = stderr_tail.decode("utf-8", "replace").strip()
         if timed_out:
-            head = f"index {index}: timed out after {self.timeout:g}s"
+            head = f"timed out after {self.timeout:g}s"
         elif returncode < 0:
-            head = f"index {index}: killed by {_signal_name(-returncode)}"
+            head = f"killed by {_signal_name(-returncode)}"
         else:
-            head = f"index {index}: exit code {code}"
-        return code, f"{head}: {stderr}" if stderr else head
+            head = f"exit code {code}"
+        short = f"{head}: {stderr[-_ERROR_TAIL_CHARS:]}" if stderr else head
+        long = f"{head}: {tail(stderr, MAX_RECORD_ERROR_CHARS - len(head) - 2)}" if stderr else head
+        # A failed command's result is kept if it is a valid one: it may say what went wrong.
+        return Finished(
+            code, error=f"index {index}: {short}", detail=long, timed_out=timed_out, result=result
+        )
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, bool, bytes]:
-        """Pass stderr through (keeping its tail) until the child exits or times out."""
-        assert proc.stderr is not None
-        err_fd = proc.stderr.fileno()
+        """Pass the output through (keeping stderr's tail) until the child exits or times out."""
+        output = _ChildOutput(proc)
         pidfd: int | None = None
         if self.use_pidfd:
             try:
@@ -421,12 +447,11 @@ class CommandExecutor:
             except OSError:
                 self.use_pidfd = False  # e.g. an old kernel or a seccomp filter
         poller = select.poll()
-        poller.register(err_fd, select.POLLIN)
+        for fd in output.streams:
+            poller.register(fd, select.POLLIN)
         poller.register(self.signals.wake_r, select.POLLIN)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
-        tail = bytearray()
-        stderr_open = True
         exited = False
         timed_out = False
         noticed_signal = False
@@ -452,7 +477,7 @@ class CommandExecutor:
                     t - now for t in (None if timed_out else deadline, kill_at) if t is not None
                 ]
                 limit = min(limits) if limits else None
-                if pidfd is None and not stderr_open:
+                if pidfd is None and not output.open:
                     # No pidfd to poll: let Popen.wait poll the child (it backs off
                     # from 0.5 ms), in short slices to notice signals and deadlines.
                     try:
@@ -463,49 +488,80 @@ class CommandExecutor:
                     continue
                 ms = -1 if limit is None else max(math.ceil(limit * 1000), 0)
                 if pidfd is None:
-                    # Stderr may be held open by a grandchild: check the child now and then.
+                    # The pipes may be held open by a grandchild: check the child now and then.
                     ms = 500 if ms < 0 else min(ms, 500)
                 for fd, _ in poller.poll(ms):
-                    if fd == err_fd:
-                        data = os.read(err_fd, 65536)
-                        if data:
-                            _passthrough(data)
-                            tail += data
-                            del tail[:-_TAIL_BYTES]
-                        else:
-                            poller.unregister(err_fd)
-                            stderr_open = False
+                    if fd in output.streams:
+                        if not output.read(fd):
+                            poller.unregister(fd)
                     elif fd == self.signals.wake_r:
                         _drain(self.signals.wake_r)
                     elif fd == pidfd:
                         exited = True
-                if pidfd is None and stderr_open and proc.poll() is not None:
+                if pidfd is None and output.open and proc.poll() is not None:
                     exited = True
-            if stderr_open:
-                # The child is gone; take what it wrote, but do not wait for
-                # grandchildren that inherited its stderr.
-                os.set_blocking(err_fd, False)
-                try:
-                    while data := os.read(err_fd, 65536):
-                        _passthrough(data)
-                        tail += data
-                        del tail[:-_TAIL_BYTES]
-                except BlockingIOError:
-                    pass
+            # The child is gone; take what it wrote, but do not wait for
+            # grandchildren that inherited its pipes.
+            output.drain()
             returncode = proc.wait()
             # Whatever the microtask left running in its group (background jobs,
             # a timed-out child's children) must not outlive it: microtasks are
             # independent, and strays would pile up over a shard.
             _kill_group(proc.pid, signal.SIGKILL)
-            return returncode, timed_out, bytes(tail)
+            return returncode, timed_out, bytes(output.tail)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
-            proc.stderr.close()
+            output.close()
             if proc.returncode is None:
                 # Only on an unexpected error: do not leave the child behind.
                 _kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+class _ChildOutput:
+    """A child's stdout and stderr pipes, passed on to ours as data comes; keeps stderr's tail."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.files = (proc.stdout, proc.stderr)
+        #: pipes still open -> the stream (1, 2) their data goes to
+        self.streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+        self.tail = bytearray()
+
+    @property
+    def open(self) -> bool:
+        return bool(self.streams)
+
+    def read(self, fd: int) -> bool:
+        """Pass on one chunk of ``fd`` (ready to read); False at its end."""
+        data = os.read(fd, 65536)
+        if not data:
+            del self.streams[fd]
+            return False
+        self._pass(fd, data)
+        return True
+
+    def drain(self) -> None:
+        """Pass on whatever the pipes hold now, without waiting for more."""
+        for fd in list(self.streams):
+            os.set_blocking(fd, False)
+            try:
+                while data := os.read(fd, 65536):
+                    self._pass(fd, data)
+            except BlockingIOError:
+                pass
+
+    def _pass(self, fd: int, data: bytes) -> None:
+        stream = self.streams[fd]
+        CONSOLE.write(stream, data)
+        if stream == 2:
+            self.tail += data
+            del self.tail[:-_TAIL_BYTES]
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
 
 
 def _kill_group(pgid: int, signum: int) -> None:
@@ -520,11 +576,6 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _passthrough(data: bytes) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, data)
-
-
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
@@ -537,10 +588,16 @@ class PythonExecutor:
     """Calls ``function(index, item)`` in-process."""
 
     def __init__(
-        self, function: Callable[[int, Any], object], timeout: float | None, signals: Signals
+        self,
+        function: Callable[[int, Any], object],
+        timeout: float | None,
+        signals: Signals,
+        keep_results: bool = False,
     ) -> None:
         self.function = function
         self.signals = signals
+        #: False: return values are ignored (no result store)
+        self.keep_results = keep_results
         self.tracebacks_shown = 0
         self.timeout = timeout
         if timeout is not None and not signals.can_time_out:
@@ -548,7 +605,7 @@ class PythonExecutor:
             log("per-microtask timeout not enforced: signals are unavailable here")
             self.timeout = None
 
-    def run(self, index: int, item: Any) -> tuple[int, str | None] | None:
+    def run(self, index: int, item: Any) -> Finished | None:
         signals = self.signals
         timeout = self.timeout
         try:
@@ -556,7 +613,7 @@ class PythonExecutor:
             if timeout is not None:
                 signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
-                self.function(index, item)
+                value = self.function(index, item)
             finally:
                 # First thing: a late signal must not raise outside the call.
                 signals.in_call = False
@@ -565,27 +622,41 @@ class PythonExecutor:
         except Interrupted:
             return None
         except MicrotaskTimeout:
-            return EXIT_TIMEOUT, f"index {index}: timed out after {timeout:g}s"
+            return Finished.failure(
+                index, EXIT_TIMEOUT, f"timed out after {timeout:g}s", timed_out=True
+            )
         except SystemExit as exc:
             code, message = _system_exit(exc)
             if code == 0:
-                return 0, None
-            return code, f"index {index}: SystemExit({message})"
+                return Finished(0)
+            return Finished.failure(index, code, f"SystemExit({message})", exception="SystemExit")
         except BaseException as exc:
-            # One traceback helps debugging; thousands would drown the log.
+            # The traceback without the runner's own frame: all in the record, the first one
+            # in the log (one helps debugging; thousands would drown the log).
+            frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            formatted = "".join(traceback.format_exception(type(exc), exc, frames))
             if self.tracebacks_shown == 0:
                 self.tracebacks_shown += 1
-                traceback.print_exception(exc, file=sys.stderr)
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(formatted)
             detail = "".join(traceback.format_exception_only(exc)).strip()
-            return 1, f"index {index}: {detail}"
-        finally:
-            _flush(sys.stdout)
-        return 0, None
+            formatted = formatted.strip()
+            return Finished(
+                1,
+                error=f"index {index}: {detail}",
+                detail=formatted,
+                exception=_type_name(type(exc)),
+            )
+        if not self.keep_results:
+            return Finished(0)
+        return encode_value(index, value)
 
 
-def _flush(stream: Any) -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        stream.flush()
+def _type_name(cls: type) -> str:
+    """``ValueError`` for builtins, ``module.Class`` for the others."""
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _system_exit(exc: SystemExit) -> tuple[int, str]:
@@ -602,6 +673,31 @@ def _system_exit(exc: SystemExit) -> tuple[int, str]:
 # ---------------------------------------------------------------------- loop
 
 
+class _Books:
+    """Where a finished microtask goes: its record, the outcomes (so the report), the log."""
+
+    def __init__(self, outcomes: Outcomes, store: ResultStore | None, info: ShardInfo) -> None:
+        self.outcomes = outcomes
+        self.store = store
+        self.info = info
+
+    def enter(
+        self, index: int, *, start: float, seconds: float, finished: Finished, quiet: bool = False
+    ) -> None:
+        # The record first: a report never counts a microtask whose record could be missing.
+        if self.store is not None:
+            line = format_record(
+                self.info, index=index, start=start, seconds=seconds, finished=finished
+            )
+            self.store.record(line)
+        self.outcomes.add(index, finished.code, seconds, finished.error)
+        if finished.code != 0 and not quiet:
+            log(
+                f"index {index} failed (exit {finished.code}, {seconds:.2f}s): "
+                f"{_first_line(finished.error or '')}"
+            )
+
+
 def run_shard(
     *,
     indexes: IndexSet,
@@ -610,26 +706,66 @@ def run_shard(
     outcomes: Outcomes,
     progress: Progress,
     signals: Signals,
+    store: ResultStore | None = None,
+    info: ShardInfo | None = None,
 ) -> int:
     """Run every microtask of the shard; return the runner's exit code."""
     started = time.monotonic()
+    info = info or ShardInfo()
+    books = _Books(outcomes, store, info)
+    attempt = info.attempt
     log(f"running {len(indexes)} microtasks: {indexes.format_bounded(80) or '(none)'}")
     for index in indexes:
         if signals.received is not None:
             break
         progress.write(current=index)
         item = items.get(index)
+        CONSOLE.line(begin_line(index, attempt))
+        start = time.time()
         begin = time.monotonic()
-        result = executor.run(index, item)
-        if result is None:
-            break
-        code, error = result
+        finished = executor.run(index, item)
         seconds = time.monotonic() - begin
-        outcomes.add(index, code, seconds, error)
-        if code != 0:
-            log(f"index {index} failed (exit {code}, {seconds:.2f}s): {_first_line(error or '')}")
+        if finished is None:
+            # Stopped: its output ends here too, but it has no outcome and no record.
+            stopped_by = signals.received or signal.SIGTERM
+            CONSOLE.line(end_line(index, attempt, 128 + stopped_by, seconds))
+            break
+        CONSOLE.line(end_line(index, attempt, finished.code, seconds))
+        books.enter(index, start=start, seconds=seconds, finished=finished)
+        if store is not None:
+            store.flush(final=False)
     progress.write(current=None, final=True)
-    elapsed = time.monotonic() - started
+    return _conclude(outcomes, indexes, signals, time.monotonic() - started)
+
+
+def fail_shard(
+    *,
+    indexes: IndexSet,
+    code: int,
+    message: str,
+    outcomes: Outcomes,
+    progress: Progress,
+    signals: Signals,
+    store: ResultStore | None = None,
+    info: ShardInfo | None = None,
+) -> int:
+    """Report every microtask of the shard failed with ``code`` without running any.
+
+    For a command that cannot run at all: each microtask fails as it would have, with a record
+    each, and the operator sees ordinary failures (which it does not retry for 126 and 127).
+    """
+    started = time.monotonic()
+    log(f"{message}: the {len(indexes)} microtasks of this shard fail with exit code {code}")
+    books = _Books(outcomes, store, info or ShardInfo())
+    for index in indexes:
+        failed = Finished.failure(index, code, message)
+        books.enter(index, start=time.time(), seconds=0.0, finished=failed, quiet=True)
+    progress.write(current=None, final=True)
+    return _conclude(outcomes, indexes, signals, time.monotonic() - started)
+
+
+def _conclude(outcomes: Outcomes, indexes: IndexSet, signals: Signals, elapsed: float) -> int:
+    """Log the summary; the runner's exit code."""
     codes = ", ".join(f"exit {code}: {n}" for code, n in outcomes.codes().items())
     summary = (
         f"{outcomes.count} of {len(indexes)} microtasks run in {elapsed:.2f}s: "

@@ -135,6 +135,8 @@ def _file_source(spec: Mapping[str, Any]) -> ItemSource:
         if lines and lines[-1] == "":
             lines.pop()
         items = [line[:-1] if line.endswith("\r") else line for line in lines]
+        # Blank lines (empty or whitespace only) are not items; the operator counts the same way.
+        items = [item for item in items if item.strip()]
         return _ListItems(items, f"items file {path} (lines)")
     if fmt == "json":
         text = _read_file(path)

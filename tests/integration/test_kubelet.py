@@ -441,6 +441,68 @@ def test_config_map_volumes_and_env_sources(cluster: Cluster) -> None:
     assert terminated(pods_of(cluster, "cm")[0])["message"] == "fast:3:a,b,c"
 
 
+def test_host_path_and_empty_dir_volumes(cluster: Cluster, tmp_path: Path) -> None:
+    host = tmp_path / "host" / "results"  # DirectoryOrCreate makes it
+    code = (
+        "import os;"
+        "open('/data/out/from-' + os.environ['WHO'], 'w').write('records');"
+        "open('/scratch/a/note', 'w').write('shared');"
+        "seen = open('/scratch/b/note').read();"  # one emptyDir, mounted twice
+        "earlier = sorted(os.listdir('/scratch/a'));"
+        "report = open(os.environ['MICROTASK_REPORT_PATH'], 'w');"
+        "report.write(seen + ':' + ','.join(earlier) + ':' + os.environ['OUT'])"
+    )
+
+    def body(name: str) -> dict[str, Any]:
+        return job(
+            name,
+            py(code),
+            env=[{"name": "WHO", "value": name}, {"name": "OUT", "value": "/data/out/x"}],
+            volumeMounts=[
+                {"name": "results", "mountPath": "/data/out"},
+                {"name": "scratch", "mountPath": "/scratch/a"},
+                {"name": "scratch", "mountPath": "/scratch/b"},
+            ],
+            volumes=[
+                {"name": "results", "hostPath": {"path": str(host), "type": "DirectoryOrCreate"}},
+                {"name": "scratch", "emptyDir": {}},
+            ],
+        )
+
+    cluster.create(body("first"))
+    wait_job(cluster, "first")
+    # The host's folder itself, as a bind mount shows it; paths in variables point there too.
+    assert terminated(pods_of(cluster, "first")[0])["message"] == f"shared:note:{host}/x"
+    cluster.create(body("second"))
+    wait_job(cluster, "second")
+    # Each pod has an emptyDir of its own: the second saw only its own note.
+    assert terminated(pods_of(cluster, "second")[0])["message"] == f"shared:note:{host}/x"
+    assert sorted(p.name for p in host.iterdir()) == ["from-first", "from-second"]
+    assert (host / "from-first").read_text() == "records"
+
+
+def test_a_host_path_that_fails_its_type_check_keeps_the_pod_pending(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    folder = tmp_path / "later"
+    volumes = [{"name": "data", "hostPath": {"path": str(folder), "type": "Directory"}}]
+    body = pod("mounts", py("import os; os.listdir('/data')"), volumes=volumes)
+    body["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    cluster.create(body)
+
+    def waiting() -> dict[str, Any] | None:
+        statuses = (cluster.get("pods", "mounts") or {}).get("status", {}).get("containerStatuses")
+        state: dict[str, Any] | None = (statuses or [{}])[0].get("state", {}).get("waiting")
+        return state
+
+    state = cluster.wait_for(waiting, 20, message="a waiting container")
+    assert state is not None and state["reason"] == "ContainerCreating"
+    assert "is not a directory" in state["message"]
+    assert (cluster.get("pods", "mounts") or {})["status"]["phase"] == "Pending"
+    folder.mkdir()  # the kubelet keeps trying the mount, as a real one does
+    wait_phase(cluster, "mounts", "Succeeded")
+
+
 def test_the_real_runner_runs_a_shard(cluster: Cluster) -> None:
     worker = "import sys; sys.exit(4 if int(sys.argv[1]) % 3 == 0 else 0)"
     cluster.create(

@@ -247,3 +247,52 @@ def test_the_microtask_cli_runs_simulate(
 
     assert code == 0
     assert json.loads(capsys.readouterr().out)["succeeded"] == 3000
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (bytes(range(256)) * 16, "binary data, not YAML text"),
+        (b"\xff\xfe" + "kind: x\n".encode("utf-16-le"), "UTF-16"),
+        (b"nodes: [unclosed\n", "invalid YAML at line 2"),
+    ],
+)
+def test_an_unreadable_cluster_file_exits_2_without_a_traceback(
+    job_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    expected: str,
+) -> None:
+    cluster = tmp_path / "cluster.bin"
+    cluster.write_bytes(content)
+
+    code = run(job_file, "--cluster", cluster)
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert f"error: {cluster}: not a usable cluster file" in captured.err
+    assert expected in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_a_50_megabyte_cluster_file_is_refused_at_once(
+    job_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    cluster = tmp_path / "huge.yaml"
+    with cluster.open("wb") as f:
+        f.write((EXAMPLES / "small.yaml").read_bytes())
+        f.seek(50 * 1024 * 1024)
+        f.write(b"\n")
+    started = time.monotonic()
+
+    code = run(job_file, "--cluster", cluster)
+
+    assert code == 2
+    assert time.monotonic() - started < 1.0
+    assert "the file is too large (50.0 MiB): a cluster file is at most 1 MiB" in (
+        capsys.readouterr().err
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,72 @@ def test_unreadable_and_invalid_yaml_files_raise_cluster_file_errors(tmp_path: P
     broken = tmp_path / "broken.yaml"
     broken.write_text("nodes: [unclosed\n", encoding="utf-8")
 
-    with pytest.raises(ClusterFileError, match="not valid YAML"):
+    with pytest.raises(ClusterFileError, match="invalid YAML at line 2"):
         load_cluster(broken)
     with pytest.raises(ClusterFileError, match="cannot read"):
         load_cluster(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ({"name": "c", "pool": "cpu", "count": -3}, "nodes[0].count: must be >= 1, got -3"),
+        ({"name": "c", "pool": "cpu", "slots": 0}, "nodes[0].slots: must be >= 1, got 0"),
+        ({"name": "g", "pool": "gpu", "gpus": 0}, "nodes[0].gpus: must be >= 1, got 0"),
+        ({"name": "c", "pool": "cpu", "count": 2.5}, "nodes[0].count: must be an integer, got 2.5"),
+        ({"name": "c", "pool": "cpu", "slots": "4"}, "nodes[0].slots: must be an integer, got '4'"),
+    ],
+)
+def test_counts_and_slots_must_be_positive_integers(node: dict[str, Any], expected: str) -> None:
+    assert expected in problems_of(minimal(nodes=[node]))
+
+
+def test_a_binary_file_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+
+    with pytest.raises(ClusterFileError, match="binary data, not YAML text"):
+        load_cluster(path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ClusterFileError, match="not UTF-8 text"):
+        load_cluster(latin)
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as f:
+        f.write(b"kind: SimulatedCluster\nnodes:\n")
+        f.seek(50 * 1024 * 1024)
+        f.write(b"\n")
+    started = time.monotonic()
+
+    with pytest.raises(ClusterFileError) as caught:
+        load_cluster(path)
+
+    assert time.monotonic() - started < 1.0
+    assert caught.value.problems == [
+        "the file is too large (50.0 MiB): a cluster file is at most 1 MiB"
+    ]
+
+
+def test_hostile_yaml_and_several_documents_are_problems(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n"
+            for i in range(8)
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ClusterFileError, match="alias bomb"):
+        load_cluster(bomb)
+    two = tmp_path / "two.yaml"
+    two.write_text("kind: SimulatedCluster\n---\nkind: SimulatedCluster\n", encoding="utf-8")
+    with pytest.raises(ClusterFileError, match="holds 2 YAML documents"):
+        load_cluster(two)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(ClusterFileError, match="is a directory"):
+        load_cluster(folder)

@@ -6,7 +6,7 @@ and no processes, so table and property tests can walk the core through any stor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from microtask_operator.core.planner import Decision, plan
@@ -35,7 +35,13 @@ CLUSTER = ClusterView(
 )
 
 
-def report_for(indexes: IndexSet, attempt: int, outcome: Outcome, seconds: float = 1.0) -> Report:
+def report_for(
+    indexes: IndexSet,
+    attempt: int,
+    outcome: Outcome,
+    seconds: float = 1.0,
+    errors: Mapping[int, str] | None = None,
+) -> Report:
     ok: list[int] = []
     failed: dict[int, list[int]] = {}
     for i in indexes:
@@ -47,7 +53,7 @@ def report_for(indexes: IndexSet, attempt: int, outcome: Outcome, seconds: float
     return Report(
         succeeded=IndexSet.from_indexes(ok),
         failed={c: IndexSet.from_indexes(v) for c, v in failed.items()},
-        errors={c: f"exit {c}" for c in failed},
+        errors={c: (errors or {}).get(c, f"exit {c}") for c in failed},
         seconds_total=seconds * len(indexes),
         seconds_max=seconds,
         count=len(indexes),
@@ -67,6 +73,7 @@ class Driver:
     max_copies: int = 0
     last: Decision | None = None
     restart_every_step: bool = False
+    errors: dict[int, str] = field(default_factory=dict)  # exit code -> error text in reports
 
     def step(self, dt: float = 0.0) -> Decision:
         self.now += dt
@@ -128,7 +135,7 @@ class Driver:
             s,
             phase=ShardPhase.SUCCEEDED,
             finished_at=self.now,
-            report=report_for(s.indexes, s.attempt, outcome, seconds),
+            report=report_for(s.indexes, s.attempt, outcome, seconds, self.errors),
             exit_code=0,
         )
 

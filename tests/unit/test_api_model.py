@@ -676,9 +676,11 @@ def test_defaults_agree_with_the_core() -> None:
         ("a\nb\n", "lines", ["a", "b"]),
         ("a\nb", "lines", ["a", "b"]),
         ("a\r\nb\r\n", "lines", ["a", "b"]),
-        ("a\n\nb\n", "lines", ["a", "", "b"]),
+        # blank (or whitespace-only) lines are not items
+        ("a\n\nb\n", "lines", ["a", "b"]),
+        ("a\n  \t\nb\n", "lines", ["a", "b"]),
         ("", "lines", []),
-        ("\n", "lines", [""]),
+        ("\n", "lines", []),
         ('[1, "x", {"a": 2}]', "json", [1, "x", {"a": 2}]),
         ("[]", "json", []),
     ],
@@ -733,10 +735,11 @@ def test_runner_reads_what_the_operator_writes(tmp_path: Any) -> None:
     ranged = model(body(items={"range": {"start": 100, "end": 200, "step": 5}}))
     source = load_items(json.dumps(runner_items(ranged, shard)))
     assert [source.get(i) for i in shard] == [105, 110, 115]
-    text = "a\r\n\nb\n"
+    text = "a\r\n\nb\n \nc"
     path = tmp_path / "k"
     path.write_bytes(text.encode())
     mapped = model(body(items={"configMapRef": {"name": "u", "key": "k"}}))
     source = load_items(json.dumps(runner_items(mapped, IndexSet.parse("0-2"), str(path))))
     assert [source.get(i) for i in range(3)] == parse_config_map_items(text, "lines")
+    assert parse_config_map_items(text, "lines") == ["a", "b", "c"]
     assert total_microtasks(mapped, {"k": text}) == 3

@@ -8,12 +8,14 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from microtask_operator import labels
+from microtask_operator import builder, labels
+from microtask_operator.api.items import ItemsError
 from microtask_operator.api.loading import validate_job
-from microtask_operator.api.model import MicrotaskJob
+from microtask_operator.api.model import Items, MicrotaskJob
 from microtask_operator.builder import build_job, job_name, parse_job_name
 from microtask_operator.core.types import Pool, ShardPlan
 from microtask_operator.settings import Settings, SettingsError
+from microtask_runner import contract
 from microtask_runner.indexset import IndexSet
 
 from tests.manifests.restricted import pod_spec_of, restricted_violations
@@ -60,8 +62,17 @@ def plan(pool: Pool = Pool.CPU, **fields: Any) -> ShardPlan:
     return ShardPlan(**values)
 
 
-def build(job: MicrotaskJob | None = None, shard: ShardPlan | None = None, **settings: Any) -> Any:
-    manifest = build_job(job or mtj(), OWNER, shard or plan(), Settings(**settings))
+def build(
+    job: MicrotaskJob | None = None,
+    shard: ShardPlan | None = None,
+    *,
+    store: str | None = None,
+    source: Items | None = None,
+    **settings: Any,
+) -> Any:
+    manifest = build_job(
+        job or mtj(), OWNER, shard or plan(), Settings(**settings), store=store, source=source
+    )
     for version in VERSIONS:
         kubernetes_validate.validate(manifest, version, strict=True)
     pod = pod_spec_of(manifest)
@@ -75,8 +86,11 @@ def worker_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-def env_of(manifest: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e.get("value") for e in worker_of(manifest).get("env", [])}
+def env_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The worker's variables: their value, or their `valueFrom`."""
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in worker_of(manifest).get("env", [])
+    }
 
 
 def required_terms(manifest: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -169,9 +183,12 @@ def test_cpu_shard_job() -> None:
         "MICROTASK_SHARD": "17",
         "MICROTASK_ATTEMPT": "1",
         "MICROTASK_POOL": "cpu",
+        "MICROTASK_NODE": {"fieldRef": {"fieldPath": "spec.nodeName"}},
         "MICROTASK_INDEXES": "170-179",
         "MICROTASK_ITEMS": '{"range":{"start":1000,"step":2}}',
     }
+    # No spec.output: no result store, no volume.
+    assert "volumes" not in pod and "volumeMounts" not in worker
 
 
 def test_gpu_shard_job() -> None:
@@ -529,6 +546,174 @@ def test_building_is_deterministic_and_pure() -> None:
     second = build(job, plan(Pool.GPU, avoid_nodes_hard=("x",)))
     assert first == second
     assert job.model_dump(by_alias=True) == before
+
+
+# --- the result store -----------------------------------------------------------------------------
+
+SECRET_KEYS = {
+    "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "minio-creds", "key": "AWS_ACCESS_KEY_ID"}},
+    "AWS_SECRET_ACCESS_KEY": {
+        "secretKeyRef": {"name": "minio-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+    },
+    "AWS_SESSION_TOKEN": {
+        "secretKeyRef": {"name": "minio-creds", "key": "AWS_SESSION_TOKEN", "optional": True}
+    },
+}
+
+
+def test_the_environment_names_are_the_runners_contract() -> None:
+    for name in builder.__all__:
+        if name.startswith("ENV_"):
+            assert getattr(builder, name) is getattr(contract, name)
+
+
+def test_s3_output() -> None:
+    s3 = {
+        "url": "s3://results/thumbs-runs/",
+        "endpoint": "http://minio.storage:9000",
+        "region": "eu-west-1",
+        "secretName": "minio-creds",
+    }
+    manifest = build(mtj(output={"s3": s3}))
+    env = env_of(manifest)
+    assert env["MICROTASK_OUTPUT_URL"] == "s3://results/thumbs-runs/thumbs"
+    assert env["MICROTASK_S3_ENDPOINT"] == "http://minio.storage:9000"
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert {k: env[k] for k in SECRET_KEYS} == SECRET_KEYS
+    pod = manifest["spec"]["template"]["spec"]
+    assert "volumes" not in pod and "volumeMounts" not in worker_of(manifest)
+
+    # The pods' own credentials (no Secret), AWS itself (no endpoint): nothing but the URL.
+    env = env_of(build(mtj(output={"s3": {"url": "s3://results"}})))
+    assert env["MICROTASK_OUTPUT_URL"] == "s3://results/thumbs"
+    assert not {"MICROTASK_S3_ENDPOINT", "AWS_REGION", *SECRET_KEYS} & set(env)
+
+
+def test_the_secrets_credentials_replace_the_templates() -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "w",
+                    "image": "x",
+                    "command": ["run"],
+                    "env": [
+                        {"name": "AWS_ACCESS_KEY_ID", "value": "stale"},
+                        {"name": "AWS_PROFILE", "value": "team"},
+                    ],
+                }
+            ]
+        }
+    }
+    output = {"s3": {"url": "s3://results/p", "secretName": "minio-creds"}}
+    env = worker_of(build(mtj(template=template, output=output)))["env"]
+    names = [e["name"] for e in env]
+    assert names.count("AWS_ACCESS_KEY_ID") == 1 and "AWS_PROFILE" in names
+    assert (
+        env_of(build(mtj(template=template, output=output)))["AWS_ACCESS_KEY_ID"]
+        == (SECRET_KEYS["AWS_ACCESS_KEY_ID"])
+    )
+
+
+def test_a_rerun_writes_into_its_sources_store() -> None:
+    job = mtj(output={"s3": {"url": "s3://results/runs"}})
+    env = env_of(build(job, store="s3://results/runs/first"))
+    assert env["MICROTASK_OUTPUT_URL"] == "s3://results/runs/first"
+    # A store the spec cannot reach (another bucket) is not used: the job's own is.
+    env = env_of(build(job, store="s3://elsewhere/runs/first"))
+    assert env["MICROTASK_OUTPUT_URL"] == "s3://results/runs/thumbs"
+    job = mtj(output={"volume": {"claimName": "results", "path": "batch"}})
+    env = env_of(build(job, store="volume://claim:results/batch/first"))
+    assert env["MICROTASK_OUTPUT_URL"] == "/var/run/microtask/output/batch/first"
+
+
+def test_output_on_a_template_volume() -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "w",
+                    "image": "x",
+                    "command": ["run"],
+                    "volumeMounts": [
+                        {"name": "scratch", "mountPath": "/scratch"},
+                        # The operator's path is its own: this mount gives way.
+                        {"name": "scratch", "mountPath": "/var/run/microtask/output"},
+                    ],
+                }
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "results", "emptyDir": {}}],
+        }
+    }
+    output = {"volume": {"name": "results", "path": "team-a/batches/"}}
+    manifest = build(mtj(template=template, output=output))
+    assert env_of(manifest)["MICROTASK_OUTPUT_URL"] == (
+        "/var/run/microtask/output/team-a/batches/thumbs"
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["volumes"] == template["spec"]["volumes"]
+    assert worker_of(manifest)["volumeMounts"] == [
+        {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "results", "mountPath": "/var/run/microtask/output"},
+    ]
+    assert not {"MICROTASK_S3_ENDPOINT", "AWS_REGION", *SECRET_KEYS} & set(env_of(manifest))
+
+
+def test_output_on_a_claim() -> None:
+    job = mtj(
+        output={"volume": {"claimName": "shared-results"}},
+        items={"configMapRef": {"name": "urls", "key": "urls.txt"}},
+    )
+    manifest = build(job)
+    assert env_of(manifest)["MICROTASK_OUTPUT_URL"] == "/var/run/microtask/output/thumbs"
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {
+            "name": "microtask-items",
+            "configMap": {"name": "urls", "items": [{"key": "urls.txt", "path": "urls.txt"}]},
+        },
+        {"name": "microtask-output", "persistentVolumeClaim": {"claimName": "shared-results"}},
+    ]
+    assert worker_of(manifest)["volumeMounts"] == [
+        {"name": "microtask-items", "mountPath": "/etc/microtask/items", "readOnly": True},
+        {"name": "microtask-output", "mountPath": "/var/run/microtask/output"},
+    ]
+
+
+# --- reruns (items.fromJob) ----------------------------------------------------------------------
+
+
+def rerun(**spec: Any) -> MicrotaskJob:
+    return mtj(items={"fromJob": {"name": "first"}}, **spec)
+
+
+def test_a_rerun_runs_its_sources_items_at_their_indexes() -> None:
+    shard = plan(indexes=IndexSet.parse("3,7-8"))
+    listed = Items.model_validate({"list": [f"url-{i}" for i in range(10)]})
+    items = json.loads(env_of(build(rerun(), shard, source=listed))["MICROTASK_ITEMS"])
+    assert items == {"values": {"3": "url-3", "7": "url-7", "8": "url-8"}}
+    ranged = Items.model_validate({"range": {"start": 100, "end": 200, "step": 5}})
+    items = json.loads(env_of(build(rerun(), shard, source=ranged))["MICROTASK_ITEMS"])
+    assert items == {"range": {"start": 100, "step": 5}}
+    mapped = Items.model_validate({"configMapRef": {"name": "urls", "key": "u", "format": "json"}})
+    manifest = build(rerun(), shard, source=mapped)
+    assert json.loads(env_of(manifest)["MICROTASK_ITEMS"]) == {
+        "file": "/etc/microtask/items/u",
+        "format": "json",
+    }
+    assert manifest["spec"]["template"]["spec"]["volumes"] == [
+        {
+            "name": "microtask-items",
+            "configMap": {"name": "urls", "items": [{"key": "u", "path": "u"}]},
+        }
+    ]
+    assert env_of(manifest)["MICROTASK_INDEXES"] == "3,7-8"
+    assert env_of(manifest)["MICROTASK_JOB"] == "thumbs"
+
+
+def test_a_rerun_needs_its_sources_items() -> None:
+    with pytest.raises(ItemsError, match="first"):
+        build_job(rerun(), OWNER, plan(), Settings())
 
 
 # --- settings -------------------------------------------------------------------------------------

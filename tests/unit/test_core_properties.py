@@ -8,6 +8,7 @@ from dataclasses import replace
 from core_driver import Driver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from microtask_operator.core import failures, retries
 from microtask_operator.core.types import (
     Accelerator,
     CoreSpec,
@@ -17,36 +18,48 @@ from microtask_operator.core.types import (
 )
 from microtask_runner.indexset import IndexSet
 
-specs = st.builds(
-    lambda total, per, par, attempts, tolerated, nonretry, spec_on, auto: CoreSpec(
+
+@st.composite
+def universes(draw: st.DrawFn, total: int) -> IndexSet | None:
+    """None (0..total-1), or `total` indexes in runs of `block` separated by `gap`."""
+    if not draw(st.booleans()):
+        return None
+    offset = draw(st.integers(0, 1000))
+    block = draw(st.integers(1, 20))
+    gap = draw(st.integers(0, 50))
+    return IndexSet.from_indexes(offset + i + (i // block) * gap for i in range(total))
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> CoreSpec:
+    total = draw(st.integers(1, 300))
+    return CoreSpec(
         total=total,
-        microtasks_per_shard=per,
-        parallelism=par,
-        accelerator=Accelerator.AUTO if auto else Accelerator.CPU,
+        microtasks_per_shard=draw(st.integers(1, 40)),
+        parallelism=draw(st.integers(1, 8)),
+        accelerator=Accelerator.AUTO if draw(st.booleans()) else Accelerator.CPU,
         fallback_after_seconds=5,
         retry=RetryPolicy(
-            max_attempts=attempts,
+            max_attempts=draw(st.integers(1, 4)),
             backoff_seconds=1,
             max_backoff_seconds=4,
-            non_retryable_exit_codes=frozenset({2}) if nonretry else frozenset(),
-            max_failed_microtasks=tolerated,
+            non_retryable_exit_codes=frozenset({2}) if draw(st.booleans()) else frozenset(),
+            max_failed_microtasks=draw(st.integers(0, 300)),
+            max_failed_fraction=draw(st.none() | st.floats(0, 1)),
+            retry_command_not_found=draw(st.booleans()),
         ),
-        speculation=SpeculationPolicy(enabled=spec_on, slowdown_factor=2, min_samples=1),
-    ),
-    st.integers(1, 300),
-    st.integers(1, 40),
-    st.integers(1, 8),
-    st.integers(1, 4),
-    st.integers(0, 300),
-    st.booleans(),
-    st.booleans(),
-    st.booleans(),
-)
+        speculation=SpeculationPolicy(
+            enabled=draw(st.booleans()), slowdown_factor=2, min_samples=1
+        ),
+        universe=draw(universes(total)),
+        cpu_per_pod=draw(st.sampled_from([0.25, 1.0, 3.0])),
+        gpus_per_pod=draw(st.integers(1, 4)),
+    )
 
 
 @st.composite
 def stories(draw: st.DrawFn) -> tuple[CoreSpec, int, list[str], bool]:
-    spec = draw(specs)
+    spec = draw(specs())
     seed = draw(st.integers(0, 2**32 - 1))
     events = draw(
         st.lists(st.sampled_from(["finish", "lose", "crash", "unschedulable", "idle"]), max_size=60)
@@ -62,6 +75,8 @@ def outcome_for(seed: int):  # type: ignore[no-untyped-def]
             return 1
         if h < 12:
             return 2
+        if h < 13:
+            return 127
         return 0
 
     return outcome
@@ -76,6 +91,7 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
     outcome = outcome_for(seed)
     d = Driver(spec, restart_every_step=restart)
     decision = d.step()
+    spent = decision.deltas.resources
     succeeded_seen = 0
     script = iter(events)
     for _ in range(2000):
@@ -103,28 +119,51 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
         if not d.running() and decision.next_wakeup is not None:
             wait = max(1.0, decision.next_wakeup - d.now)
         decision = d.step(wait)
+        deltas = decision.deltas
+        spent = spent + deltas.resources
+        # Every failed attempt is counted once, by kind: retried or failed for good.
+        assert sum(deltas.failures.values()) == deltas.failed + deltas.retried
         # Status stays small and JSON-clean at every step.
         assert len(json.dumps(decision.status)) < 20_000
         assert decision.status["succeeded"] >= succeeded_seen
         succeeded_seen = decision.status["succeeded"]
         assert d.max_in_flight <= spec.parallelism
         cap = max(1, int(spec.speculation.max_fraction * spec.parallelism))
+        # At the tail, idle window slots may hold copies too (never more shards than slots).
+        cap = max(cap, spec.parallelism - 1)
         assert d.max_copies <= (cap if spec.speculation.enabled else 0)
     else:
         raise AssertionError("no end")
 
-    universe = IndexSet.from_range(0, spec.total)
+    universe = spec.indexes()
+    allowed = retries.allowed_failures(spec.retry, spec.total)
     state = decision.state
     assert not (state.succeeded & state.failed)
     if decision.phase == "Succeeded":
         assert state.succeeded | state.failed == universe
-        assert len(state.failed) <= spec.retry.max_failed_microtasks
+        assert len(state.failed) <= allowed
+        assert state.not_run == 0
     else:
         assert decision.phase == "Failed"
-        assert len(state.failed) > spec.retry.max_failed_microtasks
-    # No microtask ran more attempts than allowed (copies repeat an attempt, never add one).
+        assert len(state.failed) > allowed
+        assert state.not_run is not None
+        assert 0 <= state.not_run <= spec.total - len(state.succeeded) - len(state.failed)
+    # No microtask ran more attempts than allowed (copies repeat an attempt, never add one), and
+    # none outside the universe ran at all.
     for create in d.created:
         assert 1 <= create.plan.attempt <= spec.retry.max_attempts
+        assert create.plan.indexes <= universe
+    # Counters: the summary is bounded and ordered, resources add up from the deltas.
+    summary = state.failure_summary
+    assert len(summary) <= failures.MAX_KINDS
+    assert [e.attempts for e in summary] == sorted((e.attempts for e in summary), reverse=True)
+    assert all(e.attempts >= e.microtasks >= 0 for e in summary)
+    assert state.succeeded_after_retry <= len(state.succeeded)
+    used = state.resources
+    assert used.wasted_cpu <= used.cpu + 1e-6 and used.wasted_gpu <= used.gpu + 1e-6
+    slack = 0.001 * (len(d.created) + 2) if restart else 1e-6
+    for mine, theirs in ((spent.cpu, used.cpu), (spent.wasted_gpu, used.wasted_gpu)):
+        assert abs(mine - theirs) <= slack
     # Shard ids are never reused.
     ids = [c.plan.shard_id for c in d.created]
     assert len(ids) == len(set(ids))
@@ -132,7 +171,7 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
 
 
 @settings(max_examples=40, deadline=None)
-@given(specs, st.integers(0, 1000))
+@given(specs(), st.integers(0, 1000))
 def test_restarting_at_every_step_reaches_the_same_outcome(spec: CoreSpec, seed: int) -> None:
     spec = replace(spec, speculation=SpeculationPolicy(enabled=False))
     outcome = outcome_for(seed)
@@ -142,3 +181,7 @@ def test_restarting_at_every_step_reaches_the_same_outcome(spec: CoreSpec, seed:
     assert plain.state.succeeded == restarted.state.succeeded
     assert plain.state.failed == restarted.state.failed
     assert plain.state.attempts == restarted.state.attempts
+    assert plain.state.failure_summary == restarted.state.failure_summary
+    assert plain.state.succeeded_after_retry == restarted.state.succeeded_after_retry
+    assert plain.state.not_run == restarted.state.not_run
+    assert plain.status["resources"] == restarted.status["resources"]

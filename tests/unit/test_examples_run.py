@@ -13,9 +13,19 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
-def run(example: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run(example: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "microtask_operator.cli", "run", str(example), "--json", *extra],
+        [
+            sys.executable,
+            "-m",
+            "microtask_operator.cli",
+            "run",
+            str(example),
+            "--json",
+            "--output",
+            str(output),
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -25,24 +35,27 @@ def run(example: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
-def test_every_example_succeeds_locally(example: Path) -> None:
-    result = run(example)
+def test_every_example_succeeds_locally(example: Path, tmp_path: Path) -> None:
+    result = run(example, tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
-    status = json.loads(result.stdout)
-    assert status["phase"] == "Succeeded"
-    assert status["succeeded"] == status["total"] > 0
-    assert status["failed"] == 0
+    summary = json.loads(result.stdout)
+    assert summary["kind"] == "RunSummary"
+    assert summary["phase"] == "Succeeded"
+    assert summary["succeeded"] == summary["total"] > 0
+    assert summary["failed"] == summary["notRun"] == 0
     assert "Traceback" not in result.stderr
+    assert (tmp_path / "run" / "run.json").is_file()
 
 
-def test_the_retry_example_retries_only_the_failed_microtasks() -> None:
-    result = run(ROOT / "examples" / "flaky-retry.yaml")
+def test_the_retry_example_retries_only_the_failed_microtasks(tmp_path: Path) -> None:
+    result = run(ROOT / "examples" / "flaky-retry.yaml", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
-    status = json.loads(result.stdout)
+    summary = json.loads(result.stdout)
     failing_first = [i for i in range(100) if i % 7 == 3]
-    assert status["attempts"] == 100 + len(failing_first)
-    assert f"{len(failing_first)} microtask retries" in result.stderr
-    assert "transient failure" in result.stderr  # the first error text is in the summary
+    assert summary["attempts"] == 100 + len(failing_first)
+    assert summary["succeededAfterRetry"] == len(failing_first)
+    assert f"retried, then succeeded  {len(failing_first)} microtasks" in result.stderr
+    assert "transient failure" in result.stderr  # why they were retried is in the summary
 
 
 def test_a_failing_job_exits_1_and_invalid_input_exits_2(tmp_path: Path) -> None:
@@ -53,12 +66,12 @@ def test_a_failing_job_exits_1_and_invalid_input_exits_2(tmp_path: Path) -> None
         .replace('"import hashlib, sys;', '"import sys; sys.exit(3);')
         + "  retry: {maxAttempts: 1}\n"
     )
-    result = run(failing, "--workers", "2")
+    result = run(failing, tmp_path / "run", "--workers", "2")
     assert result.returncode == 1, result.stderr[-2000:]
     assert json.loads(result.stdout)["phase"] == "Failed"
     broken = tmp_path / "broken.yaml"
     broken.write_text("apiVersion: microtask.dev/v1alpha1\nkind: MicrotaskJob\nspec: {}\n")
-    result = run(broken)
+    result = run(broken, tmp_path / "broken-run")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "spec.items" in result.stderr

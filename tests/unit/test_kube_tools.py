@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.kube_tools import find, pinned, require
+from tests.kube_tools import SCRIPT, find, pinned, require
 
 
 def executable(path: Path) -> Path:
@@ -53,3 +54,59 @@ def test_kubebuilder_assets_win(
     assert find("etcd") == assets
     # What the assets lack still comes from the cache (envtest has no controller-manager).
     assert find("kube-controller-manager") is None
+
+
+def test_minio_comes_from_the_cache_keyed_by_its_pinned_version(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MICROTASK_MINIO", raising=False)
+    assert pinned("MINIO_VERSION").startswith("v")
+    assert find("minio") is None
+    minio = executable(empty_cache / "minio" / pinned("MINIO_VERSION") / "minio")
+    assert require("minio") == {"minio": minio}
+
+
+def test_microtask_minio_wins_and_is_the_only_place_tried(
+    empty_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executable(empty_cache / "minio" / pinned("MINIO_VERSION") / "minio")
+    own = executable(tmp_path / "elsewhere" / "minio")
+    monkeypatch.setenv("MICROTASK_MINIO", str(own))
+    assert find("minio") == own
+    # A wrong path is not quietly replaced by the cache's binary.
+    monkeypatch.setenv("MICROTASK_MINIO", str(tmp_path / "missing" / "minio"))
+    assert find("minio") is None
+
+
+def test_minio_from_kubebuilder_assets(
+    empty_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MICROTASK_MINIO", raising=False)
+    assets = executable(tmp_path / "assets" / "minio")
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets.parent))
+    assert find("minio") == assets
+
+
+def test_missing_minio_says_how_to_build_it_alone(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MICROTASK_MINIO", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"hack/kube-binaries\.sh --minio"):
+        require("minio")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"minio not found.*MICROTASK_MINIO"):
+        require("minio")
+
+
+def test_the_script_and_the_tests_agree_on_where_minio_is(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hack/kube-binaries.sh --minio` prints the path `find` looks at (here: already cached)."""
+    monkeypatch.delenv("MICROTASK_MINIO", raising=False)
+    minio = executable(empty_cache / "minio" / pinned("MINIO_VERSION") / "minio")
+    result = subprocess.run(
+        [str(SCRIPT), "--minio"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == str(minio)
+    assert "cached" in result.stderr

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from microtask_runner import cli
-from microtask_runner.execute import CommandExecutor, Outcomes, Progress, ReportFile, Signals
+from microtask_runner.execute import (
+    CommandExecutor,
+    Finished,
+    Outcomes,
+    Progress,
+    ReportFile,
+    Signals,
+)
 from microtask_runner.indexset import IndexSet
 from microtask_runner.items import ItemsError, item_text, load_items
 from microtask_runner.report import Report
@@ -224,20 +231,51 @@ def test_command_not_runnable_per_microtask(tmp_path: Path) -> None:
     code, report, _ = run(tmp_path, "./$(MICROTASK_ITEM)", MICROTASK_INDEXES="0")
     assert code == 10
     assert report.failed == {127: IndexSet.parse("0")}
+    assert report.errors[127] == "index 0: command not found: ./0"
+    code, report, _ = run(tmp_path, "./noexec-$(MICROTASK_INDEX).sh", MICROTASK_INDEXES="0")
+    assert report.failed == {127: IndexSet.parse("0")}
     code, report, _ = run(
         tmp_path,
-        "./noexec.sh",
+        "./noexec$(MICROTASK_ITEM)",
         MICROTASK_INDEXES="0",
+        MICROTASK_ITEMS='{"values": [".sh"]}',
     )
+    assert code == 10
     assert report.failed == {126: IndexSet.parse("0")}
+    assert report.errors[126] == "index 0: cannot run ./noexec.sh: Permission denied"
+
+
+@pytest.mark.parametrize(
+    ("program", "code", "error"),
+    [
+        ("no-such-program-xyz", 127, "command not found: no-such-program-xyz (searched PATH)"),
+        ("./missing.sh", 127, "command not found: ./missing.sh"),
+        ("./noexec.sh", 126, "cannot run ./noexec.sh: Permission denied"),
+        ("noexec.sh", 126, "cannot run noexec.sh: Permission denied"),
+    ],
+)
+def test_command_that_cannot_run_fails_every_microtask(
+    tmp_path: Path, program: str, code: int, error: str
+) -> None:
+    (tmp_path / "noexec.sh").write_text("#!/bin/sh\n")
+    # Not a runner error (the operator would retry the shard): failures it will not retry.
+    exit_code, report, stderr = run(
+        tmp_path, program, MICROTASK_INDEXES="0-2,9", PATH=f"{os.environ['PATH']}:{tmp_path}"
+    )
+    assert exit_code == 10
+    assert report.runner_error is None
+    assert report.failed == {code: IndexSet.parse("0-2,9")}
+    assert report.errors[code] == f"index 0: {error}"
+    assert f"{error}: the 4 microtasks of this shard fail with exit code {code}" in stderr
 
 
 def test_items_from_file_lines_and_json(tmp_path: Path) -> None:
-    (tmp_path / "lines.txt").write_text("alpha\nbeta gamma\r\n\ndelta\n")
+    (tmp_path / "lines.txt").write_text("alpha\nbeta gamma\r\n\ndelta\n  \nepsilon\n")
     (tmp_path / "items.json").write_text(json.dumps([1, "x", {"k": 2}, None]))
     script = 'printf "%s\\n" "$1" >> seen'
     for spec, expected in (
-        ({"file": "lines.txt", "format": "lines"}, ["alpha", "beta gamma", "", "delta"]),
+        # the blank line is not an item
+        ({"file": "lines.txt", "format": "lines"}, ["alpha", "beta gamma", "delta", "epsilon"]),
         ({"file": "items.json", "format": "json"}, ["1", "x", '{"k": 2}', "null"]),
         ({"range": {"start": 100, "step": 5}}, ["100", "105", "110", "115"]),
     ):
@@ -368,8 +406,33 @@ BAD_INPUTS: list[tuple[list[str], dict[str, str], str]] = [
         {"MICROTASK_INDEXES": "0", "MICROTASK_CALLABLE": "mt_helpers:ok"},
         "not both",
     ),
-    (["no-such-program-xyz"], {"MICROTASK_INDEXES": "0"}, "command not found"),
-    (["./missing.sh"], {"MICROTASK_INDEXES": "0"}, "command not found"),
+    (
+        ["true"],
+        {"MICROTASK_INDEXES": "0", "MICROTASK_OUTPUT_URL": "store", "MICROTASK_JOB": "j"},
+        "MICROTASK_SHARD not",
+    ),
+    (
+        ["true"],
+        {
+            "MICROTASK_INDEXES": "0",
+            "MICROTASK_OUTPUT_URL": "store",
+            "MICROTASK_JOB": "Not_A_Name",
+            "MICROTASK_SHARD": "1",
+        },
+        "cannot name records",
+    ),
+    (["true"], {"MICROTASK_INDEXES": "0", "MICROTASK_ATTEMPT": "0"}, "not a positive integer"),
+    (["true"], {"MICROTASK_INDEXES": "0", "MICROTASK_SHARD": "-1"}, "not a shard number"),
+    (
+        ["true"],
+        {
+            "MICROTASK_INDEXES": "0",
+            "MICROTASK_OUTPUT_URL": "gs://bucket/x",
+            "MICROTASK_JOB": "j",
+            "MICROTASK_SHARD": "1",
+        },
+        "unsupported scheme gs://",
+    ),
     ([], {"MICROTASK_INDEXES": "0", "MICROTASK_CALLABLE": "mt_helpers"}, "module:function"),
     ([], {"MICROTASK_INDEXES": "0", "MICROTASK_CALLABLE": "nope_xyz:f"}, "cannot import"),
     (
@@ -391,7 +454,7 @@ BAD_INPUTS: list[tuple[list[str], dict[str, str], str]] = [
 def test_bad_input_is_a_runner_error(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
     case: tuple[list[str], dict[str, str], str],
 ) -> None:
     args, env, message = case
@@ -409,7 +472,7 @@ def test_bad_input_is_a_runner_error(
     assert report.runner_error is not None
     assert message in report.runner_error
     assert report.reported() == IndexSet.EMPTY
-    assert message in capsys.readouterr().err
+    assert message in capfd.readouterr().err
 
 
 def test_bad_input_through_the_console_script(tmp_path: Path) -> None:
@@ -595,12 +658,19 @@ def test_command_executor_with_and_without_pidfd(use_pidfd: bool) -> None:
         )
         executor.use_pidfd = use_pidfd
         executor.command += ["0", "0"]
-        assert executor.run(1, None) == (0, None)
+        assert executor.run(1, None) == Finished(0)
         executor.command[-2:] = ["0", "4"]
-        assert executor.run(2, None) == (4, "index 2: exit code 4: oops 2")
+        assert executor.run(2, None) == Finished(
+            4, error="index 2: exit code 4: oops 2", detail="exit code 4: oops 2"
+        )
         executor.command[-2:] = ["5", "0"]
         began = time.monotonic()
-        assert executor.run(3, None) == (124, "index 3: timed out after 0.3s: oops 3")
+        assert executor.run(3, None) == Finished(
+            124,
+            error="index 3: timed out after 0.3s: oops 3",
+            detail="timed out after 0.3s: oops 3",
+            timed_out=True,
+        )
         assert time.monotonic() - began < 2
     finally:
         signals.restore()

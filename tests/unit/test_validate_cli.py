@@ -43,19 +43,34 @@ spec:
 LINE = re.compile(r"^(?P<file>[^:]+): (doc (?P<doc>\d+)( \((?P<name>[^)]+)\))?: )?(?P<rest>.+)$")
 
 
-def run(*files: str | Path, quiet: bool = False) -> tuple[int, list[str]]:
-    """Exit code and output lines of `microtask validate FILES`, timed against the budget."""
+def run_streams(*files: str | Path, quiet: bool = False) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `microtask validate FILES`, timed against the budget."""
     parser = argparse.ArgumentParser()
     validate_command.configure(parser)
     argv = [str(f) for f in files] + (["--quiet"] if quiet else [])
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     started = time.monotonic()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = validate_command.execute(parser.parse_args(argv))
     elapsed = time.monotonic() - started
     assert elapsed < BUDGET_SECONDS * max(1, len(files)), f"took {elapsed:.1f}s"
-    lines = out.getvalue().splitlines()
-    assert "Traceback" not in out.getvalue()
+    assert "Traceback" not in out.getvalue() + err.getvalue()
+    return code, out.getvalue(), err.getvalue()
+
+
+def run(*files: str | Path, quiet: bool = False) -> tuple[int, list[str]]:
+    """Exit code and output lines (stdout and stderr, in order) of `microtask validate FILES`."""
+    parser = argparse.ArgumentParser()
+    validate_command.configure(parser)
+    argv = [str(f) for f in files] + (["--quiet"] if quiet else [])
+    both = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+        code = validate_command.execute(parser.parse_args(argv))
+    elapsed = time.monotonic() - started
+    assert elapsed < BUDGET_SECONDS * max(1, len(files)), f"took {elapsed:.1f}s"
+    lines = both.getvalue().splitlines()
+    assert "Traceback" not in both.getvalue()
     return code, lines
 
 
@@ -191,8 +206,27 @@ def test_config_map_in_the_file_is_checked(tmp_path: Path) -> None:
     numbers = config_map.replace("{other: x}", "{items.json: 3}")
     code, lines = run(write(tmp_path, "cm3.yaml", content + "---\n" + numbers))
     assert code == 2 and "data['items.json']: must be a string" in lines[0]
-    # Without the ConfigMap in the file, the reference is taken on trust.
-    assert run(write(tmp_path, "cm4.yaml", content))[0] == 0
+    # Without the ConfigMap in the file, the file cannot run as is: `run` refuses it, so
+    # `validate` says so too, naming the field and the ConfigMap.
+    path = write(tmp_path, "cm4.yaml", content)
+    code, out, err = run_streams(path)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{path}: doc 1 (squares): spec.items.configMapRef: ConfigMap 'cm' is not in this file; "
+        "`microtask run` and `microtask simulate` read it from the same file (add it as another "
+        "YAML document)"
+    ]
+
+
+def test_problems_go_to_stderr_and_ok_lines_to_stdout(tmp_path: Path) -> None:
+    good = write(tmp_path, "good.yaml", GOOD)
+    bad = write(tmp_path, "bad.yaml", GOOD.replace("microtasksPerShard: 10", "paralelism: 3"))
+    code, out, err = run_streams(good, bad)
+    assert code == 2
+    assert out == f"{good}: ok (1 MicrotaskJob)\n"
+    assert err.startswith(f"{bad}: doc 1 (squares): spec.paralelism: unknown field")
+    # Plain text, one problem a line, however long: no markup, no wrapping at 80 columns.
+    assert "[red]" not in err and len(err.splitlines()) == 1
 
 
 def test_config_map_without_namespace_serves_a_namespaced_job() -> None:
@@ -363,7 +397,7 @@ def test_files_just_under_the_limits_are_judged_in_time(tmp_path: Path) -> None:
 
 
 def test_the_command_line_never_shows_a_traceback(tmp_path: Path) -> None:
-    """The real process: hostile files, exit code 2, problems on stdout, nothing on stderr."""
+    """The real process: hostile files, exit code 2, problems on stderr, nothing on stdout."""
     files = [write(tmp_path, f"{name}.yaml", content) for name, content, _ in HOSTILE[:8]]
     script = (
         "import argparse, sys\n"
@@ -382,8 +416,9 @@ def test_the_command_line_never_shows_a_traceback(tmp_path: Path) -> None:
     )
     assert time.monotonic() - started < BUDGET_SECONDS * 2
     assert proc.returncode == 2
-    assert proc.stderr == ""
-    assert len(proc.stdout.splitlines()) >= len(files)
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) >= len(files)
 
 
 def test_yaml_dates_stay_strings() -> None:

@@ -215,6 +215,10 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             other = state.jobs.get((ns, mtj))
             return other.phase if other else None
 
+        def job_of(ns: str, mtj: str) -> Mapping[str, Any] | None:
+            other = state.jobs.get((ns, mtj))
+            return other.body if other else None
+
         def emit(event: Event) -> None:
             current = state.jobs.get(key)
             target: Any = current.body if current else dict(body)
@@ -230,7 +234,9 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             metrics=state.metrics,
             settings=settings,
             resync_seconds=config.resync_seconds,
-            cluster=Cluster(jobs=jobs_of, pods=pods_of, nodes=nodes, phase_of=phase_of),
+            cluster=Cluster(
+                jobs=jobs_of, pods=pods_of, nodes=nodes, phase_of=phase_of, job_of=job_of
+            ),
             emit=emit,
         )
         loop = asyncio.get_running_loop()
@@ -259,6 +265,6 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     # Let a burst of pod changes land, then decide once for all of them.
                     await asyncio.sleep(config.debounce_seconds)
         finally:
-            state.metrics.job_gone(namespace, name)
+            state.metrics.job_deleted(namespace, name)
 
     return registry

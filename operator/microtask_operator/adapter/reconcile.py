@@ -4,6 +4,11 @@ A `Reconciler` lives as long as its MicrotaskJob's daemon in the operator. It ke
 it wrote as the truth (the watched copy may lag behind its own writes) and remembers Jobs it just
 created or deleted until the watch shows them, so a lagging cache never leads to a duplicate Job or
 a double count. After a restart it starts from the status and the Jobs that exist.
+
+A rerun (`items.fromJob`) starts once its source has finished: the source is read from the
+watched MicrotaskJobs, resolved by `api.sources` and written to `status.source` with the store
+root (`status.output`); from then on it runs the source's items at the indexes left over, and
+never looks at the source again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ from ..api.convert import to_core_spec
 from ..api.items import ItemsError
 from ..api.loading import validate_job
 from ..api.model import MicrotaskJob
+from ..api.sources import (
+    ConfigMapNeeded,
+    Rerun,
+    SourceProblem,
+    SourceReason,
+    pod_store_root,
+    rerun_store_url,
+    resolve_rerun,
+    store_url,
+)
 from ..builder import build_job, job_name
 from ..core import conditions
 from ..core.planner import Decision, plan
@@ -55,6 +70,8 @@ class Cluster:
     pods: Callable[[str, str], Sequence[Mapping[str, Any]]]  # (namespace, job) -> pods
     nodes: Callable[[], Mapping[str, NodeInfo]]
     phase_of: Callable[[str, str], str | None]  # (namespace, mtj) -> phase, for dependsOn
+    # (namespace, mtj) -> the MicrotaskJob as watched, for items.fromJob
+    job_of: Callable[[str, str], Mapping[str, Any] | None] = lambda namespace, name: None
 
 
 @dataclass
@@ -79,6 +96,7 @@ class Reconciler:
     created: dict[int, tuple[ObservedShard, float]] = field(default_factory=dict)
     deleting: dict[str, float] = field(default_factory=dict)
     config_map: dict[str, str] | None = None
+    rerun: Rerun | None = None  # items.fromJob, once resolved
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         started = time.perf_counter()
@@ -115,6 +133,7 @@ class Reconciler:
         waiting = None if status.get("startTime") else self._dependencies(job)
         if waiting is not None:
             failed, message = waiting
+            store = None if job.spec.items.from_job else self._store(job, None)
             if failed:
                 return await self._hold(
                     now,
@@ -125,6 +144,7 @@ class Reconciler:
                     conditions.REASON_DEPENDENCY_FAILED,
                     message,
                     failed_condition=True,
+                    store=store,
                 )
             return await self._hold(
                 now,
@@ -134,10 +154,19 @@ class Reconciler:
                 True,
                 conditions.REASON_WAITING_FOR_DEPENDENCIES,
                 message,
+                store=store,
             )
 
+        rerun = None
+        if job.spec.items.from_job is not None:
+            found = await self._rerun(job)
+            if isinstance(found, SourceProblem):
+                return await self._source_problem(now, meta, found)
+            rerun = found
+        store = self._store(job, rerun)
+
         try:
-            spec = await self._core_spec(job)
+            spec = await self._core_spec(job, rerun)
         except ItemsError as error:
             return await self._hold(
                 now,
@@ -158,13 +187,20 @@ class Reconciler:
         # 1. Creates: a failure stops here; the next reconcile starts from what exists.
         for action in decision.actions:
             if isinstance(action, CreateShard):
-                manifest = build_job(job, meta, action.plan, self.settings)
+                manifest = build_job(
+                    job,
+                    meta,
+                    action.plan,
+                    self.settings,
+                    store=store,
+                    source=rerun.items if rerun is not None else None,
+                )
                 await self.api.create_job(self.namespace, manifest)
                 pending = action.plan.as_pending(now, reason="Created")
                 self.created[action.plan.shard_id] = (pending, now)
 
         # 2. Status, once: it records harvests before their Jobs go away.
-        new_status = self._full_status(decision, meta)
+        new_status = self._full_status(decision, meta, store=store, rerun=rerun)
         await self._write_status(new_status)
         self.state = decision.state
 
@@ -207,7 +243,10 @@ class Reconciler:
             state = CoreState(conditions=state.conditions, next_shard=state.next_shard)
         return state
 
-    async def _core_spec(self, job: MicrotaskJob) -> Any:
+    async def _core_spec(self, job: MicrotaskJob, rerun: Rerun | None) -> Any:
+        if rerun is not None:
+            # The source's unfinished indexes, fixed at the start: the ConfigMap is not counted.
+            return to_core_spec(job, universe=rerun.indexes)
         ref = job.spec.items.config_map_ref
         if ref is not None and self.config_map is None:
             data = await self.api.get_config_map(self.namespace, ref.name)
@@ -219,6 +258,68 @@ class Reconciler:
             # The item count is fixed once running: a ConfigMap edited later cannot move it.
             total = int(self.last_status["total"])
         return to_core_spec(job, self.config_map, total=total)
+
+    async def _rerun(self, job: MicrotaskJob) -> Rerun | SourceProblem:
+        """items.fromJob: as resolved before (`status.source`), or resolved now."""
+        if self.rerun is not None:
+            return self.rerun
+        held = (self.last_status or {}).get("source")
+        if held:
+            try:
+                self.rerun = Rerun.from_status(held)
+            except ValueError as error:
+                return SourceProblem(SourceReason.UNUSABLE, str(error))
+            return self.rerun
+        ref = job.spec.items.from_job
+        assert ref is not None
+        body = self.cluster.job_of(self.namespace, ref.name)
+        found = resolve_rerun(job, body)
+        if isinstance(found, ConfigMapNeeded):
+            data = await self.api.get_config_map(self.namespace, found.name)
+            if data is None:
+                return SourceProblem(
+                    SourceReason.UNUSABLE,
+                    f"ConfigMap {found.name!r} (the items of MicrotaskJob {ref.name}) not found "
+                    f"in namespace {self.namespace}",
+                )
+            found = resolve_rerun(job, body, data)
+            assert not isinstance(found, ConfigMapNeeded)
+        if isinstance(found, Rerun):
+            self.rerun = found
+            self.emit(Event(SourceReason.RESOLVED, found.summary()))
+        return found
+
+    async def _source_problem(
+        self, now: float, meta: Mapping[str, Any], problem: SourceProblem
+    ) -> Outcome:
+        """Hold a rerun whose source cannot be used: wait for it, or fail until the spec changes."""
+        if problem.final:
+            return await self._hold(
+                now, meta, "Failed", conditions.INVALID, True, problem.reason, problem.message
+            )
+        waiting = problem.reason in (SourceReason.NOT_FOUND, SourceReason.NOT_FINISHED)
+        return await self._hold(
+            now,
+            meta,
+            "Pending",
+            conditions.WAITING_FOR_DEPENDENCIES if waiting else conditions.INVALID,
+            True,
+            problem.reason,
+            problem.message,
+            retry=True,
+        )
+
+    def _store(self, job: MicrotaskJob, rerun: Rerun | None) -> str | None:
+        """The result store's root (`status.output.url`): kept once written, while reachable."""
+        kept = ((self.last_status or {}).get("output") or {}).get("url")
+        output = job.spec.output
+        if kept and (output is None or pod_store_root(output, str(kept)) is not None):
+            return str(kept)
+        if output is None:
+            return None
+        if rerun is not None:
+            return rerun_store_url(output, rerun.source_output, rerun.job)
+        return store_url(output, self.name)
 
     def _dependencies(self, job: MicrotaskJob) -> tuple[bool, str] | None:
         missing = []
@@ -264,9 +365,22 @@ class Reconciler:
         await self.api.delete_job(self.namespace, name)
         self.deleting[name] = now
 
-    def _full_status(self, decision: Decision, meta: Mapping[str, Any]) -> dict[str, Any]:
+    def _full_status(
+        self,
+        decision: Decision,
+        meta: Mapping[str, Any],
+        *,
+        store: str | None,
+        rerun: Rerun | None,
+    ) -> dict[str, Any]:
         status = dict(decision.status)
         status["observedGeneration"] = int(meta.get("generation") or 0)
+        if store is not None:
+            status["output"] = {"url": store}
+        if rerun is not None:
+            status["source"] = rerun.to_status()
+            if not rerun.indexes:
+                status["message"] = rerun.summary()
         conds = list(status.get("conditions") or [])
         # Conditions the adapter owns are cleared once they no longer hold.
         for owned in (conditions.INVALID, conditions.WAITING_FOR_DEPENDENCIES):
@@ -294,6 +408,7 @@ class Reconciler:
         *,
         failed_condition: bool = False,
         retry: bool = False,
+        store: str | None = None,
     ) -> Outcome:
         """Write a status saying why no Jobs are made (invalid, waiting, dependency failed)."""
         previous = CoreState.from_status({"conditions": (self.last_status or {}).get("conditions")})
@@ -310,6 +425,8 @@ class Reconciler:
             "conditions": base["conditions"],
             "observedGeneration": int(meta.get("generation") or 0),
         }
+        if store is not None:
+            status["output"] = {"url": store}
         merged = dict(self.last_status or {})
         merged.update(status)
         if merged != self.last_status:
@@ -328,7 +445,7 @@ class Reconciler:
         return Outcome(wake, phase == "Failed")
 
     def _record(self, decision: Decision) -> None:
-        self.metrics.record(self.namespace, decision.deltas)
+        self.metrics.record(self.namespace, decision.deltas, job=self.name)
         if decision.done:
             self.metrics.job_gone(self.namespace, self.name)
             return

@@ -1,8 +1,12 @@
 """Item sources: how many microtasks a job has, and the MICROTASK_ITEMS a shard's runner gets.
 
+A rerun (`items.fromJob`) has no items of its own: it works on its source job's items
+(`status.source.items`, resolved by `api.sources`), and its microtasks keep their indexes there, so
+the functions below take those items as `source`.
+
 The counting rules match the runner's (`microtask_runner.items`): `lines` splits on "\n", a final
-newline ends the last line rather than starting an empty item, and a trailing "\r" is dropped;
-`json` is a JSON array.
+newline ends the last line rather than starting an empty item, a trailing "\r" is dropped and
+blank lines (empty or whitespace only) are skipped; `json` is a JSON array.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any, Literal
 from microtask_runner.indexset import IndexSet
 
 from microtask_operator.api import limits
-from microtask_operator.api.model import MicrotaskJob, MicrotaskJobSpec
+from microtask_operator.api.model import Items, MicrotaskJob, MicrotaskJobSpec
 
 __all__ = [
     "ItemsError",
     "config_map_items_file",
+    "count_items",
+    "effective_items",
     "parse_config_map_items",
     "runner_items",
     "total_microtasks",
@@ -35,7 +41,10 @@ def parse_config_map_items(text: str, fmt: Literal["lines", "json"]) -> list[Any
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        return [line[:-1] if line.endswith("\r") else line for line in lines]
+        items = [line[:-1] if line.endswith("\r") else line for line in lines]
+        # Blank lines (empty or whitespace only) are not items: a stray empty line must not
+        # become a microtask. The runner counts the same way.
+        return [item for item in items if item.strip()]
     try:
         values = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -51,21 +60,49 @@ def _spec(job: MicrotaskJob | MicrotaskJobSpec) -> MicrotaskJobSpec:
     return job.spec if isinstance(job, MicrotaskJob) else job
 
 
+def effective_items(job: MicrotaskJob | MicrotaskJobSpec, source: Items | None = None) -> Items:
+    """The items the job's microtasks work on: its own, or for a rerun its source's (`source`).
+
+    Raises ItemsError for a rerun whose source is not given (it is known once resolved).
+    """
+    items = _spec(job).items
+    if items.from_job is None:
+        return items
+    if source is None or source.from_job is not None:
+        raise ItemsError(
+            f"the items come from MicrotaskJob {items.from_job.name!r} (items.fromJob); "
+            "they are known once that job is resolved"
+        )
+    return source
+
+
 def total_microtasks(
     job: MicrotaskJob | MicrotaskJobSpec, config_map_data: Mapping[str, str] | None = None
 ) -> int:
     """Number of microtasks of the job.
 
     `config_map_data` is the `data` of the ConfigMap named by `items.configMapRef` (ignored for
-    other sources). Raises ItemsError when it is needed and missing or unusable.
+    other sources). Raises ItemsError when it is needed and missing or unusable, and for a rerun
+    (`items.fromJob`), whose microtasks are the indexes its source left unfinished.
     """
     items = _spec(job).items
+    if items.from_job is not None:
+        raise ItemsError(
+            f"a rerun of MicrotaskJob {items.from_job.name!r} runs what that job did not finish; "
+            "the number is known once that job has finished"
+        )
+    return count_items(items, config_map_data)
+
+
+def count_items(items: Items, config_map_data: Mapping[str, str] | None = None) -> int:
+    """Number of items of a range, list or configMapRef source (see `total_microtasks`)."""
     if items.range_ is not None:
         return items.range_.count
     if items.list_ is not None:
         return len(items.list_)
     ref = items.config_map_ref
-    assert ref is not None  # the model guarantees exactly one source
+    if ref is None:
+        raise ItemsError("items.fromJob holds no items of its own")
     where = f"ConfigMap {ref.name!r}"
     if config_map_data is None:
         raise ItemsError(f"{where} is needed to count the items (configMapRef)")
@@ -87,23 +124,30 @@ def total_microtasks(
     return total
 
 
-def config_map_items_file(job: MicrotaskJob | MicrotaskJobSpec, mount_dir: str) -> str:
+def config_map_items_file(
+    job: MicrotaskJob | MicrotaskJobSpec, mount_dir: str, source: Items | None = None
+) -> str:
     """Path of the items file when the ConfigMap is mounted at `mount_dir`."""
-    ref = _spec(job).items.config_map_ref
+    ref = effective_items(job, source).config_map_ref
     if ref is None:
         raise ItemsError("the job's items do not come from a ConfigMap")
     return f"{mount_dir.rstrip('/')}/{ref.key}"
 
 
 def runner_items(
-    job: MicrotaskJob | MicrotaskJobSpec, indexes: IndexSet, items_file: str | None = None
+    job: MicrotaskJob | MicrotaskJobSpec,
+    indexes: IndexSet,
+    items_file: str | None = None,
+    *,
+    source: Items | None = None,
 ) -> dict[str, Any]:
     """The MICROTASK_ITEMS object (before JSON encoding) for a shard running `indexes`.
 
     Inline lists carry only this shard's items; a ConfigMap source needs `items_file`, the path
-    where the ConfigMap key is readable by the runner.
+    where the ConfigMap key is readable by the runner. A rerun needs its source's items
+    (`source`); its indexes are the source's, so a list rerun gets the same values.
     """
-    items = _spec(job).items
+    items = effective_items(job, source)
     if items.range_ is not None:
         return {"range": {"start": items.range_.start, "step": items.range_.step}}
     if items.list_ is not None:

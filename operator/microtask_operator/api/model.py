@@ -65,6 +65,11 @@ FIELD_ERROR_TYPE = "microtask_field"
 RESERVED_LABEL_PREFIX = "microtask.dev/"
 #: Volume the operator adds for `items.configMapRef`.
 RESERVED_VOLUME_NAME = "microtask-items"
+RESERVED_OUTPUT_VOLUME_NAME = "microtask-output"
+_RESERVED_VOLUMES = {
+    RESERVED_VOLUME_NAME: "configMapRef items",
+    RESERVED_OUTPUT_VOLUME_NAME: "output.volume.claimName",
+}
 #: The runner writes its report here; the operator reads it as the termination message.
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
@@ -448,11 +453,12 @@ class PodSpec(_Open):
         volumes = (self.model_extra or {}).get("volumes")
         if isinstance(volumes, list):
             for i, volume in enumerate(volumes):
-                if isinstance(volume, dict) and volume.get("name") == RESERVED_VOLUME_NAME:
+                volume_name = volume.get("name") if isinstance(volume, dict) else None
+                if volume_name in _RESERVED_VOLUMES:
                     raise field_error(
                         ("volumes", i, "name"),
-                        f"{RESERVED_VOLUME_NAME!r} is the volume the operator adds for "
-                        "configMapRef items; choose another name",
+                        f"{volume_name!r} is the volume the operator adds for "
+                        f"{_RESERVED_VOLUMES[volume_name]}; choose another name",
                     )
         return self
 
@@ -566,7 +572,6 @@ class Placement(_Strict):
 
 #: Where the result store's volume is mounted in the worker (output.volume).
 OUTPUT_MOUNT_PATH = "/var/run/microtask/output"
-RESERVED_OUTPUT_VOLUME_NAME = "microtask-output"
 _S3_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
 _RELATIVE_PATH = r"^$|^[^/\s][^\s]*$"
 _ENDPOINT = r"^https?://[^\s/]+(/[^\s]*)?$"

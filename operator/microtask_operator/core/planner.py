@@ -19,8 +19,10 @@ from typing import Any
 
 from microtask_runner.indexset import IndexSet
 
-from . import badnodes, conditions, retries, speculation
+from . import attribution, badnodes, conditions, failures, resources, retries, speculation
+from .attribution import Charge
 from .conditions import Condition
+from .resources import ResourceSeconds
 from .state import CoreState, PoolDurations, RetryBatch
 from .types import (
     Accelerator,
@@ -48,8 +50,6 @@ SUSPENDED = "Suspended"
 TAIL_SLOWDOWN_FACTOR = 1.5
 # ...and a copy that straggles too may get one more there (a slow node is not that rare).
 TAIL_COPIES_PER_SHARD = 2
-# Exit code charged to a microtask whose pod died without a usable report.
-NO_REPORT_EXIT_CODE = 137
 # Pending reasons that mean "waiting in a queue on purpose": never a reason to fall back.
 QUEUED_REASONS = frozenset({"Queued", "Suspended"})
 
@@ -66,6 +66,9 @@ class Deltas:
     shard_durations: list[tuple[Pool, float]] = field(default_factory=list)
     wasted_seconds: float = 0.0
     speculative_copies: int = 0
+    succeeded_after_retry: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # failed attempts by kind (its words)
+    resources: ResourceSeconds = field(default_factory=ResourceSeconds)  # pod time spent
 
 
 @dataclass
@@ -80,16 +83,13 @@ class Decision:
     in_flight: dict[Pool, int] = field(default_factory=dict)  # shards in flight per pool
 
 
-def pod_exit_code(shard: ObservedShard) -> int:
-    """The code charged for a microtask the pod died on: its exit code, or 137 if it had none."""
-    if shard.exit_code is None or shard.exit_code == 0:
-        return NO_REPORT_EXIT_CODE
-    return shard.exit_code
-
-
 def group_of(shard: ObservedShard) -> int:
     """Speculative copies and their original form one group; one member's result counts."""
     return shard.copy_of if shard.copy_of is not None else shard.shard_id
+
+
+def _microtasks(count: int) -> str:
+    return f"{count} microtask" if count == 1 else f"{count} microtasks"
 
 
 class _Planner:
@@ -121,6 +121,11 @@ class _Planner:
         self.durations = dict(state.durations)
         self.gpu_fallback_until = state.gpu_fallback_until
         self.wasted = state.wasted_seconds
+        self.failure_summary = state.failure_summary
+        self.succeeded_after_retry = state.succeeded_after_retry
+        self.resources = state.resources
+        self.not_run = state.not_run
+        self.universe = spec.indexes()
         self.start_time = state.start_time
         self.completion_time = state.completion_time
         self.previous_phase = state.phase
@@ -198,10 +203,34 @@ class _Planner:
         end = shard.finished_at if shard.finished_at is not None else self.now
         return max(0.0, end - shard.started_at)
 
+    def inside(self, shard: ObservedShard) -> IndexSet:
+        """The shard's microtasks that belong to the job (reports about others are ignored)."""
+        if self.spec.universe is None:
+            return shard.indexes
+        return shard.indexes & self.spec.universe
+
+    def spend(self, shard: ObservedShard, wasted_share: float) -> None:
+        """Count the shard's pod time (once, when it is harvested or given up)."""
+        used = resources.spent(self.spec, shard.pool, self.run_time(shard), wasted_share)
+        self.resources = self.resources + used
+        self.deltas.resources = self.deltas.resources + used
+
     def waste(self, shard: ObservedShard) -> None:
+        """The shard's whole run was thrown away (a losing copy, lost or cancelled)."""
         seconds = self.run_time(shard)
         self.wasted += seconds
         self.deltas.wasted_seconds += seconds
+        self.spend(shard, 1.0)
+
+    def succeed(self, ok: IndexSet, attempt: int) -> None:
+        """Microtasks reported done; a late success (speculative copy) beats a failure."""
+        self.deltas.succeeded += len(ok - self.final())
+        if attempt > 1:
+            again = len(ok - self.succeeded)
+            self.succeeded_after_retry += again
+            self.deltas.succeeded_after_retry += again
+        self.succeeded = self.succeeded | ok
+        self.failed = self.failed - ok
 
     def rebalanced(self, reason: Reason, message: str) -> None:
         self.rebalances[reason.value] = self.rebalances.get(reason.value, 0) + 1
@@ -222,18 +251,66 @@ class _Planner:
             self.retry = retries.add_batch(self.retry, spent, self.now, indexes)
         # spent == 0: nothing to store, fresh work is everything not accounted for.
 
-    def charge(self, shard: ObservedShard, code: int, indexes: IndexSet) -> None:
-        """Microtasks that failed an attempt: retry after backoff, or fail for good."""
-        indexes = indexes - self.final()
+    def charge(self, shard: ObservedShard, charge: Charge) -> IndexSet:
+        """Microtasks that failed an attempt: retry after backoff, or fail for good.
+
+        Returns those queued for a retry.
+        """
+        indexes = charge.indexes - self.final()
         if not indexes:
-            return
-        if retries.is_permanent(self.spec.retry, code, shard.attempt):
+            return IndexSet.EMPTY
+        policy = self.spec.retry
+        permanent = retries.is_permanent(
+            policy, charge.code, shard.attempt, from_runner=charge.from_runner
+        )
+        if permanent:
             self.failed = self.failed | indexes
             self.deltas.failed += len(indexes)
         else:
-            delay = retries.backoff_seconds(self.spec.retry, shard.attempt)
+            delay = retries.backoff_seconds(policy, shard.attempt)
             self.retry = retries.add_batch(self.retry, shard.attempt, self.now + delay, indexes)
             self.deltas.retried += len(indexes)
+        sample = charge.indexes.first()
+        assert sample is not None
+        self.failure_summary = failures.record(
+            self.failure_summary,
+            exit_code=charge.exit_code,
+            reason=charge.reason,
+            attempts=len(indexes),
+            microtasks=len(indexes) if permanent else 0,
+            sample_index=sample,
+            message=charge.message,
+        )
+        self.deltas.failures[charge.reason] = self.deltas.failures.get(charge.reason, 0) + len(
+            indexes
+        )
+        if charge.from_runner and retries.is_command_not_found(policy, charge.code):
+            self.command_not_found(shard, charge, indexes, sample)
+        return IndexSet.EMPTY if permanent else indexes
+
+    def command_not_found(
+        self, shard: ObservedShard, charge: Charge, indexes: IndexSet, sample: int
+    ) -> None:
+        """Say plainly why these microtasks failed at once, and how to have them retried."""
+        here = failures.FailureEntry(
+            charge.exit_code,
+            charge.reason,
+            len(indexes),
+            len(indexes),
+            sample,
+            failures.cut(charge.message),
+        )
+        where = f" on node {shard.node}" if shard.node else ""
+        self.events.append(
+            Event(
+                "CommandNotFound",
+                f"shard {shard.shard_id}{where}: {failures.describe(here)}",
+                warning=True,
+            )
+        )
+        # The status message counts every microtask of the kind so far.
+        whole = next((e for e in self.failure_summary if e.key == here.key), here)
+        self.message = failures.describe(whole)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -267,10 +344,8 @@ class _Planner:
         report = shard.report
         ok = IndexSet.EMPTY
         if report is not None and not report.runner_error:
-            ok = report.succeeded & shard.indexes
-            self.deltas.succeeded += len(ok - self.final())
-            self.succeeded = self.succeeded | ok
-            self.failed = self.failed - ok
+            ok = report.succeeded & self.inside(shard)
+            self.succeed(ok, shard.attempt)
         self.waste(shard)
         self.retire(shard, reason)
         return ok
@@ -278,56 +353,23 @@ class _Planner:
     def harvest(self, shard: ObservedShard) -> None:
         self.forget(shard.shard_id)
         report = shard.report
-        inside = shard.indexes
-        final_before = self.final()
-        charged: dict[int, IndexSet] = {}
-        error_text = ""
-        if report is None or report.runner_error:
-            # No usable report: every microtask is charged, so a broken image cannot loop forever.
-            code = pod_exit_code(shard)
-            charged[code] = inside
-            ok = IndexSet.EMPTY
-            error_text = (report.runner_error if report else None) or (
-                shard.failure_reason or "the pod left no report"
-            )
-        else:
-            ok = report.succeeded & inside
-            for code, indexes in report.failed.items():
-                charged[code] = (charged.get(code, IndexSet.EMPTY) | (indexes & inside)) - ok
-            reported = ok | report.failed_indexes()
-            if (
-                shard.phase == ShardPhase.FAILED
-                and report.current is not None
-                and report.current in inside
-                and report.current not in reported
-            ):
-                # The pod died while this microtask ran (OOM, deadline, crash): it was the culprit.
-                code = pod_exit_code(shard)
-                one = IndexSet.from_range(report.current, report.current + 1)
-                charged[code] = charged.get(code, IndexSet.EMPTY) | one
-            elif shard.phase == ShardPhase.FAILED and not (reported & inside):
-                # Killed before reporting anything (e.g. a shard deadline shorter than one
-                # microtask): charge the first, which runs first, so a relaunch always progresses.
-                first = inside.first()
-                assert first is not None
-                code = pod_exit_code(shard)
-                one = IndexSet.from_range(first, first + 1)
-                charged[code] = charged.get(code, IndexSet.EMPTY) | one
-            if report.errors:
-                error_text = next(iter(report.errors.values()))
-        newly_ok = ok - final_before
-        self.succeeded = self.succeeded | ok
-        self.failed = self.failed - ok  # a late success (speculative copy) beats a failure
-        self.deltas.succeeded += len(newly_ok)
-        all_charged = IndexSet.EMPTY
-        for code in sorted(charged):
-            self.charge(shard, code, charged[code])
-            all_charged = all_charged | charged[code]
-        unreported = inside - ok - all_charged
-        self.requeue_unfinished(shard, unreported)
+        inside = self.inside(shard)
+        verdict = attribution.attribute(shard, inside)
+        ok = verdict.ok
+        self.succeed(ok, shard.attempt)
+        message_before = self.message
+        retried = IndexSet.EMPTY
+        for charge in verdict.charges:
+            retried = retried | self.charge(shard, charge)
+        all_charged = verdict.charged()
+        self.requeue_unfinished(shard, verdict.unreported)
         self.retry = retries.without(self.retry, self.final())
+        # The pod time of microtasks that failed and run again was thrown away.
+        outcomes = len(ok) + len(all_charged)
+        self.spend(shard, len(retried) / outcomes if outcomes else 0.0)
+        error_text = verdict.error_text()
 
-        failures = len(all_charged - ok)
+        failed = len(all_charged)
         pool = shard.pool
         d = self.durations.get(pool, PoolDurations())
         measured = report is not None and report.count > 0
@@ -335,26 +377,27 @@ class _Planner:
             shards=d.shards + (1 if measured else 0),
             microtasks=d.microtasks + (report.count if report is not None and measured else 0),
             seconds=d.seconds + (report.seconds_total if report is not None and measured else 0.0),
-            failed_shards=d.failed_shards + (1 if failures else 0),
+            failed_shards=d.failed_shards + (1 if failed else 0),
             harvested=d.harvested + 1,
         )
         self.deltas.shard_durations.append((pool, self.run_time(shard)))
         if shard.node is not None:
-            self.nodes = badnodes.record_shard(self.nodes, shard.node, bool(failures), self.now)
+            self.nodes = badnodes.record_shard(self.nodes, shard.node, bool(failed), self.now)
         keep = False
-        if failures:
+        if failed:
             keep = self.spec.keep_failed_shards > 0
             where = f" on node {shard.node}" if shard.node else ""
             detail = f": {error_text}" if error_text else ""
             self.events.append(
                 Event(
                     "ShardFailed",
-                    f"shard {shard.shard_id}{where}: {failures} of {len(inside)} microtasks "
+                    f"shard {shard.shard_id}{where}: {failed} of {len(inside)} microtasks "
                     f"failed (attempt {shard.attempt}){detail}",
                     warning=True,
                 )
             )
-            if error_text:
+            if error_text and self.message == message_before:
+                # (Unless a plainer message was set: a command that cannot run.)
                 self.message = f"last failure: {error_text}"[:512]
         self.retire(shard, "harvested", keep=keep)
 
@@ -398,6 +441,7 @@ class _Planner:
                 self.wakeups.append(deadline)
                 continue
             self.gpu_fallback_until = self.now + self.spec.fallback_cooldown_seconds
+            self.waste(shard)  # (nothing, unless it ran before it went back to pending)
             self.retire(shard, "fallback")
             if not (shard.indexes - self.final() - self.in_flight()):
                 # A copy whose original still runs, or work already moved by a decision whose
@@ -475,8 +519,8 @@ class _Planner:
             free -= 1
 
     def fresh(self) -> IndexSet:
-        universe = IndexSet.from_range(0, self.spec.total)
-        return universe - self.final() - self.in_flight() - self.queued()
+        """Microtasks not launched yet (or given back unrun): first attempts to come."""
+        return self.universe - self.final() - self.in_flight() - self.queued()
 
     def queued(self) -> IndexSet:
         return IndexSet.from_ranges(r for b in self.retry for r in b.indexes.ranges)
@@ -591,27 +635,27 @@ class _Planner:
         self.recover_lost()
         self.update_nodes()
 
-        if len(self.failed) > spec.retry.max_failed_microtasks:
+        if len(self.failed) > retries.allowed_failures(spec.retry, spec.total):
+            self.not_run = len(self.fresh())
             self.cancel_all("too_many_failures")
-            self.message = (
-                f"{len(self.failed)} microtasks failed permanently, more than "
-                f"maxFailedMicrotasks={spec.retry.max_failed_microtasks}"
-            )
+            self.message = self.with_not_run(self.too_many_failures())
             return self.finish(FAILED, conditions.REASON_TOO_MANY_FAILURES)
 
         if len(self.final()) >= spec.total:
+            self.not_run = len(self.fresh())
             self.cancel_all("finished")
             return self.finish(SUCCEEDED)
 
         if spec.job_timeout_seconds is not None and self.start_time is not None:
             deadline = self.start_time + spec.job_timeout_seconds
             if self.now >= deadline:
+                self.not_run = len(self.fresh())
                 self.cancel_all("deadline")
-                unfinished = IndexSet.from_range(0, spec.total) - self.final()
+                unfinished = self.universe - self.final()
                 self.failed = self.failed | unfinished
                 self.deltas.failed += len(unfinished)
                 self.retry = ()
-                self.message = (
+                self.message = self.with_not_run(
                     f"timeouts.jobSeconds={spec.job_timeout_seconds:g} exceeded; "
                     f"{len(unfinished)} microtasks unfinished"
                 )
@@ -642,6 +686,23 @@ class _Planner:
         running = any(s.phase == ShardPhase.RUNNING for s in self.live.values())
         started = running or len(self.final()) > 0 or self.previous_phase == RUNNING
         return self.finish(RUNNING if started else PENDING)
+
+    def too_many_failures(self) -> str:
+        """Which limit was crossed, and the kind of failure most to blame."""
+        policy = self.spec.retry
+        text = (
+            f"{failures.microtasks(len(self.failed))} failed permanently, more than "
+            f"{retries.failure_limit(policy, self.spec.total)}"
+        )
+        worst = failures.worst(self.failure_summary)
+        if worst is not None:
+            text += f"; {failures.describe(worst, retried=policy.retry_command_not_found)}"
+        return text
+
+    def with_not_run(self, text: str) -> str:
+        if self.not_run:
+            text += f", {failures.microtasks(self.not_run)} never ran"
+        return text
 
     def finish(self, phase: str, reason: str | None = None) -> Decision:
         now = self.now
@@ -712,7 +773,7 @@ class _Planner:
             self.events.append(
                 Event(
                     "MicrotasksFailed",
-                    f"{self.deltas.failed} microtasks failed permanently "
+                    f"{_microtasks(self.deltas.failed)} failed permanently "
                     f"({len(self.failed)} in all)",
                     warning=True,
                 )
@@ -744,6 +805,10 @@ class _Planner:
             durations=self.durations,
             gpu_fallback_until=self.gpu_fallback_until,
             wasted_seconds=self.wasted,
+            failure_summary=self.failure_summary,
+            succeeded_after_retry=self.succeeded_after_retry,
+            resources=self.resources,
+            not_run=self.not_run,
             start_time=self.start_time,
             completion_time=self.completion_time,
             phase=phase,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from fractions import Fraction
 
 from microtask_runner.indexset import IndexSet
 
+from .failures import COMMAND_NOT_FOUND_CODES
 from .state import MAX_RETRY_BATCHES, RetryBatch
 from .types import RetryPolicy
 
@@ -18,9 +21,48 @@ def backoff_seconds(policy: RetryPolicy, attempts: int) -> float:
     return float(min(delay, policy.max_backoff_seconds))
 
 
-def is_permanent(policy: RetryPolicy, exit_code: int, attempts: int) -> bool:
-    """A failure is final when its code says retrying is pointless or attempts are exhausted."""
-    return exit_code in policy.non_retryable_exit_codes or attempts >= policy.max_attempts
+def is_permanent(
+    policy: RetryPolicy, exit_code: int, attempts: int, *, from_runner: bool = True
+) -> bool:
+    """A failure is final when its code says retrying is pointless or attempts are exhausted.
+
+    `from_runner`: the runner reported the code for the microtask itself (126 and 127 then mean
+    its command cannot run); otherwise it is the code of a pod that died.
+    """
+    return (
+        exit_code in policy.non_retryable_exit_codes
+        or (from_runner and is_command_not_found(policy, exit_code))
+        or attempts >= policy.max_attempts
+    )
+
+
+def is_command_not_found(policy: RetryPolicy, exit_code: int) -> bool:
+    """126/127: the command is missing or not executable, so a retry would fail the same way."""
+    return exit_code in COMMAND_NOT_FOUND_CODES and not policy.retry_command_not_found
+
+
+def allowed_failures(policy: RetryPolicy, total: int) -> int:
+    """Permanently failed microtasks tolerated: the larger of the count and the fraction."""
+    return max(policy.max_failed_microtasks, _by_fraction(policy, total))
+
+
+def _by_fraction(policy: RetryPolicy, total: int) -> int:
+    if policy.max_failed_fraction is None:
+        return 0
+    # As written in decimal: 0.29 x 100 is 29 (in binary floating point, 28.999999999999996).
+    return math.floor(Fraction(repr(policy.max_failed_fraction)) * total)
+
+
+def failure_limit(policy: RetryPolicy, total: int) -> str:
+    """Which limit `allowed_failures` applies, in the spec's words."""
+    by_count = f"maxFailedMicrotasks={policy.max_failed_microtasks}"
+    fraction = policy.max_failed_fraction
+    if fraction is None:
+        return by_count
+    by_fraction = _by_fraction(policy, total)
+    if by_fraction > policy.max_failed_microtasks:
+        return f"maxFailedFraction={fraction:g} ({by_fraction} of {total} microtasks)"
+    return f"{by_count} (maxFailedFraction={fraction:g} allows {by_fraction})"
 
 
 def add_batch(

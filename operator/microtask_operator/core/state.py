@@ -14,7 +14,10 @@ from typing import Any
 
 from microtask_runner.indexset import IndexSet
 
+from . import failures
 from .conditions import Condition
+from .failures import FailureEntry
+from .resources import ResourceSeconds
 from .timefmt import from_rfc3339, to_rfc3339
 from .types import Pool
 
@@ -84,6 +87,12 @@ class CoreState:
     durations: Mapping[Pool, PoolDurations] = field(default_factory=dict)
     gpu_fallback_until: float | None = None
     wasted_seconds: float = 0.0
+    # The most frequent kinds of failure (bounded), microtasks that needed a retry to succeed,
+    # pod time spent, and (once finished) microtasks never launched.
+    failure_summary: tuple[FailureEntry, ...] = ()
+    succeeded_after_retry: int = 0
+    resources: ResourceSeconds = field(default_factory=ResourceSeconds)
+    not_run: int | None = None
     start_time: float | None = None
     completion_time: float | None = None
     phase: str = "Pending"
@@ -151,6 +160,9 @@ class CoreState:
                 for pool, d in sorted(self.durations.items())
             },
             "wastedSeconds": round(self.wasted_seconds, 3),
+            "failureSummary": failures.to_status(self.failure_summary),
+            "succeededAfterRetry": self.succeeded_after_retry,
+            "resources": self.resources.to_status(),
             "message": self.message,
             "conditions": [
                 {
@@ -165,6 +177,8 @@ class CoreState:
         }
         if self.gpu_fallback_until is not None:
             status["gpuFallbackUntil"] = to_rfc3339(self.gpu_fallback_until, round_up=True)
+        if self.not_run is not None:
+            status["notRun"] = self.not_run
         if self.start_time is not None:
             status["startTime"] = to_rfc3339(self.start_time)
         if self.completion_time is not None:
@@ -245,6 +259,10 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
         durations=durations,
         gpu_fallback_until=_time(status.get("gpuFallbackUntil")),
         wasted_seconds=float(status.get("wastedSeconds", 0.0)),
+        failure_summary=failures.from_status(status.get("failureSummary")),
+        succeeded_after_retry=int(status.get("succeededAfterRetry") or 0),
+        resources=ResourceSeconds.from_status(status.get("resources")),
+        not_run=None if status.get("notRun") is None else int(status["notRun"]),
         start_time=_time(status.get("startTime")),
         completion_time=_time(status.get("completionTime")),
         phase=str(status.get("phase") or "Pending"),

@@ -99,6 +99,12 @@ class CoreSpec:
     cpu_per_pod: float = 1.0
     gpus_per_pod: int = 1
 
+    def indexes(self) -> IndexSet:
+        """All the job's microtasks: the universe when set, else 0..total-1."""
+        if self.universe is not None:
+            return self.universe
+        return IndexSet.from_range(0, self.total)
+
 
 @dataclass(frozen=True)
 class ObservedShard:

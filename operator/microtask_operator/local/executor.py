@@ -2,12 +2,20 @@
 
 Each shard is one `microtask-runner` process started with the same environment a shard's pod gets,
 so a spec that runs here runs the same way on a cluster (the image is ignored: the worker command
-runs on this machine). A thread waits on each process so the loop wakes the moment one ends.
+runs on this machine). The runner writes its records to the run's folder (the result store) and
+its output to the shard's log there. A thread waits on each process so the loop wakes the moment
+one ends; between ends, the loop reads the running shards' reports (the runner rewrites its
+report before each microtask), so progress moves per microtask, not per shard.
+
+Asked to stop, the executor launches nothing more, asks every runner to stop (SIGTERM: the runner
+stops its microtask and writes its final report), kills what is still there after a grace period,
+and keeps what the reports show as done; interrupted microtasks are not charged an attempt.
+Whatever happens, no runner outlives the executor.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
 import queue
 import signal
@@ -16,14 +24,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from microtask_runner import contract
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report, ReportError
 
-from ..core.planner import Decision, Deltas, plan
+from ..core.planner import Decision, plan
 from ..core.state import CoreState
 from ..core.types import (
     ClusterView,
@@ -34,12 +43,18 @@ from ..core.types import (
     Pool,
     ShardPhase,
     ShardPlan,
+    SpeculationPolicy,
 )
+from .processes import kill_tree, signal_group
+from .rundir import RunDir
 
 # The runner's "some microtasks failed" exit code: the pod did its job, the report says the rest.
 RUNNER_SOME_FAILED = 10
-# The longest the loop sleeps without news, so a Ctrl-C or a due backoff is never late by much.
+# The longest the loop sleeps without news, so a stop request or a due backoff is never late by
+# much, and the progress bar moves at least this often.
 MAX_IDLE_SECONDS = 0.5
+# How long stopped runners get to write their final reports before they are killed.
+DEFAULT_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,17 @@ class LocalJob:
     workdir: Path = Path(".")
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Progress of the microtasks this executor runs, counted per microtask."""
+
+    total: int
+    succeeded: int  # harvested, plus what running shards' reports already show
+    failed: int  # permanently
+    running: int
+    queued: int  # waiting for a retry
+
+
 @dataclass
 class _Process:
     plan: ShardPlan
@@ -64,6 +90,7 @@ class _Process:
     report_path: Path
     log: IO[bytes]
     started_at: float
+    exited: bool = False
 
 
 @dataclass
@@ -71,29 +98,39 @@ class RunResult:
     decision: Decision
     shards: int
     seconds: float
-    log_dir: Path
-    retried: int = 0
+    interrupted: bool = False
+    # Run time of the shards' processes (seconds), wasted or not.
+    shard_seconds: float = 0.0
     failure_examples: dict[int, str] = field(default_factory=dict)
 
 
 class LocalExecutor:
-    """Runs one MicrotaskJob to the end on this machine."""
+    """Runs one MicrotaskJob on this machine until it ends or is asked to stop."""
 
     def __init__(
         self,
         job: LocalJob,
         workers: int,
-        log_dir: Path,
-        on_progress: Callable[[Decision, Deltas], None] | None = None,
+        run_dir: RunDir,
+        *,
+        state: CoreState | None = None,
+        on_progress: Callable[[Snapshot], None] | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        on_stopping: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
         runner: Sequence[str] = (sys.executable, "-m", "microtask_runner"),
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
         self.job = job
         self.workers = max(1, workers)
-        self.log_dir = log_dir
+        self.run_dir = run_dir
+        self.initial_state = state or CoreState.initial()
         self.on_progress = on_progress
+        self.on_decision = on_decision
+        self.on_stopping = on_stopping
         self.clock = clock
         self.runner = tuple(runner)
+        self.grace_seconds = grace_seconds
         self.nodes = [f"local-{i}" for i in range(self.workers)]
         # All local slots serve the CPU pool: this machine has no GPU pool of its own.
         self.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset(self.nodes)})
@@ -101,8 +138,23 @@ class LocalExecutor:
         self.finished: dict[int, ObservedShard] = {}
         self.exits: queue.Queue[int] = queue.Queue()
         self.shards_started = 0
-        self.retried = 0
+        self.shard_seconds = 0.0
         self.failure_examples: dict[int, str] = {}
+        self.stop_requested = False
+        self.kill_requested = False
+
+    # -- requests from signal handlers (they only set flags or kill) -------------------------
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop gently: launch nothing more, stop the runners, keep what they finished."""
+        del signum
+        self.stop_requested = True
+
+    def kill_now(self) -> None:
+        """Stop at once: kill every runner's process tree (a second Ctrl-C)."""
+        self.stop_requested = True
+        self.kill_requested = True
+        self.kill_all()
 
     # -- processes -------------------------------------------------------------------------
 
@@ -118,46 +170,60 @@ class LocalExecutor:
         # More shards than slots cannot happen (parallelism is capped by workers).
         return self.nodes[len(self.running) % len(self.nodes)]
 
-    def start(self, shard: ShardPlan, now: float) -> None:
-        report_path = self.log_dir / f"shard-{shard.shard_id}.report"
-        report_path.unlink(missing_ok=True)
+    def runner_env(self, shard: ShardPlan, node: str, report_path: Path) -> dict[str, str]:
         env = dict(os.environ)
         # `python3` in a worker command means the Python running microtask (as the image's own
         # python3 would on a cluster), not whatever a version-manager shim picks.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(self.job.env)
         env.update(
-            MICROTASK_JOB=self.job.name,
-            MICROTASK_SHARD=str(shard.shard_id),
-            MICROTASK_ATTEMPT=str(shard.attempt),
-            MICROTASK_POOL=shard.pool.value,
-            MICROTASK_INDEXES=shard.indexes.to_compact(),
-            MICROTASK_ITEMS=self.job.items_env(shard.indexes),
-            MICROTASK_REPORT_PATH=str(report_path),
+            {
+                contract.ENV_JOB: self.job.name,
+                contract.ENV_SHARD: str(shard.shard_id),
+                contract.ENV_ATTEMPT: str(shard.attempt),
+                contract.ENV_POOL: shard.pool.value,
+                contract.ENV_NODE: node,
+                contract.ENV_INDEXES: shard.indexes.to_compact(),
+                contract.ENV_ITEMS: self.job.items_env(shard.indexes),
+                contract.ENV_REPORT_PATH: str(report_path),
+                contract.ENV_OUTPUT_URL: str(self.run_dir.path.resolve()),
+                # The runner's output already goes to the shard's log in the same folder.
+                contract.ENV_LOG_COPY: "false",
+            }
         )
+        env.pop(contract.ENV_TIMEOUT_SECONDS, None)
+        env.pop(contract.ENV_CALLABLE, None)
         if self.job.timeout_seconds is not None:
-            env["MICROTASK_TIMEOUT_SECONDS"] = str(self.job.timeout_seconds)
+            env[contract.ENV_TIMEOUT_SECONDS] = str(self.job.timeout_seconds)
         if self.job.callable:
-            env["MICROTASK_CALLABLE"] = self.job.callable
+            env[contract.ENV_CALLABLE] = self.job.callable
             # Python mode imports the user's module from the spec's folder, as a pod's workdir.
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(self.job.workdir.resolve()), env.get("PYTHONPATH", "")) if p
             )
+        return env
+
+    def start(self, shard: ShardPlan, now: float) -> None:
+        report_path = self.run_dir.scratch / f"shard-{shard.shard_id}.report"
+        report_path.unlink(missing_ok=True)
+        node = self.free_node((*shard.avoid_nodes_hard, *shard.avoid_nodes_soft))
+        env = self.runner_env(shard, node, report_path)
         argv = [*self.runner, "--", *self.job.command]
-        log = (self.log_dir / f"shard-{shard.shard_id}.log").open("ab")
-        avoid = (*shard.avoid_nodes_hard, *shard.avoid_nodes_soft)
-        popen = subprocess.Popen(
-            argv,
-            cwd=self.job.workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C reaches us, and we stop the shards ourselves
-        )
-        self.running[shard.shard_id] = _Process(
-            shard, self.free_node(avoid), popen, report_path, log, now
-        )
+        log = self.run_dir.log_path(self.job.name, shard.shard_id).open("ab")
+        try:
+            popen = subprocess.Popen(
+                argv,
+                cwd=self.job.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C reaches us, and we stop the shards ourselves
+            )
+        except BaseException:
+            log.close()
+            raise
+        self.running[shard.shard_id] = _Process(shard, node, popen, report_path, log, now)
         self.shards_started += 1
         threading.Thread(
             target=self._wait,
@@ -170,48 +236,92 @@ class LocalExecutor:
         popen.wait()
         self.exits.put(shard_id)
 
-    def collect(self, shard_id: int) -> None:
+    def read_report(self, process: _Process) -> Report | None:
+        try:
+            return Report.decode(process.report_path.read_text(encoding="utf-8"))
+        except (OSError, ReportError, UnicodeDecodeError):
+            return None
+
+    def collect(self, shard_id: int, *, stopped: bool = False) -> None:
+        """Turn an ended runner into an observed shard for the next decision.
+
+        `stopped`: we ended it (a stop request). What its report shows as done counts; the rest
+        goes back without being charged (the phase says "ended well", or "lost" without a report).
+        """
         process = self.running.pop(shard_id, None)
         if process is None:
             return  # deleted meanwhile
         process.log.close()
+        if process.popen.returncode is None:
+            process.popen.wait()
         code = process.popen.returncode
-        report: Report | None = None
-        try:
-            report = Report.decode(process.report_path.read_text(encoding="utf-8"))
-        except (OSError, ReportError, UnicodeDecodeError):
-            report = None
+        report = self.read_report(process)
+        process.report_path.unlink(missing_ok=True)
         if report is not None:
             for exit_code, text in report.errors.items():
                 self.failure_examples.setdefault(exit_code, text)
-        ended_well = code in (0, RUNNER_SOME_FAILED)
+        now = self.clock()
+        self.shard_seconds += max(0.0, now - process.started_at)
+        usable = report is not None and not report.runner_error
+        if stopped:
+            phase = ShardPhase.SUCCEEDED if usable else ShardPhase.LOST
+            ended_well = True
+        else:
+            ended_well = code in (0, RUNNER_SOME_FAILED)
+            phase = ShardPhase.SUCCEEDED if ended_well else ShardPhase.FAILED
         self.finished[shard_id] = ObservedShard(
             shard_id=shard_id,
             indexes=process.plan.indexes,
             attempt=process.plan.attempt,
             pool=process.plan.pool,
             created_at=process.started_at,
-            phase=ShardPhase.SUCCEEDED if ended_well else ShardPhase.FAILED,
+            phase=phase,
             copy_of=process.plan.copy_of,
             node=process.node,
             started_at=process.started_at,
-            finished_at=self.clock(),
+            finished_at=now,
             report=report,
             exit_code=code if code >= 0 else 128 - code,
             failure_reason=None if ended_well else f"runner exited with {code}",
         )
 
     def stop(self, shard_id: int) -> None:
+        """The core no longer wants this shard (a losing copy, a cancelled shard)."""
         process = self.running.pop(shard_id, None)
         self.finished.pop(shard_id, None)
         if process is None:
             return
-        _terminate(process.popen)
+        self._end([process])
+        self.shard_seconds += max(0.0, self.clock() - process.started_at)
         process.log.close()
+        process.report_path.unlink(missing_ok=True)
 
-    def stop_all(self) -> None:
-        for shard_id in list(self.running):
-            self.stop(shard_id)
+    def _end(self, processes: Sequence[_Process]) -> None:
+        """SIGTERM, a grace period for final reports, then SIGKILL of what is left."""
+        alive = [p for p in processes if p.popen.poll() is None]
+        for process in alive:
+            signal_group(process.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        for process in alive:
+            while not self.kill_requested:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    process.popen.wait(timeout=min(left, 0.1))
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        for process in alive:
+            if process.popen.poll() is None:
+                kill_tree(process.popen.pid)
+            process.popen.wait()
+
+    def kill_all(self) -> None:
+        """SIGKILL every running shard's tree at once (safe to call from a signal handler)."""
+        for process in list(self.running.values()):
+            if process.popen.returncode is None:
+                kill_tree(process.popen.pid)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -235,36 +345,65 @@ class LocalExecutor:
 
     def run(self) -> RunResult:
         started = self.clock()
-        state = CoreState.initial()
+        state = self.initial_state
         decision: Decision | None = None
+        interrupted = False
+        atexit.register(self.kill_all)
         try:
             while True:
+                if self.stop_requested:
+                    decision = self.wind_down(state)
+                    interrupted = True
+                    break
                 now = self.clock()
                 decision = plan(self.job.spec, state, self.observed(), self.cluster, now)
                 state = decision.state
-                for action in decision.actions:
-                    if isinstance(action, CreateShard):
-                        self.start(action.plan, now)
-                for action in decision.actions:
-                    if isinstance(action, DeleteShard):
-                        self.stop(action.shard_id)
-                self.retried += decision.deltas.retried
-                if self.on_progress is not None:
-                    self.on_progress(decision, decision.deltas)
+                # The core's order: creates, then the status write, then deletes.
+                self.create(decision, now)
+                if self.on_decision is not None:
+                    self.on_decision(decision)
+                self.delete(decision)
+                self.progress(decision)
                 if decision.done and not self.running:
                     break
                 self.wait(decision.next_wakeup)
+                self.progress(decision)
         finally:
-            self.stop_all()
+            self.kill_all()
+            atexit.unregister(self.kill_all)
         assert decision is not None
         return RunResult(
             decision=decision,
             shards=self.shards_started,
             seconds=self.clock() - started,
-            log_dir=self.log_dir,
-            retried=self.retried,
+            interrupted=interrupted,
+            shard_seconds=self.shard_seconds,
             failure_examples=self.failure_examples,
         )
+
+    def create(self, decision: Decision, now: float) -> None:
+        for action in decision.actions:
+            if isinstance(action, CreateShard) and not self.stop_requested:
+                self.start(action.plan, now)
+
+    def delete(self, decision: Decision) -> None:
+        for action in decision.actions:
+            if isinstance(action, DeleteShard):
+                self.stop(action.shard_id)
+
+    def wind_down(self, state: CoreState) -> Decision:
+        """Stop every runner, then one last decision over what they reported, launching nothing."""
+        processes = list(self.running.values())
+        if self.on_stopping is not None:
+            self.on_stopping(len(processes))
+        self._end(processes)
+        for process in processes:
+            self.collect(process.plan.shard_id, stopped=True)
+        # The same spec with no room for new shards or copies: the core only harvests.
+        quiet = replace(self.job.spec, parallelism=0, speculation=SpeculationPolicy(enabled=False))
+        decision = plan(quiet, state, list(self.finished.values()), self.cluster, self.clock())
+        self.finished.clear()
+        return decision
 
     def wait(self, wakeup: float | None) -> None:
         """Block until a shard ends, a decision is due, or a short while passes."""
@@ -283,17 +422,24 @@ class LocalExecutor:
             except queue.Empty:
                 return
 
-
-def _terminate(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    if popen.poll() is not None:
-        return
-    try:
-        os.killpg(popen.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        popen.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait()
+    def progress(self, decision: Decision) -> None:
+        """Tell the display where the microtasks stand, running shards' reports included."""
+        if self.on_progress is None:
+            return
+        final = decision.state.succeeded | decision.state.failed
+        done_in_flight = IndexSet.EMPTY
+        for process in self.running.values():
+            report = self.read_report(process)
+            if report is not None:
+                done_in_flight = done_in_flight | (report.succeeded & process.plan.indexes)
+        extra = len(done_in_flight - final)
+        status = decision.status
+        self.on_progress(
+            Snapshot(
+                total=self.job.spec.total,
+                succeeded=len(decision.state.succeeded) + extra,
+                failed=len(decision.state.failed),
+                running=max(0, int(status.get("running", 0)) - extra),
+                queued=int(status.get("queued", 0)),
+            )
+        )

@@ -26,11 +26,17 @@ def local_job(
     workdir: Path,
     scratch: Path,
     config_map_data: Mapping[str, str] | None = None,
+    *,
+    universe: IndexSet | None = None,
 ) -> tuple[LocalJob, list[str]]:
-    """The LocalJob and notes for the person running it."""
+    """The LocalJob and notes for the person running it.
+
+    `scratch` is a folder for the items file of a ConfigMap source; `universe`, when given, is the
+    part of the job to run (a resumed run, a rerun of failures), with the job's own indexes.
+    """
     notes: list[str] = []
     spec = job.spec
-    core = to_core_spec(job, config_map_data)
+    core = to_core_spec(job, config_map_data, universe=universe)
     if core.accelerator != Accelerator.CPU:
         notes.append(
             f"placement.accelerator is {core.accelerator.value}: there is no GPU pool locally, "
@@ -47,7 +53,7 @@ def local_job(
         assert config_map_data is not None  # to_core_spec needed it already
         path = scratch / f"items-{ref.key}"
         path.write_text(config_map_data[ref.key], encoding="utf-8")
-        items_file = str(path)
+        items_file = str(path.resolve())
 
     def items_env(indexes: IndexSet) -> str:
         return json.dumps(runner_items(job, indexes, items_file), separators=(",", ":"))

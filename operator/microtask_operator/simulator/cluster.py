@@ -8,6 +8,8 @@ reported with its field path, all at once, so a user fixes a file in one go.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,9 @@ from microtask_operator.core.types import Pool
 
 CLUSTER_KIND = "SimulatedCluster"
 DEFAULT_MAX_SIMULATED_SECONDS = 30 * 24 * 3600.0
+#: Cluster files describe node groups: even a huge cluster takes a few KiB. Larger files are
+#: refused before they are parsed.
+MAX_CLUSTER_FILE_BYTES = 1024 * 1024
 
 
 class ClusterFileError(ValueError):
@@ -86,19 +91,54 @@ class ClusterSpec:
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
-    """Read and validate a cluster file; ClusterFileError (and no other error) when unusable."""
+    """Read and validate a cluster file; ClusterFileError (and no other error) when unusable.
+
+    Files over MAX_CLUSTER_FILE_BYTES are refused before anything is parsed, and the YAML gets the
+    same guards as job files (binary data, alias bombs, deep nesting: a problem in a moment,
+    never a traceback). Unlike job files, mapping keys may be numbers (`exitCodes: {137: 0.1}`).
+    """
     import yaml
 
+    # The job files' guards, shared rather than copied (they are private to the API loader).
+    from microtask_operator.api.loading import Problem, _decode, _prescan, _yaml_problem
+
     source = str(path)
+    decoded = _decode(_read_bounded(Path(path), source))
+    if isinstance(decoded, Problem):
+        raise ClusterFileError(source, [decoded.message])
+    problem = _prescan(decoded, yaml.SafeLoader)
+    if problem is not None:
+        raise ClusterFileError(source, [problem.message])
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        documents = [d for d in yaml.safe_load_all(decoded) if d is not None]
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as error:
+        raise ClusterFileError(source, [_yaml_problem(error, decoded)]) from None
+    if len(documents) > 1:
+        raise ClusterFileError(
+            source, [f"holds {len(documents)} YAML documents; a cluster file holds one"]
+        )
+    return parse_cluster(documents[0] if documents else None, source=source)
+
+
+def _read_bounded(path: Path, source: str) -> bytes:
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and size > MAX_CLUSTER_FILE_BYTES:
+                raise ClusterFileError(source, [_too_big(f"{size / 1024 / 1024:.1f} MiB")])
+            data = f.read(MAX_CLUSTER_FILE_BYTES + 1)
+    except IsADirectoryError:
+        raise ClusterFileError(source, ["cannot read: is a directory"]) from None
     except OSError as error:
-        raise ClusterFileError(source, [f"cannot read: {error.strerror or error}"]) from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ClusterFileError(source, [f"not valid YAML: {error}"]) from error
-    return parse_cluster(data, source=source)
+        raise ClusterFileError(source, [f"cannot read: {error.strerror or error}"]) from None
+    if len(data) > MAX_CLUSTER_FILE_BYTES:
+        raise ClusterFileError(source, [_too_big("more")])
+    return data
+
+
+def _too_big(size: str) -> str:
+    limit = f"{MAX_CLUSTER_FILE_BYTES // 1024 // 1024} MiB"
+    return f"the file is too large ({size}): a cluster file is at most {limit}"
 
 
 def parse_cluster(data: Any, source: str = "<cluster>") -> ClusterSpec:

@@ -10,5 +10,6 @@
   them back or cuts watch streams;
 * :mod:`.apiclient` - the harness's own small JSON client (sync and async);
 * :mod:`.cluster` - all of it behind synchronous helpers for tests, a namespace per test;
-* :mod:`.devcluster` - the same cluster in the background for people (``hack/dev-cluster.sh``).
+* :mod:`.devcluster` - the same cluster in the background for people (``hack/dev-cluster.sh``);
+* :mod:`.minio` - a MinIO server built from source, the S3-compatible result store of tests.
 """

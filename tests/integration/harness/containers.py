@@ -4,6 +4,11 @@ Kubernetes semantics kept: ``$(VAR)`` expansion with ``$$`` escapes, ``env``/``e
 ConfigMaps and Secrets, the downward API, ConfigMap/Secret volumes, the termination-message file
 (read back, at most 4096 bytes; ``FallbackToLogsOnError``). Paths that exist only inside a
 container (mount paths, the termination-message path) are mapped to the pod's local directory.
+
+Volumes: a ConfigMap or Secret becomes files in a folder of the pod's; an ``emptyDir`` (or any
+other kind) is a folder of the pod's, shared by its mounts and removed with the pod; a
+``hostPath`` is the path itself on this machine, as a kubelet bind-mounts it from its host, with
+the type checks a kubelet makes (a failed check keeps the pod Pending, as a failed mount does).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from .apiclient import ApiError, AsyncApi
 
 __all__ = [
+    "PENDING_REASONS",
     "ContainerConfigError",
     "ContainerSettings",
     "Launch",
@@ -31,6 +37,8 @@ __all__ = [
 ]
 
 MAX_TERMINATION_MESSAGE = 4096  # the kubelet's per-container limit
+# Reasons of a ContainerConfigError after which the pod stays Pending and the kubelet retries.
+PENDING_REASONS = frozenset({"CreateContainerConfigError", "ContainerCreating"})
 FALLBACK_LOG_BYTES = 2048  # FallbackToLogsOnError keeps the last 2048 bytes / 80 lines
 FALLBACK_LOG_LINES = 80
 
@@ -115,9 +123,44 @@ def _data(obj: Mapping[str, Any], plural: str) -> dict[str, str]:
     return data
 
 
+def _host_path(source: Mapping[str, Any]) -> Path:
+    """A hostPath volume's path after the kubelet's checks of its ``type``."""
+    path = Path(str(source.get("path") or ""))
+    kind = source.get("type") or ""
+    if not path.is_absolute():
+        raise ContainerConfigError("ContainerCreating", f"hostPath {str(path)!r} is not absolute")
+    if kind == "DirectoryOrCreate":
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    elif kind == "FileOrCreate":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o644, exist_ok=True)
+    checks = {
+        "Directory": (Path.is_dir, "a directory"),
+        "DirectoryOrCreate": (Path.is_dir, "a directory"),
+        "File": (Path.is_file, "a file"),
+        "FileOrCreate": (Path.is_file, "a file"),
+        "Socket": (Path.is_socket, "a socket"),
+        "CharDevice": (Path.is_char_device, "a character device"),
+        "BlockDevice": (Path.is_block_device, "a block device"),
+    }
+    if kind in checks:
+        check, what = checks[kind]
+        if not check(path):
+            raise ContainerConfigError(
+                "ContainerCreating",
+                f"MountVolume.SetUp failed: hostPath type check failed: {path} is not {what}",
+            )
+    elif kind:
+        raise ContainerConfigError("ContainerCreating", f"hostPath type {kind!r} is not known")
+    return path
+
+
 async def _materialize_volume(
     api: AsyncApi, namespace: str, volume: Mapping[str, Any], local: Path
-) -> None:
+) -> Path:
+    """Where ``volume`` is here: ``local`` (holding a ConfigMap's files...), or a host path."""
+    if "hostPath" in volume:
+        return _host_path(volume["hostPath"])
     local.mkdir(parents=True, exist_ok=True)
     for kind, plural in (("configMap", "configmaps"), ("secret", "secrets")):
         if kind not in volume:
@@ -127,7 +170,7 @@ async def _materialize_volume(
         obj = await _read_object(api, plural, namespace, name)
         if obj is None:
             if ref.get("optional"):
-                return
+                return local
             raise ContainerConfigError("CreateContainerConfigError", f'{kind} "{name}" not found')
         data = _data(obj, plural)
         items = ref.get("items")
@@ -145,6 +188,7 @@ async def _materialize_volume(
             target = local / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(data[key])
+    return local
 
 
 async def _env_source(api: AsyncApi, namespace: str, source: Mapping[str, Any]) -> dict[str, str]:
@@ -227,9 +271,13 @@ async def prepare(
             raise ContainerConfigError(
                 "CreateContainerConfigError", f"volume {mount['name']!r} not found"
             )
-        local = workdir / "volumes" / mount["name"]
-        await _materialize_volume(api, namespace, volume, local)
+        local = await _materialize_volume(
+            api, namespace, volume, workdir / "volumes" / mount["name"]
+        )
         target = local / mount["subPath"] if mount.get("subPath") else local
+        files = {"configMap", "secret"} & set(volume)
+        if mount.get("subPath") and not files and local.is_dir() and not target.exists():
+            target.mkdir(parents=True)  # a kubelet creates a missing subPath folder
         rewrites[mount["mountPath"].rstrip("/")] = str(target)
 
     env: dict[str, str] = {}

@@ -40,6 +40,7 @@ import aiohttp
 
 from .apiclient import MERGE_PATCH, ApiError, AsyncApi
 from .containers import (
+    PENDING_REASONS,
     ContainerConfigError,
     ContainerSettings,
     Launch,
@@ -625,7 +626,7 @@ class Kubelet:
             launch: Launch | None = await prepare(self.api, pod, run.workdir, self.settings)
         except ContainerConfigError as exc:
             reason, message = exc.reason, exc.message
-            if reason == "CreateContainerConfigError":
+            if reason in PENDING_REASONS:
                 # Stays Pending with a waiting container, as the kubelet keeps retrying.
                 await self._pod_status(run, lambda s: _waiting(s, pod, reason, message))
                 self.runs.pop(run.uid, None)

@@ -1,0 +1,211 @@
+"""The runner's stdout and stderr: microtasks' output, delimiter lines, log lines, and a copy.
+
+Everything the runner writes goes through ``CONSOLE``, so that the log copy in the result store
+gets all of it, in the order the pod log gets it:
+
+* command mode: the runner reads its child's two pipes and writes the data here;
+* Python mode, with a log copy: ``CONSOLE.capture()`` puts pipes under file descriptors 1 and 2
+  themselves, and a thread passes what arrives on to the real stdout and stderr, and to the
+  copy. Output of C extensions and of child processes is kept that way too.
+
+Lines of the runner's own (delimiters, ``microtask-runner: ...``) first take in what is
+waiting in those pipes, so a microtask's output always lands between its delimiters.
+File descriptors are process-wide, hence one console per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["CONSOLE", "LOG_PREFIX", "Console", "log"]
+
+LOG_PREFIX = "microtask-runner: "
+_STDOUT = 1
+_STDERR = 2
+_CHUNK = 65536
+#: How long the end of a capture waits for its thread (it only has buffered data to pass on).
+_JOIN_SECONDS = 5.0
+
+
+def _flush_python_streams() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        # The capture thread must never write into the pipes it alone empties.
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    with contextlib.suppress(OSError):  # a closed stdout must not stop the shard
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+class Console:
+    """Writes to stdout and stderr, with a copy of everything to ``copy`` when it is set."""
+
+    def __init__(self) -> None:
+        #: Orders all output and the store's writes: one reentrant lock, so no lock order.
+        self.lock = threading.RLock()
+        self._copy: Callable[[bytes], None] | None = None
+        #: stream (1 or 2) -> the descriptor its data really goes to
+        self._targets = {_STDOUT: _STDOUT, _STDERR: _STDERR}
+        self._capture: _Capture | None = None
+
+    def set_copy(self, copy: Callable[[bytes], None] | None) -> None:
+        """Send a copy of all output to ``copy`` from now on (None: no more copies)."""
+        with self.lock:
+            self._copy = copy
+
+    def write(self, stream: int, data: bytes) -> None:
+        """Pass data on to stdout (1) or stderr (2), and to the copy."""
+        with self.lock:
+            if self._capture is not None:
+                self._capture.drain()
+            self.emit(stream, data)
+
+    def emit(self, stream: int, data: bytes) -> None:
+        """``write`` without taking in captured output first (the lock is held)."""
+        _write_all(self._targets[stream], data)
+        if self._copy is not None:
+            self._copy(data)
+
+    def line(self, text: str) -> None:
+        """A whole line on stdout, after everything printed before it."""
+        _flush_python_streams()
+        self.write(_STDOUT, text.encode("utf-8", "backslashreplace") + b"\n")
+
+    def log(self, message: str) -> None:
+        """One ``microtask-runner: ...`` line on stderr; never fails the runner."""
+        _flush_python_streams()
+        self.write(_STDERR, (LOG_PREFIX + message + "\n").encode("utf-8", "backslashreplace"))
+
+    # ------------------------------------------------------------- capture
+
+    def capture(self) -> None:
+        """Take over file descriptors 1 and 2 (see the module doc); undone by ``release``."""
+        with self.lock:
+            if self._capture is not None:
+                return
+            _flush_python_streams()
+            self._capture = _Capture(self)
+            self._targets = dict(self._capture.saved)
+        self._capture.start()
+
+    def release(self) -> None:
+        """Give file descriptors 1 and 2 back, after passing on what they still hold."""
+        capture = self._capture
+        if capture is None:
+            return
+        _flush_python_streams()
+        with self.lock:
+            capture.drain()
+            capture.restore()
+            self._targets = {_STDOUT: _STDOUT, _STDERR: _STDERR}
+            self._capture = None
+        capture.stop()
+
+
+class _Capture:
+    """Pipes under fds 1 and 2, read by a thread (under the console's lock) and passed on."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.saved: dict[int, int] = {}
+        self.pipes: dict[int, int] = {}  # read end -> stream
+        try:
+            for stream in (_STDOUT, _STDERR):
+                self.saved[stream] = os.dup(stream)
+                read, write = os.pipe()
+                os.set_blocking(read, False)
+                self.pipes[read] = stream
+                os.dup2(write, stream)  # inheritable: child processes write here too
+                os.close(write)
+        except OSError:
+            self.restore()
+            self._close()
+            raise
+        self.wake_r, self.wake_w = os.pipe()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="microtask-output", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def drain(self) -> None:
+        """Pass on whatever the pipes hold now (the console's lock is held)."""
+        for read in list(self.pipes):
+            self._pump(read, until_empty=True)
+
+    def _pump(self, read: int, *, until_empty: bool) -> None:
+        stream = self.pipes[read]
+        while True:
+            try:
+                data = os.read(read, _CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                # Every writer is gone (only after restore): nothing more will come.
+                del self.pipes[read]
+                return
+            self.console.emit(stream, data)
+            if not until_empty:
+                return
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
+        for read in self.pipes:
+            poller.register(read, select.POLLIN)
+        while True:
+            events = poller.poll()
+            with self.console.lock:
+                if self.stopping:
+                    return  # release() drained the pipes under the lock
+                for fd, _ in events:
+                    if fd in self.pipes:
+                        self._pump(fd, until_empty=False)
+                        if fd not in self.pipes:
+                            poller.unregister(fd)
+
+    def restore(self) -> None:
+        """Put the original descriptors back under 1 and 2 (the console's lock is held)."""
+        for stream, fd in self.saved.items():
+            with contextlib.suppress(OSError):
+                os.dup2(fd, stream)
+
+    def stop(self) -> None:
+        with self.console.lock:
+            self.stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"!")
+        self.thread.join(_JOIN_SECONDS)
+        if not self.thread.is_alive():
+            self._close()
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+
+    def _close(self) -> None:
+        # A process the microtask left behind may still hold a write end: it gets EPIPE now.
+        for fd in [*self.pipes, *self.saved.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pipes.clear()
+        self.saved.clear()
+
+
+CONSOLE = Console()
+
+
+def log(message: str) -> None:
+    """One line on stderr (the pod log) and in the log copy; never fails the runner."""
+    CONSOLE.log(message)
