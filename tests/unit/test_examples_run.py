@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+#: Examples whose failures are the point, tolerated by their retry policy: name -> failed indexes.
+TOLERATED_FAILURES = {"results-s3": "0,13,26,39,52,65,78,91"}
 
 
 def run(example: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -41,8 +43,14 @@ def test_every_example_succeeds_locally(example: Path, tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["kind"] == "RunSummary"
     assert summary["phase"] == "Succeeded"
-    assert summary["succeeded"] == summary["total"] > 0
-    assert summary["failed"] == summary["notRun"] == 0
+    failed = TOLERATED_FAILURES.get(example.stem)
+    if failed is None:
+        assert summary["succeeded"] == summary["total"] > 0
+        assert summary["failed"] == summary["notRun"] == 0
+    else:  # Succeeded with failures, as the example's comments say
+        assert summary["failedIndexes"] == failed
+        assert summary["succeeded"] + summary["failed"] == summary["total"] > summary["failed"]
+        assert summary["notRun"] == 0
     assert "Traceback" not in result.stderr
     assert (tmp_path / "run" / "run.json").is_file()
 

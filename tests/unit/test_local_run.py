@@ -80,6 +80,18 @@ def test_a_run_fills_its_default_folder_and_saves_its_state(tmp_path: Path) -> N
     assert "microtask-runs/JOB" in run_cli("run", "--help", cwd=tmp_path).stdout
 
 
+def test_a_job_file_in_another_folder_runs_with_the_default_folder_here(tmp_path: Path) -> None:
+    # The runners work in the job file's folder; the run's folder is relative to where
+    # `microtask run` was started, so every path they get must be absolute.
+    (tmp_path / "jobs").mkdir()
+    path = write(tmp_path / "jobs", job_yaml(total=4, per_shard=2))
+    result = run_cli("run", "jobs/job.yaml", "-o", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["succeeded"] == 4
+    assert (tmp_path / "microtask-runs" / "count" / "run.json").is_file()
+    assert not (path.parent / "microtask-runs").exists()
+
+
 def test_a_new_run_clears_the_previous_one_in_the_same_folder(tmp_path: Path) -> None:
     path = write(tmp_path, job_yaml(total=8, per_shard=1, parallelism=4))
     out = tmp_path / "out"

@@ -73,6 +73,16 @@ def test_results_failed_as_json(run: Path):
     ]
 
 
+def test_results_failed_says_so_when_nothing_failed(tmp_path: Path):
+    write_records(tmp_path, [Rec(0), Rec(1, outcome="failed")], shard=0)
+    write_records(tmp_path, [Rec(1, 2)], shard=1)
+    write_run_state(tmp_path, universe=None, total=2, succeededIndexes="0-1", succeeded=2)
+    done = microtask("results", "--store", str(tmp_path), "--failed")
+    assert (done.returncode, done.stdout) == (0, "")
+    assert "no microtask of the local run in" in done.stderr
+    assert "failed or is left to run" in done.stderr
+
+
 def test_results_into_a_closed_pipe(run: Path):
     done = subprocess.run(
         f"'{MICROTASK}' results --store '{run}' | head -n 1",

@@ -249,7 +249,11 @@ def test_output_and_name_choose_the_run(tmp_path, capsysbinary):
             ["d"],
             "d is a folder; to read a store folder, pass --store d",
         ),
-        (lambda tmp: (tmp / "d").mkdir(), ["x", "--store", "d"], "either JOB or --store"),
+        (
+            lambda tmp: ((tmp / "d").mkdir(), (tmp / "job.yaml").write_text("")),
+            ["job.yaml", "--store", "d"],
+            "either a job file or --store URL, not both",
+        ),
     ],
 )
 def test_job_resolution_errors(tmp_path, monkeypatch, capsysbinary, setup, argv, message):

@@ -12,7 +12,12 @@ from kubernetes.client.exceptions import ApiException
 from microtask_operator import cli
 from microtask_operator.kubecli.config import Connection
 from microtask_operator.results import target
-from microtask_operator.results.target import JobStatus, TargetError, cluster_target
+from microtask_operator.results.target import (
+    JobStatus,
+    TargetError,
+    cluster_target,
+    resolve_target,
+)
 from microtask_runner.indexset import IndexSet
 from test_results_support import Rec, directory_store, microtask_output, write_log, write_records
 from urllib3.exceptions import MaxRetryError
@@ -95,8 +100,27 @@ def test_a_volume_store_cannot_be_read_from_here(cluster):
     assert f"is on a volume ({url})" in str(error.value)
     assert str(error.value).endswith(
         "kubectl cp -n batch POD:/var/run/microtask/output/out/thumbs ./thumbs, "
-        "then pass --store ./thumbs"
+        "then add --store ./thumbs (e.g. microtask results thumbs --store ./thumbs)"
     )
+
+
+def test_a_copied_store_with_the_status_from_the_cluster(cluster, tmp_path):
+    url = "volume://claim:shared/out/thumbs"
+    cluster["job"] = job_body(
+        output={"volume": {"claimName": "shared", "path": "out"}},
+        url=url,
+        total=10,
+        succeeded=4,
+        succeededIndexes="0-3",
+        phase="Failed",
+    )
+    (tmp_path / "records").mkdir()
+    target = resolve_target("thumbs", store=str(tmp_path))
+    assert target.description == 'MicrotaskJob "thumbs" (namespace "batch")'
+    assert [url for url, _ in cluster["stores"]] == [str(tmp_path)]
+    assert target.status is not None and target.status.succeeded == IndexSet.parse("0-3")
+    with pytest.raises(TargetError, match="not both"):
+        resolve_target(str(tmp_path / "records"), store=str(tmp_path))
 
 
 def test_s3_with_credentials_from_the_environment(cluster, monkeypatch):

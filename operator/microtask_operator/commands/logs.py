@@ -15,7 +15,7 @@ import functools
 import sys
 from typing import TYPE_CHECKING
 
-from .results import add_target_arguments, silence_stdout
+from .results import add_target_arguments, guarded, open_target
 
 if TYPE_CHECKING:
     from ..results.records import Record
@@ -100,6 +100,7 @@ def _choose(records: list[Record], index: int, attempt: int | None) -> Record | 
 def _show(target: Target, record: Record, *, with_delimiters: bool) -> int:
     from ..results.logcut import cut, split_lines
     from ..results.records import records_file
+    from ..results.target import TargetError
 
     file = records_file(record.file)
     assert file is not None  # records come from files with such names
@@ -108,7 +109,12 @@ def _show(target: Target, record: Record, *, with_delimiters: bool) -> int:
     looked: list[str] = []
     opened = False
     for source in target.log_sources(file.job, file.shard):
-        stream = source.open()
+        try:
+            stream = source.open()
+        except TargetError as problem:
+            # A pod log the API server cannot fetch from the node: the store's copy may do.
+            looked.append(f"{source.description} (unreadable: {problem})")
+            continue
         if stream is None:
             looked.append(f"{source.description} (not there)")
             continue
@@ -146,38 +152,22 @@ def _show(target: Target, record: Record, *, with_delimiters: bool) -> int:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..results.merge import records_of
-    from ..results.stores import StoreError
-    from ..results.target import TargetError, resolve_target
+    return guarded(PROG, lambda: _print(args))
 
-    try:
-        target = resolve_target(
-            args.job,
-            store=args.store,
-            output=args.output,
-            name=args.name,
-            namespace=args.namespace,
-            context=args.context,
-            endpoint=args.endpoint,
-        )
-        records = records_of(target.store, args.index, warn=note)
-        if not records:
-            if target.status is None:
-                return error(
-                    f"no record of microtask {args.index} in {target.description}: it is not "
-                    "part of the job, has not run yet, or is still running"
-                )
-            return error(target.status.explain_missing(args.index))
-        chosen = _choose(records, args.index, args.attempt)
-        if isinstance(chosen, str):
-            return error(chosen)
-        return _show(target, chosen, with_delimiters=args.with_delimiters)
-    except TargetError as problem:
-        return error(str(problem))
-    except StoreError as problem:
-        return error(f"cannot read the result store: {problem}")
-    except BrokenPipeError:
-        silence_stdout()
-        return 0
-    except Exception as problem:  # the promise: a message, never a traceback
-        return error(f"{type(problem).__name__}: {problem}")
+
+def _print(args: argparse.Namespace) -> int:
+    from ..results.merge import records_of
+
+    target = open_target(args)
+    records = records_of(target.store, args.index, warn=note)
+    if not records:
+        if target.status is None:
+            return error(
+                f"no record of microtask {args.index} in {target.description}: it is not "
+                "part of the job, has not run yet, or is still running"
+            )
+        return error(target.status.explain_missing(args.index))
+    chosen = _choose(records, args.index, args.attempt)
+    if isinstance(chosen, str):
+        return error(chosen)
+    return _show(target, chosen, with_delimiters=args.with_delimiters)

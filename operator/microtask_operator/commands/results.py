@@ -15,6 +15,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..results.target import Target
 
 PROG = "microtask results"
 
@@ -51,6 +56,43 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def open_target(args: argparse.Namespace) -> Target:
+    """The job the target arguments name (TargetError when it cannot be found or read)."""
+    from ..results.target import resolve_target
+
+    return resolve_target(
+        args.job,
+        store=args.store,
+        output=args.output,
+        name=args.name,
+        namespace=args.namespace,
+        context=args.context,
+        endpoint=args.endpoint,
+    )
+
+
+def guarded(prog: str, body: Callable[[], int]) -> int:
+    """Run a reading command's body: every failure becomes one line on stderr and exit 1."""
+    from ..results.stores import StoreError
+    from ..results.target import TargetError
+
+    def error(message: str) -> int:
+        print(f"{prog}: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        return body()
+    except TargetError as problem:
+        return error(str(problem))
+    except StoreError as problem:
+        return error(f"cannot read the result store: {problem}")
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
+    except Exception as problem:  # the promise: a message, never a traceback
+        return error(f"{type(problem).__name__}: {problem}")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
     parser.add_argument(
@@ -83,61 +125,51 @@ def warn(message: str) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..results.formats import Format, open_writer
-    from ..results.merge import Merge, final_failures
-    from ..results.stores import StoreError
-    from ..results.target import TargetError, resolve_target
-
     if args.results_only and args.format != "jsonl":
         return error("--results-only prints one JSON value per line; it takes no -o")
-    try:
-        target = resolve_target(
-            args.job,
-            store=args.store,
-            output=args.output,
-            name=args.name,
-            namespace=args.namespace,
-            context=args.context,
-            endpoint=args.endpoint,
+    return guarded(PROG, lambda: _print(args))
+
+
+def _print(args: argparse.Namespace) -> int:
+    from ..results.formats import Format, open_writer
+    from ..results.merge import Merge, final_failures
+
+    target = open_target(args)
+    merge = Merge(target.store, warn=warn)
+    merged = iter(merge)
+    first = next(merged, None)
+    if first is None:
+        if merge.incomplete:
+            return error(f"the records of {target.description} could not be read")
+        where = f" ({target.store.url})" if target.store.url not in target.description else ""
+        return error(
+            f"no records in {target.description}{where}: no microtask has finished there yet"
         )
-        merge = Merge(target.store, warn=warn)
-        merged = iter(merge)
-        first = next(merged, None)
-        if first is None:
-            if merge.incomplete:
-                return error(f"the records of {target.description} could not be read")
-            where = f" ({target.store.url})" if target.store.url not in target.description else ""
-            return error(
-                f"no records in {target.description}{where}: no microtask has finished there yet"
+    kind = Format.RESULTS if args.results_only else Format(args.format)
+    writer = open_writer(kind, sys.stdout.buffer)
+    stream = itertools.chain([first], merged)
+    if not args.failed:
+        for record in stream:
+            writer.record(record)
+    else:
+        never_ran = target.status.never_ran_candidates() if target.status else None
+        if never_ran is None:
+            warn(
+                "note: the job's status is not known here, so indexes that never ran are not listed"
             )
-        kind = Format.RESULTS if args.results_only else Format(args.format)
-        writer = open_writer(kind, sys.stdout.buffer)
-        stream = itertools.chain([first], merged)
-        if not args.failed:
-            for record in stream:
-                writer.record(record)
-        else:
-            never_ran = target.status.never_ran_candidates() if target.status else None
-            if never_ran is None:
-                warn(
-                    "note: the job's status is not known here, so indexes that never ran "
-                    "are not listed"
-                )
-            for item in final_failures(stream, never_ran):
-                if isinstance(item, int):
-                    writer.not_run(item)
-                else:
-                    writer.record(item)
-        writer.close()
-    except TargetError as problem:
-        return error(str(problem))
-    except StoreError as problem:
-        return error(f"cannot read the result store: {problem}")
-    except BrokenPipeError:
-        silence_stdout()
-        return 0
-    except Exception as problem:  # the promise: a message, never a traceback
-        return error(f"{type(problem).__name__}: {problem}")
+        listed = 0
+        for item in final_failures(stream, never_ran):
+            listed += 1
+            if isinstance(item, int):
+                writer.not_run(item)
+            else:
+                writer.record(item)
+        if not listed:
+            warn(
+                f"no microtask of {target.description} failed"
+                + (" or is left to run" if never_ran is not None else "")
+            )
+    writer.close()
     if merge.incomplete:
         return error("some records files could not be read; the output lacks their records")
     return 0

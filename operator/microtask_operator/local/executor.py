@@ -185,7 +185,8 @@ class LocalExecutor:
                 contract.ENV_NODE: node,
                 contract.ENV_INDEXES: shard.indexes.to_compact(),
                 contract.ENV_ITEMS: self.job.items_env(shard.indexes),
-                contract.ENV_REPORT_PATH: str(report_path),
+                # The runner works in the job's folder: every path it gets is absolute.
+                contract.ENV_REPORT_PATH: str(report_path.resolve()),
                 contract.ENV_OUTPUT_URL: str(self.run_dir.path.resolve()),
                 # The runner's output already goes to the shard's log in the same folder.
                 contract.ENV_LOG_COPY: "false",

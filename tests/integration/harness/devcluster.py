@@ -5,10 +5,17 @@ control plane as the API-level tests (:class:`.ControlPlane`) and our kubelet wi
 nodes (two CPU nodes, two GPU nodes with two ``nvidia.com/gpu`` each; pods run as local
 processes), installs nothing else, writes an admin kubeconfig (namespace ``default``, the CA
 embedded) to PATH, and once every node is Ready and schedulable writes ``DIR/ready``. It then runs
-until SIGTERM or SIGINT and stops everything: the pods' processes, then the control plane.
+until SIGTERM or SIGINT and stops everything: the pods' processes, the control plane, MinIO.
+
+Beside the cluster, an S3-compatible result store: a MinIO server (the harness's
+:class:`.MinioServer`, the binary ``hack/kube-binaries.sh`` builds) on ``127.0.0.1:--minio-port``
+(9000), root user ``microtask``, password ``microtask-dev-secret``, with a bucket ``microtask``;
+the Secret ``microtask-s3`` in namespace ``default`` holds those credentials
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), as ``spec.output.s3.secretName`` wants them.
 
 Under DIR: ``plane/`` (etcd data, certificates, component logs), ``pods/`` (one directory per pod,
-its ``container.log``), ``pids`` (``name pid`` per line: this process and the components).
+its ``container.log``), ``minio/`` (``data/``, ``minio.log``), ``pids`` (``name pid`` per line:
+this process, the components and MinIO).
 """
 
 from __future__ import annotations
@@ -18,23 +25,37 @@ import base64
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import yaml
 
+from tests.kube_tools import MINIO, find
+
 from .controlplane import ControlPlane
 from .kubelet import Kubelet, KubeletSettings, default_nodes, schedulable
+from .minio import MinioServer
 
-__all__ = ["admin_kubeconfig", "main"]
+__all__ = ["DevMinio", "admin_kubeconfig", "main", "s3_secret"]
 
 logger = logging.getLogger("devcluster")
 NODES_TIMEOUT = 60.0
+SECRET_TIMEOUT = 30.0
 NAME = "microtask-dev"
+NAMESPACE = "default"
+# The S3 result store: fixed, documented values (a local test server, on loopback only).
+MINIO_PORT = 9000
+MINIO_USER = "microtask"
+MINIO_PASSWORD = "microtask-dev-secret"
+BUCKET = "microtask"
+SECRET = "microtask-s3"
 
 
 class Stopped(BaseException):
@@ -84,6 +105,105 @@ def admin_kubeconfig(server: str, token: str, ca_pem: bytes, namespace: str = "d
     )
 
 
+def port_in_use(port: int) -> bool:
+    """Something listens on 127.0.0.1:port (a socket left in TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+class DevMinio(MinioServer):
+    """The harness's MinIO server on a fixed port, with the dev cluster's fixed credentials."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        super().__init__(directory, access_key=MINIO_USER, secret_key=MINIO_PASSWORD, port=port)
+
+    def start(self) -> DevMinio:
+        if port_in_use(self.port):
+            raise RuntimeError(
+                f"127.0.0.1:{self.port}, MinIO's port, is already in use (another MinIO, or the "
+                "dev cluster of another DEV_CLUSTER_DIR?): free it, or choose another port with "
+                "DEV_CLUSTER_MINIO_PORT"
+            )
+        binary = find(MINIO)
+        if binary is None:
+            raise RuntimeError(
+                "no MinIO server: hack/kube-binaries.sh --minio builds it "
+                "(or set MICROTASK_MINIO=/path/to/minio)"
+            )
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key.lower() not in ("http_proxy", "https_proxy") and not key.startswith("MINIO_")
+        }
+        env.update(
+            MINIO_ROOT_USER=self.access_key,
+            MINIO_ROOT_PASSWORD=self.secret_key,
+            MINIO_REGION=self.region,
+            MINIO_UPDATE="off",
+            MINIO_BROWSER="off",
+            MINIO_CALLHOME_ENABLE="off",
+            HOME=str(self.directory),
+        )
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(binary),
+                    "server",
+                    "--quiet",
+                    "--address",
+                    f"127.0.0.1:{self.port}",
+                    "--certs-dir",
+                    str(self.directory / "certs"),
+                    str(data),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.directory,
+                start_new_session=True,  # a Ctrl-C at the terminal of `up` does not reach it
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+def s3_secret() -> dict[str, Any]:
+    """The Secret a job's ``spec.output.s3.secretName`` names: MinIO's credentials."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": NAMESPACE},
+        "type": "Opaque",
+        "stringData": {"AWS_ACCESS_KEY_ID": MINIO_USER, "AWS_SECRET_ACCESS_KEY": MINIO_PASSWORD},
+    }
+
+
+def create_secret(plane: ControlPlane) -> None:
+    """Create the S3 Secret, once the namespace exists (the API server makes it at start-up)."""
+    deadline = time.monotonic() + SECRET_TIMEOUT
+    while True:
+        try:
+            plane.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", s3_secret())
+            return
+        except urllib.error.HTTPError as error:
+            if error.code == 409:  # already there
+                return
+            if error.code != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, atomically (readers never see half of it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,17 +229,26 @@ def wait_nodes(plane: ControlPlane, names: set[str]) -> None:
         time.sleep(0.2)
 
 
-def run(directory: Path, kubeconfig_path: Path, stop: Stop) -> int:
+def run(directory: Path, kubeconfig_path: Path, stop: Stop, minio_port: int = MINIO_PORT) -> int:
     """Start, serve until stopped (or a component dies), stop; the exit status."""
     ready = directory / "ready"
     ready.unlink(missing_ok=True)
     plane = ControlPlane(directory / "plane")
+    minio = DevMinio(directory / "minio", minio_port)
     kubelet: Kubelet | None = None
     status = 0
     try:
+        logger.info("starting MinIO on %s (log: %s)", minio.endpoint, minio.log_file)
+        minio.start()
+        minio.create_bucket(BUCKET)
         logger.info("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler")
         plane.start()
-        pids = {"devcluster": os.getpid()} | {n: p.pid for n, p in plane.processes.items()}
+        assert minio.process is not None
+        pids = (
+            {"devcluster": os.getpid()}
+            | {n: p.pid for n, p in plane.processes.items()}
+            | {"minio": minio.process.pid}
+        )
         (directory / "pids").write_text("".join(f"{n} {p}\n" for n, p in pids.items()))
         nodes = default_nodes()
         logger.info("starting our kubelet with nodes %s", ", ".join(n.name for n in nodes))
@@ -132,6 +261,7 @@ def run(directory: Path, kubeconfig_path: Path, stop: Stop) -> int:
         )
         kubelet.start()
         wait_nodes(plane, {n.name for n in nodes})
+        create_secret(plane)
         token = plane.identities["admin"].token
         write_private(
             kubeconfig_path, admin_kubeconfig(plane.url, token, plane.ca_file.read_bytes())
@@ -140,9 +270,18 @@ def run(directory: Path, kubeconfig_path: Path, stop: Stop) -> int:
         if stop.event.is_set():
             raise Stopped
         ready.write_text(f"{plane.url}\n")
-        logger.info("up: API server %s, kubeconfig %s", plane.url, kubeconfig_path)
+        logger.info(
+            "up: API server %s, kubeconfig %s, MinIO %s (bucket %s, Secret %s/%s)",
+            plane.url,
+            kubeconfig_path,
+            minio.endpoint,
+            BUCKET,
+            NAMESPACE,
+            SECRET,
+        )
         while not stop.event.wait(1.0):
             plane.check_alive()
+            minio.check_alive()
         logger.info("stopping")
     except Stopped:
         logger.info("stopped while starting")
@@ -159,6 +298,11 @@ def run(directory: Path, kubeconfig_path: Path, stop: Stop) -> int:
                 logger.exception("stopping our kubelet")
                 status = 1
         plane.stop()
+        try:
+            minio.stop()
+        except Exception:
+            logger.exception("stopping MinIO")
+            status = 1
         logger.info("stopped")
     return status
 
@@ -169,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", type=Path, required=True, help="state: data, logs, pod dirs")
     parser.add_argument("--kubeconfig", type=Path, required=True, help="admin kubeconfig to write")
+    parser.add_argument(
+        "--minio-port", type=int, default=MINIO_PORT, help="MinIO's port on 127.0.0.1 (9000)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -178,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = Stop()
     signal.signal(signal.SIGTERM, stop.on_signal)
     signal.signal(signal.SIGINT, stop.on_signal)
-    return run(directory, kubeconfig_path, stop)
+    return run(directory, kubeconfig_path, stop, args.minio_port)
 
 
 if __name__ == "__main__":
