@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -135,46 +134,7 @@ class DevMinio(MinioServer):
                 "no MinIO server: hack/kube-binaries.sh --minio builds it "
                 "(or set MICROTASK_MINIO=/path/to/minio)"
             )
-        data = self.directory / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key.lower() not in ("http_proxy", "https_proxy") and not key.startswith("MINIO_")
-        }
-        env.update(
-            MINIO_ROOT_USER=self.access_key,
-            MINIO_ROOT_PASSWORD=self.secret_key,
-            MINIO_REGION=self.region,
-            MINIO_UPDATE="off",
-            MINIO_BROWSER="off",
-            MINIO_CALLHOME_ENABLE="off",
-            HOME=str(self.directory),
-        )
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(binary),
-                    "server",
-                    "--quiet",
-                    "--address",
-                    f"127.0.0.1:{self.port}",
-                    "--certs-dir",
-                    str(self.directory / "certs"),
-                    str(data),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.directory,
-                start_new_session=True,  # a Ctrl-C at the terminal of `up` does not reach it
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self.launch(binary)
         return self
 
 

@@ -63,10 +63,15 @@ class MinioServer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> MinioServer:
-        binary = require(MINIO)[MINIO]
+        """Start on ``port`` (0: a free one) with the binary tests find (skip or fail without)."""
+        return self.launch(require(MINIO)[MINIO])
+
+    def launch(self, binary: Path) -> MinioServer:
+        """Start ``binary``; ready (or stopped and raising) when this returns."""
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        if not self.port:
+            self.port = free_port()
         env = {
             key: value
             for key, value in os.environ.items()
