@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_local_support import counting, job_yaml, lines_of, run_cli, state, write
+from test_local_support import SUMMARY_KEYS, counting, job_yaml, lines_of, run_cli, state, write
 
 STATE_KEYS = {
     "job",
@@ -24,25 +24,6 @@ STATE_KEYS = {
     "endedAt",
     "version",
 }
-SUMMARY_KEYS = [
-    "apiVersion",
-    "kind",
-    "job",
-    "phase",
-    "total",
-    "succeeded",
-    "failed",
-    "notRun",
-    "succeededAfterRetry",
-    "attempts",
-    "seconds",
-    "succeededIndexes",
-    "failedIndexes",
-    "failureSummary",
-    "resources",
-    "output",
-    "conditions",
-]
 PROGRESS = re.compile(
     r"^(?P<name>[a-z0-9-]+): (?P<ok>\d+)/(?P<total>\d+) succeeded, \d+ failed, \d+ running, "
     r"[\d.,]+/s, ETA \S+$"

@@ -27,6 +27,28 @@ _SCRIPT = Path(sys.executable).parent / "microtask"
 MICROTASK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "microtask_operator.cli"]
 
 
+#: The documented keys of `microtask run -o json`, in order.
+SUMMARY_KEYS = [
+    "apiVersion",
+    "kind",
+    "job",
+    "phase",
+    "total",
+    "succeeded",
+    "failed",
+    "notRun",
+    "succeededAfterRetry",
+    "attempts",
+    "seconds",
+    "succeededIndexes",
+    "failedIndexes",
+    "failureSummary",
+    "resources",
+    "output",
+    "conditions",
+]
+
+
 def job_yaml(
     name: str = "count",
     *,
@@ -206,25 +228,7 @@ def test_run_summary_has_the_documented_keys_and_plain_index_ranges() -> None:
         "conditions": [{"type": "Failed", "status": "True"}],
     }
     summary = run_summary(job="big", status=status, total=4100, seconds=1.23456, output="/tmp/x")
-    assert list(summary) == [
-        "apiVersion",
-        "kind",
-        "job",
-        "phase",
-        "total",
-        "succeeded",
-        "failed",
-        "notRun",
-        "succeededAfterRetry",
-        "attempts",
-        "seconds",
-        "succeededIndexes",
-        "failedIndexes",
-        "failureSummary",
-        "resources",
-        "output",
-        "conditions",
-    ]
+    assert list(summary) == SUMMARY_KEYS
     assert summary["failedIndexes"] == scattered.format()
     assert not summary["succeededIndexes"].startswith(("z:", "d:"))
     assert (summary["succeeded"], summary["failed"], summary["notRun"]) == (2000, 2000, 100)
