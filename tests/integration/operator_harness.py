@@ -222,23 +222,30 @@ def watch_in_flight(cluster: Cluster, name: str, until: float) -> int:
     """Poll the shards of `name` until the deadline; the most seen in flight at once.
 
     A shard is in flight from its Job's creation until its pod ends (the operator acts on the
-    pod's report; the Job's own status follows later).
+    pod's report; the Job's own status follows later). The lists are not one snapshot, so a Job
+    counts only when it is in the Job lists taken before and after the pods' list and its pod
+    has not been seen ended: a Job harvested (its pod gone) or created between the lists is
+    never counted beside the ones it replaced.
     """
     most = 0
+    ended: set[str] = set()  # Jobs whose pod was seen ended, across polls
+
+    def alive_jobs() -> set[str]:
+        return {
+            j["metadata"]["name"]
+            for j in shard_jobs(cluster, name)
+            if not j["metadata"].get("deletionTimestamp") and not finished(j)
+        }
+
     while time.monotonic() < until:
-        ended = {
+        before = alive_jobs()
+        ended |= {
             p["metadata"]["labels"].get("batch.kubernetes.io/job-name")
             for p in cluster.list("pods", labels=f"microtask.dev/job={name}")
             if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         }
-        alive = [
-            j
-            for j in shard_jobs(cluster, name)
-            if not j["metadata"].get("deletionTimestamp")
-            and not finished(j)
-            and j["metadata"]["name"] not in ended
-        ]
-        most = max(most, len(alive))
+        after = alive_jobs()
+        most = max(most, len((before & after) - ended))
         if status_of(cluster, name).get("phase") in ("Succeeded", "Failed"):
             break
         time.sleep(0.05)

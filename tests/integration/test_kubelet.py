@@ -280,11 +280,8 @@ def test_termination_messages_are_capped_at_4096_bytes(cluster: Cluster) -> None
 
 def test_active_deadline_fails_the_job_and_kills_its_pod(cluster: Cluster) -> None:
     cluster.create(job("slow", SLEEP, activeDeadlineSeconds=2))
-    pid = cluster.wait_for(
-        lambda: [cluster.pod_pid(p["metadata"]["name"]) for p in running_pods_of(cluster, "slow")],
-        message="the container to run",
-    )[0]
-    assert pid is not None
+    pod = cluster.wait_for(lambda: running_pods_of(cluster, "slow"), message="the pod to run")[0]
+    pid = wait_pid(cluster, pod["metadata"]["name"])
     failed = wait_job(cluster, "slow", "Failed")
     assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
     assert condition(failed, "FailureTarget")["reason"] == "DeadlineExceeded"

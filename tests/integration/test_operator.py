@@ -26,7 +26,7 @@ def test_a_thousand_microtasks_finish_with_exact_counts_within_the_window(cluste
         assert (status["succeeded"], status["failed"], status["total"]) == (1000, 0, 1000)
         assert status["succeededIndexes"] == "0-999"
         assert status["attempts"] == 1000
-        assert most <= 3
+        assert 1 <= most <= 3  # the watcher saw shards in flight, never more than the window
         complete = [c for c in status["conditions"] if c["type"] == "Complete"]
         assert complete and complete[0]["status"] == "True"
         # Harvested Jobs are deleted: etcd holds only the window in flight.
