@@ -13,6 +13,15 @@ The worker's environment is the runner's contract (`microtask_runner.contract`):
 (MICROTASK_JOB/SHARD/ATTEMPT/POOL/INDEXES/ITEMS), its node (MICROTASK_NODE, from the downward API)
 and, with `spec.output`, the result store: MICROTASK_OUTPUT_URL, plus for S3 the endpoint, region
 and the Secret's credentials (AWS_*), or for a volume its mount at OUTPUT_MOUNT_PATH.
+
+The kubelet expands `$(VAR)` and `$$` in every env `value`: an item `$(MICROTASK_JOB)` would reach
+the program as the job's name, `a$$b` as `a$b`. So every value the operator writes is escaped
+(`$` -> `$$`) and arrives byte for byte. The template's own variables are the user's, expanded as
+Kubernetes always does.
+
+A `configMapRef` source is mounted from the job's immutable copy of the ConfigMap when there is
+one (`snapshot_config_map`), so an edit of the user's ConfigMap mid-run cannot mix old and new
+items.
 """
 
 from __future__ import annotations
@@ -65,10 +74,14 @@ __all__ = [
     "ENV_S3_ENDPOINT",
     "ENV_SHARD",
     "ENV_TIMEOUT_SECONDS",
+    "ITEMS_DIGEST_ANNOTATION",
     "OwnerMeta",
     "build_job",
+    "escape_env_value",
     "job_name",
     "parse_job_name",
+    "snapshot_config_map",
+    "snapshot_name",
 ]
 
 # The names the operator sets on the worker; the template's own values of them are dropped.
@@ -91,6 +104,10 @@ AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 AWS_REGION = "AWS_REGION"
 
+#: Annotation on a snapshot ConfigMap: the digest of the item source it holds (status.items.digest).
+ITEMS_DIGEST_ANNOTATION = "microtask.dev/items-digest"
+
+_CONFIG_MAP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _JOB_NAME = re.compile(r"(?P<mtj>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-s(?P<shard>0|[1-9][0-9]*)")
 
 
@@ -115,6 +132,68 @@ def parse_job_name(name: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match["mtj"], int(match["shard"])
+
+
+def escape_env_value(value: str) -> str:
+    """`value` as an env value the kubelet hands to the container unchanged.
+
+    The kubelet reads `$$` as `$` and `$(NAME)` as NAME's value (when NAME is defined); once every
+    `$` is doubled, nothing is left for it to expand.
+    """
+    return value.replace("$", "$$")
+
+
+def snapshot_name(mtj_name: str, uid: str) -> str:
+    """Name of the ConfigMap holding a job's copy of its configMapRef items.
+
+    The uid's start tells a re-created MicrotaskJob of the same name from the one before, whose
+    copy the garbage collector may not have removed yet.
+    """
+    tag = uid[:8].lower()
+    name = f"{mtj_name}-items-{tag}"
+    if len(tag) < 8 or len(name) > 253 or not _CONFIG_MAP_NAME.fullmatch(name):
+        raise ValueError(
+            f"no valid ConfigMap name from MicrotaskJob {mtj_name!r} and uid {uid!r}: {name!r}"
+        )
+    return name
+
+
+def snapshot_config_map(
+    mtj_body_meta: OwnerMeta | Mapping[str, Any], key: str, text: str, digest: str
+) -> dict[str, Any]:
+    """The immutable ConfigMap that fixes a configMapRef job's items when it starts.
+
+    It holds `key` as the shards mount it; the MicrotaskJob owns it, so it goes with the job.
+    """
+    name, namespace, uid = mtj_body_meta["name"], mtj_body_meta["namespace"], mtj_body_meta["uid"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": snapshot_name(name, uid),
+            "namespace": namespace,
+            "labels": {
+                labels.JOB: name,
+                labels.JOB_UID: uid,
+                labels.MANAGED_BY: labels.MANAGED_BY_VALUE,
+            },
+            "annotations": {ITEMS_DIGEST_ANNOTATION: digest},
+            "ownerReferences": [_owner_reference(name, uid)],
+        },
+        "immutable": True,
+        "data": {key: text},
+    }
+
+
+def _owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _number(value: float) -> str:
@@ -167,21 +246,33 @@ def _add_tolerations(pod: dict[str, Any], tolerations: list[dict[str, Any]]) -> 
         del pod["tolerations"]
 
 
+def _escalates(context: dict[str, Any]) -> bool:
+    """Does the container ask for privileges that imply escalation?"""
+    added = (context.get("capabilities") or {}).get("add") or []
+    return bool(context.get("privileged")) or any(
+        str(c).upper().removeprefix("CAP_") == "SYS_ADMIN" for c in added
+    )
+
+
 def _restrict(pod: dict[str, Any], settings: Settings) -> None:
     """Pod Security "restricted" defaults; values the template sets explicitly are kept."""
     pod_context = pod.setdefault("securityContext", {})
-    pod_context.setdefault("runAsNonRoot", True)
-    pod_context.setdefault("seccompProfile", {"type": "RuntimeDefault"})
     containers = [*pod.get("initContainers", []), *pod["containers"]]
-    user_set = "runAsUser" in pod_context or any(
-        "runAsUser" in (c.get("securityContext") or {}) for c in containers
-    )
+    users = [pod_context.get("runAsUser")] + [
+        (c.get("securityContext") or {}).get("runAsUser") for c in containers
+    ]
+    # A template that asks for root gets root (admission judges it), not a pod no kubelet starts.
+    pod_context.setdefault("runAsNonRoot", 0 not in users)
+    pod_context.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    user_set = any(u is not None for u in users)
     if settings.run_as_user is not None and not user_set:
         pod_context["runAsUser"] = settings.run_as_user
     for container in containers:
         context = container.get("securityContext") or {}
         container["securityContext"] = context
-        context.setdefault("allowPrivilegeEscalation", False)
+        if not _escalates(context):
+            # (The API server refuses the combination with privileged or CAP_SYS_ADMIN.)
+            context.setdefault("allowPrivilegeEscalation", False)
         capabilities = context.setdefault("capabilities", {})
         capabilities.setdefault("drop", ["ALL"])
         # Repeat the pod's (possibly user-chosen) values, so each container is restricted on its
@@ -285,15 +376,23 @@ def _mount(
 
 
 def _mount_items(
-    pod: dict[str, Any], worker: dict[str, Any], items: Items, settings: Settings
+    pod: dict[str, Any],
+    worker: dict[str, Any],
+    items: Items,
+    settings: Settings,
+    config_map: str | None,
 ) -> str | None:
-    """Mount a configMapRef source's key; the path the runner reads it at (None: no file)."""
+    """Mount a configMapRef source's key (from `config_map`, the job's copy, when given); the
+    path the runner reads it at (None: no file)."""
     ref = items.config_map_ref
     if ref is None:
         return None
     volume = {
         "name": RESERVED_VOLUME_NAME,
-        "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+        "configMap": {
+            "name": config_map or ref.name,
+            "items": [{"key": ref.key, "path": ref.key}],
+        },
     }
     mount = {"name": RESERVED_VOLUME_NAME, "mountPath": settings.items_mount_path, "readOnly": True}
     _mount(pod, worker, volume, mount)
@@ -365,13 +464,16 @@ def build_job(
     *,
     store: str | None = None,
     source: Items | None = None,
+    items_config_map: str | None = None,
 ) -> dict[str, Any]:
     """The `batch/v1` Job running `plan`'s shard of `mtj`.
 
     `meta` is the MicrotaskJob's name, namespace and uid as stored (the ownerReference needs the
     uid). `store` is the job's result store root as its status names it (`status.output.url`;
     None: the job's own store from `spec.output`); `source` holds a rerun's items
-    (`status.source.items`). Raises ItemsError when the shard's items cannot be given to it.
+    (`status.source.items`); `items_config_map` is the job's copy of its configMapRef items
+    (`status.items.configMap`), mounted instead of the ConfigMap the spec names. Raises
+    ItemsError when the shard's items cannot be given to it.
     """
     spec = mtj.spec
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
@@ -395,7 +497,7 @@ def build_job(
     worker["command"] = list(settings.runner_command)
     if spec.callable_ is None:
         worker["args"] = ["--", *user_command]
-    items_file = _mount_items(pod, worker, items, settings)
+    items_file = _mount_items(pod, worker, items, settings, items_config_map)
     env: list[dict[str, Any]] = [
         {"name": ENV_JOB, "value": name},
         {"name": ENV_SHARD, "value": str(plan.shard_id)},
@@ -419,6 +521,7 @@ def build_job(
     if root is not None:
         assert spec.output is not None
         env.extend(_wire_output(pod, worker, spec.output, root))
+    env = [{**e, "value": escape_env_value(e["value"])} if "value" in e else e for e in env]
     ours = _RUNNER_ENV | {e["name"] for e in env}
     worker["env"] = [e for e in worker.get("env") or [] if e.get("name") not in ours] + env
     worker["terminationMessagePolicy"] = "File"
@@ -452,16 +555,7 @@ def build_job(
             "namespace": namespace,
             "labels": dict(shard_labels),
             "annotations": {labels.INDEXES: indexes},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "name": name,
-                    "uid": uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [_owner_reference(name, uid)],
         },
         "spec": job_spec,
     }

@@ -32,6 +32,10 @@ KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
 #: Annotation: the shard's index set (IndexSet.to_compact(): plain, or "z:" + compressed).
 INDEXES: Final = "microtask.dev/indexes"
 
+#: Annotation on a MicrotaskJob once it started (RFC 3339): outside the status, so a status reset
+#: by someone else is recognised after a restart.
+STARTED_AT: Final = "microtask.dev/started-at"
+
 #: Node label Kubernetes sets on every node.
 HOSTNAME: Final = "kubernetes.io/hostname"
 

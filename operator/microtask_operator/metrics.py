@@ -57,9 +57,17 @@ class Metrics:
         )
         self.api_requests = Counter(
             "microtask_api_requests_total",
-            "Kubernetes API requests made by the operator's reconciles. verb: create | delete | "
-            "patch | get | list. code: the HTTP status code, or 'error' when no answer came.",
+            "Kubernetes API requests the operator makes itself (reconciles, Events, the clean-up "
+            "of deleted MicrotaskJobs). verb: create | delete | patch | get | list. code: the "
+            "HTTP status code, or 'error' when no answer came.",
             ["verb", "code"],
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "microtask_events_dropped_total",
+            "Kubernetes Events the operator gave up posting (the API refused them, or kept "
+            "failing past the retries). reason: the Event's reason.",
+            ["reason"],
             registry=r,
         )
         self.progress = Gauge(
@@ -122,6 +130,9 @@ class Metrics:
             return
         counter.labels(*labels).inc(amount)
         self._job_counters.setdefault((labels[0], labels[1]), set()).add((counter, labels))
+
+    def event_dropped(self, reason: str) -> None:
+        self.events_dropped.labels(reason_label(reason)).inc()
 
     def job_active(
         self, namespace: str, name: str, ended: int, total: int, shards: Mapping[Pool, int]

@@ -69,8 +69,37 @@ def test_the_operator_calls_exactly_what_rbac_grants(
         cluster.patch("microtaskjobs", "paused", {"spec": {"suspend": True}})
         wait_phase(cluster, "paused", ("Suspended",), timeout=20)
         cluster.patch("microtaskjobs", "paused", {"spec": {"suspend": False}})
+        # Pods refused by Pod Security: the operator reads the Job's Events to say why.
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": "strict",
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }
+        )
+        refused = microtask_job("refused", total=2, per_shard=1)
+        refused["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {
+            "privileged": True
+        }
+        cluster.create(refused, namespace="strict")
         for name in ("from-map", "with-failures", "paused"):
             assert wait_phase(cluster, name, timeout=60)["status"]["phase"] == "Succeeded"
+        cluster.wait_for(
+            lambda: (
+                (
+                    (cluster.get("microtaskjobs", "refused", namespace="strict") or {}).get(
+                        "status"
+                    )
+                    or {}
+                ).get("phase")
+                == "Failed"
+            ),
+            timeout=60,
+            message="refused fails",
+        )
         op.assert_clean()
     used = cluster.verbs_used(since=mark)
     refused = cluster.request_list(code=403, since=mark)

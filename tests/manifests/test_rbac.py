@@ -24,8 +24,8 @@ OPERATOR_CALLS: list[tuple[str, str, str, str | None, str | None]] = [
     ),
     *((v, "", "pods", None, None) for v in ("list", "watch")),
     *((v, "", "nodes", None, None) for v in ("list", "watch")),
-    ("get", "", "configmaps", None, None),
-    ("create", "", "events", None, None),
+    *((v, "", "configmaps", None, None) for v in ("get", "create")),
+    *((v, "", "events", None, None) for v in ("create", "list")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, None) for v in ("list", "watch", "create")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, PEERING) for v in ("get", "patch")),
     *(

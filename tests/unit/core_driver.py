@@ -26,6 +26,8 @@ from microtask_runner.report import Report
 
 # outcome(index, attempt) -> exit code (0 = success)
 Outcome = Callable[[int, int], int]
+# Deletes that cancel a shard, whatever it was doing (the job ended).
+CANCELS = frozenset({"finished", "too_many_failures", "deadline", "refused"})
 
 CLUSTER = ClusterView(
     ready_nodes={
@@ -74,21 +76,34 @@ class Driver:
     last: Decision | None = None
     restart_every_step: bool = False
     errors: dict[int, str] = field(default_factory=dict)  # exit code -> error text in reports
+    # Given a step's number, whether its status write fails: its creates happened (they come
+    # first), its deletes and suspends did not (they come after), and the old state stays.
+    write_lost: Callable[[int], bool] | None = None
+    steps: int = 0
+    # Runs of microtasks as the pods did them (speculative copies aside): the truth that
+    # `status.attempts` must tell, with the launches of running shards cancelled at the end.
+    executions: int = 0
+    cancelled_running: int = 0
 
     def step(self, dt: float = 0.0) -> Decision:
         self.now += dt
+        self.steps += 1
         state = self.state
         if self.restart_every_step:
             # A restarted body only has what the status holds.
             state = CoreState.from_status(state.to_status())
         decision = plan(self.spec, state, list(self.shards.values()), self.cluster, self.now)
-        self.apply(decision)
+        lost = self.write_lost is not None and not decision.done and self.write_lost(self.steps)
+        self.apply(decision, write_lost=lost)
         return decision
 
-    def apply(self, decision: Decision) -> None:
-        self.state = decision.state
-        self.last = decision
+    def apply(self, decision: Decision, *, write_lost: bool = False) -> None:
+        if not write_lost:
+            self.state = decision.state
+            self.last = decision
         for action in decision.actions:
+            if write_lost and not isinstance(action, CreateShard):
+                continue
             if isinstance(action, CreateShard):
                 p = action.plan
                 assert p.shard_id not in self.shards, f"duplicate shard {p.shard_id}"
@@ -107,7 +122,14 @@ class Driver:
                 )
             elif isinstance(action, DeleteShard):
                 self.deleted.append(action)
-                self.shards.pop(action.shard_id, None)
+                gone = self.shards.pop(action.shard_id, None)
+                if (
+                    gone is not None
+                    and gone.phase == ShardPhase.RUNNING
+                    and gone.copy_of is None
+                    and action.reason in CANCELS
+                ):
+                    self.cancelled_running += len(gone.indexes)
             elif isinstance(action, SuspendShard):
                 shard = self.shards[action.shard_id]
                 self.shards[action.shard_id] = replace(shard, suspended=action.suspend)
@@ -131,6 +153,8 @@ class Driver:
 
     def finish(self, shard_id: int, outcome: Outcome, seconds: float = 1.0) -> None:
         s = self.shards[shard_id]
+        if s.copy_of is None:
+            self.executions += len(s.indexes)
         self.shards[shard_id] = replace(
             s,
             phase=ShardPhase.SUCCEEDED,
@@ -138,6 +162,20 @@ class Driver:
             report=report_for(s.indexes, s.attempt, outcome, seconds, self.errors),
             exit_code=0,
         )
+
+    def interrupt(self, shard_id: int, done: int, **changes: object) -> None:
+        """The running shard's pod ends after `done` microtasks, during the next one.
+
+        Its report says the first `done` succeeded and names the next as current; `changes` say
+        how it ended (phase LOST or FAILED, a failure reason, an exit code).
+        """
+        s = self.shards[shard_id]
+        ran, rest = s.indexes.take(done)
+        current = rest.first()
+        if s.copy_of is None:
+            self.executions += len(ran) + (1 if current is not None else 0)
+        report = Report(succeeded=ran, current=current, count=len(ran), seconds_total=len(ran))
+        self.set(shard_id, report=report, finished_at=self.now, **changes)
 
     def set(self, shard_id: int, **changes: object) -> None:
         self.shards[shard_id] = replace(self.shards[shard_id], **changes)  # type: ignore[arg-type]

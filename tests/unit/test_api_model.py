@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from microtask_operator.api.items import (
     total_microtasks,
 )
 from microtask_operator.api.loading import InvalidSpecError, parse_job, validate_job
-from microtask_operator.api.model import MicrotaskJob, MicrotaskJobStatus
+from microtask_operator.api.model import Condition, MicrotaskJob, MicrotaskJobStatus
 from microtask_operator.core.types import Accelerator, CoreSpec
 from microtask_runner.indexset import IndexSet
 
@@ -115,6 +116,9 @@ def test_condition_vocabulary() -> None:
         "Invalid",
         "Suspended",
         "WaitingForDependencies",
+        "SpecChangeIgnored",
+        "ReconcileError",
+        "Recovered",
     }
     reasons = {r.value for r in conditions.ConditionReason}
     for reason in ("Running", "AllSucceeded", "TooManyFailures", "DeadlineExceeded"):
@@ -130,6 +134,11 @@ def test_condition_vocabulary() -> None:
         "Suspended",
     }
     assert conditions.Reason is conditions.ConditionReason
+    # `kubectl explain` lists every condition type the operator sets.
+    for field in (Condition.model_fields["type"], MicrotaskJobStatus.model_fields["conditions"]):
+        described = field.description or ""
+        missing = [t.value for t in conditions.ConditionType if t.value not in described]
+        assert missing == [], f"not described: {missing}"
 
 
 def test_the_model_dumps_back_to_camel_case() -> None:
@@ -205,7 +214,7 @@ def test_inline_list_accepts_scalars_and_small_objects() -> None:
     assert total_microtasks(job) == len(values)
 
 
-# --- scalar fields: bounds and strict types ---------------------------------------------------
+# --- scalar fields: bounds and strict types -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -273,6 +282,9 @@ def test_inline_list_accepts_scalars_and_small_objects() -> None:
         ("dependsOn", ["thumbs"], "spec.dependsOn"),
         ("dependsOn", ["UPPER"], "spec.dependsOn[0]"),
         ("dependsOn", "other", "spec.dependsOn"),
+        ("timeouts", {"dependenciesSeconds": 0}, "spec.timeouts.dependenciesSeconds"),
+        ("timeouts", {"dependenciesSeconds": -5}, "spec.timeouts.dependenciesSeconds"),
+        ("timeouts", {"dependenciesSeconds": "60"}, "spec.timeouts.dependenciesSeconds"),
     ],
 )
 def test_field_problems_are_reported_at_their_path(field: str, value: Any, path: str) -> None:
@@ -285,6 +297,9 @@ def test_seconds_accept_integers_and_fractions() -> None:
     assert spec.timeouts.microtask_seconds == 2.0
     assert isinstance(spec.timeouts.microtask_seconds, float)
     assert spec.timeouts.shard_seconds == 0.5
+    assert spec.timeouts.dependencies_seconds is None  # no limit unless set
+    spec = model(body(timeouts={"dependenciesSeconds": 90})).spec
+    assert spec.timeouts.dependencies_seconds == 90.0
 
 
 def test_messages_are_plain_words() -> None:
@@ -498,10 +513,13 @@ FULL_STATUS: dict[str, Any] = {
     "excludedNodes": [
         {"node": "n1", "level": "soft", "until": "2024-05-01T10:10:00Z", "failures": 2}
     ],
-    "nodeFailures": [{"node": "n1", "failures": 2, "lastFailure": "2024-05-01T10:00:00Z"}],
+    "nodeFailures": [
+        {"node": "n1", "failures": 2, "lastFailure": "2024-05-01T10:00:00Z", "suspect": "3,7-9"}
+    ],
     "durations": {"gpu": {"count": 300, "seconds": 120.5}, "cpu": {"count": 120, "seconds": 600}},
     "gpuFallbackUntil": "2024-05-01T10:05:00Z",
     "wastedSeconds": 12.5,
+    "items": {"digest": "sha256:" + "0f" * 32, "configMap": "thumbs-items-5d7c9e4e"},
     "startTime": "2024-05-01T09:59:00Z",
     "completionTime": "2024-05-01T11:00:00Z",
     "message": "420/1000 succeeded",
@@ -573,6 +591,10 @@ def test_status_model_round_trips_every_field() -> None:
         {"conditions": [{"type": "Ready", "status": "true"}]},
         {"retryQueue": [{"attempts": 1}]},
         {"unknownCounter": 1},
+        {"items": {"digest": "md5:0f0f"}},
+        {"items": {"digest": "sha256:" + "0F" * 32}},
+        {"items": {"configMap": "thumbs-items-5d7c9e4e"}},
+        {"items": {"digest": "sha256:" + "0f" * 32, "configMap": "Not_A_Name"}},
     ],
 )
 def test_status_model_rejects_bad_values(change: dict[str, Any]) -> None:
@@ -743,3 +765,64 @@ def test_runner_reads_what_the_operator_writes(tmp_path: Any) -> None:
     assert [source.get(i) for i in range(3)] == parse_config_map_items(text, "lines")
     assert parse_config_map_items(text, "lines") == ["a", "b", "c"]
     assert total_microtasks(mapped, {"k": text}) == 3
+
+
+# --- the digest of the item source ----------------------------------------------------------------
+
+
+def test_the_items_digest_is_sha256_of_the_source_in_any_key_order() -> None:
+    from types import MappingProxyType
+
+    from microtask_operator.api.digest import items_digest
+
+    items = {"list": ["a", {"x": 1, "y": [True, None, 2.5]}, 3]}
+    digest = items_digest(items, None)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    assert MicrotaskJobStatus.model_validate({"items": {"digest": digest}}).items is not None
+    reordered = {"list": ["a", {"y": [True, None, 2.5], "x": 1}, 3]}
+    assert items_digest(reordered, None) == digest
+    # Watched bodies hold views, not dicts and lists.
+    view = MappingProxyType({"list": ("a", MappingProxyType({"y": [True, None, 2.5], "x": 1}), 3)})
+    assert items_digest(view, None) == digest
+    ranged = {"range": {"start": 0, "end": 10, "step": 1}}
+    assert items_digest(ranged, None) == items_digest(
+        {"range": {"step": 1, "end": 10, "start": 0}}, None
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"list": ["a", "b"]}, {"list": ["a"]}),
+        ({"list": ["a", "b"]}, {"list": ["b", "a"]}),
+        ({"list": [1]}, {"list": ["1"]}),
+        ({"list": [1]}, {"list": [True]}),
+        ({"list": [{"x": 1}]}, {"list": [{"x": 1, "y": None}]}),
+        ({"range": {"start": 0, "end": 10}}, {"range": {"start": 1, "end": 10}}),
+        ({"range": {"start": 0, "end": 10}}, {"range": {"start": 0, "end": 11}}),
+        (
+            {"configMapRef": {"name": "a", "key": "k", "format": "lines"}},
+            {"configMapRef": {"name": "b", "key": "k", "format": "lines"}},
+        ),
+    ],
+)
+def test_any_change_of_the_items_changes_the_digest(
+    before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    from microtask_operator.api.digest import items_digest
+
+    assert items_digest(before, None) != items_digest(after, None)
+
+
+def test_the_digest_of_a_config_map_source_covers_its_text() -> None:
+    from microtask_operator.api.digest import items_digest
+
+    ref = {"configMapRef": {"name": "urls", "key": "urls.txt", "format": "lines"}}
+    digest = items_digest(ref, "a\nb\n")
+    assert items_digest(ref, "a\nb\n") == digest
+    assert items_digest(ref, "a\nb\nc\n") != digest
+    assert items_digest(ref, "a\r\nb\n") != digest
+    assert items_digest(ref, "") != items_digest(ref, None)
+    # The two parts cannot trade bytes: a text never passes for a part of the spec.
+    assert items_digest({"list": ["a"]}, "b") != items_digest({"list": ["a", "b"]}, None)
+    assert items_digest(ref, "\ud800") != digest  # a lone surrogate is hashed, not an error

@@ -8,6 +8,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from microtask_operator import builder, labels
 from microtask_operator.api.items import ItemsError
 from microtask_operator.api.loading import validate_job
@@ -18,6 +20,7 @@ from microtask_operator.settings import Settings, SettingsError
 from microtask_runner import contract
 from microtask_runner.indexset import IndexSet
 
+from tests.integration.harness.containers import expand_vars
 from tests.manifests.restricted import pod_spec_of, restricted_violations
 
 OWNER = {"name": "thumbs", "namespace": "team-a", "uid": "5d7c9e4e-1111-2222-3333-444455556666"}
@@ -68,10 +71,17 @@ def build(
     *,
     store: str | None = None,
     source: Items | None = None,
+    items_config_map: str | None = None,
     **settings: Any,
 ) -> Any:
     manifest = build_job(
-        job or mtj(), OWNER, shard or plan(), Settings(**settings), store=store, source=source
+        job or mtj(),
+        OWNER,
+        shard or plan(),
+        Settings(**settings),
+        store=store,
+        source=source,
+        items_config_map=items_config_map,
     )
     for version in VERSIONS:
         kubernetes_validate.validate(manifest, version, strict=True)
@@ -539,6 +549,38 @@ def test_an_explicitly_privileged_template_is_not_silently_fixed() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "context",
+    [{"privileged": True}, {"capabilities": {"add": ["SYS_ADMIN"]}}, {"runAsUser": 0}],
+)
+def test_a_hostile_template_passes_through_as_a_valid_pod_for_admission_to_judge(
+    context: dict[str, Any],
+) -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {"name": "w", "image": "x", "command": ["run"], "securityContext": context}
+            ]
+        }
+    }
+    pod = pod_spec_of(build_job(mtj(template=template), OWNER, plan(), Settings()))
+    assert pod is not None
+    worker = pod["containers"][0]["securityContext"]
+    for key, value in context.items():
+        if key == "capabilities":
+            assert worker[key]["add"] == value["add"]
+        else:
+            assert worker[key] == value
+    # No default the API server would refuse beside it (privileged + no escalation), and no
+    # non-root rule a kubelet would refuse to start a root container under.
+    if context.get("privileged") or "capabilities" in context:
+        assert "allowPrivilegeEscalation" not in worker
+    if context.get("runAsUser") == 0:
+        assert pod["securityContext"]["runAsNonRoot"] is False
+        assert worker["runAsNonRoot"] is False
+    assert restricted_violations(pod)  # admission, not the builder, says no
+
+
 def test_building_is_deterministic_and_pure() -> None:
     job = mtj(items={"list": list(range(200))}, placement={"accelerator": "gpu"})
     before = copy.deepcopy(job.model_dump(by_alias=True))
@@ -680,7 +722,7 @@ def test_output_on_a_claim() -> None:
     ]
 
 
-# --- reruns (items.fromJob) ----------------------------------------------------------------------
+# --- reruns (items.fromJob) -----------------------------------------------------------------------
 
 
 def rerun(**spec: Any) -> MicrotaskJob:
@@ -762,3 +804,153 @@ def test_settings_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+# --- env values reach the program as written ------------------------------------------------------
+
+AWKWARD = ["$(MICROTASK_JOB)", "a$$b", "$(UNDEFINED)", "$", "$$$(X)", "x$", "$(", "$ü"]
+
+
+def kubelet_env(manifest: dict[str, Any]) -> dict[str, str]:
+    """The worker's literal variables as the kubelet gives them to the process: in order, each
+    `value` expanded with the variables before it (Kubernetes' rules, `expand_vars`)."""
+    env: dict[str, str] = {}
+    for variable in worker_of(manifest).get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = expand_vars(variable["value"], env)
+    return env
+
+
+def test_every_value_the_operator_writes_arrives_byte_for_byte() -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "w",
+                    "image": "x",
+                    "command": ["run", "$(MICROTASK_ITEM)"],
+                    # The template's own variables keep Kubernetes' meaning.
+                    "env": [{"name": "WHO", "value": "$(MICROTASK_JOB)"}],
+                }
+            ]
+        }
+    }
+    job = mtj(
+        items={"list": AWKWARD},
+        template=template,
+        output={"s3": {"url": "s3://results/a$(MICROTASK_JOB)$$b", "region": "eu-west-1"}},
+    )
+    manifest = build(job, plan(indexes=IndexSet.from_range(0, len(AWKWARD))))
+    arrived = kubelet_env(manifest)
+    values = json.loads(arrived["MICROTASK_ITEMS"])["values"]
+    assert [values[str(i)] for i in range(len(AWKWARD))] == AWKWARD
+    assert arrived["MICROTASK_OUTPUT_URL"] == "s3://results/a$(MICROTASK_JOB)$$b/thumbs"
+    assert arrived["MICROTASK_JOB"] == "thumbs"
+    assert arrived["WHO"] == "$(MICROTASK_JOB)"  # declared before MICROTASK_JOB: stays
+    written = env_of(manifest)
+    assert written["MICROTASK_OUTPUT_URL"] == "s3://results/a$$(MICROTASK_JOB)$$$$b/thumbs"
+    assert written["WHO"] == "$(MICROTASK_JOB)"
+    # The user's command is the runner's to fill in (`$(MICROTASK_ITEM)` is no variable of the
+    # container, so the kubelet leaves it).
+    assert worker_of(manifest)["args"] == ["--", "run", "$(MICROTASK_ITEM)"]
+
+
+@given(st.text())
+def test_an_escaped_value_expands_to_itself(text: str) -> None:
+    environment = {"A": "1", "MICROTASK_JOB": "thumbs", "": "empty"}
+    assert expand_vars(builder.escape_env_value(text), environment) == text
+
+
+def test_the_test_kubelet_expands_as_kubernetes_does() -> None:
+    # k8s.io/kubernetes third_party/forked/golang/expansion: the cases of its own tests.
+    env = {"VAR_A": "A", "VAR_B": "B", "VAR_C": "C", "VAR_REF": "$(VAR_A)", "VAR_EMPTY": ""}
+    cases = {
+        "$(VAR_A)": "A",
+        "___$(VAR_B)___": "___B___",
+        "$(VAR_A)-$(VAR_A)": "A-A",
+        "$(VAR_A)$(VAR_B)$(VAR_C)": "ABC",
+        "$(VAR_REF)": "$(VAR_A)",  # values are not expanded again
+        "$(VAR_EMPTY)": "",
+        "$$(VAR_A)": "$(VAR_A)",
+        "$$$(VAR_A)": "$A",
+        "$$$$(VAR_A)": "$$(VAR_A)",
+        "$(VAR_DNE)": "$(VAR_DNE)",
+        "$(VAR_A": "$(VAR_A",
+        "$(": "$(",
+        "$()": "$()",
+        "$(VAR_A$(VAR_B))": "$(VAR_A$(VAR_B))",  # the name runs to the first `)`
+        "$VAR_A": "$VAR_A",
+        "$": "$",
+        "x$": "x$",
+        "$$": "$",
+        "a$$b": "a$b",
+        "\\$(VAR_A)": "\\A",
+    }
+    for written, expected in cases.items():
+        assert expand_vars(written, env) == expected, written
+
+
+# --- the items' snapshot --------------------------------------------------------------------------
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_the_snapshots_name_is_deterministic_and_valid() -> None:
+    assert builder.snapshot_name("thumbs", OWNER["uid"]) == "thumbs-items-5d7c9e4e"
+    assert builder.snapshot_name("thumbs", OWNER["uid"].upper()) == "thumbs-items-5d7c9e4e"
+    longest = builder.snapshot_name("n" * 45, OWNER["uid"])
+    assert len(longest) == 60
+    # A re-created MicrotaskJob (another uid) gets another copy.
+    assert builder.snapshot_name("thumbs", "0f" + OWNER["uid"][2:]) != "thumbs-items-5d7c9e4e"
+    for uid in ("", "short", "5d7c9e4-", "5d7c9e4_x"):
+        with pytest.raises(ValueError, match="no valid ConfigMap name"):
+            builder.snapshot_name("thumbs", uid)
+
+
+def test_the_snapshot_is_an_immutable_configmap_the_job_owns() -> None:
+    text = "a\n$(b)\nü\n"
+    snapshot = builder.snapshot_config_map(OWNER, "urls.txt", text, DIGEST)
+    for version in VERSIONS:
+        kubernetes_validate.validate(snapshot, version, strict=True)
+    assert snapshot["kind"] == "ConfigMap" and snapshot["immutable"] is True
+    assert snapshot["data"] == {"urls.txt": text}
+    meta = snapshot["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("thumbs-items-5d7c9e4e", "team-a")
+    assert meta["annotations"] == {builder.ITEMS_DIGEST_ANNOTATION: DIGEST}
+    assert meta["labels"] == {
+        labels.JOB: "thumbs",
+        labels.JOB_UID: OWNER["uid"],
+        labels.MANAGED_BY: labels.MANAGED_BY_VALUE,
+    }
+    # Owned like the shards' Jobs: it goes with the MicrotaskJob.
+    assert meta["ownerReferences"] == build()["metadata"]["ownerReferences"]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "microtask.dev/v1alpha1",
+            "kind": "MicrotaskJob",
+            "name": "thumbs",
+            "uid": OWNER["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def test_shards_mount_the_snapshot_when_there_is_one() -> None:
+    job = mtj(items={"configMapRef": {"name": "urls", "key": "urls.txt"}})
+    manifest = build(job, items_config_map="thumbs-items-5d7c9e4e")
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {
+            "name": "microtask-items",
+            "configMap": {
+                "name": "thumbs-items-5d7c9e4e",
+                "items": [{"key": "urls.txt", "path": "urls.txt"}],
+            },
+        }
+    ]
+    # Same key, same path: the runner reads the copy where it read the original.
+    assert worker_of(manifest)["volumeMounts"] == worker_of(build(job))["volumeMounts"]
+    assert env_of(manifest)["MICROTASK_ITEMS"] == env_of(build(job))["MICROTASK_ITEMS"]
+    # Other sources mount nothing, whatever the argument says.
+    assert "volumes" not in build(mtj(), items_config_map="x")["spec"]["template"]["spec"]

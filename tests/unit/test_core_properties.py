@@ -185,3 +185,70 @@ def test_restarting_at_every_step_reaches_the_same_outcome(spec: CoreSpec, seed:
     assert plain.state.succeeded_after_retry == restarted.state.succeeded_after_retry
     assert plain.state.not_run == restarted.state.not_run
     assert plain.status["resources"] == restarted.status["resources"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs(),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.sampled_from(["finish", "lose", "crash", "unschedulable", "idle"]), max_size=60),
+    st.lists(st.booleans(), max_size=40),
+    st.booleans(),
+)
+def test_attempts_count_the_runs_that_happened_whatever_writes_are_lost(
+    spec: CoreSpec, seed: int, events: list[str], lost_writes: list[bool], restart: bool
+) -> None:
+    """Pods lost or killed mid-shard, status writes lost after their creates: `attempts` is
+    always the number of runs the pods did (plus the launches of running shards cancelled)."""
+    spec = replace(spec, speculation=SpeculationPolicy(enabled=False))
+    outcome = outcome_for(seed)
+    d = Driver(
+        spec,
+        restart_every_step=restart,
+        write_lost=lambda step: step < len(lost_writes) and lost_writes[step],
+    )
+    decision = d.step()
+    script = iter(events)
+    for n in range(2000):
+        if decision.done:
+            break
+        event = next(script, "finish")
+        running = [s for s in d.running() if s.phase == ShardPhase.RUNNING]
+        if running:
+            target = running[(seed + n) % len(running)]
+            done = (seed + n) % (len(target.indexes) + 1)
+            if event == "finish":
+                d.finish_all(outcome)
+            elif event == "lose":
+                d.interrupt(target.shard_id, done, phase=ShardPhase.LOST, failure_reason="NodeLost")
+            elif event == "crash":
+                d.interrupt(
+                    target.shard_id,
+                    done,
+                    phase=ShardPhase.FAILED,
+                    exit_code=137,
+                    failure_reason="OOMKilled",
+                )
+            elif event == "unschedulable":
+                d.set(
+                    target.shard_id,
+                    phase=ShardPhase.PENDING,
+                    pending_reason="Unschedulable",
+                    pending_since=d.now,
+                    started_at=None,
+                )
+        elif event == "finish":
+            d.finish_all(outcome)
+        wait = 1.0
+        if not d.running() and decision.next_wakeup is not None:
+            wait = max(1.0, decision.next_wakeup - d.now)
+        decision = d.step(wait)
+    else:
+        raise AssertionError("no end")
+    state = decision.state
+    assert state.attempts == d.executions + d.cancelled_running
+    assert not (state.succeeded & state.failed)
+    if decision.phase == "Succeeded":
+        assert state.succeeded | state.failed == spec.indexes()
+    for create in d.created:
+        assert 1 <= create.plan.attempt <= spec.retry.max_attempts

@@ -28,6 +28,15 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "deploy" / "crd.yaml"
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
 JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
+RULE_REASONS = (
+    "FieldValueInvalid",
+    "FieldValueForbidden",
+    "FieldValueRequired",
+    "FieldValueDuplicate",
+)
+FIXED_MESSAGE = (
+    "{} cannot change once the job has started (status.startTime is set); create a new MicrotaskJob"
+)
 
 
 def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -50,6 +59,14 @@ def cel_typed(node: dict[str, Any]) -> bool:
     if node["type"] == "array":
         return cel_typed(node["items"])
     return True
+
+
+def field_exists(node: dict[str, Any], field_path: str) -> bool:
+    """Whether a rule's `fieldPath` (`.a.b`, properties only) names a field below `node`."""
+    current: dict[str, Any] | None = node
+    for name in field_path.lstrip(".").split("."):
+        current = (current.get("properties") or {}).get(name) if current else None
+    return current is not None
 
 
 def structural_violations(schema: dict[str, Any]) -> list[str]:
@@ -120,7 +137,7 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
             if errors:
                 out.append(f"{where}: default does not validate: {errors[0].message}")
         for rule in node.get("x-kubernetes-validations") or []:
-            fields = set(re.findall(r"self\.([A-Za-z_][A-Za-z0-9_]*)", rule["rule"]))
+            fields = set(re.findall(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)", rule["rule"]))
             unknown = fields - set(node.get("properties") or {})
             if unknown:
                 out.append(f"{where}: CEL rule names unknown fields {sorted(unknown)}")
@@ -131,6 +148,12 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
                 out.append(f"{where}: CEL rule names fields CEL cannot type {sorted(untyped)}")
             if not rule.get("message"):
                 out.append(f"{where}: CEL rule without a message")
+            if rule.get("reason", "FieldValueInvalid") not in RULE_REASONS:
+                out.append(
+                    f"{where}: CEL rule reason {rule['reason']!r} is not one of {RULE_REASONS}"
+                )
+            if "fieldPath" in rule and not field_exists(node, rule["fieldPath"]):
+                out.append(f"{where}: CEL rule fieldPath {rule['fieldPath']!r} names no field")
     metadata = schema["properties"]["metadata"]
     if set(metadata) - {"type", "properties"} or set(metadata.get("properties", {})) - {
         "name",
@@ -235,6 +258,33 @@ def test_the_structural_checker_catches_violations() -> None:
         "metadata: only name",
     ):
         assert words in found
+
+
+def test_items_and_output_are_fixed_once_the_job_started() -> None:
+    transitions = [
+        rule for rule in openapi_schema()["x-kubernetes-validations"] if "oldSelf" in rule["rule"]
+    ]
+    assert {rule["fieldPath"] for rule in transitions} == {".spec.items", ".spec.output"}
+    for rule in transitions:
+        field = rule["fieldPath"].lstrip(".")
+        # Only once started: before, the job may still be edited freely.
+        assert rule["rule"].startswith("!has(oldSelf.status) || !has(oldSelf.status.startTime) ||")
+        assert f"self.{field} == oldSelf.{field}" in rule["rule"]
+        assert rule["message"] == FIXED_MESSAGE.format(field)
+        assert rule["reason"] == "FieldValueForbidden"
+
+
+def test_the_structural_checker_catches_bad_rules() -> None:
+    schema = copy.deepcopy(openapi_schema())
+    schema["x-kubernetes-validations"] = [
+        {"rule": "self.spec == oldSelf.spec", "message": "m", "reason": "Nope"},
+        {"rule": "oldSelf.nothing == 1", "message": "m"},
+        {"rule": "true", "message": "m", "fieldPath": ".spec.nothing"},
+    ]
+    found = "\n".join(structural_violations(schema))
+    assert "reason 'Nope'" in found
+    assert "unknown fields ['nothing']" in found
+    assert "fieldPath '.spec.nothing' names no field" in found
 
 
 def test_schema_is_a_valid_json_schema() -> None:

@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 from microtask_operator import labels as L
 from microtask_operator.adapter.observe import NodeInfo, cluster_view, node_info, observe
-from microtask_operator.core.types import Pool, ShardPhase
+from microtask_operator.core.planner import plan
+from microtask_operator.core.state import CoreState
+from microtask_operator.core.types import (
+    ClusterView,
+    CoreSpec,
+    CreateShard,
+    Pool,
+    RetryPolicy,
+    ShardPhase,
+)
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
@@ -18,6 +27,7 @@ NODES = {
     "cpu-1": NodeInfo(ready=False, since=1767225650.0, pool=Pool.CPU),
 }
 REPORT = Report(succeeded=IndexSet.from_range(0, 10), count=10, seconds_total=5.0).encode()
+CLUSTER = ClusterView(ready_nodes={Pool.CPU: frozenset({"cpu-0"})})
 
 
 def job(**spec: Any) -> dict[str, Any]:
@@ -188,3 +198,51 @@ def test_nodes_and_pools() -> None:
     view = cluster_view(infos)
     assert view.ready_nodes[Pool.GPU] == frozenset({"g"})
     assert view.ready_nodes[Pool.CPU] == frozenset({"cpu-0"})
+
+
+# -- a node back from a short outage ---------------------------------------------------------------
+
+UNKNOWN_CONTAINER = {
+    "containerStatuses": [
+        {
+            "state": {
+                "terminated": {
+                    "exitCode": 137,
+                    "reason": "ContainerStatusUnknown",
+                    "message": "The container could not be located when the pod was terminated",
+                    "startedAt": T0,
+                    "finishedAt": "2026-01-01T00:01:00Z",
+                }
+            }
+        }
+    ]
+}
+
+
+def test_containers_unknown_after_a_node_outage_are_lost_not_failed() -> None:
+    shard = observe(job(), [pod("Failed", **UNKNOWN_CONTAINER)], NODES, NOW)
+    assert shard is not None
+    assert shard.phase == ShardPhase.LOST
+    assert shard.failure_reason == "ContainerStatusUnknown"
+    assert shard.report is None  # the kubelet's words are no report
+    assert shard.node == "cpu-0"
+
+
+def test_a_short_node_outage_spends_no_attempt_with_max_attempts_1() -> None:
+    """Observed as the operator does, then decided: nothing fails, the work goes back."""
+    spec = CoreSpec(
+        total=10, microtasks_per_shard=10, parallelism=1, retry=RetryPolicy(max_attempts=1)
+    )
+    first = plan(spec, CoreState.initial(), [], CLUSTER, NOW - 60)
+    [launch] = [a.plan for a in first.actions if isinstance(a, CreateShard)]
+    the_job = job()
+    the_job["metadata"]["labels"].update({L.SHARD: str(launch.shard_id), L.ATTEMPT: "1"})
+    shard = observe(the_job, [pod("Failed", **UNKNOWN_CONTAINER)], NODES, NOW)
+    assert shard is not None
+    decision = plan(spec, first.state, [shard], CLUSTER, NOW)
+    assert decision.status["failed"] == 0
+    assert decision.state.failure_summary == ()
+    assert decision.state.rebalances == {"node_lost": 1}
+    [again] = [a.plan for a in decision.actions if isinstance(a, CreateShard)]
+    assert (str(again.indexes), again.attempt) == ("0-9", 1)
+    assert decision.state.attempts == 10  # nothing of the lost launch ran, as far as anyone knows

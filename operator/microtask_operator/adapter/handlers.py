@@ -4,6 +4,11 @@ Jobs, pods and nodes are watched once and kept in kopf indexes (no LIST per reco
 a shard's Job or pod wakes its MicrotaskJob's daemon at once; the daemon reconciles (one at a time
 per MicrotaskJob) and then sleeps until the next change, the core's next time-based decision, or
 the resync interval.
+
+Deleting a MicrotaskJob stops its work first (`deletion.py`): kopf's finalizer, there for the
+daemon, holds the MicrotaskJob until the deletion handler has deleted its Jobs and their pods are
+gone. The daemon creates no Job once the deletion has begun. Events go through our own client in
+the background (`events.py`), so a reconcile never waits for one and a lost one is counted.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from ..labels import JOB, MANAGED_BY, MANAGED_BY_VALUE
 from ..metrics import Metrics
 from ..settings import Settings
 from .config import OperatorConfig
+from .deletion import DeletionGuard, being_deleted, stop_work
+from .events import EventPoster, KopfEventDrops
 from .kube import ApiError, KubeApi, kube_client
 from .observe import NodeInfo, node_info
 from .reconcile import Cluster, Reconciler
@@ -30,6 +37,8 @@ from .reconcile import Cluster, Reconciler
 log = logging.getLogger(__name__)
 
 OURS = {MANAGED_BY: MANAGED_BY_VALUE}
+# At exit, Events still waiting get this long to be posted.
+EVENTS_AT_EXIT_SECONDS = 5.0
 
 
 @dataclass
@@ -50,7 +59,10 @@ class OperatorState:
     config: OperatorConfig
     metrics: Metrics
     api: KubeApi | None = None
+    events: EventPoster | None = None
     jobs: dict[tuple[str, str], Watched] = field(default_factory=dict)
+    # Per MicrotaskJob uid: set once its daemon has ended (the deletion handler waits for it).
+    daemons: dict[str, asyncio.Event] = field(default_factory=dict)
     node_ready: dict[str, bool] = field(default_factory=dict)
 
     def wake(self, namespace: str, name: str) -> None:
@@ -69,7 +81,14 @@ def _compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {
             k: meta.get(k)
-            for k in ("name", "labels", "annotations", "creationTimestamp", "deletionTimestamp")
+            for k in (
+                "name",
+                "uid",
+                "labels",
+                "annotations",
+                "creationTimestamp",
+                "deletionTimestamp",
+            )
             if meta.get(k) is not None
         },
         "spec": {"suspend": bool((body.get("spec") or {}).get("suspend"))},
@@ -112,12 +131,24 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     def login(**kwargs: Any) -> Any:
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    # kopf's own Event posts, if any, are counted when they fail, as ours are.
+    kopf_drops = KopfEventDrops(state.metrics)
+
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.apply_to_kopf(settings)
         # The client of our own calls reads the same credentials as kopf's watches.
         api_client = await asyncio.to_thread(kube_client)
         state.api = KubeApi(state.metrics, api_client)
+        # The poster retries on its own, with longer pauses than a reconcile's calls.
+        state.events = EventPoster(KubeApi(state.metrics, api_client, attempts=1), state.metrics)
+        kopf_drops.install()
+
+    @kopf.on.cleanup(registry=registry)
+    async def flush_events(**_: Any) -> None:
+        kopf_drops.uninstall()
+        if state.events is not None:
+            await state.events.close(timeout=EVENTS_AT_EXIT_SECONDS)
 
     @kopf.index("batch", "v1", "jobs", labels=OURS, registry=registry, id="shard_jobs")
     def shard_jobs(**kwargs: Any) -> Any:
@@ -179,6 +210,25 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             watched.phase = phase
             state.wake_all(namespace)  # a dependency may have finished
 
+    # Only for MicrotaskJobs being deleted: a handler matching every MicrotaskJob would make kopf
+    # keep a copy of each spec in an annotation, too big for large inline item lists.
+    @kopf.on.delete(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="stop_work",
+        when=lambda body, **_: being_deleted(body),
+    )
+    async def stop_deleted_work(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
+        uid = str(kwargs["meta"].get("uid") or "")
+        assert state.api is not None
+        try:
+            await stop_work(state.api, namespace, name, uid, daemon_done=state.daemons.get(uid))
+        except ApiError as error:
+            raise kopf.TemporaryError(f"stopping its shards: {error}", delay=2.0) from None
+
     # The loop notices `stopped` within a fraction of a second; cancelling is the last resort.
     @kopf.daemon(
         GROUP,
@@ -200,7 +250,13 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         cluster_nodes: kopf.Index[str, NodeInfo] = kwargs["cluster_nodes"]
         key = (namespace, name)
         watched = state.jobs.setdefault(key, Watched(body=dict(body)))
-        assert state.api is not None
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        ended = state.daemons[uid] = asyncio.Event()
+        assert state.api is not None and state.events is not None
+        events = state.events
+
+        def deleting() -> bool:
+            return being_deleted(watched.body)
 
         def jobs_of(ns: str, mtj: str) -> Sequence[Mapping[str, Any]]:
             return list(shard_jobs.get((ns, mtj), ()))
@@ -220,17 +276,12 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             return other.body if other else None
 
         def emit(event: Event) -> None:
-            current = state.jobs.get(key)
-            target: Any = current.body if current else dict(body)
-            if event.warning:
-                kopf.warn(target, reason=event.reason, message=event.message)
-            else:
-                kopf.info(target, reason=event.reason, message=event.message)
+            events.post(watched.body, event)
 
         reconciler = Reconciler(
             namespace=namespace,
             name=name,
-            api=state.api,
+            api=DeletionGuard(state.api, deleting),
             metrics=state.metrics,
             settings=settings,
             resync_seconds=config.resync_seconds,
@@ -242,7 +293,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         loop = asyncio.get_running_loop()
         failures = 0
         try:
-            while not stopped:
+            while not stopped and not deleting():
                 watched.wake.clear()
                 timeout = config.resync_seconds
                 try:
@@ -254,8 +305,19 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     failures += 1
                     timeout = min(config.resync_seconds, 0.5 * 2 ** min(failures, 6))
                     logger.warning("reconcile interrupted, retrying in %.1fs: %s", timeout, error)
+                    if failures >= 3:  # not a blip: say it where users look
+                        with contextlib.suppress(Exception):
+                            await reconciler.report_error(error)
+                except Exception as error:  # a bug or an object we cannot use: never die silently
+                    failures += 1
+                    timeout = min(config.resync_seconds, 0.5 * 2 ** min(failures, 6))
+                    logger.exception("reconcile failed, retrying in %.1fs", timeout)
+                    try:
+                        await reconciler.report_error(error)
+                    except Exception as reporting:  # e.g. the API is down as well
+                        logger.warning("could not record the failure in the status: %s", reporting)
                 deadline = loop.time() + timeout
-                while not stopped and not watched.wake.is_set():
+                while not stopped and not deleting() and not watched.wake.is_set():
                     left = deadline - loop.time()
                     if left <= 0:
                         break
@@ -266,5 +328,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     await asyncio.sleep(config.debounce_seconds)
         finally:
             state.metrics.job_deleted(namespace, name)
+            ended.set()
+            if state.daemons.get(uid) is ended:
+                del state.daemons[uid]
 
     return registry

@@ -9,6 +9,7 @@ nothing is lost or counted twice. Every call is counted in `microtask_api_reques
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from collections.abc import Callable
@@ -42,9 +43,30 @@ def kube_client() -> client.ApiClient:
 class ApiError(Exception):
     """A call failed for good (after retries); the reconcile stops and tries again later."""
 
-    def __init__(self, verb: str, what: str, status: int | str, reason: str) -> None:
-        super().__init__(f"{verb} {what}: {status} {reason}")
+    def __init__(
+        self, verb: str, what: str, status: int | str, reason: str, detail: str = ""
+    ) -> None:
+        super().__init__(f"{verb} {what}: {status} {reason}" + (f": {detail}" if detail else ""))
         self.status = status
+        self.detail = detail  # the API server's own words (its Status message), when it said any
+
+    @property
+    def refused(self) -> bool:
+        """The request itself is refused (invalid, or by admission): repeating it cannot help."""
+        if self.status in (400, 422):
+            return True
+        # RBAC ("cannot create") and quotas ("exceeded quota") may pass; admission's no will not.
+        transient = ("cannot ", "exceeded quota")
+        return self.status == 403 and not any(t in self.detail for t in transient)
+
+
+def _status_message(error: ApiException) -> str:
+    """The message of the Status object the API server answered with, if any."""
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        return ""
+    return str(body.get("message") or "") if isinstance(body, dict) else ""
 
 
 class KubeApi:
@@ -81,7 +103,9 @@ class KubeApi:
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay *= 2
                     continue
-                raise ApiError(verb, what, status, str(error.reason)) from None
+                raise ApiError(
+                    verb, what, status, str(error.reason), _status_message(error)
+                ) from None
             except Exception as error:  # connection refused, timeouts: the API is unreachable
                 self.metrics.api_requests.labels(verb, "error").inc()
                 if attempt + 1 < self.attempts:
@@ -162,6 +186,22 @@ class KubeApi:
             ),
         )
 
+    async def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge annotations into a MicrotaskJob's metadata (its status cannot lose them)."""
+        await self._call(
+            "patch",
+            f"microtaskjob {namespace}/{name}",
+            lambda: self.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"annotations": annotations}},
+                _preload_content=False,
+            ),
+        )
+
     async def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ConfigMap's data, or None when it does not exist."""
         result = await self._call(
@@ -174,3 +214,118 @@ class KubeApi:
             return None
         data = getattr(result, "data", None) or {}
         return {str(k): str(v) for k, v in data.items()}
+
+    async def create_config_map(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a ConfigMap (a job's copy of its items); False when it already existed (409).
+
+        As for Jobs, a conflict is confirmed with a read, so a misreported one cannot pass for a
+        copy that nobody made.
+        """
+        name = body["metadata"]["name"]
+        what = f"configmap {namespace}/{name}"
+        for _ in range(3):
+            created = await self._call(
+                "create",
+                what,
+                lambda: self.core.create_namespaced_config_map(
+                    namespace, cast(Any, body), _preload_content=False
+                ),
+                ok=frozenset({409}),
+            )
+            if created is not None:
+                return True
+            existing = await self._call(
+                "get",
+                what,
+                lambda: self.core.read_namespaced_config_map(
+                    name, namespace, _preload_content=False
+                ),
+                ok=frozenset({404}),
+            )
+            if existing is not None:
+                return False
+        raise ApiError("create", what, 409, "conflict, but the ConfigMap does not exist")
+
+    # Refusals of a shard's pod that waiting does not cure (the template must change): Pod
+    # Security admission, and a pod the API server finds invalid. Quota and other refusals pass
+    # once capacity frees up, so the shard just waits.
+    FINAL_REFUSALS = ("violates PodSecurity", "is invalid")
+
+    async def pod_refusals(
+        self, namespace: str, job_name: str, *, uid: str | None = None
+    ) -> str | None:
+        """Why the Job controller cannot create the pod of Job `job_name`, when that is final.
+
+        The message of the latest such FailedCreate Event of the Job (of the Job with `uid`
+        only, when given: a re-created Job of the same name inherits no old Events), or None.
+        """
+        selector = f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate"
+        if uid:
+            selector += f",involvedObject.uid={uid}"
+        listed = await self._call(
+            "list",
+            f"events of job {namespace}/{job_name}",
+            lambda: self.core.list_namespaced_event(namespace, field_selector=selector),
+        )
+        return self.final_refusal(getattr(listed, "items", None) or [])
+
+    @classmethod
+    def final_refusal(cls, events: list[Any]) -> str | None:
+        """The message of the latest Event (CoreV1Event) that is a final refusal, or None."""
+        final = [
+            event
+            for event in events
+            if any(marker in (event.message or "") for marker in cls.FINAL_REFUSALS)
+        ]
+        if not final:
+            return None
+
+        def when(event: Any) -> str:
+            moment = (
+                event.last_timestamp
+                or event.event_time
+                or (event.metadata.creation_timestamp if event.metadata else None)
+            )
+            return moment.isoformat() if moment is not None else ""
+
+        return str(max(final, key=when).message)
+
+    async def create_event(
+        self, namespace: str, body: dict[str, Any], *, timeout: float = 10.0
+    ) -> None:
+        """Post a core/v1 Event (`body` names it): a 409 means an earlier try got through.
+
+        Bounded in time: a hung connection must not hold one of the threads forever.
+        """
+        name = body["metadata"]["name"]
+        await self._call(
+            "create",
+            f"event {namespace}/{name}",
+            lambda: self.core.create_namespaced_event(
+                namespace, cast(Any, body), _preload_content=False, _request_timeout=timeout
+            ),
+            ok=frozenset({409}),
+        )
+
+    async def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The Jobs matching a label selector, read from the API server (not from a cache)."""
+        return await self._list(
+            f"jobs {namespace} {selector}",
+            lambda: self.batch.list_namespaced_job(
+                namespace, label_selector=selector, _preload_content=False
+            ),
+        )
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The pods matching a label selector, read from the API server (not from a cache)."""
+        return await self._list(
+            f"pods {namespace} {selector}",
+            lambda: self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
+            ),
+        )
+
+    async def _list(self, what: str, fn: Callable[[], Any]) -> list[dict[str, Any]]:
+        # The answer is read in the call's thread: reading it here would block the event loop.
+        listed = await self._call("list", what, lambda: json.loads(fn().data))
+        return list((listed or {}).get("items") or [])

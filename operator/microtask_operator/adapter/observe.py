@@ -31,6 +31,10 @@ DISRUPTION_REASONS = frozenset(
     }
 )
 LOST_POD_REASONS = frozenset({"Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown"})
+# A container state set by the kubelet, not by the container: after a short node outage it no
+# longer knows the containers it ran (exit code 137, "The container could not be located when the
+# pod was terminated"). Nothing says how the work went, so the shard is lost, not failed.
+CONTAINER_STATUS_UNKNOWN = "ContainerStatusUnknown"
 WAITING_PENDING_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "ContainerCreating", "PodInitializing"}
 )
@@ -129,6 +133,11 @@ def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     return None
 
 
+def _exit_code(terminated: Mapping[str, Any]) -> int | None:
+    code = terminated.get("exitCode")
+    return int(code) if code is not None else None
+
+
 def _decode(message: str | None) -> Report | None:
     if not message:
         return None
@@ -221,10 +230,19 @@ def _observe_pod(
         reason = "Suspended" if base["suspended"] else "PodDeleted"
         return ObservedShard(phase=ShardPhase.LOST, failure_reason=reason, report=report, **common)
 
+    if terminated is not None and terminated.get("reason") == CONTAINER_STATUS_UNKNOWN:
+        report = _decode(terminated.get("message"))
+        return ObservedShard(
+            phase=ShardPhase.LOST,
+            finished_at=_time(terminated.get("finishedAt")) or now,
+            failure_reason=CONTAINER_STATUS_UNKNOWN,
+            report=report,
+            exit_code=_exit_code(terminated),
+            **common,
+        )
     if terminated is not None or phase in ("Succeeded", "Failed"):
         term = terminated or {}
-        code = term.get("exitCode")
-        exit_code = int(code) if code is not None else None
+        exit_code = _exit_code(term)
         report = _decode(term.get("message"))
         ran = exit_code in RUNNER_RAN
         return ObservedShard(

@@ -13,6 +13,7 @@ never looks at the source again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,16 +38,20 @@ from ..builder import build_job, job_name
 from ..core import conditions
 from ..core.planner import Decision, plan
 from ..core.state import CoreState, StateError
+from ..core.timefmt import from_rfc3339, to_rfc3339
 from ..core.types import (
     CreateShard,
     DeleteShard,
     Event,
     ObservedShard,
+    ShardPhase,
     SuspendShard,
 )
-from ..labels import JOB_UID
+from ..labels import JOB_UID, STARTED_AT
 from ..metrics import Metrics
 from ..settings import Settings
+from . import dependencies
+from .fixeditems import FixedItems, ItemsGuard, Verdict
 from .kube import ApiError, KubeApi
 from .observe import NodeInfo, cluster_view, observe
 
@@ -56,6 +61,13 @@ log = logging.getLogger(__name__)
 CREATE_MEMORY_SECONDS = 120.0
 # A delete we sent is not repeated for this long while the watch still shows the Job.
 DELETE_MEMORY_SECONDS = 30.0
+# A shard's Job without a pod this long may have its pods refused: its Events say (read at most
+# once per REFUSAL_CHECK_EVERY per MicrotaskJob).
+REFUSAL_CHECK_AFTER = 1.0
+REFUSAL_CHECK_EVERY = 5.0
+
+# Conditions the adapter sets (the core carries them along unchanged): (holds, reason, message).
+Flag = tuple[bool, str, str]
 
 
 class EventSink(Protocol):
@@ -95,8 +107,16 @@ class Reconciler:
     last_status: dict[str, Any] | None = None
     created: dict[int, tuple[ObservedShard, float]] = field(default_factory=dict)
     deleting: dict[str, float] = field(default_factory=dict)
-    config_map: dict[str, str] | None = None
     rerun: Rerun | None = None  # items.fromJob, once resolved
+    items: ItemsGuard = field(init=False)
+    # The conditions the adapter owns, as last decided, and the last problem announced of each.
+    flags: dict[str, Flag] = field(default_factory=dict)
+    announced: dict[str, str] = field(default_factory=dict)
+    marked: bool = False  # the start is noted in an annotation
+    refusal_checked: float | None = None
+
+    def __post_init__(self) -> None:
+        self.items = ItemsGuard(self.api, self.namespace, self.name)
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         started = time.perf_counter()
@@ -130,32 +150,25 @@ class Reconciler:
             )
 
         # Dependencies gate the start only: a running job is not stopped by a dependency's fate.
-        waiting = None if status.get("startTime") else self._dependencies(job)
-        if waiting is not None:
-            failed, message = waiting
-            store = None if job.spec.items.from_job else self._store(job, None)
-            if failed:
+        if not status.get("startTime") and not self._timed_out(status):
+            verdict = self._dependencies(job, meta, now)
+            if verdict is not None:
+                store = None if job.spec.items.from_job else self._store(job, None)
+                blocked = isinstance(verdict, dependencies.Blocked)
                 return await self._hold(
                     now,
                     meta,
-                    "Failed",
+                    "Failed" if blocked else "Pending",
                     conditions.WAITING_FOR_DEPENDENCIES,
-                    False,
-                    conditions.REASON_DEPENDENCY_FAILED,
-                    message,
-                    failed_condition=True,
+                    not blocked,
+                    verdict.reason,
+                    verdict.message,
+                    failed_condition=blocked,
                     store=store,
+                    wake=verdict.deadline if isinstance(verdict, dependencies.Waiting) else None,
                 )
-            return await self._hold(
-                now,
-                meta,
-                "Pending",
-                conditions.WAITING_FOR_DEPENDENCIES,
-                True,
-                conditions.REASON_WAITING_FOR_DEPENDENCIES,
-                message,
-                store=store,
-            )
+        elif not status.get("startTime"):
+            return Outcome(None, True)  # it gave up waiting for its dependencies: final
 
         rerun = None
         if job.spec.items.from_job is not None:
@@ -165,44 +178,79 @@ class Reconciler:
             rerun = found
         store = self._store(job, rerun)
 
+        launch = True
         try:
-            spec = await self._core_spec(job, rerun)
-        except ItemsError as error:
-            return await self._hold(
-                now,
+            items = await self.items.check(
+                job,
+                (body.get("spec") or {}).get("items") or {},
                 meta,
-                "Pending",
-                conditions.INVALID,
-                True,
-                "ItemsUnavailable",
-                str(error),
-                retry=True,
+                (self.last_status or {}).get("items"),
+                now,
+                finishing=self._finishing(),
             )
-
-        state = self._state(status)
-        observed = self._observe(str(meta.get("uid", "")), now)
-        nodes = self.cluster.nodes()
-        decision = plan(spec, state, observed, cluster_view(nodes), now)
-
-        # 1. Creates: a failure stops here; the next reconcile starts from what exists.
-        for action in decision.actions:
-            if isinstance(action, CreateShard):
-                manifest = build_job(
-                    job,
+            spec = await self._core_spec(job, rerun, items)
+        except ItemsError as error:
+            if not status.get("startTime"):
+                return await self._hold(
+                    now,
                     meta,
-                    action.plan,
-                    self.settings,
-                    store=store,
-                    source=rerun.items if rerun is not None else None,
+                    "Pending",
+                    conditions.INVALID,
+                    True,
+                    "ItemsUnavailable",
+                    str(error),
+                    retry=True,
                 )
+            raise  # a running job keeps its items: this is unexpected (reported, retried)
+        self.flags[conditions.SPEC_CHANGE_IGNORED] = items.flag or (
+            False,
+            conditions.REASON_RESOLVED,
+            "",
+        )
+        launch = items.launch
+
+        observed = await self._refusals(self._observe(str(meta.get("uid", "")), now), now)
+        state = self._state(status, meta, observed)
+        view = cluster_view(self.cluster.nodes())
+        decision = plan(spec, state, observed, view, now, launch=launch)
+
+        # The Jobs are all built before any is created: a shard that cannot be built holds new
+        # shards back, but what finished is still harvested and the job goes on.
+        manifests, build_error = self._manifests(job, meta, decision, store, rerun, items.fixed)
+        if build_error is not None:
+            decision = plan(spec, state, observed, view, now, launch=False)
+            manifests = []
+            self.flags[conditions.RECONCILE_ERROR] = (
+                True,
+                conditions.REASON_SHARD_BUILD_FAILED,
+                f"no new shards: {build_error}"[:1000],
+            )
+        else:
+            self.flags[conditions.RECONCILE_ERROR] = (False, conditions.REASON_RESOLVED, "")
+
+        # 1. Creates: a failure stops here; the next reconcile starts from what exists. A Job the
+        # API server refuses for good (invalid, or denied by admission) fails the job, quoted.
+        for shard_plan, manifest in manifests:
+            try:
                 await self.api.create_job(self.namespace, manifest)
-                pending = action.plan.as_pending(now, reason="Created")
-                self.created[action.plan.shard_id] = (pending, now)
+            except ApiError as error:
+                if not error.refused:
+                    raise
+                refused = dataclasses.replace(
+                    shard_plan.as_pending(now, reason="Refused"),
+                    refusal=f"Job {manifest['metadata']['name']}: {error.detail or error}",
+                )
+                decision = plan(spec, state, [*observed, refused], view, now, launch=False)
+                break
+            pending = shard_plan.as_pending(now, reason="Created")
+            self.created[shard_plan.shard_id] = (pending, now)
 
         # 2. Status, once: it records harvests before their Jobs go away.
-        new_status = self._full_status(decision, meta, store=store, rerun=rerun)
+        new_status = self._full_status(decision, meta, now, store=store, rerun=rerun, items=items)
         await self._write_status(new_status)
         self.state = decision.state
+        self._record(decision)
+        await self._mark_started(meta, new_status)
 
         # 3. Deletes and suspends: safe to repeat, so errors are only logged.
         for action in decision.actions:
@@ -218,46 +266,177 @@ class Reconciler:
         for action in decision.actions:
             if isinstance(action, Event):
                 self.emit(action)
-        self._record(decision)
+        self._announce()
         return Outcome(decision.next_wakeup, decision.done)
+
+    async def report_error(self, error: BaseException) -> None:
+        """An unexpected failure of a reconcile: a condition and an Event say it, once per kind."""
+        message = f"{type(error).__name__}: {error}"[:1000]
+        self.flags[conditions.RECONCILE_ERROR] = (
+            True,
+            conditions.REASON_UNEXPECTED_ERROR,
+            f"{message} (retried with backoff; the operator's log has the details)",
+        )
+        now = self.clock()
+        previous = list((self.last_status or {}).get("conditions") or [])
+        conds = self._owned_conditions(previous, now)
+        if conds != previous:
+            await self.api.patch_status(self.namespace, self.name, {"conditions": conds})
+            self.last_status = {**(self.last_status or {}), "conditions": conds}
+        self._announce()
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _state(self, status: Mapping[str, Any]) -> CoreState:
-        if self.state is not None:
-            return self.state
-        held = status.get("phase") == "Failed" and any(
-            c.get("type") in (conditions.INVALID, conditions.WAITING_FOR_DEPENDENCIES)
-            and c.get("status") == "True"
+    def _manifests(
+        self,
+        job: MicrotaskJob,
+        meta: Mapping[str, Any],
+        decision: Decision,
+        store: str | None,
+        rerun: Rerun | None,
+        items: FixedItems,
+    ) -> tuple[list[tuple[Any, dict[str, Any]]], str | None]:
+        built: list[tuple[Any, dict[str, Any]]] = []
+        for action in decision.actions:
+            if not isinstance(action, CreateShard):
+                continue
+            try:
+                manifest = build_job(
+                    job,
+                    meta,
+                    action.plan,
+                    self.settings,
+                    store=store,
+                    source=rerun.items if rerun is not None else None,
+                    items_config_map=items.snapshot,
+                )
+            except Exception as error:  # ItemsError, or a builder that cannot cope: reported
+                log.warning(
+                    "%s/%s: shard %d cannot be built: %s",
+                    self.namespace,
+                    self.name,
+                    action.plan.shard_id,
+                    error,
+                )
+                return [], f"shard {action.plan.shard_id}: {error}"
+            built.append((action.plan, manifest))
+        return built, None
+
+    def _finishing(self) -> bool:
+        """Is the job about to finish (nothing left but what is in flight)?"""
+        last = self.last_status or {}
+        total = int(last.get("total") or 0)
+        ended = int(last.get("succeeded") or 0) + int(last.get("failed") or 0)
+        return bool(total) and ended + int(last.get("running") or 0) >= total
+
+    def _timed_out(self, status: Mapping[str, Any]) -> bool:
+        """Did this job give up waiting for its dependencies (a final verdict)?"""
+        return status.get("phase") == "Failed" and any(
+            c.get("type") == conditions.FAILED
+            and c.get("reason") == conditions.REASON_DEPENDENCY_TIMEOUT
             for c in status.get("conditions") or []
         )
+
+    def _state(
+        self,
+        status: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        observed: Sequence[ObservedShard],
+    ) -> CoreState:
+        if self.state is not None:
+            return self.state
+        # Failed without ever starting (invalid, a dependency failed, a cycle): once it can run
+        # after all, it starts from scratch.
+        held = status.get("phase") == "Failed" and not status.get("startTime")
+        started_at = ((meta.get("annotations") or {}).get(STARTED_AT)) or None
+        recovered: tuple[str, str] | None = None
         try:
             state = CoreState.from_status(status)
         except StateError as error:
-            log.warning(
-                "%s/%s: starting from the Jobs that exist: %s", self.namespace, self.name, error
-            )
             state = CoreState.initial()
+            recovered = (
+                conditions.REASON_STATUS_UNREADABLE,
+                f"the status could not be read back ({error})",
+            )
+        else:
+            if started_at and not status.get("startTime"):
+                recovered = (
+                    conditions.REASON_STATUS_RESET,
+                    f"the status was reset although the job started at {started_at}",
+                )
+        if recovered is not None:
+            reason, what = recovered
+            message = (
+                f"{what}; rebuilt from the {len(observed)} shard Jobs that exist. The outcomes "
+                "of shards harvested before are lost: those microtasks run again, and the "
+                "counters restart from what the Jobs show"
+            )
+            log.warning("%s/%s: %s", self.namespace, self.name, message)
+            start = from_rfc3339(started_at) if started_at else None
+            # Shard ids already used are never reused: the planner continues after the largest.
+            state = dataclasses.replace(
+                state, start_time=start, phase="Running" if start else "Pending"
+            )
+            self.flags[conditions.RECOVERED] = (True, reason, message)
+            self.emit(Event(reason, message, warning=True))
         if held:
             # It failed only because it was invalid; now that it is valid it may start.
             state = CoreState(conditions=state.conditions, next_shard=state.next_shard)
         return state
 
-    async def _core_spec(self, job: MicrotaskJob, rerun: Rerun | None) -> Any:
+    async def _mark_started(self, meta: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Note the start outside the status once, so a status reset is recognised later."""
+        started = status.get("startTime")
+        if self.marked or not started:
+            return
+        if (meta.get("annotations") or {}).get(STARTED_AT):
+            self.marked = True
+            return
+        try:
+            await self.api.annotate(self.namespace, self.name, {STARTED_AT: str(started)})
+            self.marked = True
+        except ApiError as error:
+            log.info("will retry: %s", error)
+
+    async def _refusals(self, observed: list[ObservedShard], now: float) -> list[ObservedShard]:
+        """Shards whose Job made no pod for a while: are their pods refused for good?"""
+        stuck = [
+            s
+            for s in observed
+            if s.phase == ShardPhase.PENDING
+            and s.pending_reason == "NoPod"
+            and now - s.created_at >= REFUSAL_CHECK_AFTER
+        ]
+        if not stuck:
+            return observed
+        if self.refusal_checked is not None and now - self.refusal_checked < REFUSAL_CHECK_EVERY:
+            return observed
+        self.refusal_checked = now
+        oldest = min(stuck, key=lambda s: (s.created_at, s.shard_id))
+        name = job_name(self.name, oldest.shard_id)
+        # Events of an earlier Job of the same name (a re-created MicrotaskJob) are not this one's.
+        job_uid = next(
+            (
+                str(j["metadata"].get("uid"))
+                for j in self.cluster.jobs(self.namespace, self.name)
+                if (j.get("metadata") or {}).get("name") == name and j["metadata"].get("uid")
+            ),
+            None,
+        )
+        refusal = await self.api.pod_refusals(self.namespace, name, uid=job_uid)
+        if not refusal:
+            return observed
+        return [dataclasses.replace(s, refusal=refusal) if s is oldest else s for s in observed]
+
+    async def _core_spec(self, job: MicrotaskJob, rerun: Rerun | None, items: Verdict) -> Any:
         if rerun is not None:
             # The source's unfinished indexes, fixed at the start: the ConfigMap is not counted.
             return to_core_spec(job, universe=rerun.indexes)
-        ref = job.spec.items.config_map_ref
-        if ref is not None and self.config_map is None:
-            data = await self.api.get_config_map(self.namespace, ref.name)
-            if data is None:
-                raise ItemsError(f"ConfigMap {ref.name!r} not found in namespace {self.namespace}")
-            self.config_map = data
         total = None
         if self.last_status and self.last_status.get("startTime") and self.last_status.get("total"):
-            # The item count is fixed once running: a ConfigMap edited later cannot move it.
+            # The item count is fixed once running.
             total = int(self.last_status["total"])
-        return to_core_spec(job, self.config_map, total=total)
+        return to_core_spec(job, items.fixed.data, total=total)
 
     async def _rerun(self, job: MicrotaskJob) -> Rerun | SourceProblem:
         """items.fromJob: as resolved before (`status.source`), or resolved now."""
@@ -321,17 +500,18 @@ class Reconciler:
             return rerun_store_url(output, rerun.source_output, rerun.job)
         return store_url(output, self.name)
 
-    def _dependencies(self, job: MicrotaskJob) -> tuple[bool, str] | None:
-        missing = []
-        for dep in job.spec.depends_on:
-            phase = self.cluster.phase_of(self.namespace, dep)
-            if phase == "Failed":
-                return True, f"dependency {dep} failed"
-            if phase != "Succeeded":
-                missing.append(f"{dep} ({phase or 'not found'})")
-        if missing:
-            return False, "waiting for " + ", ".join(missing)
-        return None
+    def _dependencies(
+        self, job: MicrotaskJob, meta: Mapping[str, Any], now: float
+    ) -> dependencies.Verdict:
+        created = meta.get("creationTimestamp")
+        return dependencies.judge(
+            self.name,
+            job.spec.depends_on,
+            lambda dep: self.cluster.job_of(self.namespace, dep),
+            created_at=from_rfc3339(str(created)) if created else None,
+            timeout_seconds=job.spec.timeouts.dependencies_seconds,
+            now=now,
+        )
 
     def _observe(self, uid: str, now: float) -> list[ObservedShard]:
         nodes = self.cluster.nodes()
@@ -369,14 +549,18 @@ class Reconciler:
         self,
         decision: Decision,
         meta: Mapping[str, Any],
+        now: float,
         *,
         store: str | None,
         rerun: Rerun | None,
+        items: Verdict,
     ) -> dict[str, Any]:
         status = dict(decision.status)
         status["observedGeneration"] = int(meta.get("generation") or 0)
         if store is not None:
             status["output"] = {"url": store}
+        if status.get("startTime"):
+            status["items"] = items.fixed.to_status()
         if rerun is not None:
             status["source"] = rerun.to_status()
             if not rerun.indexes:
@@ -387,8 +571,50 @@ class Reconciler:
             for c in conds:
                 if c["type"] == owned and c["status"] == "True":
                     c.update(status="False", reason="Resolved", message="")
-        status["conditions"] = conds
+        status["conditions"] = self._owned_conditions(conds, now)
         return status
+
+    def _owned_conditions(self, conds: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """The conditions with the adapter's flags set (a False one only clears a True one)."""
+        result = [dict(c) for c in conds]
+        written = (self.last_status or {}).get("conditions") or []
+        for type_, (holds, reason, message) in sorted(self.flags.items()):
+            wanted = "True" if holds else "False"
+            old = next((c for c in result if c.get("type") == type_), None)
+            if old is None:
+                # The core's state holds the conditions it read at the start, not ours since.
+                before = next((c for c in written if c.get("type") == type_), None)
+                if before is not None:
+                    old = dict(before)
+                    result.append(old)
+            if old is None:
+                if holds:
+                    result.append(
+                        {
+                            "type": type_,
+                            "status": wanted,
+                            "reason": reason,
+                            "message": message,
+                            "lastTransitionTime": to_rfc3339(now),
+                        }
+                    )
+                continue
+            if old.get("status") == wanted and (not holds or old.get("message") == message):
+                continue
+            if old.get("status") != wanted:
+                old["lastTransitionTime"] = to_rfc3339(now)
+            old.update(status=wanted, reason=reason, message=message)
+        return sorted(result, key=lambda c: str(c.get("type")))
+
+    def _announce(self) -> None:
+        """One Event per new problem the adapter's flags hold (not one per reconcile)."""
+        for type_, (holds, reason, message) in self.flags.items():
+            key = (type_, message if holds else "")
+            if self.announced.get(type_) == key[1]:
+                continue
+            self.announced[type_] = key[1]
+            if holds and type_ != conditions.RECOVERED:  # (announced where it is found)
+                self.emit(Event(reason, message, warning=True))
 
     async def _write_status(self, status: dict[str, Any]) -> None:
         if status == self.last_status:
@@ -409,6 +635,7 @@ class Reconciler:
         failed_condition: bool = False,
         retry: bool = False,
         store: str | None = None,
+        wake: float | None = None,
     ) -> Outcome:
         """Write a status saying why no Jobs are made (invalid, waiting, dependency failed)."""
         previous = CoreState.from_status({"conditions": (self.last_status or {}).get("conditions")})
@@ -417,6 +644,11 @@ class Reconciler:
         )
         if failed_condition:
             conds = conditions.set_condition(conds, conditions.FAILED, True, reason, message, now)
+        elif phase != "Failed" and conditions.is_true(conds, conditions.FAILED):
+            # Failed only while held (a dependency cycle since broken): it may start after all.
+            conds = conditions.set_condition(
+                conds, conditions.FAILED, False, conditions.REASON_RESOLVED, "", now
+            )
         conds = conditions.set_condition(conds, conditions.READY, False, reason, message, now)
         base = CoreState(phase=phase, message=message, conditions=conds).to_status()
         status = {
@@ -441,7 +673,8 @@ class Reconciler:
             )
         if not (self.last_status or {}).get("startTime"):
             self.state = None  # never started: start from scratch once it can run
-        wake = now + self.resync_seconds if retry else None
+        if retry:
+            wake = now + self.resync_seconds
         return Outcome(wake, phase == "Failed")
 
     def _record(self, decision: Decision) -> None:

@@ -41,6 +41,15 @@ _PLAIN_KEYWORDS = {
     "x-kubernetes-list-map-keys",
 }
 
+# The job's start, as the operator records it; rules with `oldSelf` run on updates only.
+_NOT_STARTED = "!has(oldSelf.status) || !has(oldSelf.status.startTime)"
+# Fields fixed once the job runs: microtask i must keep its item, and its records their store.
+_FIXED_ONCE_STARTED = {
+    "items": "self.spec.items == oldSelf.spec.items",
+    "output": "has(self.spec.output) == has(oldSelf.spec.output)"
+    " && (!has(self.spec.output) || self.spec.output == oldSelf.spec.output)",
+}
+
 # Cross-field rules checked by the API server at admission (the model checks them too, with
 # friendlier messages, for `microtask validate` and the operator).
 _VALIDATIONS: dict[tuple[str, ...], list[dict[str, str]]] = {
@@ -71,7 +80,22 @@ _VALIDATIONS: dict[tuple[str, ...], list[dict[str, str]]] = {
             # A rule of the root needs metadata.name; fieldPath makes the API server's error
             # name the field at fault (`spec.dependsOn: Invalid value...`) instead of `<nil>`.
             "fieldPath": ".spec.dependsOn",
-        }
+        },
+        *(
+            {
+                # Transition rules of the root, the only node that sees both spec and status
+                # (the model has no counterpart: it sees one object). A rule naming `items.list`
+                # does not compile, but `==` on the whole `items` compares the list too, entry
+                # types included (as kube-apiserver v1.33 evaluates it). A main-resource update
+                # keeps the stored status, so `oldSelf.status` is what the operator recorded.
+                "rule": f"{_NOT_STARTED} || ({rule})",
+                "message": f"spec.{field} cannot change once the job has started "
+                "(status.startTime is set); create a new MicrotaskJob",
+                "fieldPath": f".spec.{field}",
+                "reason": "FieldValueForbidden",
+            }
+            for field, rule in _FIXED_ONCE_STARTED.items()
+        ),
     ],
 }
 

@@ -38,6 +38,7 @@ __all__ = [
     "ExcludedNode",
     "GpuPlacement",
     "Items",
+    "ItemsStatus",
     "MicrotaskJob",
     "MicrotaskJobSpec",
     "MicrotaskJobStatus",
@@ -82,6 +83,7 @@ _LABEL_NAME = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
 _CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _CALLABLE = rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}(\.{_IDENTIFIER})*$"
+_DIGEST = r"^sha256:[0-9a-f]{64}$"
 
 
 def field_error(path: str | tuple[str | int, ...], message: str) -> PydanticCustomError:
@@ -709,6 +711,9 @@ class Timeouts(_Strict):
     """Per shard: the Job's activeDeadlineSeconds (rounded up); unreported microtasks retry."""
     job_seconds: PositiveSeconds | None = None
     """Whole MicrotaskJob: when exceeded, the job fails (reason DeadlineExceeded)."""
+    dependencies_seconds: PositiveSeconds | None = None
+    """How long to wait for every dependsOn to succeed, counted from the MicrotaskJob's
+    creation; unset: no limit."""
 
 
 class Speculation(_Strict):
@@ -916,6 +921,9 @@ class NodeFailure(_Strict):
     """Shards finished on the node since its first failure (its failure rate's denominator)."""
     last_failure: DateTime
     """Time of the latest failure."""
+    suspect: str | None = None
+    """Indexes of microtasks whose failure on this node awaits judgement: they count against the
+    node only if they later succeed elsewhere."""
 
 
 class PoolDurations(_Strict):
@@ -982,11 +990,23 @@ class SourceStatus(_Strict):
     """The indexes rerun (an index set)."""
 
 
+class ItemsStatus(_Strict):
+    """The item source as the job started with it (fixed from then on)."""
+
+    digest: str = Field(pattern=_DIGEST)
+    """`sha256:<hex>` of spec.items (canonical JSON) and, for configMapRef, of the ConfigMap
+    key's content when the job started."""
+    config_map: DnsSubdomain | None = None
+    """configMapRef: the operator's immutable copy of the ConfigMap's items, which the shards
+    mount (later edits of the ConfigMap do not reach the job)."""
+
+
 class Condition(_Strict):
     """A Kubernetes-style condition."""
 
     type: str
-    """Ready, Complete, Failed, Invalid, Suspended or WaitingForDependencies."""
+    """Ready, Complete, Failed, Invalid, Suspended, WaitingForDependencies, SpecChangeIgnored,
+    ReconcileError or Recovered."""
     status: Literal["True", "False", "Unknown"]
     reason: str | None = None
     """CamelCase reason, e.g. AllSucceeded, TooManyFailures, InvalidSpec."""
@@ -1059,6 +1079,8 @@ class MicrotaskJobStatus(_Strict):
     """The result store of this job's records and logs."""
     source: SourceStatus | None = None
     """items.fromJob as resolved at the start."""
+    items: ItemsStatus | None = None
+    """The item source as started: its digest, and the copy of a configMapRef's items."""
     start_time: DateTime | None = None
     """When the first shard was created."""
     completion_time: DateTime | None = None
@@ -1072,7 +1094,8 @@ class MicrotaskJobStatus(_Strict):
             "x-kubernetes-list-map-keys": ["type"],
         },
     )
-    """Ready, Complete, Failed, Invalid, Suspended, WaitingForDependencies."""
+    """Ready, Complete, Failed, Invalid, Suspended, WaitingForDependencies, SpecChangeIgnored,
+    ReconcileError, Recovered."""
 
 
 class MicrotaskJob(_Strict):

@@ -85,6 +85,21 @@ def _pod_charge(shard: ObservedShard, indexes: IndexSet, message: str) -> Charge
     return Charge(indexes, pod_exit_code(shard), None, pod_reason(shard), message)
 
 
+def interrupted(shard: ObservedShard, inside: IndexSet) -> IndexSet:
+    """The microtask the pod was running when it ended (its report names it), if any.
+
+    It ran, whatever happens to the shard: a pod that died was killed by it, a pod taken away
+    took it along half done.
+    """
+    report = shard.report
+    if report is None or report.runner_error or report.current is None:
+        return IndexSet.EMPTY
+    current = report.current
+    if current not in inside or current in report.succeeded or current in report.failed_indexes():
+        return IndexSet.EMPTY
+    return IndexSet.from_range(current, current + 1)
+
+
 def attribute(shard: ObservedShard, inside: IndexSet | None = None) -> Attribution:
     """Split `inside` (the shard's microtasks, by default all of them) by outcome."""
     if inside is None:
@@ -109,13 +124,12 @@ def attribute(shard: ObservedShard, inside: IndexSet | None = None) -> Attributi
             taken = taken | indexes
     if shard.phase == ShardPhase.FAILED:
         reported = ok | report.failed_indexes()
-        current = report.current
-        if current is not None and current in inside and current not in reported:
+        culprit = interrupted(shard, inside)
+        if culprit:
             # The pod died while this microtask ran (OOM, deadline, crash): it was the culprit.
-            one = IndexSet.from_range(current, current + 1)
             text = f"the pod died while it ran{_pod_detail(shard)}"
-            charges.append(_pod_charge(shard, one, text))
-            taken = taken | one
+            charges.append(_pod_charge(shard, culprit, text))
+            taken = taken | culprit
         elif inside and not (reported & inside):
             # Killed before reporting anything (e.g. a shard deadline shorter than one
             # microtask): charge the first, which runs first, so a relaunch always progresses.

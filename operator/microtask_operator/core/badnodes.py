@@ -7,14 +7,24 @@ count of failures that chance would explain less than once in 200. Work that fai
 a node that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), then hard
 (required anti-affinity) from `hardAfterFailures`, each exclusion expiring after a while. Exclusion
 never takes more than a fraction of a pool's ready nodes, and always leaves at least one.
+
+What counts as a failure of the node is judged on evidence. A pod that died (no report, a runner
+error, OOMKilled, a pod-level deadline) counts against its node at once. A microtask the runner
+reported as failed is only a suspicion: the program may fail that item wherever it runs. The
+suspicion is confirmed (one failure of the node) when the microtask later succeeds on another
+node, and dropped when it fails again elsewhere or for good, or succeeds on the same node. So a
+program that fails some items deterministically excludes nobody, however often it is retried.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
-from .state import MAX_NODE_RECORDS, NodeRecord, PoolDurations
+from microtask_runner.indexset import IndexSet
+
+from .state import MAX_NODE_RECORDS, MAX_SUSPECT_RANGES, NodeRecord, PoolDurations
 from .types import BadNodePolicy, ClusterView, Pool
 
 SOFT = "soft"
@@ -26,23 +36,35 @@ SIGNIFICANCE = math.log(200)
 
 
 def record_shard(
-    nodes: Mapping[str, NodeRecord], node: str, failed: bool, now: float
+    nodes: Mapping[str, NodeRecord],
+    node: str,
+    *,
+    failed: bool,
+    now: float,
+    suspects: IndexSet = IndexSet.EMPTY,
 ) -> dict[str, NodeRecord]:
-    """Count one harvested shard on `node`; nodes are tracked from their first failure on."""
+    """Count one harvested shard on `node`; nodes are tracked from their first failure on.
+
+    `failed`: the pod died, a failure of the node at once. `suspects`: microtasks whose reported
+    failure awaits judgement (see `judge`); give only those that will be retried. A shard with
+    suspicions only is counted when one of them is confirmed: until then, it is no evidence
+    either way (counted as a success, it would water down the failure rate of a node that fails
+    everything while the evidence comes in).
+    """
     result = dict(nodes)
     previous = result.get(node)
-    if previous is None and not failed:
+    if previous is None and not failed and not suspects:
         return result
     if previous is None:
-        result[node] = NodeRecord(failures=1, last_failure=now, shards=1)
-    else:
-        result[node] = NodeRecord(
-            failures=previous.failures + (1 if failed else 0),
-            last_failure=now if failed else previous.last_failure,
-            level=previous.level,
-            until=previous.until,
-            shards=previous.shards + 1,
-        )
+        previous = NodeRecord(failures=0, last_failure=now)
+    failure_seen = failed or bool(suspects)
+    result[node] = replace(
+        previous,
+        failures=previous.failures + (1 if failed else 0),
+        last_failure=now if failure_seen else previous.last_failure,
+        shards=previous.shards + (1 if failed or not suspects else 0),
+        suspect=_bounded(previous.suspect | suspects),
+    )
     if len(result) > MAX_NODE_RECORDS:
         # Forget the nodes with the oldest, fewest failures first.
         ranked = sorted(
@@ -52,6 +74,71 @@ def record_shard(
         for name, _ in ranked[: len(result) - MAX_NODE_RECORDS]:
             del result[name]
     return result
+
+
+def judge(
+    nodes: Mapping[str, NodeRecord],
+    node: str,
+    *,
+    succeeded: IndexSet,
+    failed: IndexSet,
+    now: float,
+) -> tuple[dict[str, NodeRecord], list[str], IndexSet]:
+    """Settle earlier suspicions with what a shard on `node` just did.
+
+    A microtask suspected on another node that succeeded here confirms that suspicion: one
+    failure of that node (however many of its microtasks succeed here at once). One that failed
+    here again is the program's: the suspicion is dropped. One suspected here that succeeded
+    here was a passing hiccup. Returns the new records, the nodes whose suspicion was confirmed,
+    and the microtasks found to be the program's (not to be suspected here either).
+    """
+    result = dict(nodes)
+    confirmed: list[str] = []
+    programs = IndexSet.EMPTY
+    for name, record in nodes.items():
+        if not record.suspect:
+            continue
+        if name == node:
+            rest = record.suspect - succeeded
+            if rest != record.suspect:
+                result[name] = replace(record, suspect=rest)
+            continue
+        hit = record.suspect & succeeded
+        again = record.suspect & failed
+        if not hit and not again:
+            continue
+        programs = programs | again
+        rest = record.suspect - hit - again
+        if hit:
+            confirmed.append(name)
+            result[name] = replace(
+                record,
+                failures=record.failures + 1,
+                shards=record.shards + 1,
+                last_failure=now,
+                suspect=rest,
+            )
+        else:
+            result[name] = replace(record, suspect=rest)
+    return result, confirmed, programs
+
+
+def acquit(nodes: Mapping[str, NodeRecord], indexes: IndexSet) -> dict[str, NodeRecord]:
+    """Drop suspicions about microtasks that failed for good: their failures are the program's."""
+    result = dict(nodes)
+    if not indexes:
+        return result
+    for name, record in nodes.items():
+        if record.suspect and not record.suspect.isdisjoint(indexes):
+            result[name] = replace(record, suspect=record.suspect - indexes)
+    return result
+
+
+def _bounded(suspect: IndexSet) -> IndexSet:
+    ranges = suspect.ranges
+    if len(ranges) <= MAX_SUSPECT_RANGES:
+        return suspect
+    return IndexSet.from_ranges(ranges[:MAX_SUSPECT_RANGES])
 
 
 def _stands_out(record: NodeRecord, pool: PoolDurations | None) -> bool:
@@ -104,9 +191,7 @@ def update_levels(
             continue  # old failures are forgotten
         kept[name] = record
     if not policy.enabled:
-        return {
-            n: NodeRecord(r.failures, r.last_failure, shards=r.shards) for n, r in kept.items()
-        }, []
+        return {n: replace(r, level=None, until=None) for n, r in kept.items()}, []
 
     pool_of = {n: p for p, names in cluster.ready_nodes.items() for n in names}
     wanted: dict[str, str | None] = {}
@@ -134,7 +219,7 @@ def update_levels(
             result[name] = record
             continue
         until = (now + policy.exclude_seconds) if level else None
-        result[name] = NodeRecord(record.failures, record.last_failure, level, until, record.shards)
+        result[name] = replace(record, level=level, until=until)
         if level:
             changed.append((name, level))
     return result, changed
@@ -155,3 +240,32 @@ def avoid_lists(
         elif record.level == SOFT:
             soft.append(name)
     return tuple(hard), tuple(soft)
+
+
+def avoid_lists_for_retry(
+    nodes: Mapping[str, NodeRecord], indexes: IndexSet, pool: Pool, cluster: ClusterView
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`avoid_lists`, plus the nodes where failures await judgement, for a retry of `indexes`.
+
+    A retry does not run where its microtasks failed (as Spark does not rerun a failed task
+    where it failed): there it would only fail again and prove nothing, however often. Nor, if
+    it can help it, on another node with failures awaiting judgement: a second failure there
+    would clear both nodes (the program's, it would seem) when both may be bad. Each group is
+    required while ready nodes of the pool remain outside the lists, else only preferred.
+    """
+    hard, soft = avoid_lists(nodes, pool, cluster)
+    ready = cluster.ready_nodes.get(pool)
+    if ready is None:
+        return hard, soft
+    pending = {n: r.suspect for n, r in nodes.items() if r.suspect and n in ready}
+    own = {n for n, suspect in pending.items() if not suspect.isdisjoint(indexes)}
+    required, preferred = set(hard), set(soft)
+    for names in (own, set(pending) - own):
+        group = names - required
+        if not group:
+            continue
+        if ready - required - group:
+            required |= group
+        else:
+            preferred |= group
+    return tuple(sorted(required)), tuple(sorted(preferred - required))

@@ -36,6 +36,14 @@ class ConditionType(StrEnum):
     INVALID = "Invalid"  # True when the spec (or a referenced ConfigMap) cannot be used
     SUSPENDED = "Suspended"  # True while spec.suspend holds the job
     WAITING_FOR_DEPENDENCIES = "WaitingForDependencies"  # True until every dependsOn succeeded
+    # True while the last reconcile failed unexpectedly (a bug, or an object the operator cannot
+    # use); work already running is still harvested, no new shard is made until it clears.
+    RECONCILE_ERROR = "ReconcileError"
+    # True once the status was found reset or unreadable and rebuilt from the Jobs that exist.
+    RECOVERED = "Recovered"
+    # True while a change of a field fixed at the start (spec.items, the items' ConfigMap, the
+    # output) is ignored: the job keeps what it started with.
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 
 
 class ConditionReason(StrEnum):
@@ -58,6 +66,15 @@ class ConditionReason(StrEnum):
     DEPENDENCIES_SUCCEEDED = "DependenciesSucceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
+    DEPENDENCY_CYCLE = "DependencyCycle"
+    DEPENDENCY_TIMEOUT = "DependencyTimeout"
+    PODS_REFUSED = "PodsRefused"  # the cluster refuses the shards' pods for good (admission)
+    SHARD_BUILD_FAILED = "ShardBuildFailed"  # a shard's Job could not be made from the spec
+    UNEXPECTED_ERROR = "UnexpectedError"
+    STATUS_RESET = "StatusReset"
+    STATUS_UNREADABLE = "StatusUnreadable"
+    ITEMS_CHANGED = "ItemsChanged"
+    RESOLVED = "Resolved"
 
 
 #: Short alias: `conditions.Reason.INVALID_SPEC`.
@@ -71,6 +88,9 @@ FAILED = ConditionType.FAILED
 INVALID = ConditionType.INVALID
 SUSPENDED = ConditionType.SUSPENDED
 WAITING_FOR_DEPENDENCIES = ConditionType.WAITING_FOR_DEPENDENCIES
+RECONCILE_ERROR = ConditionType.RECONCILE_ERROR
+RECOVERED = ConditionType.RECOVERED
+SPEC_CHANGE_IGNORED = ConditionType.SPEC_CHANGE_IGNORED
 
 REASON_PENDING = Reason.PENDING
 REASON_RUNNING = Reason.RUNNING
@@ -86,6 +106,16 @@ REASON_WAITING_FOR_DEPENDENCIES = Reason.WAITING_FOR_DEPENDENCIES
 REASON_DEPENDENCIES_MET = Reason.DEPENDENCIES_SUCCEEDED
 REASON_FINISHED = Reason.FINISHED
 REASON_VALID = Reason.VALID
+REASON_DEPENDENCY_CYCLE = Reason.DEPENDENCY_CYCLE
+REASON_DEPENDENCY_TIMEOUT = Reason.DEPENDENCY_TIMEOUT
+REASON_DEPENDENCY_NOT_FOUND = Reason.DEPENDENCY_NOT_FOUND
+REASON_PODS_REFUSED = Reason.PODS_REFUSED
+REASON_SHARD_BUILD_FAILED = Reason.SHARD_BUILD_FAILED
+REASON_UNEXPECTED_ERROR = Reason.UNEXPECTED_ERROR
+REASON_STATUS_RESET = Reason.STATUS_RESET
+REASON_STATUS_UNREADABLE = Reason.STATUS_UNREADABLE
+REASON_ITEMS_CHANGED = Reason.ITEMS_CHANGED
+REASON_RESOLVED = Reason.RESOLVED
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Every body (operator, local executor, simulator) calls it whenever something changed and at
 `Decision.next_wakeup`. It harvests finished shards, moves work away from trouble, launches new
 shards within the window, and says what the status is. It is deterministic and free of I/O.
+A body that cannot make shards for now (`launch=False`) still has finished work harvested.
+
+`status.attempts` counts the runs of microtasks that happened: a launch counts its microtasks,
+and when its shard ends without running some of them (lost, cancelled before its pod started,
+left out of its report) those are taken out again.
 
 Bodies apply the actions in this order: creates, then the status write, then deletes and suspends.
 A harvest is thereby recorded (shard id in `retired`, outcomes merged) before its Job goes
@@ -14,12 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from microtask_runner.indexset import IndexSet
 
-from . import attribution, badnodes, conditions, failures, resources, retries, speculation
+from . import attribution, badnodes, conditions, failures, lost, resources, retries, speculation
 from .attribution import Charge
 from .conditions import Condition
 from .resources import ResourceSeconds
@@ -52,6 +57,8 @@ TAIL_SLOWDOWN_FACTOR = 1.5
 TAIL_COPIES_PER_SHARD = 2
 # Pending reasons that mean "waiting in a queue on purpose": never a reason to fall back.
 QUEUED_REASONS = frozenset({"Queued", "Suspended"})
+# A refusal quoted in the status message and the event is cut to this many characters.
+MAX_REFUSAL_CHARS = 1000
 
 
 @dataclass
@@ -102,10 +109,13 @@ class _Planner:
         observed: Sequence[ObservedShard],
         cluster: ClusterView,
         now: float,
+        *,
+        launch: bool = True,
     ) -> None:
         self.spec = spec
         self.cluster = cluster
         self.now = now
+        self.may_launch = launch
         self.actions: list[Action] = []
         self.deltas = Deltas()
         self.wakeups: list[float] = []
@@ -141,10 +151,15 @@ class _Planner:
                     self.actions.append(DeleteShard(shard.shard_id, "retired"))
             else:
                 self.live[shard.shard_id] = shard
+        # Microtasks of shards counted when seen, not at their launch (see fall_back).
+        self.sighted = IndexSet.EMPTY
         for shard in self.live.values():
             if shard.shard_id >= state.next_shard and shard.copy_of is None:
                 # Launched just before a restart lost the status write: count its attempts now.
+                # (If it relaunched work of a shard still seen, that shard's share of the work
+                # it never ran is taken out when it is dealt with, as it was the first time.)
                 self.attempts += len(shard.indexes)
+                self.sighted = self.sighted | shard.indexes
         self.next_shard = max([state.next_shard, *(s.shard_id + 1 for s in observed)])
         # A retry batch that is in flight was launched before a restart lost the status write.
         self.retry = retries.without(self.retry, self.in_flight())
@@ -168,6 +183,11 @@ class _Planner:
                     "gone; relaunched without spending an attempt",
                     warning=True,
                 )
+            )
+            self.rebalanced(
+                lost.rebalance_reason(lost.JOB_VANISHED),
+                f"a Job of attempt {attempt} is gone unseen ({lost.JOB_VANISHED}); "
+                f"{_microtasks(len(gone))} relaunched",
             )
             seen = seen | gone
 
@@ -237,19 +257,33 @@ class _Planner:
         self.deltas.rebalances[reason] = self.deltas.rebalances.get(reason, 0) + 1
         self.events.append(Event("Rebalanced", f"{reason.value}: {message}"))
 
-    def requeue_unfinished(self, shard: ObservedShard, indexes: IndexSet) -> None:
-        """Give work back without spending an attempt (it was not the microtasks' fault)."""
-        # Work another live shard already runs (a relaunch whose status write was lost) stays
-        # there. Callers forget `shard` first, so in_flight() holds only the others.
-        indexes = indexes - self.final() - self.in_flight()
+    def requeue_unfinished(
+        self, shard: ObservedShard, indexes: IndexSet, *, ran: IndexSet = IndexSet.EMPTY
+    ) -> IndexSet:
+        """Give work back without spending an attempt (it was not the microtasks' fault).
+
+        `ran`: those that did run (the one the pod ran when it was taken away): they stay counted
+        in `attempts`, and their relaunch counts once more. Returns the microtasks given back.
+        """
         if shard.copy_of is None:
-            # They never ran: their launch is not an attempt (the relaunch will be).
-            self.attempts -= len(indexes)
-            self.deltas.attempts -= len(indexes)
+            # The others never ran: their launch is not an attempt (the relaunch will be). This
+            # holds even if a relaunch already runs them, or finished them (a decision whose
+            # status write was lost): that one was counted when it was seen.
+            self.uncount(indexes - ran)
+        unfinished = indexes - self.final()
+        # Work another live shard already runs stays there. Callers forget `shard` first, so
+        # in_flight() holds only the others.
+        back = unfinished - self.in_flight()
         spent = shard.attempt - 1
-        if spent > 0 and indexes:
-            self.retry = retries.add_batch(self.retry, spent, self.now, indexes)
+        if spent > 0 and back:
+            self.retry = retries.add_batch(self.retry, spent, self.now, back)
         # spent == 0: nothing to store, fresh work is everything not accounted for.
+        return unfinished
+
+    def uncount(self, never_ran: IndexSet) -> None:
+        """Launched microtasks that did not run are no attempts after all."""
+        self.attempts -= len(never_ran)
+        self.deltas.attempts -= len(never_ran)
 
     def charge(self, shard: ObservedShard, charge: Charge) -> IndexSet:
         """Microtasks that failed an attempt: retry after backoff, or fail for good.
@@ -266,6 +300,8 @@ class _Planner:
         if permanent:
             self.failed = self.failed | indexes
             self.deltas.failed += len(indexes)
+            # Failed wherever they ran: no node is to blame for them.
+            self.nodes = badnodes.acquit(self.nodes, indexes)
         else:
             delay = retries.backoff_seconds(policy, shard.attempt)
             self.retry = retries.add_batch(self.retry, shard.attempt, self.now + delay, indexes)
@@ -346,9 +382,34 @@ class _Planner:
         if report is not None and not report.runner_error:
             ok = report.succeeded & self.inside(shard)
             self.succeed(ok, shard.attempt)
+            self.judge_nodes(shard, ok, IndexSet.EMPTY)
         self.waste(shard)
         self.retire(shard, reason)
         return ok
+
+    def judge_nodes(self, shard: ObservedShard, ok: IndexSet, charged: IndexSet) -> IndexSet:
+        """Settle suspicions against nodes with the shard's outcomes (see badnodes.judge).
+
+        Returns the microtasks whose failure turned out to be the program's.
+        """
+        if shard.node is None:
+            return IndexSet.EMPTY
+        self.nodes, confirmed, programs = badnodes.judge(
+            self.nodes, shard.node, succeeded=ok, failed=charged, now=self.now
+        )
+        for name in confirmed:
+            # A failed shard of that node's pool, counted now that it is known to be one.
+            pool = self.pool_of(name)
+            if pool is not None:
+                d = self.durations.get(pool, PoolDurations())
+                self.durations[pool] = replace(d, failed_shards=d.failed_shards + 1)
+        return programs
+
+    def pool_of(self, node: str) -> Pool | None:
+        for pool, names in self.cluster.ready_nodes.items():
+            if node in names:
+                return pool
+        return None
 
     def harvest(self, shard: ObservedShard) -> None:
         self.forget(shard.shard_id)
@@ -359,8 +420,15 @@ class _Planner:
         self.succeed(ok, shard.attempt)
         message_before = self.message
         retried = IndexSet.EMPTY
+        suspects = IndexSet.EMPTY  # reported failures: the program's, or the node's?
+        pod_died = False  # the node's at once
         for charge in verdict.charges:
-            retried = retried | self.charge(shard, charge)
+            again = self.charge(shard, charge)
+            retried = retried | again
+            if charge.from_runner:
+                suspects = suspects | again
+            else:
+                pod_died = True
         all_charged = verdict.charged()
         self.requeue_unfinished(shard, verdict.unreported)
         self.retry = retries.without(self.retry, self.final())
@@ -377,12 +445,15 @@ class _Planner:
             shards=d.shards + (1 if measured else 0),
             microtasks=d.microtasks + (report.count if report is not None and measured else 0),
             seconds=d.seconds + (report.seconds_total if report is not None and measured else 0.0),
-            failed_shards=d.failed_shards + (1 if failed else 0),
+            failed_shards=d.failed_shards + (1 if pod_died else 0),
             harvested=d.harvested + 1,
         )
         self.deltas.shard_durations.append((pool, self.run_time(shard)))
         if shard.node is not None:
-            self.nodes = badnodes.record_shard(self.nodes, shard.node, bool(failed), self.now)
+            programs = self.judge_nodes(shard, ok, all_charged)
+            self.nodes = badnodes.record_shard(
+                self.nodes, shard.node, failed=pod_died, suspects=suspects - programs, now=self.now
+            )
         keep = False
         if failed:
             keep = self.spec.keep_failed_shards > 0
@@ -404,28 +475,30 @@ class _Planner:
     def recover_lost(self) -> None:
         grace = self.spec.node_lost_grace_seconds
         for shard in list(self.live.values()):
-            lost = shard.phase == ShardPhase.LOST
-            if not lost and shard.node_lost_since is not None:
+            cause = shard.failure_reason if shard.phase == ShardPhase.LOST else None
+            if shard.phase != ShardPhase.LOST:
+                if shard.node_lost_since is None:
+                    continue
                 deadline = shard.node_lost_since + grace
-                if self.now >= deadline:
-                    lost = True
-                else:
+                if self.now < deadline:
                     self.wakeups.append(deadline)
-            if not lost:
-                continue
+                    continue
+                cause = lost.NODE_NOT_READY
+            reason = lost.rebalance_reason(cause)
             siblings = [
                 s for s in self.live.values() if s is not shard and group_of(s) == group_of(shard)
             ]
-            ok = self.keep_successes(shard, "node_lost")
-            if not siblings:
-                # The work goes back without spending an attempt: the node failed, not the work.
-                self.requeue_unfinished(shard, shard.indexes - ok)
-                where = f"node {shard.node}" if shard.node else "its node"
-                self.rebalanced(
-                    Reason.NODE_LOST,
-                    f"shard {shard.shard_id} lost with {where} ({shard.failure_reason or 'lost'}); "
-                    f"{len(shard.indexes)} microtasks relaunched",
-                )
+            ran = attribution.interrupted(shard, self.inside(shard))
+            ok = self.keep_successes(shard, reason.value)
+            if siblings:
+                continue  # a copy runs on and decides the rest
+            # The work goes back without spending an attempt: the infrastructure took it away,
+            # the work did not fail.
+            back = self.requeue_unfinished(shard, shard.indexes - ok, ran=ran)
+            if cause == lost.SUSPENDED and self.spec.suspend:
+                continue  # the user's own suspension moves nothing away from trouble
+            what = lost.describe(reason, shard.shard_id, shard.node, cause)
+            self.rebalanced(reason, f"{what}; {_microtasks(len(back))} relaunched")
 
     def fall_back(self) -> None:
         if self.spec.accelerator != Accelerator.AUTO:
@@ -440,17 +513,24 @@ class _Planner:
             if self.now < deadline:
                 self.wakeups.append(deadline)
                 continue
+            if not self.may_launch:
+                continue  # it waits where it is until shards can be made again
             self.gpu_fallback_until = self.now + self.spec.fallback_cooldown_seconds
             self.waste(shard)  # (nothing, unless it ran before it went back to pending)
             self.retire(shard, "fallback")
-            if not (shard.indexes - self.final() - self.in_flight()):
+            rest = shard.indexes - self.final() - self.in_flight()
+            if shard.copy_of is None:
+                # A move keeps the attempt the shard's launch counted. What a decision whose
+                # status write was lost already moved was counted when seen: not twice.
+                self.uncount((shard.indexes - rest) & self.sighted)
+            if not rest:
                 # A copy whose original still runs, or work already moved by a decision whose
                 # status write was lost: the pending shard just goes away.
                 continue
             hard, soft = badnodes.avoid_lists(self.nodes, Pool.CPU, self.cluster)
             moved = ShardPlan(
                 shard_id=self.new_shard_id(),
-                indexes=shard.indexes - self.final() - self.in_flight(),
+                indexes=rest,
                 attempt=shard.attempt,
                 pool=Pool.CPU,
                 avoid_nodes_hard=hard,
@@ -508,7 +588,10 @@ class _Planner:
         pool = self.pool_for_new_work()
         hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
         for spent, indexes in ready:
-            self.launch(ShardPlan(self.new_shard_id(), indexes, spent + 1, pool, None, hard, soft))
+            avoid = (hard, soft)
+            if self.spec.bad_nodes.enabled:
+                avoid = badnodes.avoid_lists_for_retry(self.nodes, indexes, pool, self.cluster)
+            self.launch(ShardPlan(self.new_shard_id(), indexes, spent + 1, pool, None, *avoid))
         free -= len(ready)
         if free <= 0:
             return
@@ -619,6 +702,9 @@ class _Planner:
 
     def cancel_all(self, reason: str) -> None:
         for shard in list(self.live.values()):
+            if shard.copy_of is None and shard.started_at is None:
+                # Its pod never started: none of its microtasks ran there.
+                self.uncount(shard.indexes)
             self.waste(shard)
             self.retire(shard, reason)
 
@@ -646,6 +732,10 @@ class _Planner:
             self.cancel_all("finished")
             return self.finish(SUCCEEDED)
 
+        refused = [s for s in self.live.values() if s.refusal]
+        if refused:
+            return self.refuse(refused)
+
         if spec.job_timeout_seconds is not None and self.start_time is not None:
             deadline = self.start_time + spec.job_timeout_seconds
             if self.now >= deadline:
@@ -672,6 +762,8 @@ class _Planner:
                 self.actions.append(SuspendShard(shard.shard_id, False))
 
         self.fall_back()
+        if not self.may_launch:
+            return self.finish(self.running_phase())
         if self.start_time is None:
             self.start_time = self.now
             self.events.append(
@@ -683,9 +775,24 @@ class _Planner:
             )
         self.fill_window()
         self.speculate()
+        return self.finish(self.running_phase())
+
+    def running_phase(self) -> str:
         running = any(s.phase == ShardPhase.RUNNING for s in self.live.values())
         started = running or len(self.final()) > 0 or self.previous_phase == RUNNING
-        return self.finish(RUNNING if started else PENDING)
+        return RUNNING if started else PENDING
+
+    def refuse(self, refused: Sequence[ObservedShard]) -> Decision:
+        """The cluster will never run these shards' pods: fail now rather than wait forever."""
+        first = min(refused, key=lambda s: s.shard_id)
+        words = failures.cut(first.refusal or "", MAX_REFUSAL_CHARS)
+        never = IndexSet.from_ranges(r for s in refused for r in s.indexes.ranges)
+        self.not_run = len((self.fresh() | never) - self.final())
+        self.cancel_all("refused")
+        text = f"the cluster refuses the pods of shard {first.shard_id}: {words}"
+        self.events.append(Event(conditions.REASON_PODS_REFUSED, text, warning=True))
+        self.message = self.with_not_run(text)
+        return self.finish(FAILED, conditions.REASON_PODS_REFUSED)
 
     def too_many_failures(self) -> str:
         """Which limit was crossed, and the kind of failure most to blame."""
@@ -854,9 +961,16 @@ def plan(
     observed: Sequence[ObservedShard],
     cluster: ClusterView,
     now: float,
+    *,
+    launch: bool = True,
 ) -> Decision:
-    """Decide what to do now. Pure: same inputs, same decision."""
-    return _Planner(spec, state, observed, cluster, now).decide()
+    """Decide what to do now. Pure: same inputs, same decision.
+
+    `launch=False`: the body cannot make shards for now (e.g. it cannot give their items). The
+    decision still harvests, recovers lost work, judges nodes and finishes a job that is done,
+    but creates no shard: no new work, no retry, no copy, no move to another pool.
+    """
+    return _Planner(spec, state, observed, cluster, now, launch=launch).decide()
 
 
 __all__ = [

@@ -24,6 +24,9 @@ from .types import Pool
 # Bounds that keep status small; chosen far above what a healthy job needs.
 MAX_RETRY_BATCHES = 32
 MAX_NODE_RECORDS = 50
+# Ranges of suspected microtasks kept per node: a node failing whole shards needs few; scattered
+# failures are the program's more often than not, and losing some only slows judgement down.
+MAX_SUSPECT_RANGES = 16
 
 
 class StateError(ValueError):
@@ -47,7 +50,12 @@ class NodeRecord:
     last_failure: float
     level: str | None = None  # None | "soft" | "hard"
     until: float | None = None  # the exclusion expires then
-    shards: int = 0  # shards harvested from this node since its first failure (failures included)
+    # Shards harvested from this node since its first failure (failures included); one whose
+    # only failures await judgement counts once one of them is confirmed.
+    shards: int = 0
+    # Microtasks whose reported failure here awaits judgement: it counts against the node if they
+    # later succeed on another node, and is dropped if they fail elsewhere or for good.
+    suspect: IndexSet = IndexSet.EMPTY
 
     def rate(self) -> float:
         return self.failures / max(self.shards, self.failures, 1)
@@ -141,13 +149,7 @@ class CoreState:
                 if record.level is not None
             ],
             "nodeFailures": [
-                {
-                    "node": name,
-                    "failures": record.failures,
-                    "shards": record.shards,
-                    "lastFailure": to_rfc3339(record.last_failure),
-                }
-                for name, record in sorted(self.nodes.items())
+                _node_failure(name, record) for name, record in sorted(self.nodes.items())
             ],
             "durations": {
                 str(pool): {
@@ -196,6 +198,18 @@ class CoreState:
             raise StateError(f"status cannot be read back: {error}") from error
 
 
+def _node_failure(name: str, record: NodeRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "node": name,
+        "failures": record.failures,
+        "shards": record.shards,
+        "lastFailure": to_rfc3339(record.last_failure),
+    }
+    if record.suspect:
+        entry["suspect"] = record.suspect.to_compact()
+    return entry
+
+
 def _time(value: Any) -> float | None:
     return None if value in (None, "") else from_rfc3339(str(value))
 
@@ -216,6 +230,7 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
             level=str(exclusion["level"]) if exclusion else None,
             until=_time(exclusion["until"]) if exclusion else None,
             shards=int(entry.get("shards", 0)),
+            suspect=_indexes(entry.get("suspect")),
         )
     durations = {
         Pool(pool): PoolDurations(

@@ -42,7 +42,9 @@ class Reason(StrEnum):
     """Why the core moved work (the `reason` label of rebalance metrics and events)."""
 
     UNSCHEDULABLE_FALLBACK = "unschedulable_fallback"
-    NODE_LOST = "node_lost"
+    NODE_LOST = "node_lost"  # the node went away, or was NotReady past the grace
+    JOB_DELETED = "job_deleted"  # the shard's Job was deleted by someone else, or vanished
+    POD_DISRUPTED = "pod_disrupted"  # the pod was evicted, preempted or deleted by someone else
     STRAGGLER = "straggler"
     BAD_NODE = "bad_node"
 
@@ -127,6 +129,8 @@ class ObservedShard:
     exit_code: int | None = None  # the worker container's exit code, if it terminated
     failure_reason: str | None = None  # e.g. OOMKilled, DeadlineExceeded, Evicted, Error
     suspended: bool = False  # the Job is suspended (by us or by a queue)
+    # The cluster refuses this shard's pods for good (e.g. Pod Security admission): its words.
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ PENDING_REASONS = frozenset({"CreateContainerConfigError", "ContainerCreating"})
 FALLBACK_LOG_BYTES = 2048  # FallbackToLogsOnError keeps the last 2048 bytes / 80 lines
 FALLBACK_LOG_LINES = 80
 
-_VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
+_DOLLAR, _OPEN = ord("$"), ord("(")
 _SUFFIXES = {
     "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
     "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50,
@@ -79,15 +79,45 @@ class Launch:
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: known variables expand, unknown stay, ``$$`` escapes."""
+    """Kubernetes' ``$(VAR)`` expansion, as the kubelet applies it to env values, command, args.
 
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env[name] if name in env else match.group(0)
-
-    return _VAR_RE.sub(replace, text)
+    A port of k8s.io/kubernetes third_party/forked/golang/expansion (Expand, MappingFuncFor),
+    which scans bytes: ``$$`` is ``$``; ``$(NAME)`` is NAME's value when defined, else stays as
+    written (NAME is anything up to the first ``)``); ``$(`` with no ``)`` and a final ``$`` stay;
+    ``$`` before any other byte stays with that byte, which Go turns into the rune of the same
+    number (a UTF-8 character after ``$`` comes out garbled, as from a real kubelet).
+    """
+    data = text.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    checkpoint = 0
+    cursor = 0
+    while cursor < len(data):
+        if data[cursor] == _DOLLAR and cursor + 1 < len(data):
+            out += data[checkpoint:cursor]
+            after = data[cursor + 1]
+            advance = 1
+            if after == _DOLLAR:
+                out += b"$"
+            elif after == _OPEN:
+                close = data.find(b")", cursor + 2)
+                if close < 0:
+                    out += b"$("
+                else:
+                    name = data[cursor + 2 : close].decode("utf-8", "surrogateescape")
+                    value = env.get(name)
+                    out += (
+                        value.encode("utf-8", "surrogateescape")
+                        if value is not None
+                        else data[cursor : close + 1]
+                    )
+                    advance = close - cursor
+            else:
+                out += b"$" + chr(after).encode()
+            cursor += advance
+            checkpoint = cursor + 1
+        cursor += 1
+    out += data[checkpoint:]
+    return out.decode("utf-8", "surrogateescape")
 
 
 def parse_quantity(value: Any) -> float:

@@ -9,6 +9,8 @@ watches and protobuf bodies pass through untouched. On top of that, a test can:
   429, 500, ...) and a Kubernetes ``Status`` body *without* forwarding them, so the cluster
   is left unchanged and only the client's error handling is exercised;
 * :meth:`FaultProxy.delay` - hold the next N matching requests for a while, then forward them;
+* :meth:`FaultProxy.set_chooser` - decide request by request (e.g. a seeded random profile of
+  errors and delays, as the chaos suite's is);
 * :meth:`FaultProxy.cut_watches` - end every open watch stream, as an API server restart or
   a load balancer would;
 * :meth:`FaultProxy.count` - ask what the client tried and what it got back.
@@ -35,7 +37,7 @@ import contextlib
 import json
 import ssl
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -337,6 +339,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._log: list[tuple[ApiRequest, int]] = []
+        self._chooser: Callable[[ApiRequest], Fault | None] | None = None
         self._running: _Running | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -446,6 +449,17 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
+    def set_chooser(self, chooser: Callable[[ApiRequest], Fault | None] | None) -> None:
+        """Let ``chooser`` pick a fault for each request that no armed fault matches.
+
+        It returns a fresh :class:`Fault` (its ``code`` and ``delay`` apply to this request
+        only) or None to forward the request untouched; None as ``chooser`` removes it. It runs
+        on the proxy's loop for every request, so it must be quick and must not block. Armed
+        faults keep precedence, so a test can still aim one at a request a chooser governs.
+        """
+        with self._lock:
+            self._chooser = chooser
+
     def cut_watches(self, *, abort: bool = False) -> int:
         """End every watch stream open right now; returns how many were cut.
 
@@ -520,7 +534,8 @@ class FaultProxy:
                     fault.remaining -= 1
                     fault.hits += 1
                     return fault
-        return None
+            chooser = self._chooser
+        return None if chooser is None else chooser(request)
 
     def _record(self, request: ApiRequest, code: int) -> None:
         with self._lock:

@@ -1,0 +1,249 @@
+"""Bad nodes judged by evidence: a pod that dies counts against its node at once, a microtask the
+runner reported as failed only once it succeeds on another node."""
+
+from __future__ import annotations
+
+import pytest
+from core_driver import Driver
+from microtask_operator.core import badnodes
+from microtask_operator.core.state import MAX_SUSPECT_RANGES, CoreState, NodeRecord
+from microtask_operator.core.types import (
+    BadNodePolicy,
+    ClusterView,
+    CoreSpec,
+    CreateShard,
+    Pool,
+    Reason,
+    RetryPolicy,
+    ShardPhase,
+)
+from microtask_runner.indexset import IndexSet
+
+ABC = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c"})})
+
+
+def ix(text: str) -> IndexSet:
+    return IndexSet.parse(text)
+
+
+def suspecting(text: str, failures: int = 0) -> NodeRecord:
+    return NodeRecord(failures=failures, last_failure=10.0, shards=failures, suspect=ix(text))
+
+
+def cluster(count: int) -> ClusterView:
+    return ClusterView(ready_nodes={Pool.CPU: frozenset(f"cpu-{i}" for i in range(count))})
+
+
+# -- a program's own failures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nodes", "total", "per_shard", "parallelism", "max_attempts", "every"),
+    [
+        (2, 60, 5, 2, 3, 10),
+        (2, 120, 5, 4, 4, 10),
+        (2, 120, 5, 2, 5, 7),
+        (3, 60, 5, 4, 3, 13),
+        (3, 120, 10, 3, 5, 10),
+    ],
+)
+def test_a_program_failing_some_items_excludes_no_node_however_often_retried(
+    nodes: int, total: int, per_shard: int, parallelism: int, max_attempts: int, every: int
+) -> None:
+    spec = CoreSpec(
+        total=total,
+        microtasks_per_shard=per_shard,
+        parallelism=parallelism,
+        retry=RetryPolicy(
+            max_attempts=max_attempts, backoff_seconds=1, max_failed_microtasks=total
+        ),
+    )
+    d = Driver(spec, cluster=cluster(nodes))
+    end = d.run_to_end(lambda i, a: 1 if i % every == 0 else 0)
+    assert end.phase == "Succeeded"
+    assert len(end.state.failed) == len(range(0, total, every))
+    assert Reason.BAD_NODE.value not in end.state.rebalances
+    assert all(r.failures == 0 and r.level is None for r in end.state.nodes.values())
+    assert all(not r.suspect for r in end.state.nodes.values())  # all judged: the program's
+    assert end.state.durations[Pool.CPU].failed_shards == 0
+
+
+def test_a_node_failing_what_succeeds_elsewhere_is_found() -> None:
+    spec = CoreSpec(
+        total=400,
+        microtasks_per_shard=10,
+        parallelism=3,
+        retry=RetryPolicy(backoff_seconds=1, max_attempts=3),
+        bad_nodes=BadNodePolicy(soft_after_failures=2, hard_after_failures=3),
+    )
+    d = Driver(spec, cluster=cluster(3))
+    decision = d.step()
+    for _ in range(30):
+        for shard in d.running():
+            bad = shard.node == "cpu-0"  # this node fails whatever it runs
+            d.finish(shard.shard_id, (lambda i, a: 1) if bad else (lambda i, a: 0))
+        decision = d.step(2)
+    record = decision.state.nodes["cpu-0"]
+    assert record.level == "hard"
+    assert decision.state.rebalances[Reason.BAD_NODE.value] >= 1
+    assert decision.status["failed"] == 0  # each retry ran elsewhere, and succeeded there
+    # Every retry of what failed on cpu-0 was kept away from it, before any exclusion too.
+    for create in d.created:
+        if create.plan.attempt > 1:
+            assert "cpu-0" in create.plan.avoid_nodes_hard
+    assert set(decision.state.nodes) == {"cpu-0"}
+
+
+def test_a_pod_that_dies_counts_against_its_node_at_once() -> None:
+    spec = CoreSpec(total=20, microtasks_per_shard=10, parallelism=2)
+    d = Driver(spec)
+    d.step()
+    node = d.shards[0].node
+    assert node is not None
+    d.set(0, phase=ShardPhase.FAILED, exit_code=137, failure_reason="OOMKilled")
+    decision = d.step(1)
+    record = decision.state.nodes[node]
+    assert (record.failures, record.shards, record.suspect) == (1, 1, IndexSet.EMPTY)
+    assert decision.state.durations[Pool.CPU].failed_shards == 1
+
+
+def test_a_reported_failure_is_a_suspicion_confirmed_by_a_success_elsewhere() -> None:
+    spec = CoreSpec(
+        total=10, microtasks_per_shard=10, parallelism=1, retry=RetryPolicy(backoff_seconds=1)
+    )
+    d = Driver(spec)
+    d.step()
+    first = d.shards[0].node
+    assert first is not None
+    d.finish(0, lambda i, a: 3 if i in (2, 7) else 0)
+    decision = d.step(1)
+    record = decision.state.nodes[first]
+    assert (record.failures, record.shards, str(record.suspect)) == (0, 0, "2,7")
+    assert decision.status["nodeFailures"] == [
+        {
+            "node": first,
+            "failures": 0,
+            "shards": 0,
+            "lastFailure": "1970-01-01T00:16:41Z",
+            "suspect": "2,7",
+        }
+    ]
+    assert decision.state.durations[Pool.CPU].failed_shards == 0
+    retry = d.step(2)
+    [again] = [c.plan for c in retry.actions if isinstance(c, CreateShard)]
+    assert first in again.avoid_nodes_hard
+    d.finish(again.shard_id, lambda i, a: 0)
+    judged = d.step(1)
+    record = judged.state.nodes[first]
+    assert (record.failures, record.shards, record.suspect) == (1, 1, IndexSet.EMPTY)
+    assert judged.state.durations[Pool.CPU].failed_shards == 1
+    assert "suspect" not in judged.status["nodeFailures"][0]
+
+
+def test_suspicions_round_trip_through_the_status() -> None:
+    state = CoreState(
+        nodes={"a": suspecting("3,10-19", failures=1), "b": NodeRecord(2, 5.0, shards=3)}
+    )
+    status = state.to_status()
+    assert [e.get("suspect") for e in status["nodeFailures"]] == ["3,10-19", None]
+    assert CoreState.from_status(status).nodes == state.nodes
+
+
+# -- judgement, one table ----------------------------------------------------------------------
+
+
+def test_a_success_elsewhere_confirms_once_however_many_it_clears() -> None:
+    nodes = {"a": suspecting("0-9"), "b": suspecting("20")}
+    result, confirmed, programs = badnodes.judge(
+        nodes, "c", succeeded=ix("0-4,20"), failed=IndexSet.EMPTY, now=50.0
+    )
+    assert confirmed == ["a", "b"]
+    assert programs == IndexSet.EMPTY
+    assert (result["a"].failures, result["a"].shards, str(result["a"].suspect)) == (1, 1, "5-9")
+    assert result["a"].last_failure == 50.0
+    assert (result["b"].failures, result["b"].suspect) == (1, IndexSet.EMPTY)
+
+
+def test_a_failure_elsewhere_makes_it_the_programs() -> None:
+    nodes = {"a": suspecting("0-9")}
+    result, confirmed, programs = badnodes.judge(
+        nodes, "b", succeeded=IndexSet.EMPTY, failed=ix("3-4"), now=50.0
+    )
+    assert confirmed == []
+    assert str(programs) == "3-4"
+    assert (result["a"].failures, str(result["a"].suspect)) == (0, "0-2,5-9")
+
+
+def test_on_the_same_node_a_success_clears_and_a_failure_keeps_the_suspicion() -> None:
+    nodes = {"a": suspecting("0-9")}
+    result, confirmed, programs = badnodes.judge(
+        nodes, "a", succeeded=ix("0-1"), failed=ix("2"), now=50.0
+    )
+    assert (confirmed, programs) == ([], IndexSet.EMPTY)
+    assert (result["a"].failures, str(result["a"].suspect)) == (0, "2-9")
+
+
+def test_a_permanent_failure_acquits_every_node() -> None:
+    nodes = {"a": suspecting("0-9"), "b": suspecting("5"), "c": NodeRecord(1, 1.0, shards=1)}
+    result = badnodes.acquit(nodes, ix("4-5"))
+    assert [str(result[n].suspect) for n in "abc"] == ["0-3,6-9", "", ""]
+    assert result["c"] is nodes["c"]
+
+
+def test_a_program_failing_for_good_leaves_no_suspicion() -> None:
+    spec = CoreSpec(
+        total=10,
+        microtasks_per_shard=10,
+        parallelism=1,
+        retry=RetryPolicy(max_attempts=1, max_failed_microtasks=10),
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, lambda i, a: 1 if i == 3 else 0)
+    end = d.step(1)
+    assert end.phase == "Succeeded"
+    assert end.state.nodes == {}
+
+
+def test_suspicions_are_bounded() -> None:
+    scattered = IndexSet.from_indexes(range(0, 400, 2))
+    nodes = badnodes.record_shard({}, "a", failed=False, suspects=scattered, now=1.0)
+    assert len(nodes["a"].suspect.ranges) == MAX_SUSPECT_RANGES
+    assert nodes["a"].suspect <= scattered
+    assert (nodes["a"].failures, nodes["a"].shards) == (0, 0)
+
+
+# -- where a retry goes --------------------------------------------------------------------------
+
+
+def test_a_retry_avoids_where_it_failed_and_where_failures_await_judgement() -> None:
+    nodes = {"a": suspecting("0-9"), "b": suspecting("50")}
+    hard, soft = badnodes.avoid_lists_for_retry(nodes, ix("5"), Pool.CPU, ABC)
+    assert (hard, soft) == (("a", "b"), ())
+    # Only what is required while a ready node is left: here b would take the last one.
+    two = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b"})})
+    hard, soft = badnodes.avoid_lists_for_retry(nodes, ix("5"), Pool.CPU, two)
+    assert (hard, soft) == (("a",), ("b",))
+    one = ClusterView(ready_nodes={Pool.CPU: frozenset({"a"})})
+    assert badnodes.avoid_lists_for_retry(nodes, ix("5"), Pool.CPU, one) == ((), ("a",))
+    # Nodes that are not ready, or not of the pool, are not named.
+    gpu = ClusterView(ready_nodes={Pool.CPU: frozenset({"c"}), Pool.GPU: frozenset({"a"})})
+    assert badnodes.avoid_lists_for_retry(nodes, ix("5"), Pool.CPU, gpu) == ((), ())
+
+
+def test_without_bad_node_tracking_retries_go_anywhere() -> None:
+    spec = CoreSpec(
+        total=10,
+        microtasks_per_shard=10,
+        parallelism=1,
+        retry=RetryPolicy(backoff_seconds=1),
+        bad_nodes=BadNodePolicy(enabled=False),
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, lambda i, a: 1 if a == 1 else 0)
+    d.step(1)
+    retry = d.step(2)
+    [again] = [c.plan for c in retry.actions if isinstance(c, CreateShard)]
+    assert again.attempt == 2
+    assert (again.avoid_nodes_hard, again.avoid_nodes_soft) == ((), ())
