@@ -45,7 +45,7 @@ class Metrics:
         self.rebalances = Counter(
             "microtask_rebalances_total",
             "Work moved away from trouble. reason: unschedulable_fallback | node_lost | "
-            "straggler | bad_node.",
+            "pod_disrupted | job_deleted | straggler | bad_node.",
             ["namespace", "reason"],
             registry=r,
         )

@@ -41,6 +41,8 @@ PER_SHARD = 10
 PARALLELISM = 3
 HELD = 3  # the 4th microtask of every shard waits for the release
 BUDGET_SECONDS = 120
+# One attempt only: a loss that charged an attempt would fail a microtask for good.
+ONE_ATTEMPT = {"maxAttempts": 1, "backoffSeconds": 0.2, "maxBackoffSeconds": 1}
 
 pytestmark = pytest.mark.usefixtures("healthy_nodes")
 
@@ -160,7 +162,7 @@ def test_a_blip_shorter_than_the_grace_charges_nothing(
         "short-blip",
         blip,
         moved=True,
-        retry={"maxAttempts": 1, "backoffSeconds": 0.2, "maxBackoffSeconds": 1},
+        retry=ONE_ATTEMPT,
         rebalance={"nodeLostGraceSeconds": 20},
     )
 
@@ -189,7 +191,7 @@ def test_a_blip_longer_than_the_grace_moves_the_work_and_charges_nothing(
         name,
         blip,
         moved=True,
-        retry={"maxAttempts": 1, "backoffSeconds": 0.2, "maxBackoffSeconds": 1},
+        retry=ONE_ATTEMPT,
         rebalance={"nodeLostGraceSeconds": 2},
     )
 
@@ -213,7 +215,7 @@ def test_a_deleted_node_moves_the_work_and_charges_nothing(
         "deleted-node",
         delete,
         moved=True,
-        retry={"maxAttempts": 1, "backoffSeconds": 0.2, "maxBackoffSeconds": 1},
+        retry=ONE_ATTEMPT,
         rebalance={"nodeLostGraceSeconds": 2},
     )
 

@@ -202,3 +202,15 @@ class Driver:
 
 def ok(_index: int, _attempt: int) -> int:
     return 0
+
+
+# Small fixtures the core's table tests share.
+TWO_CPU_ONE_GPU = ClusterView(
+    ready_nodes={Pool.CPU: frozenset({"a", "b"}), Pool.GPU: frozenset({"g"})}
+)
+TEN = IndexSet.from_range(0, 10)
+
+
+def creates(actions: Iterable[object]) -> list[CreateShard]:
+    """The CreateShard actions among `actions`."""
+    return [a for a in actions if isinstance(a, CreateShard)]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from core_driver import Driver, ok
+from core_driver import Driver, creates, ok
 from microtask_operator.core import conditions
 from microtask_operator.core.planner import MAX_REFUSAL_CHARS, plan
 from microtask_operator.core.types import (
     Accelerator,
     CoreSpec,
-    CreateShard,
     DeleteShard,
     Event,
     RetryPolicy,
@@ -20,10 +19,6 @@ REFUSAL = (
     'pods "mtj-s0-abcde" is forbidden: violates PodSecurity "restricted:latest": '
     'privileged (container "worker" must not set securityContext.privileged=true)'
 )
-
-
-def creates(actions: list[object]) -> list[CreateShard]:
-    return [a for a in actions if isinstance(a, CreateShard)]
 
 
 def held(d: Driver, dt: float = 1.0):  # type: ignore[no-untyped-def]

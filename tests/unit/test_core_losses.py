@@ -8,15 +8,13 @@ relaunch is one more run) although it spends no attempt of its own.
 from __future__ import annotations
 
 import pytest
-from core_driver import Driver, ok
+from core_driver import TEN, TWO_CPU_ONE_GPU, Driver, creates, ok
 from microtask_operator.core import lost
 from microtask_operator.core.planner import plan
 from microtask_operator.core.state import CoreState
 from microtask_operator.core.types import (
     Accelerator,
-    ClusterView,
     CoreSpec,
-    CreateShard,
     DeleteShard,
     Event,
     ObservedShard,
@@ -28,12 +26,7 @@ from microtask_operator.core.types import (
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
-CPU = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b"}), Pool.GPU: frozenset({"g"})})
-TEN = IndexSet.from_range(0, 10)
-
-
-def creates(actions: list[object]) -> list[CreateShard]:
-    return [a for a in actions if isinstance(a, CreateShard)]
+CPU = TWO_CPU_ONE_GPU
 
 
 def rebalance_events(actions: list[object]) -> list[str]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-from core_driver import Driver, ok, report_for
+from core_driver import Driver, creates, ok, report_for
 from microtask_operator.core.planner import plan
 from microtask_operator.core.state import CoreState
 from microtask_operator.core.types import (
     CoreSpec,
-    CreateShard,
     DeleteShard,
     Event,
     ObservedShard,
@@ -20,10 +19,6 @@ from microtask_operator.core.types import (
 )
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
-
-
-def creates(decision_actions: list[object]) -> list[CreateShard]:
-    return [a for a in decision_actions if isinstance(a, CreateShard)]
 
 
 def test_first_decision_launches_the_window_of_consecutive_shards() -> None:

@@ -3,14 +3,12 @@ and a dying straggler beside its healthy copy."""
 
 from __future__ import annotations
 
-from core_driver import Driver
+from core_driver import TEN, TWO_CPU_ONE_GPU, Driver, creates
 from microtask_operator.core.planner import plan
 from microtask_operator.core.state import CoreState
 from microtask_operator.core.types import (
     Accelerator,
-    ClusterView,
     CoreSpec,
-    CreateShard,
     DeleteShard,
     ObservedShard,
     Pool,
@@ -21,12 +19,7 @@ from microtask_operator.core.types import (
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
-CPU = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b"}), Pool.GPU: frozenset({"g"})})
-TEN = IndexSet.from_range(0, 10)
-
-
-def creates(actions: list[object]) -> list[CreateShard]:
-    return [a for a in actions if isinstance(a, CreateShard)]
+CPU = TWO_CPU_ONE_GPU
 
 
 def test_a_job_that_vanishes_unseen_comes_back_at_its_attempt_level() -> None:

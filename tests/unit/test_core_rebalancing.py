@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core_driver import Driver, ok
+from core_driver import Driver, creates, ok
 from microtask_operator.core.badnodes import avoid_lists, update_levels
 from microtask_operator.core.state import NodeRecord, PoolDurations
 from microtask_operator.core.types import (
@@ -10,7 +10,6 @@ from microtask_operator.core.types import (
     BadNodePolicy,
     ClusterView,
     CoreSpec,
-    CreateShard,
     DeleteShard,
     Pool,
     Reason,
@@ -18,10 +17,6 @@ from microtask_operator.core.types import (
     ShardPhase,
     SpeculationPolicy,
 )
-
-
-def creates(actions: list[object]) -> list[CreateShard]:
-    return [a for a in actions if isinstance(a, CreateShard)]
 
 
 def auto_spec(**kw: object) -> CoreSpec:

@@ -117,35 +117,32 @@ class KubeApi:
             return result
         raise AssertionError("unreachable")
 
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create a shard's Job; False when it already existed (409: adopt it).
+    async def _create_confirmed(
+        self, what: str, create: Callable[[], Any], read: Callable[[], Any]
+    ) -> bool:
+        """Create an object; False when it already existed (409: adopt it).
 
-        A conflict is confirmed with a read: the Job must really be there, or the create is
-        tried again, so a misreported conflict cannot leave a shard that nobody runs.
+        A conflict is confirmed with a read: the object must really be there, or the create is
+        tried again, so a misreported conflict cannot pass for an object nobody made.
         """
-        name = body["metadata"]["name"]
-        what = f"job {namespace}/{name}"
         for _ in range(3):
-            result = await self._call(
-                "create",
-                what,
-                # A plain manifest: the client serialises dicts as they are.
-                lambda: self.batch.create_namespaced_job(
-                    namespace, cast(Any, body), _preload_content=False
-                ),
-                ok=frozenset({409}),
-            )
-            if result is not None:
+            if await self._call("create", what, create, ok=frozenset({409})) is not None:
                 return True
-            existing = await self._call(
-                "get",
-                what,
-                lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
-                ok=frozenset({404}),
-            )
-            if existing is not None:
+            if await self._call("get", what, read, ok=frozenset({404})) is not None:
                 return False
-        raise ApiError("create", what, 409, "conflict, but the Job does not exist")
+        raise ApiError("create", what, 409, "conflict, but it does not exist")
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a shard's Job; False when it already existed (a restart, a retried request)."""
+        name = body["metadata"]["name"]
+        return await self._create_confirmed(
+            f"job {namespace}/{name}",
+            # A plain manifest: the client serialises dicts as they are.
+            lambda: self.batch.create_namespaced_job(
+                namespace, cast(Any, body), _preload_content=False
+            ),
+            lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
+        )
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods."""
@@ -216,35 +213,15 @@ class KubeApi:
         return {str(k): str(v) for k, v in data.items()}
 
     async def create_config_map(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create a ConfigMap (a job's copy of its items); False when it already existed (409).
-
-        As for Jobs, a conflict is confirmed with a read, so a misreported one cannot pass for a
-        copy that nobody made.
-        """
+        """Create a ConfigMap (a job's copy of its items); False when it already existed."""
         name = body["metadata"]["name"]
-        what = f"configmap {namespace}/{name}"
-        for _ in range(3):
-            created = await self._call(
-                "create",
-                what,
-                lambda: self.core.create_namespaced_config_map(
-                    namespace, cast(Any, body), _preload_content=False
-                ),
-                ok=frozenset({409}),
-            )
-            if created is not None:
-                return True
-            existing = await self._call(
-                "get",
-                what,
-                lambda: self.core.read_namespaced_config_map(
-                    name, namespace, _preload_content=False
-                ),
-                ok=frozenset({404}),
-            )
-            if existing is not None:
-                return False
-        raise ApiError("create", what, 409, "conflict, but the ConfigMap does not exist")
+        return await self._create_confirmed(
+            f"configmap {namespace}/{name}",
+            lambda: self.core.create_namespaced_config_map(
+                namespace, cast(Any, body), _preload_content=False
+            ),
+            lambda: self.core.read_namespaced_config_map(name, namespace, _preload_content=False),
+        )
 
     # Refusals of a shard's pod that waiting does not cure (the template must change): Pod
     # Security admission, and a pod the API server finds invalid. Quota and other refusals pass

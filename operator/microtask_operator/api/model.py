@@ -918,7 +918,8 @@ class NodeFailure(_Strict):
     failures: Count
     """Failures counted on the node."""
     shards: Count | None = None
-    """Shards finished on the node since its first failure (its failure rate's denominator)."""
+    """Shards finished on the node since its first failure (its failure rate's denominator); a
+    shard whose only failures await judgement counts once one of them is confirmed."""
     last_failure: DateTime
     """Time of the latest failure."""
     suspect: str | None = None
@@ -938,7 +939,8 @@ class PoolDurations(_Strict):
     harvested: Count | None = None
     """All harvested shards."""
     failed_shards: Count | None = None
-    """Harvested shards with a failed microtask (the pool's failure rate)."""
+    """Failed shards counted against their node (the pool's failure rate): pods that died, and
+    confirmed suspicions."""
 
 
 class FailureKind(_Strict):
@@ -1034,7 +1036,7 @@ class MicrotaskJobStatus(_Strict):
     running: Count | None = None
     """Microtasks in shards in flight."""
     queued: Count | None = None
-    """Microtasks waiting for a shard (first attempts and retries)."""
+    """Failed microtasks waiting for a retry (backoff)."""
     attempts: Count | None = None
     """Attempts made so far, retries included."""
     shards_in_flight: Count | None = None
