@@ -30,6 +30,8 @@ _STDERR = 2
 _CHUNK = 65536
 #: How long the end of a capture waits for its thread (it only has buffered data to pass on).
 _JOIN_SECONDS = 5.0
+#: How long a line without its end waits for the rest before it is passed on as it is.
+_PARTIAL_MS = 50
 
 
 def _flush_python_streams() -> None:
@@ -120,6 +122,7 @@ class _Capture:
         self.console = console
         self.saved: dict[int, int] = {}
         self.pipes: dict[int, int] = {}  # read end -> stream
+        self.partial: dict[int, bytes] = {}  # stream -> the start of a line not yet ended
         try:
             for stream in (_STDOUT, _STDERR):
                 self.saved[stream] = os.dup(stream)
@@ -143,6 +146,7 @@ class _Capture:
         """Pass on whatever the pipes hold now (the console's lock is held)."""
         for read in list(self.pipes):
             self._pump(read, until_empty=True)
+        self._flush_partial()
 
     def _pump(self, read: int, *, until_empty: bool) -> None:
         stream = self.pipes[read]
@@ -156,10 +160,28 @@ class _Capture:
             if not data:
                 # Every writer is gone (only after restore): nothing more will come.
                 del self.pipes[read]
+                self._flush_partial()
                 return
-            self.console.emit(stream, data)
+            self._pass_on(stream, data)
             if not until_empty:
                 return
+
+    def _pass_on(self, stream: int, data: bytes) -> None:
+        # Whole lines only, so a line written in pieces on one stream is not cut in two by
+        # the other stream's output wherever the two are merged (the log copy, a terminal).
+        data = self.partial.pop(stream, b"") + data
+        cut = data.rfind(b"\n") + 1
+        if len(data) - cut >= _CHUNK:
+            cut = len(data)
+        if cut:
+            self.console.emit(stream, data[:cut])
+        if cut < len(data):
+            self.partial[stream] = data[cut:]
+
+    def _flush_partial(self) -> None:
+        for stream, data in self.partial.items():
+            self.console.emit(stream, data)
+        self.partial.clear()
 
     def _run(self) -> None:
         poller = select.poll()
@@ -167,10 +189,13 @@ class _Capture:
         for read in self.pipes:
             poller.register(read, select.POLLIN)
         while True:
-            events = poller.poll()
+            # A line left open is passed on as it is once its stream has been quiet a while.
+            events = poller.poll(_PARTIAL_MS if self.partial else None)
             with self.console.lock:
                 if self.stopping:
                     return  # release() drained the pipes under the lock
+                if not events:
+                    self._flush_partial()
                 for fd, _ in events:
                     if fd in self.pipes:
                         self._pump(fd, until_empty=False)

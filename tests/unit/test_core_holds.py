@@ -121,6 +121,11 @@ def test_pods_refused_for_good_fail_the_job_at_once() -> None:
     [event] = [a for a in decision.actions if isinstance(a, Event) and a.reason == "PodsRefused"]
     assert event.warning and REFUSAL in event.message
     assert decision.status["failed"] == 0  # refused, not failed: nothing ran to fail
+    # Planned again once finished, the job keeps the reason it failed for.
+    again = d.step(2)
+    failed = conditions.get_condition(again.state.conditions, conditions.FAILED)
+    assert failed is not None and failed.reason == conditions.REASON_PODS_REFUSED
+    assert again.status["message"] == decision.status["message"]
 
 
 def test_a_long_refusal_is_quoted_within_bounds() -> None:

@@ -47,6 +47,14 @@ class MyError(Exception):
     pass
 
 
+def halves(index, item):
+    """A line on stderr written in two pieces, with a whole line on stdout between them."""
+    os.write(2, b"first half ")
+    time.sleep(0.02)
+    os.write(1, f"whole {index}\\n".encode())
+    os.write(2, f"second half {index}\\n".encode())
+
+
 def _mark(index):
     path = os.environ.get("STARTED")
     if path:
@@ -497,6 +505,15 @@ def test_delimiters_bracket_python_output_of_every_kind(tmp_path: Path, log_copy
     # The first failure's traceback is the microtask's output too.
     assert "mt_records.MyError: bad 1" in found[1]
     assert "Traceback (most recent call last):" in found[1]
+
+
+def test_a_line_written_in_pieces_stays_whole_in_the_merged_output(tmp_path: Path) -> None:
+    code, _, output = run(tmp_path, MICROTASK_INDEXES="0-1", MICROTASK_CALLABLE="mt_records:halves")
+    assert code == 0
+    for index, lines in sections(output).items():
+        assert sorted(lines) == [f"first half second half {index}", f"whole {index}"], lines
+    copy = log_copy(tmp_path)
+    assert "first half second half 1\n" in copy
 
 
 def test_delimiter_lines_round_trip() -> None:

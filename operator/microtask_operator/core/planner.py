@@ -715,7 +715,10 @@ class _Planner:
         already_done = self.previous_phase in (SUCCEEDED, FAILED)
         if already_done:
             self.cancel_all("finished")
-            return self.finish(self.previous_phase)
+            # A finished job keeps the reason it failed for, whatever it was.
+            kept = conditions.get_condition(self.conditions, conditions.FAILED)
+            reason = kept.reason if kept is not None and kept.status == "True" else None
+            return self.finish(self.previous_phase, reason)
 
         self.harvest_finished()
         self.recover_lost()
