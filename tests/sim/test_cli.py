@@ -111,6 +111,41 @@ def test_policy_flags_and_static_run(
         assert figures["policies"][flag] is False
 
 
+def test_compare_runs_every_combination_and_the_static_job_side_by_side(
+    job_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run(job_file, "--cluster", EXAMPLES / "realistic.yaml", "--compare", "--json")
+
+    document = json.loads(capsys.readouterr().out)
+    assert code == 0
+    labels = [r["label"] for r in document["runs"]]
+    assert len(labels) == len(set(labels)) == 9
+    assert labels[0] == "all on" and labels[-1] == "static Indexed Job"
+    assert document["runs"][-1]["mode"] == "static"
+    # Each row is the run its flags would give alone, from the same seed.
+    run(job_file, "--cluster", EXAMPLES / "realistic.yaml", "--json", "--no-speculation")
+    alone = json.loads(capsys.readouterr().out)
+    [row] = [r for r in document["runs"] if r["label"] == "no speculation"]
+    assert row["makespanSeconds"] == alone["makespanSeconds"]
+    assert row["attempts"] == alone["attempts"]
+
+    code = run(job_file, "--cluster", EXAMPLES / "realistic.yaml", "--compare")
+    table = capsys.readouterr().out
+    assert code == 0
+    for label in labels:
+        assert f"\n{label} " in table
+    assert "static /" in table
+
+
+def test_compare_with_policy_flags_is_a_usage_error(
+    job_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flag in ("--static", "--no-speculation"):
+        code = run(job_file, "--cluster", EXAMPLES / "small.yaml", "--compare", flag)
+        assert code == 2
+        assert "--compare" in capsys.readouterr().err
+
+
 def test_static_with_policy_flags_is_a_usage_error(
     job_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

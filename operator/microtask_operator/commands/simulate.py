@@ -2,9 +2,10 @@
 
 For capacity planning and policy tuning: how long would this job take on that cluster, how far is
 that from the best possible, and what does each rebalancing policy buy (`--no-*` turn one off;
-`--static` runs the same work as a plain Indexed Job instead). Same seed, same output, byte for
-byte. Exit codes: 0 done, 1 the simulation could not finish or the core broke an invariant,
-2 unusable input.
+`--static` runs the same work as a plain Indexed Job instead; `--compare` runs every combination
+of policies and `--static` and prints them side by side). Same seed, same output, byte for byte.
+Exit codes: 0 done, 1 the simulation could not finish or the core broke an invariant, 2 unusable
+input.
 
 Only argparse is imported at module level: the CLI imports every command to build its parser.
 """
@@ -17,9 +18,10 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..core.types import CoreSpec
     from ..simulator.cluster import ClusterSpec
     from ..simulator.jobfile import Job
-    from ..simulator.result import SimulationResult
+    from ..simulator.result import Policies, SimulationResult
 
 # The simulator keeps a few numbers per microtask; beyond this a run would not be "seconds".
 MAX_SIMULATED_MICROTASKS = 10_000_000
@@ -50,10 +52,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="run the work as a plain Indexed Job instead (the baseline: no item-level "
         "retries, no rebalancing)",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run every combination of the policies and --static, and print them side by side",
+    )
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..core.types import Accelerator, Pool
     from ..simulator import (
         ClusterFileError,
         Policies,
@@ -62,7 +68,6 @@ def execute(args: argparse.Namespace) -> int:
         simulate,
         simulate_static,
     )
-    from ..simulator.bounds import usable_pools
     from ..simulator.jobfile import JobFileError, load_job
 
     policies = Policies(
@@ -72,6 +77,8 @@ def execute(args: argparse.Namespace) -> int:
     )
     if args.static and policies != Policies():
         return _fail("--static has no policies to turn off; drop the --no-* flags")
+    if args.compare and (args.static or policies != Policies()):
+        return _fail("--compare runs every combination; drop --static and the --no-* flags")
     try:
         job = load_job(args.file)
     except JobFileError as error:
@@ -86,18 +93,11 @@ def execute(args: argparse.Namespace) -> int:
             f"{args.file}: {spec.total} microtasks; the simulator handles up to "
             f"{MAX_SIMULATED_MICROTASKS} (simulate a representative slice)"
         )
-    pools = usable_pools(spec.accelerator)
-    how = f"accelerator {spec.accelerator.value}"
-    if spec.accelerator is Accelerator.AUTO and (args.static or not policies.fallback):
-        # Without fallback an `auto` job never leaves the GPU pool (and an Indexed Job has one
-        # template, the GPU one).
-        pools = (Pool.GPU,)
-        how += " without fallback" if not args.static else " as a plain Indexed Job (GPU only)"
-    if not any(cluster.slots(pool) for pool in pools):
-        return _fail(
-            f"{args.cluster}: no {' or '.join(p.value for p in pools)} nodes, so a job with "
-            f"{how} can never run there"
-        )
+    if args.compare:
+        return _compare(job, cluster, args)
+    unusable = _unusable(spec, cluster, policies, static=args.static)
+    if unusable:
+        return _fail(f"{args.cluster}: {unusable}")
     try:
         if args.static:
             result = simulate_static(spec, cluster, seed=args.seed)
@@ -120,6 +120,134 @@ def execute(args: argparse.Namespace) -> int:
         print(f"error: {result.message}", file=sys.stderr)
         return 1
     return 1 if result.anomalies else 0
+
+
+def _unusable(spec: CoreSpec, cluster: ClusterSpec, policies: Policies, *, static: bool) -> str:
+    """Why the job can never run on the cluster this way, or "" when it can."""
+    from ..core.types import Accelerator, Pool
+    from ..simulator.bounds import usable_pools
+
+    pools = usable_pools(spec.accelerator)
+    how = f"accelerator {spec.accelerator.value}"
+    if spec.accelerator is Accelerator.AUTO and (static or not policies.fallback):
+        # Without fallback an `auto` job never leaves the GPU pool (and an Indexed Job has one
+        # template, the GPU one).
+        pools = (Pool.GPU,)
+        how += " without fallback" if not static else " as a plain Indexed Job (GPU only)"
+    if any(cluster.slots(pool) for pool in pools):
+        return ""
+    return (
+        f"no {' or '.join(p.value for p in pools)} nodes, so a job with {how} can never run there"
+    )
+
+
+#: The runs of `--compare`, in the order printed: every combination of policies, then the
+#: plain Indexed Job that all of them are measured against.
+def _combinations() -> list[Policies | None]:
+    from itertools import product
+
+    from ..simulator import Policies
+
+    runs: list[Policies | None] = [
+        Policies(fallback=f, speculation=s, exclusion=e)
+        for f, s, e in product((True, False), repeat=3)
+    ]
+    return [*runs, None]
+
+
+def _compare(job: Job, cluster: ClusterSpec, args: argparse.Namespace) -> int:
+    """Every policy combination and the static baseline, one row each, from the same seed."""
+    from ..simulator import SimulationError, simulate, simulate_static
+
+    spec = job.spec
+    rows: list[tuple[str, SimulationResult | str]] = []
+    for policies in _combinations():
+        label = "static Indexed Job" if policies is None else policies.label()
+        unusable = _unusable(spec, cluster, policies or _all_on(), static=policies is None)
+        if unusable:
+            rows.append((label, unusable))
+            continue
+        try:
+            if policies is None:
+                result = simulate_static(spec, cluster, seed=args.seed)
+            else:
+                result = simulate(spec, cluster, seed=args.seed, policies=policies)
+        except SimulationError as error:
+            rows.append((label, f"simulation failed: {error}"))
+            continue
+        rows.append((label, result))
+    static = rows[-1][1]
+    if args.json:
+        import json
+
+        document = {
+            "job": job.name,
+            "cluster": cluster.name,
+            "seed": args.seed,
+            "runs": [
+                {"label": label, **r.to_dict()}
+                if not isinstance(r, str)
+                else {"label": label, "error": r}
+                for label, r in rows
+            ],
+        }
+        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    else:
+        sys.stdout.write(_comparison_table(job, cluster, args.seed, rows, static))
+    broken = any(not isinstance(r, str) and r.anomalies for _, r in rows)
+    for label, r in rows:
+        if not isinstance(r, str):
+            for anomaly in r.anomalies:
+                print(f"warning: {label}: core invariant broken: {anomaly}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+def _all_on() -> Policies:
+    from ..simulator import Policies
+
+    return Policies()
+
+
+def _comparison_table(
+    job: Job,
+    cluster: ClusterSpec,
+    seed: int,
+    rows: list[tuple[str, SimulationResult | str]],
+    static: SimulationResult | str,
+) -> str:
+    spec = job.spec
+    lines = [
+        f"job {job.name}: {spec.total} microtasks, {spec.microtasks_per_shard} per shard, "
+        f"parallelism {spec.parallelism}, accelerator {spec.accelerator.value}",
+        f"cluster {cluster.name}; seed {seed}",
+        "",
+        f"{'policies':<44}{'phase':<11}{'makespan':>10}{'/ bound':>9}{'static /':>10}"
+        f"{'failed':>8}{'attempts':>10}{'copies':>8}",
+    ]
+    for label, result in rows:
+        if isinstance(result, str):
+            lines.append(f"{label:<44}{result}")
+            continue
+        faster = (
+            f"{static.makespan / result.makespan:.2f}x"
+            if not isinstance(static, str)
+            and static.finished
+            and result.finished
+            and result.makespan > 0
+            else "-"
+        )
+        phase = result.phase if result.finished else "unfinished"
+        bound = f"{result.ratio:.2f}" if math.isfinite(result.lower_bound) else "-"
+        lines.append(
+            f"{label:<44}{phase:<11}{_duration(result.makespan):>10}{bound:>9}{faster:>10}"
+            f"{len(result.failed):>8}{result.attempts:>10}{result.speculative_copies:>8}"
+        )
+    lines.append("")
+    lines.append("/ bound: makespan over the lower bound (1.00 is the best possible)")
+    lines.append(
+        "static /: the plain Indexed Job's makespan over this one's (how many times faster)"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _fail(message: str, problems: list[str] | None = None) -> int:
