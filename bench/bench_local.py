@@ -1,92 +1,90 @@
-"""Throughput of `microtask run` (the local executor): microtasks per second with a no-op worker.
+"""`microtask run` (the local executor) with a no-op worker, against `xargs -P2` on the same work.
 
-Prints figures; asserts nothing. Command mode starts one process per microtask, so it is compared,
-in the same run, with a plain loop starting the same process; Python mode calls a function
-in-process.
+Command mode runs `true` once per microtask, as `seq N | xargs -P2 -n1 true` does, so the ratio
+is what the executor and the runner add per microtask and per shard: 2 workers, N microtasks
+(1,000 with --quick, 4,000 otherwise) at 1, 10 and 100 microtasks per shard. Python mode calls a
+no-op function in-process: at 1 microtask per shard it measures the cost of a shard alone.
 
-    .venv/bin/python bench/bench_local.py [--workers N]
+Prints one JSON line per figure; asserts nothing.
+
+    .venv/bin/python -m bench.bench_local [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from microtask_operator.core.types import CoreSpec
 from microtask_operator.local.executor import LocalExecutor, LocalJob
+from microtask_operator.local.rundir import RunDir
 from microtask_runner.indexset import IndexSet
 
+from bench.figures import Figure
 
-def run(job: LocalJob, workers: int) -> tuple[float, str]:
-    with tempfile.TemporaryDirectory() as logs:
-        started = time.perf_counter()
-        outcome = LocalExecutor(job, workers, Path(logs)).run()
-        seconds = time.perf_counter() - started
-    return seconds, outcome.decision.phase
+WORKERS = 2
 
 
-def items(_: IndexSet) -> str:
+def _items(_: IndexSet) -> str:
     return json.dumps({"range": {"start": 0, "step": 1}})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--command-microtasks", type=int, default=2000)
-    parser.add_argument("--python-microtasks", type=int, default=200_000)
-    args = parser.parse_args()
-    true = shutil.which("true") or "/bin/true"
+def run_local(
+    total: int, per_shard: int, *, command: list[str], callable: str | None = None
+) -> float:
+    """Seconds `microtask run` takes for the job (its folder in a temporary directory)."""
+    spec = CoreSpec(total=total, microtasks_per_shard=per_shard, parallelism=WORKERS)
+    job = LocalJob(name="bench", spec=spec, command=command, items_env=_items, callable=callable)
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = RunDir(Path(folder) / "run")
+        run_dir.prepare(job.name, fresh=True)
+        started = time.perf_counter()
+        result = LocalExecutor(job, WORKERS, run_dir).run()
+        seconds = time.perf_counter() - started
+    phase = result.decision.status.get("phase")
+    if phase != "Succeeded":
+        raise RuntimeError(f"the benchmark job ended {phase}, not Succeeded")
+    return seconds
 
-    n = args.command_microtasks
-    baseline_n = min(n, 1000)
+
+def run_xargs(total: int, true: str) -> float:
+    """Seconds `seq N | xargs -P2 -n1 true` takes: a process per microtask, no bookkeeping."""
+    numbers = "".join(f"{i}\n" for i in range(total)).encode()
     started = time.perf_counter()
-    for _ in range(baseline_n):
-        subprocess.run([true], check=True)
-    per_process = (time.perf_counter() - started) / baseline_n
+    subprocess.run(["xargs", f"-P{WORKERS}", "-n1", true], input=numbers, check=True)
+    return time.perf_counter() - started
 
-    rows = []
-    for per_shard in (1, 10, 100):
-        spec = CoreSpec(total=n, microtasks_per_shard=per_shard, parallelism=args.workers)
-        job = LocalJob(name="bench", spec=spec, command=[true], items_env=items)
-        seconds, phase = run(job, args.workers)
-        rows.append(("command `true`", per_shard, n, seconds, phase))
-    m = args.python_microtasks
-    for per_shard in (1000, 10_000):
-        spec = CoreSpec(total=m, microtasks_per_shard=per_shard, parallelism=args.workers)
-        job = LocalJob(
-            name="bench",
-            spec=spec,
-            command=[],
-            items_env=items,
-            callable="microtask_runner.demo:noop",
-        )
-        seconds, phase = run(job, args.workers)
-        rows.append(("python noop", per_shard, m, seconds, phase))
 
-    print(
-        f"machine: {os.cpu_count()} CPUs, {args.workers} workers, Python {sys.version.split()[0]}"
-    )
-    print(
-        f"baseline: a plain loop starting `true` runs {1 / per_process:,.0f} processes/s (1 core)"
-    )
-    print(
-        f"{'mode':<16}{'per shard':>10}{'microtasks':>12}{'seconds':>9}{'microtasks/s':>14}"
-        f"{'vs loop':>9}  phase"
-    )
-    for mode, per_shard, total, seconds, phase in rows:
-        rate = total / seconds
-        ratio = rate * per_process
-        print(
-            f"{mode:<16}{per_shard:>10}{total:>12,}{seconds:>9.2f}{rate:>14,.0f}"
-            f"{ratio:>8.2f}x  {phase}"
+def figures(quick: bool) -> Iterator[Figure]:
+    total = 1000 if quick else 4000
+    true = shutil.which("true") or "/bin/true"
+    for per_shard in (10, 1, 100):
+        # The baseline is measured beside each run (the mean of one before and one after), so a
+        # machine shared with other work loads both alike.
+        before = run_xargs(total, true)
+        seconds = run_local(total, per_shard, command=[true])
+        xargs = (before + run_xargs(total, true)) / 2
+        yield Figure(
+            f"command_mode.per_shard_{per_shard}",
+            round(seconds, 3),
+            "s",
+            round(xargs, 3),
+            "xargs -P2",
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 microtasks instead of 4,000")
+    args = parser.parse_args()
+    for figure in figures(args.quick):
+        print(figure.line(), flush=True)
 
 
 if __name__ == "__main__":

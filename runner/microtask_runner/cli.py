@@ -24,16 +24,12 @@ work (the report says why in runner_error), 128+N stopped by signal N.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import os
 import stat
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from . import __version__
 from .console import CONSOLE
@@ -78,6 +74,12 @@ from .output import SinkUnavailable, open_sink
 from .records import ResultStore, ShardInfo
 from .report import Report
 from .results import ResultFiles
+from .values import Value
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_REPORT_PATH", "Config", "RunnerError", "load_callable", "load_config", "main"]
 
@@ -102,41 +104,72 @@ class _UsageError(RunnerError):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print and exit(2)
-        raise _UsageError(f"usage: {message}")
+_HELP = f"""\
+usage: microtask-runner [options] [--] COMMAND [ARGS...]
+
+Run the microtasks of one shard, one after another, and report their outcomes in a
+termination-message file. Every option defaults to the environment variable in brackets.
+
+options:
+  -h, --help           show this help message and exit
+  --indexes INDEXES    index set to run, e.g. 0-99,120 [{ENV_INDEXES}]
+  --items ITEMS        JSON item source [{ENV_ITEMS}]
+  --timeout TIMEOUT    per-microtask timeout in seconds [{ENV_TIMEOUT_SECONDS}]
+  --callable CALLABLE  module:function to call in-process [{ENV_CALLABLE}]
+  --report REPORT      report file [{ENV_REPORT_PATH}, default {DEFAULT_REPORT_PATH}]
+  --version            show program's version number and exit
+"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="microtask-runner",
-        usage="microtask-runner [options] [--] COMMAND [ARGS...]",
-        description=(
-            "Run the microtasks of one shard, one after another, and report their "
-            "outcomes in a termination-message file. Every option defaults to the "
-            "environment variable in brackets."
-        ),
-        allow_abbrev=False,
-    )
-    parser.add_argument("--indexes", help="index set to run, e.g. 0-99,120 [MICROTASK_INDEXES]")
-    parser.add_argument("--items", help="JSON item source [MICROTASK_ITEMS]")
-    parser.add_argument(
-        "--timeout", help="per-microtask timeout in seconds [MICROTASK_TIMEOUT_SECONDS]"
-    )
-    parser.add_argument(
-        "--callable", help="module:function to call in-process [MICROTASK_CALLABLE]"
-    )
-    parser.add_argument(
-        "--report", help=f"report file [MICROTASK_REPORT_PATH, default {DEFAULT_REPORT_PATH}]"
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
+class _Options:
+    """The options given on the command line (None: not given)."""
+
+    def __init__(self) -> None:
+        self.indexes: str | None = None
+        self.items: str | None = None
+        self.timeout: str | None = None
+        self.callable: str | None = None
+        self.report: str | None = None
+
+
+class _Exit(Exception):
+    """--help or --version: print this and exit with 0."""
+
+
+def _parse_options(args: Sequence[str]) -> _Options:
+    """The options before the command, as argparse would read them (it is slow to import).
+
+    Raises _UsageError (with argparse's wording) or _Exit (for --help and --version).
+    """
+    options = _Options()
+    unknown: list[str] = []
+    pos = 0
+    while pos < len(args):
+        token = args[pos]
+        pos += 1
+        name, equals, value = token.partition("=")
+        if name in _VALUE_OPTIONS:
+            if not equals:
+                if pos >= len(args) or (args[pos].startswith("-") and args[pos] != "-"):
+                    raise _UsageError(f"usage: argument {name}: expected one argument")
+                value = args[pos]
+                pos += 1
+            setattr(options, name[2:], value)
+        elif token in ("-h", "--help"):
+            raise _Exit(_HELP)
+        elif token == "--version":
+            raise _Exit(f"microtask-runner {__version__}\n")
+        else:
+            unknown.append(token)
+    if unknown:
+        raise _UsageError(f"usage: unrecognized arguments: {' '.join(unknown)}")
+    return options
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Options before the command; the command starts at ``--`` or the first non-option.
 
-    Done by hand because argparse would take the command's own options
+    Done by hand because a parser would take the command's own options
     (``python -u x.py``) for ours.
     """
     pos = 0
@@ -150,25 +183,59 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return list(argv), []
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Value):
     """Everything the runner was asked to do, checked."""
 
+    _fields = (
+        "indexes",
+        "items",
+        "timeout",
+        "callable",
+        "command",
+        "info",
+        "output_url",
+        "log_copy",
+        "unrunnable",
+    )
     indexes: IndexSet
     items: ItemSource
     timeout: float | None
     callable: str | None
     command: tuple[str, ...]
-    info: ShardInfo = field(default_factory=ShardInfo)
+    info: ShardInfo
     #: the result store's URL; None: no records
-    output_url: str | None = None
+    output_url: str | None
     #: keep a copy of the shard's log in the store
-    log_copy: bool = True
+    log_copy: bool
     #: (exit code, error) when the command cannot run at all: every microtask fails with it
-    unrunnable: tuple[int, str] | None = None
+    unrunnable: tuple[int, str] | None
+
+    def __init__(
+        self,
+        indexes: IndexSet,
+        items: ItemSource,
+        timeout: float | None,
+        callable: str | None,
+        command: tuple[str, ...],
+        info: ShardInfo | None = None,
+        output_url: str | None = None,
+        log_copy: bool = True,
+        unrunnable: tuple[int, str] | None = None,
+    ) -> None:
+        self._set(
+            indexes=indexes,
+            items=items,
+            timeout=timeout,
+            callable=callable,
+            command=command,
+            info=ShardInfo() if info is None else info,
+            output_url=output_url,
+            log_copy=log_copy,
+            unrunnable=unrunnable,
+        )
 
 
-def _setting(options: argparse.Namespace, env: Mapping[str, str], name: str) -> tuple[str, str]:
+def _setting(options: Any, env: Mapping[str, str], name: str) -> tuple[str, str]:
     """(value or "", where it came from) for the option ``name``."""
     value = getattr(options, name)
     if value is not None:
@@ -177,9 +244,7 @@ def _setting(options: argparse.Namespace, env: Mapping[str, str], name: str) -> 
     return env.get(variable, ""), variable
 
 
-def load_config(
-    options: argparse.Namespace, command: Sequence[str], env: Mapping[str, str]
-) -> Config:
+def load_config(options: Any, command: Sequence[str], env: Mapping[str, str]) -> Config:
     """Check the inputs; raises RunnerError with a message naming the bad setting."""
     text, source = _setting(options, env, "indexes")
     if ENV_INDEXES not in env and options.indexes is None:
@@ -335,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     option_args, command = _split_argv(args)
     try:
-        options = _parser().parse_args(option_args)
+        options = _parse_options(option_args)
+    except _Exit as exc:  # --help, --version
+        sys.stdout.write(str(exc))
+        return 0
     except _UsageError as exc:
         path = env.get(ENV_REPORT_PATH) or DEFAULT_REPORT_PATH
         file = ReportFile(path)
@@ -343,8 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _runner_error(file, str(exc))
         finally:
             file.close()
-    except SystemExit as exc:  # --help, --version
-        return exc.code if isinstance(exc.code, int) else 0
 
     report_path, _ = _setting(options, env, "report")
     file = ReportFile(report_path or DEFAULT_REPORT_PATH)
@@ -395,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # On SIGTERM, say at once that nothing is running any more: the
                     # interrupted microtask must not be charged even if the child
                     # outlives the grace period.
-                    on_signal=lambda: progress.write(current=None, final=True),
+                    on_signal=lambda: _final_report(progress, store),
                     results=results,
                 )
             return run_shard(
@@ -410,9 +476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except Exception as exc:
             # A bug of ours: keep what was achieved, and say what happened.
+            import traceback
+
             traceback.print_exc()
             message = f"runner failed: {type(exc).__name__}: {exc}"
             log(message)
+            if store is not None:
+                store.push()  # the report below claims every outcome: their records first
             file.write(outcomes.report(current=None, runner_error=message).encode())
             return EXIT_RUNNER_ERROR
     finally:
@@ -425,6 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signals is not None:
             signals.restore()
         file.close()
+
+
+def _final_report(progress: Progress, store: ResultStore | None) -> None:
+    """The report of what is finished, with nothing running: the records first."""
+    if store is not None:
+        store.push()
+    progress.write(current=None, final=True)
 
 
 def _open_store(config: Config, env: Mapping[str, str]) -> ResultStore | None:

@@ -15,11 +15,10 @@ File descriptors are process-wide, hence one console per process.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
-import select
 import sys
-import threading
 from collections.abc import Callable
 
 __all__ = ["CONSOLE", "LOG_PREFIX", "Console", "log"]
@@ -35,19 +34,30 @@ _PARTIAL_MS = 50
 
 
 def _flush_python_streams() -> None:
-    if threading.current_thread() is not threading.main_thread():
+    threading = sys.modules.get("threading")  # not imported: no capture thread either
+    if threading is not None and _thread.get_ident() != threading.main_thread().ident:
         # The capture thread must never write into the pipes it alone empties.
         return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            stream.flush()
+    # Around every delimiter line: plain try blocks, which cost nothing when nothing fails.
+    try:  # noqa: SIM105
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:  # noqa: SIM105
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    with contextlib.suppress(OSError):  # a closed stdout must not stop the shard
-        while view:
-            view = view[os.write(fd, view) :]
+    try:
+        written = os.write(fd, data)
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(fd, view) :]
+    except OSError:  # a closed stdout must not stop the shard
+        pass
 
 
 class Console:
@@ -55,7 +65,8 @@ class Console:
 
     def __init__(self) -> None:
         #: Orders all output and the store's writes: one reentrant lock, so no lock order.
-        self.lock = threading.RLock()
+        # _thread's lock is threading's; threading itself is imported only for a capture.
+        self.lock = _thread.RLock()
         self._copy: Callable[[bytes], None] | None = None
         #: stream (1 or 2) -> the descriptor its data really goes to
         self._targets = {_STDOUT: _STDOUT, _STDERR: _STDERR}
@@ -83,6 +94,26 @@ class Console:
         """A whole line on stdout, after everything printed before it."""
         _flush_python_streams()
         self.write(_STDOUT, text.encode("utf-8", "backslashreplace") + b"\n")
+
+    def lines(self, data: bytes) -> None:
+        """Whole lines (bytes) on stdout, after everything printed before them.
+
+        The runner's delimiter lines, before and after every microtask: kept cheap. Never
+        called by the capture thread, so the flushes need no check.
+        """
+        try:  # noqa: SIM105 (before every microtask: no context manager)
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:  # noqa: SIM105
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        if self._capture is None and self._copy is None:
+            # No capture thread and no copy: only this thread writes, no lock needed.
+            _write_all(self._targets[_STDOUT], data)
+            return
+        self.write(_STDOUT, data)
 
     def log(self, message: str) -> None:
         """One ``microtask-runner: ...`` line on stderr; never fails the runner."""
@@ -137,6 +168,14 @@ class _Capture:
             raise
         self.wake_r, self.wake_w = os.pipe()
         self.stopping = False
+        import select
+        import threading
+
+        # Which pipes hold data, in one system call: drained before every delimiter line.
+        self.ready = select.poll()
+        for read in self.pipes:
+            self.ready.register(read, select.POLLIN)
+
         self.thread = threading.Thread(target=self._run, name="microtask-output", daemon=True)
 
     def start(self) -> None:
@@ -144,8 +183,14 @@ class _Capture:
 
     def drain(self) -> None:
         """Pass on whatever the pipes hold now (the console's lock is held)."""
-        for read in list(self.pipes):
+        try:
+            ready = [fd for fd, _ in self.ready.poll(0) if fd in self.pipes]
+        except OSError:
+            ready = list(self.pipes)
+        for read in ready:
             self._pump(read, until_empty=True)
+            if read not in self.pipes:
+                self.ready.unregister(read)
         self._flush_partial()
 
     def _pump(self, read: int, *, until_empty: bool) -> None:
@@ -184,6 +229,8 @@ class _Capture:
         self.partial.clear()
 
     def _run(self) -> None:
+        import select  # only with a capture
+
         poller = select.poll()
         poller.register(self.wake_r, select.POLLIN)
         for read in self.pipes:

@@ -8,7 +8,33 @@ spelled out once. Standard library only, like the rest of the runner.
 from __future__ import annotations
 
 import enum
-import re
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
+
+#: Patterns of the readers below, compiled on first use: the runner itself never reads them,
+#: and ``re`` is slow to import.
+_PATTERNS = {
+    "records": r"^(?P<first>\d{12})-(?P<job>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)-(?P<shard>\d+)\.jsonl$",
+    "begin": r"^::microtask:: index=(?P<index>\d+) attempt=(?P<attempt>\d+) begin$",
+    "end": (
+        r"^::microtask:: index=(?P<index>\d+) attempt=(?P<attempt>\d+) end exit=(?P<exit>\d+)"
+        r" seconds=(?P<seconds>[0-9.]+)$"
+    ),
+}
+_COMPILED: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    compiled = _COMPILED.get(name)
+    if compiled is None:
+        import re
+
+        compiled = _COMPILED[name] = re.compile(_PATTERNS[name])
+    return compiled
+
 
 # ------------------------------------------------------------------ environment
 
@@ -77,10 +103,6 @@ RECORD_VERSION = 1
 #: Zero-padding of the first index in record file names, so names sort in index order.
 INDEX_DIGITS = 12
 
-_RECORD_FILE = re.compile(
-    r"^(?P<first>\d{12})-(?P<job>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)-(?P<shard>\d+)\.jsonl$"
-)
-
 
 def records_name(first_index: int, job: str, shard: int) -> str:
     """The records file of one shard attempt, relative to the store root."""
@@ -94,7 +116,7 @@ def log_name(job: str, shard: int) -> str:
 
 def parse_records_name(name: str) -> tuple[int, str, int] | None:
     """(first index, job, shard) of a records file's base name; None if it is not one."""
-    match = _RECORD_FILE.match(name)
+    match = _pattern("records").match(name)
     if match is None:
         return None
     return int(match["first"]), match["job"], int(match["shard"])
@@ -103,11 +125,6 @@ def parse_records_name(name: str) -> tuple[int, str, int] | None:
 # ------------------------------------------------------------------ log delimiters
 
 DELIMITER_PREFIX = "::microtask::"
-_BEGIN = re.compile(r"^::microtask:: index=(?P<index>\d+) attempt=(?P<attempt>\d+) begin$")
-_END = re.compile(
-    r"^::microtask:: index=(?P<index>\d+) attempt=(?P<attempt>\d+) end exit=(?P<exit>\d+)"
-    r" seconds=(?P<seconds>[0-9.]+)$"
-)
 
 
 def begin_line(index: int, attempt: int) -> str:
@@ -125,11 +142,11 @@ def end_line(index: int, attempt: int, exit_code: int, seconds: float) -> str:
 
 def parse_begin(line: str) -> tuple[int, int] | None:
     """(index, attempt) of a begin line, else None."""
-    match = _BEGIN.match(line.rstrip("\r\n"))
+    match = _pattern("begin").match(line.rstrip("\r\n"))
     return (int(match["index"]), int(match["attempt"])) if match else None
 
 
 def parse_end(line: str) -> tuple[int, int, int] | None:
     """(index, attempt, exit code) of an end line, else None."""
-    match = _END.match(line.rstrip("\r\n"))
+    match = _pattern("end").match(line.rstrip("\r\n"))
     return (int(match["index"]), int(match["attempt"]), int(match["exit"])) if match else None

@@ -1,15 +1,17 @@
-"""Running a shard's microtasks one after another, rewriting the report after each.
+"""Running a shard's microtasks one after another, keeping the report up to date.
 
 Two executors share one loop: a command per microtask (any language, its own
 process group so a timeout kills everything it started) and a Python function
-called in-process (no interpreter start per microtask). The report file is
-rewritten in place before every microtask, with ``current`` naming the
-microtask about to run: if the pod dies, the operator knows which microtask to
-charge and which outcomes are already safe.
+called in-process (no interpreter start per microtask). Before every microtask
+the report names it as the one running (``progress.py``): if the pod dies, the
+operator knows which microtask to charge and which outcomes are already safe.
 
 Each microtask's output is framed by delimiter lines on stdout (``contract.begin_line``,
 ``contract.end_line``), and with a result store each finished microtask leaves a record there
-(``records.py``) before the next one starts.
+(``records.py``). While microtasks are slow, records go to the store and the report claims them
+before the next microtask starts; once microtasks come fast (``_QUICK_STREAK`` in a row shorter
+than ``_QUICK_SECONDS``), that happens every ``_SYNC_SECONDS`` instead, so a short microtask
+costs no more than a memory store in the report and one write of its delimiter lines.
 """
 
 from __future__ import annotations
@@ -17,31 +19,35 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import select
 import signal
-import stat
-import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import Any, Protocol
 
 from .console import CONSOLE, LOG_PREFIX, log
 from .contract import (
+    DELIMITER_PREFIX,
     ENV_INDEX,
     ENV_ITEM,
     ENV_RESULT_FILE,
     MAX_RECORD_ERROR_CHARS,
-    begin_line,
     end_line,
 )
 from .indexset import IndexSet
 from .items import ItemSource, item_text
-from .records import ResultStore, ShardInfo, format_record
-from .report import Report, replace_current
+from .progress import Outcomes, Progress, ReportFile
+from .records import RecordFormat, ResultStore, ShardInfo
+from .report import LIVE_NUMBER_CHARS as _NUMBER_CHARS
 from .results import Finished, ResultFiles, encode_value, tail
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Protocol
+else:
+    Protocol = object  # the protocol below only matters to type checkers
 
 __all__ = [
     "EXIT_FAILED",
@@ -78,11 +84,13 @@ KILL_GRACE_SECONDS = 2.0
 _TAIL_BYTES = 4 * MAX_RECORD_ERROR_CHARS
 #: Characters of that tail in the report's error text.
 _ERROR_TAIL_CHARS = 800
-#: Encodes cheaper than this are redone after every microtask; costlier ones
-#: (huge, scattered reports) at most once per 10x their cost, so reporting
-#: never takes more than ~10% of the shard's time.
-_CHEAP_ENCODE_SECONDS = 0.001
-_ENCODE_TIME_RATIO = 10.0
+#: Microtasks shorter than this are quick; after this many quick ones in a row, records and
+#: claims are batched (at most this many seconds apart) instead of written before each one.
+_QUICK_SECONDS = 0.001
+_QUICK_STREAK = 16
+_SYNC_SECONDS = 0.02
+#: ... or when this many bytes of records wait.
+_SYNC_BYTES = 64 * 1024
 
 INDEX_TOKEN = "$(MICROTASK_INDEX)"
 ITEM_TOKEN = "$(MICROTASK_ITEM)"
@@ -92,172 +100,6 @@ def _first_line(text: str, limit: int = 160) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------- report file
-
-
-class ReportFile:
-    """The termination-message file, rewritten in place.
-
-    Kubernetes bind-mounts /dev/termination-log, so it cannot be replaced by a
-    rename. Instead every report is written at offset 0 with one ``pwrite`` and
-    padded with spaces to the previous length (JSON ignores trailing
-    whitespace): the file is never truncated between reports, so a kill at any
-    moment leaves the previous or the next report, never an empty file.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._opened = False
-        self._regular = True
-        self._length = 0
-        self._warned = False
-
-    def _warn(self, exc: OSError) -> None:
-        if not self._warned:
-            self._warned = True
-            log(f"cannot write the report to {self.path}: {exc.strerror or exc}")
-
-    def _open(self) -> None:
-        self._opened = True
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            self._warn(exc)
-            return
-        try:
-            self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            if self._regular:
-                # Whatever was there belongs to no run of ours.
-                os.ftruncate(fd, 0)
-        except OSError as exc:
-            self._warn(exc)
-        self._fd = fd
-
-    def write(self, text: str) -> None:
-        """Replace the file's report with ``text``."""
-        if not self._opened:
-            self._open()
-        if self._fd is None:
-            return
-        data = text.encode("utf-8")
-        try:
-            if not self._regular:
-                # A pipe or terminal (debugging): each report on its own line.
-                os.write(self._fd, data + b"\n")
-                return
-            if len(data) < self._length:
-                data += b" " * (self._length - len(data))
-            written = os.pwrite(self._fd, data, 0)
-            while written < len(data):  # regular files write fully; be safe anyway
-                written += os.pwrite(self._fd, data[written:], written)
-            self._length = len(data)
-        except OSError as exc:
-            self._warn(exc)
-
-    def close(self) -> None:
-        """Close the file (the report stays)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-# ------------------------------------------------------------------ outcomes
-
-
-class Outcomes:
-    """Outcomes of the finished microtasks, built up one at a time."""
-
-    def __init__(self) -> None:
-        # exit code (0 = success) -> half-open ranges, appended in run order
-        self._ranges: dict[int, list[tuple[int, int]]] = {}
-        self._sets: dict[int, IndexSet] = {}
-        self.errors: dict[int, str] = {}
-        self.count = 0
-        self.failures = 0
-        self.seconds_total = 0.0
-        self.seconds_max = 0.0
-
-    def add(self, index: int, code: int, seconds: float, error: str | None) -> None:
-        """Record one finished microtask (its error text is kept if first of its code)."""
-        ranges = self._ranges.setdefault(code, [])
-        # Indexes run in increasing order, so extending the last range is the
-        # usual case and costs O(1); anything else is normalized later.
-        if ranges and ranges[-1][1] == index:
-            ranges[-1] = (ranges[-1][0], index + 1)
-        else:
-            ranges.append((index, index + 1))
-        self._sets.pop(code, None)
-        self.count += 1
-        self.seconds_total += seconds
-        self.seconds_max = max(self.seconds_max, seconds)
-        if code != 0:
-            self.failures += 1
-            if code not in self.errors and error:
-                self.errors[code] = error
-
-    def _set(self, code: int) -> IndexSet:
-        cached = self._sets.get(code)
-        if cached is None:
-            cached = IndexSet.from_ranges(self._ranges.get(code, ()))
-            self._sets[code] = cached
-        return cached
-
-    def codes(self) -> dict[int, int]:
-        """Exit code -> number of microtasks that failed with it."""
-        return {
-            code: sum(end - start for start, end in ranges)
-            for code, ranges in sorted(self._ranges.items())
-            if code != 0
-        }
-
-    def report(self, current: int | None, runner_error: str | None = None) -> Report:
-        """The report of everything finished so far."""
-        return Report(
-            succeeded=self._set(0),
-            failed={code: self._set(code) for code in self._ranges if code != 0},
-            errors=dict(self.errors),
-            current=current,
-            seconds_total=self.seconds_total,
-            seconds_max=self.seconds_max,
-            count=self.count,
-            runner_error=runner_error,
-        )
-
-
-class Progress:
-    """Writes the report before each microtask and at the end, cheaply."""
-
-    def __init__(self, outcomes: Outcomes, file: ReportFile) -> None:
-        self.outcomes = outcomes
-        self.file = file
-        self._last_text: str | None = None
-        self._last_cost = 0.0
-        self._last_full = -math.inf
-
-    def write(self, current: int | None, *, final: bool = False) -> None:
-        """Rewrite the report; ``current`` is the microtask about to run (None: none)."""
-        now = time.perf_counter()
-        text: str | None = None
-        if (
-            not final
-            and self._last_text is not None
-            and self._last_cost >= _CHEAP_ENCODE_SECONDS
-            and now - self._last_full < _ENCODE_TIME_RATIO * self._last_cost
-        ):
-            # A big report was encoded a moment ago: keep its outcomes (a few
-            # microtasks stale, which only means they would be rerun) and move
-            # the crash-attribution marker, which must always be right.
-            text = replace_current(self._last_text, current)
-        if text is None:
-            text = self.outcomes.report(current).encode()
-            done = time.perf_counter()
-            self._last_cost = done - now
-            self._last_full = done
-            self._last_text = text
-        self.file.write(text)
 
 
 # ------------------------------------------------------------------- signals
@@ -368,6 +210,8 @@ class CommandExecutor:
         self.use_pidfd = hasattr(os, "pidfd_open")
 
     def run(self, index: int, item: Any) -> Finished | None:
+        import subprocess  # command mode only: Python mode starts without it
+
         text = item_text(item)
         argv = self.command
         if self.templated:
@@ -439,6 +283,10 @@ class CommandExecutor:
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, bool, bytes]:
         """Pass the output through (keeping stderr's tail) until the child exits or times out."""
+        import math
+        import select
+        import subprocess
+
         output = _ChildOutput(proc)
         pidfd: int | None = None
         if self.use_pidfd:
@@ -584,6 +432,10 @@ def _drain(fd: int) -> None:
         pass
 
 
+#: The usual end of a microtask, shared (``Finished`` is immutable).
+_SUCCEEDED = Finished(0)
+
+
 class PythonExecutor:
     """Calls ``function(index, item)`` in-process."""
 
@@ -628,11 +480,13 @@ class PythonExecutor:
         except SystemExit as exc:
             code, message = _system_exit(exc)
             if code == 0:
-                return Finished(0)
+                return _SUCCEEDED
             return Finished.failure(index, code, f"SystemExit({message})", exception="SystemExit")
         except BaseException as exc:
             # The traceback without the runner's own frame: all in the record, the first one
             # in the log (one helps debugging; thousands would drown the log).
+            import traceback  # only when a microtask fails
+
             frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
             formatted = "".join(traceback.format_exception(type(exc), exc, frames))
             if self.tracebacks_shown == 0:
@@ -647,8 +501,8 @@ class PythonExecutor:
                 detail=formatted,
                 exception=_type_name(type(exc)),
             )
-        if not self.keep_results:
-            return Finished(0)
+        if value is None or not self.keep_results:
+            return _SUCCEEDED
         return encode_value(index, value)
 
 
@@ -674,28 +528,51 @@ def _system_exit(exc: SystemExit) -> tuple[int, str]:
 
 
 class _Books:
-    """Where a finished microtask goes: its record, the outcomes (so the report), the log."""
+    """Where a finished microtask goes: its record, the outcomes (so the report), the log.
+
+    The loop keeps the latest run of successes itself and hands it over with ``settle``.
+    """
 
     def __init__(self, outcomes: Outcomes, store: ResultStore | None, info: ShardInfo) -> None:
         self.outcomes = outcomes
         self.store = store
-        self.info = info
+        self.format = RecordFormat(info)
 
     def enter(
         self, index: int, *, start: float, seconds: float, finished: Finished, quiet: bool = False
     ) -> None:
-        # The record first: a report never counts a microtask whose record could be missing.
+        """A microtask that did not end as a quick success (those the loop enters itself)."""
         if self.store is not None:
-            line = format_record(
-                self.info, index=index, start=start, seconds=seconds, finished=finished
-            )
-            self.store.record(line)
+            self.store.record(self.format(index, start, seconds, finished))
+        if finished.code == 0:
+            self.outcomes.add_run(index, index + 1, seconds, seconds)
+            return
         self.outcomes.add(index, finished.code, seconds, finished.error)
-        if finished.code != 0 and not quiet:
+        if not quiet:
             log(
                 f"index {index} failed (exit {finished.code}, {seconds:.2f}s): "
                 f"{_first_line(finished.error or '')}"
             )
+
+    def sync(self) -> None:
+        """Records to the store, so that the report may claim their microtasks."""
+        # The record first: a report never counts a microtask whose record could be missing.
+        if self.store is not None:
+            self.store.flush(final=False)
+
+
+class _Run:
+    """Consecutive quick successes the loop counted but did not add to the outcomes yet."""
+
+    def __init__(self) -> None:
+        self.start = self.end = 0
+        self.total = self.max = 0.0
+
+    def settle(self, outcomes: Outcomes) -> None:
+        if self.end > self.start:
+            outcomes.add_run(self.start, self.end, self.total, self.max)
+        self.start = self.end
+        self.total = self.max = 0.0
 
 
 def run_shard(
@@ -709,31 +586,99 @@ def run_shard(
     store: ResultStore | None = None,
     info: ShardInfo | None = None,
 ) -> int:
-    """Run every microtask of the shard; return the runner's exit code."""
+    """Run every microtask of the shard; return the runner's exit code.
+
+    The loop is written for speed: a quick no-op microtask costs a few hundred nanoseconds
+    of it on top of one write of its delimiter lines (see the module doc).
+    """
     started = time.monotonic()
     info = info or ShardInfo()
     books = _Books(outcomes, store, info)
-    attempt = info.attempt
     log(f"running {len(indexes)} microtasks: {indexes.format_bounded(80) or '(none)'}")
+    # The delimiter lines (``contract.begin_line``, ``contract.end_line``), formatted here.
+    prefix = f"{DELIMITER_PREFIX} index="
+    begin_tail = f" attempt={info.attempt} begin\n"
+    end_tail = f" attempt={info.attempt} end exit="
+    quick_end_line = f"{end_tail}0 seconds=0.000\n"
+    quick_end = f"{quick_end_line}{prefix}"
+    clock = time.perf_counter
+    to_wall = time.time() - clock()
+    lines = CONSOLE.lines
+    run = executor.run
+    get = items.get
+    record = None if store is None else store.record
+    quick_record = books.format.quick
+    pending = _Run()
+    quick = 0  # quick microtasks in a row
+    expected = -1  # the index that continues the run of the last one
+    synced = -math.inf
+    cur_map, cur_at = None, 0
+    # The end line of a quick success waits for the next begin line: one write for both.
+    ended: int | str | None = None
     for index in indexes:
         if signals.received is not None:
             break
-        progress.write(current=index)
-        item = items.get(index)
-        CONSOLE.line(begin_line(index, attempt))
-        start = time.time()
-        begin = time.monotonic()
-        finished = executor.run(index, item)
-        seconds = time.monotonic() - begin
+        if index != expected:
+            quick = 0  # a gap: the report's run of successes ends, so sync at once
+        if (
+            quick < _QUICK_STREAK
+            or clock() - synced >= _SYNC_SECONDS
+            or (store is not None and store.pending_bytes >= _SYNC_BYTES)
+        ):
+            books.sync()
+            pending.settle(outcomes)
+            progress.write(current=index)
+            cur_map, cur_at = progress.file.current_slot()
+            synced = clock()
+        elif cur_map is not None:
+            cur_map[cur_at : cur_at + _NUMBER_CHARS] = b"%20d" % index
+        else:
+            progress.set_current(index)
+        item = get(index)
+        if ended is None:
+            lines(f"{prefix}{index}{begin_tail}".encode())
+        elif type(ended) is int:
+            lines(f"{prefix}{ended}{quick_end}{index}{begin_tail}".encode())
+        else:
+            lines(f"{ended}{prefix}{index}{begin_tail}".encode())
+        ended = None
+        begin = clock()
+        finished = run(index, item)
+        seconds = clock() - begin
+        expected = index + 1
+        if finished is _SUCCEEDED and seconds < 0.0005:
+            # The usual case, kept short: the end line is all index, the record nearly so.
+            ended = index
+            if record is not None:
+                record(quick_record(index, to_wall + begin))
+            if index != pending.end:
+                pending.settle(outcomes)
+                pending.start = index
+            pending.end = expected
+            pending.total += seconds
+            pending.max = max(pending.max, seconds)
+            quick += 1
+            continue
         if finished is None:
             # Stopped: its output ends here too, but it has no outcome and no record.
             stopped_by = signals.received or signal.SIGTERM
-            CONSOLE.line(end_line(index, attempt, 128 + stopped_by, seconds))
+            lines(end_line(index, info.attempt, 128 + stopped_by, seconds).encode() + b"\n")
             break
-        CONSOLE.line(end_line(index, attempt, finished.code, seconds))
-        books.enter(index, start=start, seconds=seconds, finished=finished)
-        if store is not None:
-            store.flush(final=False)
+        pending.settle(outcomes)
+        # "%.3f" of anything under half a millisecond (or negative) is 0.000.
+        secs = "0.000" if seconds < 0.0005 else f"{seconds:.3f}"
+        ended = f"{prefix}{index}{end_tail}{finished.code} seconds={secs}\n"
+        if finished.code != 0:
+            lines(ended.encode())  # before the failure's log line
+            ended = None
+        quick = quick + 1 if seconds < _QUICK_SECONDS and finished.code == 0 else 0
+        books.enter(index, start=to_wall + begin, seconds=seconds, finished=finished)
+    if type(ended) is int:
+        lines(f"{prefix}{ended}{quick_end_line}".encode())
+    elif isinstance(ended, str):
+        lines(ended.encode())
+    books.sync()
+    pending.settle(outcomes)
     progress.write(current=None, final=True)
     return _conclude(outcomes, indexes, signals, time.monotonic() - started)
 
@@ -760,6 +705,7 @@ def fail_shard(
     for index in indexes:
         failed = Finished.failure(index, code, message)
         books.enter(index, start=time.time(), seconds=0.0, finished=failed, quiet=True)
+    books.sync()
     progress.write(current=None, final=True)
     return _conclude(outcomes, indexes, signals, time.monotonic() - started)
 

@@ -13,6 +13,13 @@ Two compressed forms exist for places with a size budget:
   which shrinks regular patterns (every other index, every sixth ...) to a few
   bytes; the runner's report uses it.
 
+A large set is kept in chunks of at most a few hundred ranges once it is edited
+by a much smaller one (``|``, ``-``, ``&``, ``in``, ``take``): only the chunks the
+small set touches are rebuilt, so adding a shard's outcome to a set of 200,000
+ranges costs O(shard + number of chunks), not O(ranges). Chunks also cache their
+text and compressed forms, so ``format``/``to_compact`` of a set that differs
+from an earlier one in a few places re-formats only those places.
+
 Standard library only: the runner is installed into arbitrary user images.
 """
 
@@ -21,9 +28,15 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator
-from typing import ClassVar
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
+from operator import itemgetter
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 __all__ = ["MAX_INDEX", "IndexSet"]
 
@@ -41,6 +54,29 @@ COMPACT_PLAIN_MAX_CHARS = 1024
 _MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 _Range = tuple[int, int]
+
+#: Ranges per chunk of a chunked set: small enough that rebuilding one is cheap,
+#: large enough that the list of chunks stays short (800 for 200,000 ranges).
+_CHUNK = 256
+#: One operand is "small" when it has this many times fewer ranges than the
+#: other: the operation then visits only the chunks the small one touches.
+_SMALL_FACTOR = 8
+#: Sets with more ranges than this are compacted chunk by chunk (each chunk's
+#: deflate output cached); smaller ones as one zlib stream.
+_CHUNKED_COMPACT_MIN_RANGES = 4 * _CHUNK
+
+_start_of = itemgetter(0)
+_end_of = itemgetter(1)
+
+# A zlib stream made of independently deflated pieces: the header and two empty
+# stored blocks (12 bytes, so every later piece starts on a base64 boundary),
+# then each chunk's text deflated and flushed (Z_FULL_FLUSH) and padded with
+# empty stored blocks to a multiple of 3 bytes, then a final empty stored block
+# and the Adler-32 of the whole text (9 bytes). Any zlib reader inflates it.
+_EMPTY_STORED = b"\x00\x00\x00\xff\xff"
+_ZLIB_HEAD_B64 = base64.b64encode(b"\x78\xda" + _EMPTY_STORED * 2).decode("ascii")
+_FINAL_STORED = b"\x01\x00\x00\xff\xff"
+_ADLER_BASE = 65521
 
 
 def _show(part: str) -> str:
@@ -106,35 +142,403 @@ def _inflate(payload: str, what: str) -> bytes:
     return data
 
 
+def _size(ranges: Sequence[_Range]) -> int:
+    """Indexes in the ranges (summed in C: this runs on every new set)."""
+    ends: int = sum(map(_end_of, ranges))
+    starts: int = sum(map(_start_of, ranges))
+    return ends - starts
+
+
+def _subtract(a: Sequence[_Range], b: Sequence[_Range]) -> tuple[_Range, ...]:
+    """Ranges of `a` minus those of `b` (both sorted and disjoint): O(len(a) + len(b))."""
+    out: list[_Range] = []
+    j = 0
+    for start, end in a:
+        # Skip ranges of `b` that end before this one starts; they cannot touch
+        # later ranges of `a` either (both lists are sorted).
+        while j < len(b) and b[j][1] <= start:
+            j += 1
+        cur = start
+        k = j
+        while k < len(b) and b[k][0] < end:
+            if b[k][0] > cur:
+                out.append((cur, b[k][0]))
+            cur = max(cur, b[k][1])
+            k += 1
+        if cur < end:
+            out.append((cur, end))
+    return tuple(out)
+
+
+def _union(a: Sequence[_Range], b: Sequence[_Range]) -> tuple[_Range, ...]:
+    """Ranges of `a` or `b` (both sorted and disjoint): O(len(a) + len(b))."""
+    merged: list[_Range] = []
+    i = j = 0
+    # Two-way merge by start, then one coalescing pass.
+    while i < len(a) and j < len(b):
+        if a[i][0] <= b[j][0]:
+            merged.append(a[i])
+            i += 1
+        else:
+            merged.append(b[j])
+            j += 1
+    merged.extend(a[i:])
+    merged.extend(b[j:])
+    return _merge_sorted(merged)
+
+
+def _intersect(a: Sequence[_Range], b: Sequence[_Range]) -> list[_Range]:
+    """Ranges in both `a` and `b` (both sorted and disjoint): O(len(a) + len(b))."""
+    out: list[_Range] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start = max(a[i][0], b[j][0])
+        end = min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        # Advance whichever range finishes first; the other may still overlap more.
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _meeting(ranges: Sequence[_Range], start: int, end: int) -> Sequence[_Range]:
+    """The ranges (sorted, disjoint) that share an index with [start, end), by bisection."""
+    i = bisect_right(ranges, start, key=_end_of)
+    j = bisect_left(ranges, end, lo=i, key=_start_of)
+    return ranges[i:j]
+
+
+def _meet(a: Sequence[_Range], b: Sequence[_Range]) -> list[_Range]:
+    """`_intersect`, bisecting the longer list for each range of the much shorter one."""
+    few, many = (a, b) if len(a) <= len(b) else (b, a)
+    if len(few) * _SMALL_FACTOR >= len(many):
+        return _intersect(few, many)
+    out: list[_Range] = []
+    for start, end in few:
+        for lo, hi in _meeting(many, start, end):
+            out.append((max(lo, start), min(hi, end)))
+    return out
+
+
+def _cut(a: Sequence[_Range], b: Sequence[_Range]) -> tuple[_Range, ...]:
+    """`a` minus `b`, by bisection when one of them is much shorter than the other."""
+    if len(b) * _SMALL_FACTOR < len(a):
+        return _punch(a, b)
+    if len(a) * _SMALL_FACTOR < len(b):
+        out: list[_Range] = []
+        for start, end in a:
+            out.extend(_subtract(((start, end),), _meeting(b, start, end)))
+        return tuple(out)
+    return _subtract(a, b)
+
+
+def _punch(ranges: Sequence[_Range], holes: Sequence[_Range]) -> tuple[_Range, ...]:
+    """`ranges` minus a few `holes`: each found by bisection and cut out of a copy."""
+    out = list(ranges)
+    for start, end in holes:
+        i = bisect_right(out, start, key=_end_of)
+        j = bisect_left(out, end, lo=i, key=_start_of)
+        if i == j:
+            continue
+        pieces = []
+        if out[i][0] < start:
+            pieces.append((out[i][0], start))
+        if out[j - 1][1] > end:
+            pieces.append((end, out[j - 1][1]))
+        out[i:j] = pieces
+    return tuple(out)
+
+
+def _patch(ranges: Sequence[_Range], extra: Sequence[_Range]) -> tuple[_Range, ...]:
+    """`ranges` or `extra`: each extra range merged in by bisection when they are few."""
+    if len(extra) * _SMALL_FACTOR >= len(ranges):
+        return _union(ranges, extra)
+    out = list(ranges)
+    for start, end in extra:
+        # The ranges it overlaps or touches: from the first ending at or after its start to
+        # the last starting at or before its end.
+        i = bisect_left(out, start, key=_end_of)
+        j = bisect_right(out, end, lo=i, key=_start_of)
+        if i < j:
+            out[i:j] = [(min(start, out[i][0]), max(end, out[j - 1][1]))]
+        else:
+            out.insert(i, (start, end))
+    return tuple(out)
+
+
+def _adler_combine(adler1: int, adler2: int, len2: int) -> int:
+    """Adler-32 of A + B from those of A and B (zlib's adler32_combine)."""
+    rem = len2 % _ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % _ADLER_BASE
+    sum1 = (sum1 + (adler2 & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
+    sum2 = (
+        sum2 + ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + _ADLER_BASE - rem
+    ) % _ADLER_BASE
+    return (sum2 << 16) | sum1
+
+
+class _Chunk:
+    """Consecutive ranges of a chunked set, with their text forms cached once computed.
+
+    Chunks are shared between a set and the sets derived from it, so an edit leaves the
+    caches of every chunk it does not touch in place.
+    """
+
+    __slots__ = ("deflated", "group", "length", "ranges", "text")
+
+    def __init__(self, ranges: tuple[_Range, ...]) -> None:
+        self.ranges = ranges
+        self.length = _size(ranges)
+        self.text: str | None = None
+        # Keyed by "preceded by a comma": (base64 of the deflated piece, Adler-32, length).
+        self.deflated: dict[bool, tuple[str, int, int]] = {}
+        # When this chunk ends a group (see `_compute_compact`): the chunks before it in the
+        # group, whether the group leads the set, and the group's joined piece.
+        self.group: tuple[tuple[_Chunk, ...], bool, tuple[str, int, int]] | None = None
+
+    def ends_group(self) -> bool:
+        """About one chunk in 16 ends a group, chosen by its first index: an edit elsewhere
+        changes no group boundary, so the groups it does not touch keep their cached pieces."""
+        return ((self.ranges[0][0] * 2654435761) & 0xFFFFFFFF) >> 28 == 0
+
+    def format(self) -> str:
+        if self.text is None:
+            self.text = ",".join([_format_range(start, end) for start, end in self.ranges])
+        return self.text
+
+    def piece(self, lead: bool) -> tuple[str, int, int]:
+        """This chunk's text (after a comma when `lead`) as a self-contained deflate piece."""
+        got = self.deflated.get(lead)
+        if got is None:
+            raw = (("," if lead else "") + self.format()).encode("ascii")
+            deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+            data = deflater.compress(raw) + deflater.flush(zlib.Z_FULL_FLUSH)
+            # Empty stored blocks (5 bytes each) pad the piece to a multiple of 3 bytes, so
+            # its base64 text can be cached and joined with the others.
+            data += _EMPTY_STORED * (len(data) % 3)
+            got = (base64.b64encode(data).decode("ascii"), zlib.adler32(raw), len(raw))
+            self.deflated[lead] = got
+        return got
+
+
+def _chunks_of(ranges: Sequence[_Range]) -> list[_Chunk]:
+    """Ranges cut into chunks; a run up to twice the chunk size stays one chunk."""
+    if not ranges:
+        return []
+    if len(ranges) <= 2 * _CHUNK:
+        return [_Chunk(tuple(ranges))]
+    return [_Chunk(tuple(ranges[i : i + _CHUNK])) for i in range(0, len(ranges), _CHUNK)]
+
+
+def _is_small(small: int, big: int) -> bool:
+    """Whether an operation should visit only the chunks the small operand touches."""
+    return big > 2 * _CHUNK and small * _SMALL_FACTOR < big
+
+
 class IndexSet:
     """An immutable set of non-negative integers stored as half-open ranges."""
 
-    __slots__ = ("_hash", "_len", "_ranges", "_starts")
+    __slots__ = (
+        "_chunks",
+        "_compact",
+        "_count",
+        "_firsts",
+        "_hash",
+        "_len",
+        "_ranges",
+        "_starts",
+    )
 
     EMPTY: ClassVar[IndexSet]
 
-    _ranges: tuple[_Range, ...]
+    # The ranges are kept flat, in chunks, or both: each form is derived from the other
+    # when first needed, and kept.
+    _ranges: tuple[_Range, ...] | None
+    _chunks: tuple[_Chunk, ...] | None
+    _firsts: tuple[int, ...] | None  # the first index of each chunk
+    _count: int  # number of ranges
     _len: int
     _starts: tuple[int, ...] | None
     _hash: int | None
+    _compact: str | None
 
     def __init__(self, ranges: Iterable[_Range] = ()) -> None:
         """Build from half-open ranges in any order, possibly overlapping."""
         normalized = IndexSet.from_ranges(ranges)
-        self._init(normalized._ranges, normalized._len)
+        self._init(normalized._flat(), normalized._len)
 
     def _init(self, ranges: tuple[_Range, ...], length: int) -> None:
         object.__setattr__(self, "_ranges", ranges)
+        object.__setattr__(self, "_chunks", None)
+        object.__setattr__(self, "_firsts", None)
+        object.__setattr__(self, "_count", len(ranges))
         object.__setattr__(self, "_len", length)
         object.__setattr__(self, "_starts", None)
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_compact", None)
 
     @classmethod
     def _trusted(cls, ranges: tuple[_Range, ...]) -> IndexSet:
         """Wrap ranges that are already sorted, disjoint and non-adjacent (no checks)."""
         obj = cls.__new__(cls)
-        obj._init(ranges, sum(end - start for start, end in ranges))
+        obj._init(ranges, _size(ranges))
         return obj
+
+    @classmethod
+    def _from_chunks(
+        cls,
+        chunks: Sequence[_Chunk],
+        length: int,
+        firsts: Sequence[int] | None = None,
+        count: int | None = None,
+    ) -> IndexSet:
+        """Wrap chunks whose ranges, in order, are sorted, disjoint and non-adjacent.
+
+        `firsts` (each chunk's first index) and `count` (ranges) when the caller knows them.
+        """
+        if not chunks:
+            return cls.EMPTY
+        obj = cls.__new__(cls)
+        obj._init((), length)
+        object.__setattr__(obj, "_ranges", None)
+        object.__setattr__(obj, "_chunks", tuple(chunks))
+        if firsts is None:
+            firsts = [c.ranges[0][0] for c in chunks]
+        object.__setattr__(obj, "_firsts", tuple(firsts))
+        if count is None:
+            count = sum([len(c.ranges) for c in chunks])
+        object.__setattr__(obj, "_count", count)
+        return obj
+
+    def _flat(self) -> tuple[_Range, ...]:
+        ranges = self._ranges
+        if ranges is None:
+            assert self._chunks is not None
+            ranges = tuple(chain.from_iterable(c.ranges for c in self._chunks))
+            object.__setattr__(self, "_ranges", ranges)
+        return ranges
+
+    def _get_chunks(self) -> tuple[_Chunk, ...]:
+        chunks = self._chunks
+        if chunks is None:
+            chunks = tuple(_chunks_of(self._flat()))
+            object.__setattr__(self, "_chunks", chunks)
+            object.__setattr__(self, "_firsts", tuple([c.ranges[0][0] for c in chunks]))
+        return chunks
+
+    def _iter_ranges(self) -> Iterator[_Range]:
+        if self._ranges is not None:
+            return iter(self._ranges)
+        assert self._chunks is not None
+        return chain.from_iterable(c.ranges for c in self._chunks)
+
+    def _overlapping(self, start: int, end: int) -> list[_Range]:
+        """The ranges that share an index with [start, end), found by bisection."""
+        out: list[_Range] = []
+        if self._ranges is not None:
+            ranges = self._ranges
+            i = bisect_right(ranges, start, key=_end_of)
+            while i < len(ranges) and ranges[i][0] < end:
+                out.append(ranges[i])
+                i += 1
+            return out
+        chunks = self._get_chunks()
+        assert self._firsts is not None
+        c = max(bisect_right(self._firsts, start) - 1, 0)
+        while c < len(chunks):
+            ranges = chunks[c].ranges
+            if ranges[0][0] >= end:
+                break
+            i = bisect_right(ranges, start, key=_end_of)
+            while i < len(ranges) and ranges[i][0] < end:
+                out.append(ranges[i])
+                i += 1
+            if i < len(ranges):
+                break
+            c += 1
+        return out
+
+    def _groups(self, others: Sequence[_Range]) -> list[tuple[int, int, Sequence[_Range]]]:
+        """Sorted ranges grouped by the chunks of self they may meet or touch.
+
+        Each group: (first chunk, last chunk, its ranges); groups share no chunk. The walk
+        bisects once per chunk met, not once per range.
+        """
+        self._get_chunks()
+        firsts = self._firsts
+        assert firsts is not None
+        groups: list[tuple[int, int, Sequence[_Range]]] = []
+        k = 0
+        while k < len(others):
+            lo = max(bisect_right(firsts, others[k][0]) - 1, 0)
+            # The ranges starting in chunk `lo`; the last one ends furthest.
+            if lo + 1 < len(firsts):
+                m = max(bisect_left(others, firsts[lo + 1], lo=k, key=_start_of), k + 1)
+            else:
+                m = len(others)
+            hi = max(bisect_right(firsts, others[m - 1][1]) - 1, 0)
+            if groups and lo <= groups[-1][1]:
+                first, last, members = groups[-1]
+                groups[-1] = (first, max(last, hi), (*members, *others[k:m]))
+            else:
+                groups.append((lo, hi, others[k:m]))
+            k = m
+        return groups
+
+    def _group_ranges(self, lo: int, hi: int) -> Sequence[_Range]:
+        chunks = self._get_chunks()
+        if lo == hi:
+            return chunks[lo].ranges
+        return tuple(chain.from_iterable(c.ranges for c in chunks[lo : hi + 1]))
+
+    def _edit(
+        self,
+        others: Sequence[_Range],
+        op: Callable[[Sequence[_Range], Sequence[_Range]], tuple[_Range, ...]],
+    ) -> IndexSet:
+        """`op` (union or difference) with a small set's ranges, rebuilding touched chunks only.
+
+        The small set's ranges are grouped by the chunks they fall in (the chunk holding their
+        start to the one holding their end, so a range adjacent to theirs is in the group); a
+        result can only touch its own group's chunks, never a neighbour's, since the first
+        index of the next chunk lies beyond every range of the group.
+        """
+        chunks = self._get_chunks()
+        firsts = self._firsts
+        assert firsts is not None
+        groups = self._groups(others)
+        out: list[_Chunk] = []
+        out_firsts: list[int] = []
+        length = self._len
+        count = self._count
+        done = 0
+        changed = False
+        for lo, hi, members in groups:
+            out.extend(chunks[done:lo])
+            out_firsts.extend(firsts[done:lo])
+            old = chunks[lo : hi + 1]
+            ranges = tuple(chain.from_iterable(c.ranges for c in old))
+            new = op(ranges, members)
+            if new == ranges:
+                out.extend(old)
+                out_firsts.extend(firsts[lo : hi + 1])
+            else:
+                changed = True
+                fresh = _chunks_of(new)
+                out.extend(fresh)
+                out_firsts.extend([c.ranges[0][0] for c in fresh])
+                length += sum([c.length for c in fresh]) - sum([c.length for c in old])
+                count += len(new) - len(ranges)
+            done = hi + 1
+        if not changed:
+            return self
+        out.extend(chunks[done:])
+        out_firsts.extend(firsts[done:])
+        return IndexSet._from_chunks(out, length, out_firsts, count)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("IndexSet is immutable")
@@ -143,10 +547,10 @@ class IndexSet:
         raise AttributeError("IndexSet is immutable")
 
     def __getstate__(self) -> tuple[_Range, ...]:
-        return self._ranges
+        return self._flat()
 
     def __setstate__(self, state: tuple[_Range, ...]) -> None:
-        self._init(state, sum(end - start for start, end in state))
+        self._init(state, _size(state))
 
     # ----------------------------------------------------------- construction
 
@@ -244,18 +648,20 @@ class IndexSet:
     @property
     def ranges(self) -> tuple[_Range, ...]:
         """Sorted, disjoint, non-adjacent half-open ranges."""
-        return self._ranges
+        return self._flat()
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[int]:
-        for start, end in self._ranges:
+        for start, end in self._iter_ranges():
             yield from range(start, end)
 
     def __contains__(self, index: object) -> bool:
         if not isinstance(index, int):
             return False
+        if self._ranges is None:
+            return bool(self._overlapping(index, index + 1))
         starts = self._starts
         if starts is None:
             starts = tuple(start for start, _ in self._ranges)
@@ -264,16 +670,20 @@ class IndexSet:
         return pos >= 0 and index < self._ranges[pos][1]
 
     def __bool__(self) -> bool:
-        return bool(self._ranges)
+        return self._len > 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IndexSet):
             return NotImplemented
-        return self._ranges == other._ranges
+        if self is other:
+            return True
+        if self._len != other._len or self._count != other._count:
+            return False
+        return self._flat() == other._flat()
 
     def __hash__(self) -> int:
         if self._hash is None:
-            object.__setattr__(self, "_hash", hash(self._ranges))
+            object.__setattr__(self, "_hash", hash(self._flat()))
         assert self._hash is not None
         return self._hash
 
@@ -285,77 +695,107 @@ class IndexSet:
 
     def first(self) -> int | None:
         """Smallest index, or None when empty."""
-        return self._ranges[0][0] if self._ranges else None
+        if not self._len:
+            return None
+        if self._ranges is not None:
+            return self._ranges[0][0]
+        assert self._chunks is not None
+        return self._chunks[0].ranges[0][0]
 
     def last(self) -> int | None:
         """Largest index, or None when empty."""
-        return self._ranges[-1][1] - 1 if self._ranges else None
+        if not self._len:
+            return None
+        if self._ranges is not None:
+            return self._ranges[-1][1] - 1
+        assert self._chunks is not None
+        return self._chunks[-1].ranges[-1][1] - 1
+
+    def iter_from(self, index: int) -> Iterator[_Range]:
+        """The ranges, in order, from the one holding `index` or the first after it.
+
+        Finding the start costs a bisection, each range after it O(1).
+        """
+        if self._ranges is not None:
+            ranges = self._ranges
+            for i in range(bisect_right(ranges, index, key=_end_of), len(ranges)):
+                yield ranges[i]
+            return
+        chunks = self._get_chunks()
+        assert self._firsts is not None
+        c = max(bisect_right(self._firsts, index) - 1, 0)
+        if c < len(chunks):
+            ranges = chunks[c].ranges
+            yield from ranges[bisect_right(ranges, index, key=_end_of) :]
+        for chunk in chunks[c + 1 :]:
+            yield from chunk.ranges
+
+    def next_absent(self, index: int) -> int:
+        """The smallest index >= `index` that is not in the set."""
+        found = self._overlapping(index, index + 1)
+        return found[0][1] if found else index
+
+    def next_present(self, index: int) -> int | None:
+        """The smallest index >= `index` that is in the set, or None."""
+        if self._ranges is not None:
+            ranges = self._ranges
+            i = bisect_right(ranges, index, key=_end_of)
+            return None if i == len(ranges) else max(ranges[i][0], index)
+        chunks = self._get_chunks()
+        assert self._firsts is not None
+        c = max(bisect_right(self._firsts, index) - 1, 0)
+        while c < len(chunks):
+            ranges = chunks[c].ranges
+            i = bisect_right(ranges, index, key=_end_of)
+            if i < len(ranges):
+                return max(ranges[i][0], index)
+            c += 1
+        return None
 
     # ------------------------------------------------------------ operations
 
     def __or__(self, other: IndexSet) -> IndexSet:
         if not isinstance(other, IndexSet):
             return NotImplemented
-        if not other._ranges:
+        if not other._len:
             return self
-        if not self._ranges:
+        if not self._len:
             return other
-        a, b = self._ranges, other._ranges
-        merged: list[_Range] = []
-        i = j = 0
-        # Two-way merge by start, then one coalescing pass: O(len(a) + len(b)).
-        while i < len(a) and j < len(b):
-            if a[i][0] <= b[j][0]:
-                merged.append(a[i])
-                i += 1
-            else:
-                merged.append(b[j])
-                j += 1
-        merged.extend(a[i:])
-        merged.extend(b[j:])
-        return IndexSet._trusted(_merge_sorted(merged))
+        big, small = (self, other) if self._count >= other._count else (other, self)
+        if _is_small(small._count, big._count):
+            return big._edit(small._flat(), _patch)
+        return IndexSet._trusted(_union(self._flat(), other._flat()))
 
     def __and__(self, other: IndexSet) -> IndexSet:
         if not isinstance(other, IndexSet):
             return NotImplemented
-        a, b = self._ranges, other._ranges
-        out: list[_Range] = []
-        i = j = 0
-        while i < len(a) and j < len(b):
-            start = max(a[i][0], b[j][0])
-            end = min(a[i][1], b[j][1])
-            if start < end:
-                out.append((start, end))
-            # Advance whichever range finishes first; the other may still overlap more.
-            if a[i][1] < b[j][1]:
-                i += 1
-            else:
-                j += 1
-        return IndexSet._trusted(tuple(out))
+        if not self._len or not other._len:
+            return IndexSet.EMPTY
+        big, small = (self, other) if self._count >= other._count else (other, self)
+        if _is_small(small._count, big._count):
+            # The small ranges meet only the big ones of the chunks they fall in.
+            found: list[_Range] = []
+            for lo, hi, members in big._groups(small._flat()):
+                found.extend(_meet(members, big._group_ranges(lo, hi)))
+            return IndexSet._trusted(tuple(found))
+        return IndexSet._trusted(tuple(_intersect(self._flat(), other._flat())))
 
     def __sub__(self, other: IndexSet) -> IndexSet:
         if not isinstance(other, IndexSet):
             return NotImplemented
-        if not other._ranges or not self._ranges:
+        if not other._len or not self._len:
             return self
-        b = other._ranges
-        out: list[_Range] = []
-        j = 0
-        for start, end in self._ranges:
-            # Skip ranges of `other` that end before this one starts; they cannot
-            # touch later ranges of self either (both lists are sorted).
-            while j < len(b) and b[j][1] <= start:
-                j += 1
-            cur = start
-            k = j
-            while k < len(b) and b[k][0] < end:
-                if b[k][0] > cur:
-                    out.append((cur, b[k][0]))
-                cur = max(cur, b[k][1])
-                k += 1
-            if cur < end:
-                out.append((cur, end))
-        return IndexSet._trusted(tuple(out))
+        if _is_small(other._count, self._count):
+            return self._edit(other._flat(), _cut)
+        if _is_small(self._count, other._count):
+            # Only the ranges of `other` that meet ours matter; bisection finds them.
+            out: list[_Range] = []
+            for lo, hi, members in other._groups(self._flat()):
+                out.extend(_cut(members, other._group_ranges(lo, hi)))
+            if len(out) == self._count and tuple(out) == self._ranges:
+                return self
+            return IndexSet._trusted(tuple(out))
+        return IndexSet._trusted(_subtract(self._flat(), other._flat()))
 
     def issubset(self, other: IndexSet) -> bool:
         """True when every index of self is in other."""
@@ -378,9 +818,12 @@ class IndexSet:
             return IndexSet.EMPTY, self
         if n >= self._len:
             return self, IndexSet.EMPTY
+        if self._ranges is None or self._count > 2 * _CHUNK:
+            return self._take_chunks(n)
         head: list[_Range] = []
         remaining = n
-        for pos, (start, end) in enumerate(self._ranges):
+        ranges = self._ranges
+        for pos, (start, end) in enumerate(ranges):
             size = end - start
             if size < remaining:
                 head.append((start, end))
@@ -388,11 +831,39 @@ class IndexSet:
                 continue
             if size == remaining:
                 head.append((start, end))
-                tail = self._ranges[pos + 1 :]
+                tail = ranges[pos + 1 :]
             else:
                 head.append((start, start + remaining))
-                tail = ((start + remaining, end), *self._ranges[pos + 1 :])
+                tail = ((start + remaining, end), *ranges[pos + 1 :])
             return IndexSet._trusted(tuple(head)), IndexSet._trusted(tail)
+        raise AssertionError("unreachable: n < len(self)")  # pragma: no cover
+
+    def _take_chunks(self, n: int) -> tuple[IndexSet, IndexSet]:
+        """`take` that walks whole chunks: O(chunks before the n-th index + n's ranges)."""
+        chunks = self._get_chunks()
+        head: list[_Range] = []
+        remaining = n
+        for pos, chunk in enumerate(chunks):
+            if chunk.length < remaining:
+                head.extend(chunk.ranges)
+                remaining -= chunk.length
+                continue
+            firsts = self._firsts
+            assert firsts is not None
+            if chunk.length == remaining:
+                head.extend(chunk.ranges)
+                tail = list(chunks[pos + 1 :])
+                tail_firsts = list(firsts[pos + 1 :])
+                count = self._count - len(head)
+            else:
+                inner, rest = IndexSet._trusted(chunk.ranges).take(remaining)
+                head.extend(inner._flat())
+                tail = [_Chunk(rest._flat()), *chunks[pos + 1 :]]
+                tail_firsts = [tail[0].ranges[0][0], *firsts[pos + 1 :]]
+                # A range cut in two is in both halves.
+                count = self._count - len(head) + (inner._count + rest._count - len(chunk.ranges))
+            left = IndexSet._from_chunks(tail, self._len - n, tail_firsts, count)
+            return IndexSet._trusted(tuple(head)), left
         raise AssertionError("unreachable: n < len(self)")  # pragma: no cover
 
     def split(self, size: int) -> list[IndexSet]:
@@ -402,7 +873,7 @@ class IndexSet:
         chunks: list[IndexSet] = []
         current: list[_Range] = []
         room = size
-        for start, end in self._ranges:
+        for start, end in self._iter_ranges():
             cur = start
             while cur < end:
                 stop = min(end, cur + room)
@@ -421,7 +892,9 @@ class IndexSet:
 
     def format(self) -> str:
         """``0-99,120,200-299``; the empty set is ``""``."""
-        return ",".join([_format_range(start, end) for start, end in self._ranges])
+        if self._chunks is not None:
+            return ",".join([c.format() for c in self._chunks])
+        return ",".join([_format_range(start, end) for start, end in self._flat()])
 
     def format_bounded(self, max_chars: int) -> str:
         """The text form, or a prefix of whole parts + ``,…(+N more)`` (N indexes).
@@ -437,7 +910,7 @@ class IndexSet:
         shown = 0
         # Walk parts while they could still fit; stop early so a huge set costs
         # O(parts shown), not O(all parts).
-        for start, end in self._ranges:
+        for start, end in self._iter_ranges():
             text = _format_range(start, end)
             if used + 1 + len(text) > max_chars:
                 break
@@ -458,12 +931,54 @@ class IndexSet:
         return marker if len(marker) <= max_chars else "…"
 
     def to_compact(self) -> str:
-        """``format()`` when at most 1024 chars, else ``z:`` + base64(zlib(format()))."""
-        text = self.format()
-        if len(text) <= COMPACT_PLAIN_MAX_CHARS:
-            return text
-        packed = zlib.compress(text.encode("ascii"), 9)
-        return "z:" + base64.b64encode(packed).decode("ascii")
+        """``format()`` when at most 1024 chars, else ``z:`` + base64(zlib(format())).
+
+        Computed once per set. A large set's zlib stream is made of one deflated piece per
+        chunk, each cached on its chunk, so a set that differs from an earlier one in a few
+        chunks costs only those (plus joining the pieces).
+        """
+        cached = self._compact
+        if cached is None:
+            cached = self._compute_compact()
+            object.__setattr__(self, "_compact", cached)
+        return cached
+
+    def _compute_compact(self) -> str:
+        if self._count < _CHUNKED_COMPACT_MIN_RANGES:
+            text = self.format()
+            if len(text) <= COMPACT_PLAIN_MAX_CHARS:
+                return text
+            packed = zlib.compress(text.encode("ascii"), 9)
+            return "z:" + base64.b64encode(packed).decode("ascii")
+        # So many ranges are always longer than 1024 chars: compressed.
+        parts = [_ZLIB_HEAD_B64]
+        adler = 1  # Adler-32 of nothing
+        chunks = self._get_chunks()
+        start = 0
+        for pos, chunk in enumerate(chunks):
+            if not chunk.ends_group() and pos + 1 < len(chunks):
+                continue
+            before = chunks[start:pos]
+            leads = start == 0
+            cached = chunk.group
+            if cached is not None and cached[1] == leads and cached[0] == before:
+                text, piece_adler, length = cached[2]
+            else:
+                texts = []
+                piece_adler, length = 1, 0
+                for k, member in enumerate(chunks[start : pos + 1]):
+                    t, a, n = member.piece(not (leads and k == 0))
+                    texts.append(t)
+                    piece_adler = _adler_combine(piece_adler, a, n)
+                    length += n
+                text = "".join(texts)
+                chunk.group = (before, leads, (text, piece_adler, length))
+            parts.append(text)
+            adler = _adler_combine(adler, piece_adler, length)
+            start = pos + 1
+        tail = _FINAL_STORED + adler.to_bytes(4, "big")
+        parts.append(base64.b64encode(tail).decode("ascii"))
+        return "z:" + "".join(parts)
 
     @classmethod
     def from_compact(cls, text: str) -> IndexSet:
@@ -490,7 +1005,7 @@ class IndexSet:
         """
         out = bytearray()
         prev_end = 0
-        for pos, (start, end) in enumerate(self._ranges):
+        for pos, (start, end) in enumerate(self._flat()):
             # Ranges are non-adjacent, so every gap after the first is >= 1.
             _encode_varint(start if pos == 0 else start - prev_end - 1, out)
             _encode_varint(end - start - 1, out)

@@ -14,11 +14,14 @@ as a whole with a clear runner error instead of one microtask at a time.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from .indexset import IndexSet
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ItemSource", "ItemsError", "item_text", "load_items"]
 
@@ -33,7 +36,11 @@ class ItemsError(ValueError):
 
 def item_text(item: Any) -> str:
     """An item as a command sees it: strings as-is, other JSON values as JSON."""
-    return item if isinstance(item, str) else json.dumps(item)
+    if isinstance(item, str):
+        return item
+    import json  # imported once, then a dictionary look-up
+
+    return json.dumps(item)
 
 
 class ItemSource:
@@ -139,6 +146,8 @@ def _file_source(spec: Mapping[str, Any]) -> ItemSource:
         items = [item for item in items if item.strip()]
         return _ListItems(items, f"items file {path} (lines)")
     if fmt == "json":
+        import json
+
         text = _read_file(path)
         try:
             values = json.loads(text)
@@ -154,6 +163,8 @@ def load_items(text: str | None) -> ItemSource:
     """Build the item source described by MICROTASK_ITEMS (None or blank: items are indexes)."""
     if text is None or not text.strip():
         return ItemSource()
+    import json  # not at import time: the runner starts without it
+
     try:
         spec = json.loads(text)
     except (ValueError, RecursionError) as exc:

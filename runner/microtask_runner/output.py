@@ -17,13 +17,19 @@ import contextlib
 import errno
 import importlib
 import os
-import re
 from collections.abc import Callable, Mapping
-from typing import Protocol
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # Sink only matters to type checkers
+
 
 __all__ = ["DirectorySink", "Sink", "SinkUnavailable", "open_sink"]
 
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 S3_INSTALL_HINT = "pip install 'microtask[s3]'"
 
 
@@ -57,16 +63,16 @@ class Sink(Protocol):
     def append(self, name: str, data: bytes) -> None:
         """Add ``data`` at the end of the file ``name`` (created empty if new).
 
-        Records come one whole JSON line per call; the log copy in chunks of any size, not
-        necessarily cut at line ends. Appended data must survive as long as possible: a sink
-        that buffers (an object store) uploads it on ``flush``.
+        Records come as whole JSON lines, one or more per call; the log copy in chunks of any
+        size, not necessarily cut at line ends. Appended data must survive as long as possible:
+        a sink that buffers (an object store) uploads it on ``flush``.
         """
         ...
 
     def flush(self, final: bool) -> None:
         """Make what was appended durable.
 
-        Called after every microtask with ``final=False``: a sink whose writes are costly may
+        Called after microtasks with ``final=False``: a sink whose writes are costly may
         put it off (an object store uploads at most every few seconds, say). Called once with
         ``final=True`` at the end of the shard, also when the runner was told to stop: then
         everything appended must be written before the call returns.
@@ -136,12 +142,14 @@ def open_sink(url: str, env: Mapping[str, str]) -> Sink:
     S3 without boto3). Nothing is written yet, so an unwritable directory shows only later.
     """
     url = url.strip()
-    match = _SCHEME.match(url)
-    if match is None:
+    scheme, sep, _ = url.partition("://")
+    if not (sep and scheme[:1].isascii() and scheme[:1].isalpha()) or set(scheme) - _SCHEME_CHARS:
+        scheme = ""
+    if not scheme:
         if not url:
             raise SinkUnavailable("the result store URL is empty")
         return DirectorySink(os.path.abspath(url))
-    scheme = match["scheme"].lower()
+    scheme = scheme.lower()
     if scheme == "file":
         return DirectorySink(os.path.abspath(url[len("file://") :] or "/"))
     if scheme != "s3":

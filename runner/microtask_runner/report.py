@@ -7,19 +7,28 @@ budget, whatever the report holds: it first shortens error texts, then drops
 them, then reports fewer outcomes (``covered_through``). The format is
 documented in runner/README.md; it is the contract between runner and operator.
 
+While a shard runs, the runner writes a *live* report (``encode_live``): the last full
+encoding plus three fixed-width numbers it updates in place, without encoding anything
+again, as microtasks start and finish: ``"okfrom"``/``"okto"``, a run of consecutive
+indexes that succeeded since the full encoding, and ``"cur"``, the microtask running now.
+The numbers are padded with spaces (JSON whitespace), so the text stays valid JSON at any
+moment. ``Report.decode`` folds the run into the outcomes; a reader that does not know the
+run sees the outcomes of the full encoding only, which is merely behind (those microtasks
+would run again), never wrong.
+
 Standard library only: the operator imports this module, and the runner is
 installed into arbitrary user images.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from .indexset import MAX_INDEX, IndexSet
+from .values import Value
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -27,6 +36,8 @@ __all__ = [
     "REPORT_VERSION",
     "Report",
     "ReportError",
+    "encode_live",
+    "live_number",
     "replace_current",
 ]
 
@@ -46,7 +57,50 @@ _PLAIN_SET_CHARS = 48
 #: Anything longer cannot be a report; refuse before parsing it.
 _MAX_DECODE_CHARS = 16 * MAX_REPORT_BYTES
 _MAX_EXIT_CODE_DIGITS = 10
-_SURROGATES = re.compile("[\ud800-\udfff]")
+#: Width of a live report's in-place numbers (``live_number``): any index fits.
+LIVE_NUMBER_CHARS = 20
+_LIVE_TAIL = ',"okfrom":{},"okto":{},"cur":{}}}'
+#: What the live numbers add to an encoding; the full part is encoded within the rest.
+_LIVE_BYTES = len(_LIVE_TAIL.format("", "", "")) - 1 + 3 * LIVE_NUMBER_CHARS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+
+#: What JSON strings escape (``json.dumps(..., ensure_ascii=False)`` exactly): the quote, the
+#: backslash and control characters.
+_ESCAPES = {
+    **{code: f"\\u{code:04x}" for code in range(0x20)},
+    ord('"'): '\\"',
+    ord("\\"): "\\\\",
+    ord("\b"): "\\b",
+    ord("\f"): "\\f",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def _string(text: str) -> str:
+    return '"' + text.translate(_ESCAPES) + '"'
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    """Compact JSON of a report's fields, as ``json.dumps`` writes it, without importing json.
+
+    Values are strings, integers, finite floats and objects of strings: all a report holds.
+    """
+    parts = []
+    for key, value in obj.items():
+        if isinstance(value, str):
+            text = _string(value)
+        elif isinstance(value, dict):
+            text = "{" + ",".join(f"{_string(k)}:{_string(v)}" for k, v in value.items()) + "}"
+        else:
+            text = repr(value)  # int, or a finite float: what json writes for them
+        parts.append(f"{_string(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
 
 
 class ReportError(ValueError):
@@ -66,7 +120,7 @@ def _clean(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text)
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
     return text
 
 
@@ -88,29 +142,63 @@ def _seconds(value: float) -> float | int:
     return int(rounded) if rounded.is_integer() and rounded < 1e15 else rounded
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(Value):
     """Outcomes of a shard's microtasks, as far as the runner got.
 
     Indexes of the shard in neither ``succeeded`` nor ``failed`` are
     *unreported*: not run yet, interrupted, or left out to fit the budget.
     """
 
-    succeeded: IndexSet = IndexSet.EMPTY
+    _fields = (
+        "succeeded",
+        "failed",
+        "errors",
+        "covered_through",
+        "current",
+        "seconds_total",
+        "seconds_max",
+        "count",
+        "runner_error",
+    )
+    succeeded: IndexSet
     #: exit code -> indexes that failed with it (timeout = 124)
-    failed: dict[int, IndexSet] = field(default_factory=dict)
+    failed: dict[int, IndexSet]
     #: exit code -> error text of the first microtask that failed with it
-    errors: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str]
     #: outcomes of indexes above this were left out to fit the budget; None = all
-    covered_through: int | None = None
+    covered_through: int | None
     #: the microtask running when the report was written (crash attribution)
-    current: int | None = None
+    current: int | None
     #: durations of the finished microtasks (including any left out of the report)
-    seconds_total: float = 0.0
-    seconds_max: float = 0.0
-    count: int = 0
+    seconds_total: float
+    seconds_max: float
+    count: int
     #: set when the runner itself could not work (bad input, ...)
-    runner_error: str | None = None
+    runner_error: str | None
+
+    def __init__(
+        self,
+        succeeded: IndexSet = IndexSet.EMPTY,
+        failed: dict[int, IndexSet] | None = None,
+        errors: dict[int, str] | None = None,
+        covered_through: int | None = None,
+        current: int | None = None,
+        seconds_total: float = 0.0,
+        seconds_max: float = 0.0,
+        count: int = 0,
+        runner_error: str | None = None,
+    ) -> None:
+        self._set(
+            succeeded=succeeded,
+            failed={} if failed is None else failed,
+            errors={} if errors is None else errors,
+            covered_through=covered_through,
+            current=current,
+            seconds_total=seconds_total,
+            seconds_max=seconds_max,
+            count=count,
+            runner_error=runner_error,
+        )
 
     # ----------------------------------------------------------------- views
 
@@ -157,6 +245,8 @@ class Report:
         stripped = text.strip()
         if not stripped:
             raise ReportError("not a runner report: empty text")
+        import json  # not at import time: the runner starts without it
+
         try:
             data = json.loads(stripped)
         except (ValueError, RecursionError) as exc:
@@ -164,7 +254,55 @@ class Report:
         return _decode_object(data)
 
 
-_CURRENT_FIELD = re.compile(r',"cur":\d+')
+def live_number(value: int | None) -> bytes:
+    """A live report's in-place number: right-aligned in ``LIVE_NUMBER_CHARS`` (None: null)."""
+    return b"%20d" % value if value is not None else b"                null"
+
+
+class LiveReport(Value):
+    """A live report (see the module doc) and where its in-place numbers are."""
+
+    _fields = ("data", "okto_at", "cur_at", "can_run")
+    #: the whole report, UTF-8; at most MAX_REPORT_BYTES
+    data: bytes
+    #: byte offsets of the ``okto`` and ``cur`` numbers (``LIVE_NUMBER_CHARS`` bytes each)
+    okto_at: int
+    cur_at: int
+    #: False: outcomes were left out to fit the budget, so the run must stay empty (outcomes
+    #: above ``covered_through`` would look reported); ``cur`` still moves
+    can_run: bool
+
+    def __init__(self, data: bytes, okto_at: int, cur_at: int, can_run: bool = True) -> None:
+        self._set(data=data, okto_at=okto_at, cur_at=cur_at, can_run=can_run)
+
+
+def encode_live(report: Report, run_from: int) -> LiveReport:
+    """``report`` with an empty run starting at ``run_from``, and ``report.current`` as ``cur``.
+
+    The run's end (``okto``, exclusive) and ``cur`` are then updated in place.
+    """
+    base = Report(
+        succeeded=report.succeeded,
+        failed=report.failed,
+        errors=report.errors,
+        covered_through=report.covered_through,
+        seconds_total=report.seconds_total,
+        seconds_max=report.seconds_max,
+        count=report.count,
+        runner_error=report.runner_error,
+    )
+    encoder = _Encoder(base, budget=MAX_REPORT_BYTES - _LIVE_BYTES)
+    text = encoder.encode()
+    number = live_number(run_from).decode()
+    tail = _LIVE_TAIL.format(number, number, live_number(report.current).decode())
+    data = (text[:-1] + tail).encode("utf-8")
+    cur_at = len(data) - 1 - LIVE_NUMBER_CHARS
+    okto_at = cur_at - len(',"cur":') - LIVE_NUMBER_CHARS
+    can_run = not encoder.cut_coverage and report.covered_through is None
+    return LiveReport(data, okto_at, cur_at, can_run)
+
+
+_CURRENT_KEY = ',"cur":'
 
 
 def replace_current(encoded: str, current: int | None) -> str | None:
@@ -174,10 +312,13 @@ def replace_current(encoded: str, current: int | None) -> str | None:
     large report. Only the top level holds a ``"cur"`` key, and a raw quote
     cannot occur inside a JSON string, so the match is unambiguous.
     """
-    new = "" if current is None else f',"cur":{current}'
-    match = _CURRENT_FIELD.search(encoded)
-    if match is not None:
-        text = encoded[: match.start()] + new + encoded[match.end() :]
+    new = "" if current is None else f"{_CURRENT_KEY}{current}"
+    at = encoded.find(_CURRENT_KEY)
+    if at >= 0:
+        end = at + len(_CURRENT_KEY)
+        while end < len(encoded) and encoded[end].isdigit():
+            end += 1
+        text = encoded[:at] + new + encoded[end:]
     else:
         # "n" is always written, right after where "cur" goes.
         at = encoded.find(',"n":')
@@ -190,8 +331,11 @@ def replace_current(encoded: str, current: int | None) -> str | None:
 class _Encoder:
     """Shrinks a report into the byte budget (errors first, then coverage)."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, budget: int = MAX_REPORT_BYTES) -> None:
         self.report = report
+        self.budget = budget
+        #: set when outcomes had to be left out (``covered_through``) to fit the budget
+        self.cut_coverage = False
         self.errors = {
             code: _cut(_clean(text), MAX_ERROR_CHARS)
             for code, text in sorted(report.errors.items())
@@ -224,14 +368,17 @@ class _Encoder:
         obj["max"] = _seconds(r.seconds_max)
         if self.runner_error is not None:
             obj["rerr"] = self.runner_error
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return _dumps(obj)
+
+    def fits(self, text: str) -> bool:
+        return _size(text) <= self.budget
 
     def encode(self) -> str:
         r = self.report
         ok = _encode_set(r.succeeded)
         failed = {code: _encode_set(s) for code, s in sorted(r.failed.items()) if s}
         text = self.render(ok, failed, self.errors, r.covered_through)
-        if _size(text) <= MAX_REPORT_BYTES:
+        if self.fits(text):
             return text
 
         # 1. Shorten every error text to the same, largest length that fits.
@@ -242,16 +389,17 @@ class _Encoder:
                 cut = {code: _cut(t, cap) for code, t in self.errors.items()}
                 return self.render(ok, failed, cut, r.covered_through)
 
-            best = _largest_fitting(_MIN_ERROR_CHARS, longest, with_errors)
+            best = _largest_fitting(_MIN_ERROR_CHARS, longest, with_errors, self.fits)
             if best is not None:
                 return best
 
         # 2. Drop error texts.
         text = self.render(ok, failed, {}, r.covered_through)
-        if _size(text) <= MAX_REPORT_BYTES:
+        if self.fits(text):
             return text
 
         # 3. Report the outcomes of the first k reported indexes only.
+        self.cut_coverage = True
         reported = r.reported()
 
         def with_coverage(k: int) -> str:
@@ -270,27 +418,29 @@ class _Encoder:
             return self.render(part_ok, part_failed, {}, through)
 
         empty = with_coverage(0)
-        if _size(empty) > MAX_REPORT_BYTES:
+        if not self.fits(empty):
             # Only a runner error full of multi-byte or escaped characters gets here.
             self.runner_error = self._fit_runner_error(lambda: with_coverage(0))
             empty = with_coverage(0)
-        best = _largest_fitting(1, len(reported) - 1, with_coverage)
+        best = _largest_fitting(1, len(reported) - 1, with_coverage, self.fits)
         return empty if best is None else best
 
-    def _fit_runner_error(self, render: Any) -> str:
+    def _fit_runner_error(self, render: Callable[[], str]) -> str:
         full = self.runner_error or ""
         lo, hi = 0, len(full)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             self.runner_error = _cut(full, mid)
-            if _size(render()) <= MAX_REPORT_BYTES:
+            if self.fits(render()):
                 lo = mid
             else:
                 hi = mid - 1
         return _cut(full, lo)
 
 
-def _largest_fitting(lo: int, hi: int, render: Any) -> str | None:
+def _largest_fitting(
+    lo: int, hi: int, render: Callable[[int], str], fits: Callable[[str], bool]
+) -> str | None:
     """Binary search for the largest n in [lo, hi] whose rendering fits; None if none.
 
     Sizes grow with n (almost: compression can wobble), so the search returns
@@ -300,13 +450,13 @@ def _largest_fitting(lo: int, hi: int, render: Any) -> str | None:
         return None
     best: str | None = None
     text = render(lo)
-    if _size(text) > MAX_REPORT_BYTES:
+    if not fits(text):
         return None
     best = text
     while lo < hi:
         mid = (lo + hi + 1) // 2
         text = render(mid)
-        if _size(text) <= MAX_REPORT_BYTES:
+        if fits(text):
             lo, best = mid, text
         else:
             hi = mid - 1
@@ -388,6 +538,20 @@ def _decode_object(data: Any) -> Report:
     if runner_error is not None and not isinstance(runner_error, str):
         raise ReportError("bad report: 'rerr' must be a string")
     count = _int_field(data, "n", 0)
+    run_from = _int_field(data, "okfrom", 0)
+    run_to = _int_field(data, "okto", 0)
+    if (run_from is None) != (run_to is None):
+        raise ReportError("bad report: 'okfrom' and 'okto' go together")
+    if run_from is not None and run_to is not None:
+        if run_to < run_from:
+            raise ReportError(f"bad report: 'okto' ({run_to}) is before 'okfrom' ({run_from})")
+        if run_to > run_from:
+            # The live run (see the module doc): consecutive successes since the full encoding.
+            run = IndexSet.from_range(run_from, run_to)
+            if succeeded & run:
+                raise ReportError("bad report: the live run repeats reported successes")
+            succeeded = succeeded | run
+            count = (count or 0) + run_to - run_from
     report = Report(
         succeeded=succeeded,
         failed=failed,

@@ -7,13 +7,16 @@ otherwise). A result that breaks these rules fails its microtask, with an error 
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from dataclasses import dataclass
-from typing import Any
 
 from .contract import ENV_RESULT_FILE, MAX_RESULT_BYTES
+from .values import Value
+
+#: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Finished", "ResultFiles", "encode_json", "encode_value", "tail"]
 
@@ -21,22 +24,40 @@ _LIMIT_TEXT = "1 MiB" if MAX_RESULT_BYTES == 1024 * 1024 else f"{MAX_RESULT_BYTE
 _ADVICE = "write large outputs to your own storage and return where they are"
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(Value):
     """The end of one microtask, as the report and its record tell it."""
 
+    _fields = ("code", "error", "detail", "exception", "timed_out", "result")
     #: 0 on success; the failure's exit code otherwise (124 timeout, 1 Python exception, ...)
     code: int
     #: the report's error text, ``index I: ...`` (None on success)
-    error: str | None = None
+    error: str | None
     #: the record's error text: the longer failure text (stderr tail, traceback), no index
-    detail: str | None = None
+    detail: str | None
     #: Python mode: the type of the exception the function raised
-    exception: str | None = None
+    exception: str | None
     #: ran out of the per-microtask timeout
-    timed_out: bool = False
+    timed_out: bool
     #: the result, encoded as compact JSON (None: no result)
-    result: str | None = None
+    result: str | None
+
+    def __init__(
+        self,
+        code: int,
+        error: str | None = None,
+        detail: str | None = None,
+        exception: str | None = None,
+        timed_out: bool = False,
+        result: str | None = None,
+    ) -> None:
+        self._set(
+            code=code,
+            error=error,
+            detail=detail,
+            exception=exception,
+            timed_out=timed_out,
+            result=result,
+        )
 
     @classmethod
     def failure(cls, index: int, code: int, text: str, **fields: Any) -> Finished:
@@ -51,6 +72,8 @@ def tail(text: str, limit: int) -> str:
 
 def encode_json(value: Any) -> str:
     """Compact JSON on one line, always encodable as UTF-8 (raises TypeError, ValueError)."""
+    import json  # only for results: the runner starts without it
+
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         text.encode("utf-8")
@@ -147,6 +170,8 @@ def _decode_file(data: bytes) -> tuple[str | None, str | None]:
             f"({exc.reason} at byte {exc.start}); write JSON or text, or write binary "
             f"outputs to your own storage and return where they are"
         )
+    import json
+
     try:
         value = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):

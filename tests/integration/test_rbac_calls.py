@@ -2,9 +2,9 @@
 
 The operator runs as deployed (all namespaces, deploy/'s ServiceAccount, so the API server's
 RBAC authorizer judges every call) through scenarios that touch every kind of call: create,
-harvest and delete Jobs, suspend them, read a ConfigMap, write status, post Events, confirm a
-conflicting create. The API server's audit log of its calls is then compared with deploy/'s
-rules, both ways.
+harvest and delete Jobs, suspend them, read a ConfigMap, write status (with every index set in
+owned ConfigMaps, so they are created and rewritten), post Events, confirm a conflicting create.
+The API server's audit log of its calls is then compared with deploy/'s rules, both ways.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def test_the_operator_calls_exactly_what_rbac_grants(
         }
     )
     mark = cluster.mark()
-    with running_operator(cluster, namespaces=()) as op:
+    offload = {"MICROTASK_STATUS_INLINE_CHARS": "0"}
+    with running_operator(cluster, namespaces=(), env=offload) as op:
         from_map = microtask_job("from-map", per_shard=2, parallelism=2)
         from_map["spec"]["items"] = {"configMapRef": {"name": "words", "key": "list"}}
         cluster.create(from_map)
@@ -47,10 +48,12 @@ def test_the_operator_calls_exactly_what_rbac_grants(
         cluster.create(
             microtask_job(
                 "with-failures",
-                total=6,
-                per_shard=3,
-                command=["false"],
-                retry={"maxAttempts": 1, "maxFailedMicrotasks": 6},
+                total=90,
+                per_shard=9,
+                parallelism=2,
+                # Every other index fails: index sets long enough to live in ConfigMaps.
+                command=["sh", "-c", "test $((MICROTASK_INDEX % 2)) -ne 0"],
+                retry={"maxAttempts": 1, "maxFailedMicrotasks": 90},
             )
         )
         slow = microtask_job(

@@ -24,7 +24,7 @@ OPERATOR_CALLS: list[tuple[str, str, str, str | None, str | None]] = [
     ),
     *((v, "", "pods", None, None) for v in ("list", "watch")),
     *((v, "", "nodes", None, None) for v in ("list", "watch")),
-    *((v, "", "configmaps", None, None) for v in ("get", "create")),
+    *((v, "", "configmaps", None, None) for v in ("get", "create", "update")),
     *((v, "", "events", None, None) for v in ("create", "list")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, None) for v in ("list", "watch", "create")),
     *((v, "kopf.dev", "clusterkopfpeerings", None, PEERING) for v in ("get", "patch")),

@@ -3,6 +3,7 @@ runner ever outlives the command. Real processes, real signals."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 from microtask_runner.indexset import IndexSet
 from test_local_support import (
+    assert_gone,
     counting,
+    descendants,
     job_yaml,
     lines_of,
     processes_with,
@@ -58,6 +61,7 @@ def test_a_signal_stops_the_run_and_resume_runs_every_index_exactly_once(
 
     proc = start_cli("run", path, "--workers", "2", "--progress-interval", "0", cwd=tmp_path)
     wait_for_lines(out, 2)
+    started = descendants(proc.pid)  # the fork server, the runners, their commands
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=20)
 
@@ -69,6 +73,8 @@ def test_a_signal_stops_the_run_and_resume_runs_every_index_exactly_once(
     )
     assert "next: microtask run" in stderr and "--resume" in stderr
     assert_none_left(marker)
+    assert started
+    assert_gone(started)
     saved = state(folder)
     assert (saved["interrupted"], saved["finished"]) == (True, False)
     done_before = sorted(map(int, lines_of(out)))
@@ -106,7 +112,9 @@ def test_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     path = write(tmp_path, job_yaml(total=4, per_shard=2, parallelism=2, command=command))
 
     proc = start_cli("run", path, "--workers", "2", "--progress-interval", "0", cwd=tmp_path)
-    wait_for_processes(marker, 4)  # two runners, two commands
+    # Two commands (a runner forked from the fork server has the server's command line).
+    wait_for_processes(marker, 2)
+    tree = descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     assert proc.poll() is None  # still waiting for the runners' reports
@@ -118,6 +126,7 @@ def test_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert "Interrupted (by SIGINT" in stderr and "Traceback" not in stderr
     assert_none_left(marker)
+    assert_gone(tree)
     assert state(tmp_path / "microtask-runs" / "count")["interrupted"] is True
 
 
@@ -133,14 +142,20 @@ def test_no_runner_outlives_a_crash_of_the_executor(tmp_path: Path) -> None:
     run_dir.prepare("count", fresh=True)
     job, _ = local_job(loaded.job, 2, tmp_path, run_dir.scratch)
 
+    started: set[int] = set()
+
     def crash(snapshot: Snapshot) -> None:
-        if len(processes_with(marker)) >= 4:
+        if len(processes_with(marker)) >= 2:  # both commands run
+            started.update(descendants(os.getpid()) - before)
             raise RuntimeError("a bug in the display")
 
+    before = descendants(os.getpid())
     executor = LocalExecutor(job, 2, run_dir, on_progress=crash)
     with pytest.raises(RuntimeError, match="a bug in the display"):
         executor.run()
     assert_none_left(marker)
+    assert len(started) >= 5  # the fork server, two runners, two commands
+    assert_gone(started)
 
 
 def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path: Path) -> None:

@@ -163,6 +163,44 @@ def processes_with(marker: str) -> list[str]:
     return result
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc: runners, the fork server, commands)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text(encoding="ascii", errors="replace")
+                parent = int(text.rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    pending = list(children.get(pid, ()))
+    while pending:
+        child = pending.pop()
+        if child not in found:
+            found.add(child)
+            pending.extend(children.get(child, ()))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return text.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def assert_gone(pids: set[int], timeout: float = 2.0) -> None:
+    """Every process of `pids` ends within `timeout` (a moment for the kernel to reap them)."""
+    deadline = time.monotonic() + timeout
+    while left := {pid for pid in pids if alive(pid)}:
+        assert time.monotonic() < deadline, [processes.PROC / str(pid) for pid in left]
+        time.sleep(0.02)
+
+
 # -- unit tests of the pieces ------------------------------------------------------------------
 
 

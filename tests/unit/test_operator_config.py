@@ -27,3 +27,42 @@ def test_finalizer_and_annotations_live_under_our_group() -> None:
     settings = kopf.OperatorSettings()
     OperatorConfig().apply_to_kopf(settings)
     assert settings.persistence.finalizer == "microtask.dev/finalizer"
+
+
+class _NoCopy:
+    """A value that fails when deep-copied: the status must not be copied to build a diff base."""
+
+    def __deepcopy__(self, memo: object) -> object:
+        raise AssertionError("the status was deep-copied")
+
+
+def test_the_diff_base_is_kopfs_without_copying_the_status() -> None:
+    settings = kopf.OperatorSettings()
+    OperatorConfig().apply_to_kopf(settings)
+    storage = settings.persistence.diffbase_storage
+    body = {
+        "apiVersion": "microtask.dev/v1alpha1",
+        "kind": "MicrotaskJob",
+        "metadata": {
+            "name": "a",
+            "uid": "u-1",
+            "resourceVersion": "7",
+            "labels": {"team": "x"},
+            "annotations": {
+                "keep": "yes",
+                "microtask.dev/last-handled-configuration": "{}",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+        },
+        "spec": {"items": {"range": {"start": 0, "end": 5}}, "parallelism": 2},
+    }
+    kopfs = kopf.AnnotationsDiffBaseStorage(
+        prefix="microtask.dev", key="last-handled-configuration"
+    )
+    expected = kopfs.build(body=kopf.Body(body))  # type: ignore[arg-type]
+    with_status = {**body, "status": {"phase": "Running", "anything": _NoCopy()}}
+    assert storage.build(body=kopf.Body(with_status)) == expected  # type: ignore[arg-type]
+    assert expected == {
+        "spec": {"items": {"range": {"start": 0, "end": 5}}, "parallelism": 2},
+        "metadata": {"labels": {"team": "x"}, "annotations": {"keep": "yes"}},
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,8 @@ from microtask_operator.adapter import reconcile as reconcile_module
 from microtask_operator.adapter.kube import ApiError
 from microtask_operator.adapter.observe import NodeInfo
 from microtask_operator.adapter.reconcile import Cluster, Reconciler
+from microtask_operator.api import indexsets
+from microtask_operator.api.indexsets import apply_patch
 from microtask_operator.api.items import ItemsError
 from microtask_operator.core.timefmt import to_rfc3339
 from microtask_operator.core.types import Event, Pool
@@ -42,6 +45,10 @@ class FakeApi:
         self.refusal: str | None = None
         self.create_error: ApiError | None = None
         self.calls: list[str] = []
+        self.status: dict[str, Any] = {}  # the MicrotaskJob's status as the API server holds it
+        self.config_map_bodies: dict[str, dict[str, Any]] = {}
+        self.patch_error: ApiError | None = None  # the next status patch fails
+        self.patch_applies = False  # ... after the API server applied it
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
         self.calls.append("create_job")
@@ -64,7 +71,22 @@ class FakeApi:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.calls.append("patch_status")
+        if self.patch_error is not None:
+            error, self.patch_error = self.patch_error, None
+            if self.patch_applies:
+                self.status = apply_patch(self.status, status)
+            raise error
         self.status_patches.append(copy.deepcopy(status))
+        self.status = apply_patch(self.status, status)
+
+    async def get_status(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get_status")
+        return copy.deepcopy(self.status)
+
+    async def put_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"put_config_map {body['metadata']['name']}")
+        self.config_maps[body["metadata"]["name"]] = dict(body.get("data") or {})
+        self.config_map_bodies[body["metadata"]["name"]] = copy.deepcopy(body)
 
     async def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         self.calls.append("annotate")
@@ -93,7 +115,13 @@ class FakeApi:
 class World:
     """One MicrotaskJob, its reconciler, and the pods the test makes finish."""
 
-    def __init__(self, spec: Mapping[str, Any], status: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any] | None = None,
+        *,
+        inline_chars: int | None = None,
+    ) -> None:
         self.api = FakeApi()
         self.pods: dict[str, list[dict[str, Any]]] = {}
         self.events: list[Event] = []
@@ -115,6 +143,8 @@ class World:
             },
             "status": dict(status or {}),
         }
+        self.api.status = copy.deepcopy(self.body["status"])
+        self.inline_chars = inline_chars
         self.reconciler = self.new_reconciler()
 
     def new_reconciler(self) -> Reconciler:
@@ -133,22 +163,24 @@ class World:
             ),
             emit=self.events.append,
             clock=lambda: self.now,
+            inline_chars=self.inline_chars,
         )
 
     def step(self, seconds: float = 1.0) -> None:
         self.now += seconds
         asyncio.run(self.reconciler.reconcile(self.body))
-        if self.api.status_patches:
-            merged = dict(self.body["status"])
-            merged.update(self.api.status_patches[-1])
-            self.body["status"] = merged
+        self.body["status"] = copy.deepcopy(self.api.status)
         if self.api.annotations:
             self.body["metadata"]["annotations"] = dict(self.api.annotations)
 
-    def finish(self, shard: int, first: int, count: int) -> None:
-        """The shard's pod ends with every microtask it ran succeeded."""
+    def finish(self, shard: int, first: int, count: int, *, failed: IndexSet | None = None) -> None:
+        """The shard's pod ends with every microtask it ran succeeded (but `failed`, exit 1)."""
+        failed = failed or IndexSet.EMPTY
         report = Report(
-            succeeded=IndexSet.from_range(first, first + count), count=count, seconds_total=1.0
+            succeeded=IndexSet.from_range(first, first + count) - failed,
+            failed={1: failed} if failed else {},
+            count=count,
+            seconds_total=1.0,
         ).encode()
         stamp = to_rfc3339(self.now)
         self.pods[f"j-s{shard}"] = [
@@ -173,6 +205,11 @@ class World:
                 },
             }
         ]
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        """Someone else writes the status (while the operator is away)."""
+        self.body["status"] = copy.deepcopy(status)
+        self.api.status = copy.deepcopy(status)
 
     @property
     def status(self) -> dict[str, Any]:
@@ -244,7 +281,7 @@ def test_a_status_reset_while_away_is_recognised_and_recovered_from_the_jobs() -
     world.step()
     started = world.status["startTime"]
     # The operator stops; someone resets the status; the operator comes back.
-    world.body["status"] = {}
+    world.set_status({})
     world.api.status_patches.clear()
     world.reconciler = world.new_reconciler()
     world.step()
@@ -270,7 +307,7 @@ def test_a_status_reset_while_away_is_recognised_and_recovered_from_the_jobs() -
 def test_an_unreadable_status_is_recovered_with_a_condition() -> None:
     world = World(RANGE)
     world.step()
-    world.body["status"] = {**world.status, "succeededIndexes": "not an index set"}
+    world.set_status({**world.status, "succeededIndexes": "not an index set"})
     world.reconciler = world.new_reconciler()
     world.step()
     cond = world.condition("Recovered")
@@ -331,7 +368,11 @@ def test_pods_refused_by_admission_fail_the_job_fast_quoting_the_refusal() -> No
     world.api.refusal = (
         'pods "j-s0-abcde" is forbidden: violates PodSecurity "restricted:latest": privileged'
     )
+    # A pod a couple of seconds late is normal under load: no Event list for it yet.
     world.step(seconds=2)
+    assert "pod_refusals" not in world.api.calls
+    assert world.status["phase"] != "Failed"
+    world.step(seconds=4)
     assert world.status["phase"] == "Failed"
     failed = world.condition("Failed")
     assert failed is not None and failed["reason"] == "PodsRefused"
@@ -366,3 +407,156 @@ def test_a_transient_refusal_is_retried_not_final() -> None:
     world.api.create_error = None
     world.step()
     assert world.shard_ids() == [0, 1]
+
+
+# --- large index sets: kept in ConfigMaps, read back after a restart ----------------------------
+
+SCATTERED = {
+    "items": {"range": {"end": 3000}},
+    "microtasksPerShard": 1000,
+    "parallelism": 3,
+    "retry": {"maxAttempts": 1, "maxFailedMicrotasks": 3000},
+}
+EVERY_THIRD = IndexSet.from_indexes(range(0, 3000, 3))
+
+
+def _run_scattered(world: World, shards: range = range(3)) -> None:
+    world.step()
+    for shard in shards:
+        world.finish(
+            shard,
+            shard * 1000,
+            1000,
+            failed=EVERY_THIRD & IndexSet.from_range(shard * 1000, shard * 1000 + 1000),
+        )
+    world.step()
+
+
+def _parts(world: World) -> dict[str, dict[str, str]]:
+    return {k: v for k, v in world.api.config_maps.items() if "-indexes-" in k}
+
+
+def test_large_index_sets_go_to_config_maps_first_and_come_back_after_a_restart() -> None:
+    world = World(SCATTERED, inline_chars=500)
+    world.step()
+    world.api.calls.clear()
+    for shard in range(2):
+        first = shard * 1000
+        world.finish(
+            shard, first, 1000, failed=EVERY_THIRD & IndexSet.from_range(first, first + 1000)
+        )
+    world.step()
+    status = world.status
+    part = f"j-indexes-{UID[:8]}-a0"
+    assert [c["name"] for c in status["indexSets"]["configMaps"]] == [part]
+    assert set(status["indexSets"]["fields"]) >= {"failedIndexes", "succeededIndexes"}
+    assert (
+        status["failedIndexes"].startswith("0,3,6,9,") and "more ranges" in status["failedIndexes"]
+    )
+    # The part was written before the status that names it, and is owned by the job.
+    assert world.api.calls.index(f"put_config_map {part}") < world.api.calls.index("patch_status")
+    body = world.api.config_map_bodies[part]
+    assert body["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert body["metadata"]["labels"][L.JOB] == "j"
+    expected = EVERY_THIRD & IndexSet.from_range(0, 2000)
+    assert world.reconciler.state is not None and world.reconciler.state.failed == expected
+
+    # The operator restarts: the new one reads the parts and goes on with the exact sets.
+    world.reconciler = world.new_reconciler()
+    world.step()
+    assert world.condition("Recovered") is None
+    assert world.reconciler.state is not None and world.reconciler.state.failed == expected
+    assert world.reconciler.state.succeeded == IndexSet.from_range(0, 2000) - expected
+    world.finish(2, 2000, 1000, failed=EVERY_THIRD & IndexSet.from_range(2000, 3000))
+    world.step()
+    world.step()
+    assert world.status["phase"] == "Succeeded" and world.status["failed"] == 1000  # tolerated
+    exact = indexsets.join(world.status, world.api.config_maps)
+    assert IndexSet.from_compact(exact["failedIndexes"]) == EVERY_THIRD
+    assert len(json.dumps(world.status)) < 8000
+
+
+def test_status_patches_send_only_what_changed() -> None:
+    world = World(SCATTERED, inline_chars=500)
+    _run_scattered(world, range(1))
+    patches = world.api.status_patches
+    assert "startTime" in patches[0] and "items" in patches[0]
+    assert "startTime" not in patches[-1] and "items" not in patches[-1]
+    assert "failedIndexes" in patches[-1] and "indexSets" in patches[-1]
+    replayed: dict[str, Any] = {}
+    for patch in patches:
+        replayed = apply_patch(replayed, patch)
+    assert replayed == world.api.status
+    # Nothing changed: nothing sent.
+    count = len(patches)
+    world.step()
+    assert len(world.api.status_patches) == count
+
+
+def test_a_missing_part_after_a_restart_is_said_and_the_job_rebuilt() -> None:
+    world = World(SCATTERED, inline_chars=500)
+    _run_scattered(world, range(1))
+    (part,) = _parts(world)
+    del world.api.config_maps[part]
+    world.reconciler = world.new_reconciler()
+    world.step()
+    cond = world.condition("Recovered")
+    assert cond is not None and cond["status"] == "True"
+    assert cond["reason"] == "StatusUnreadable"
+    assert f"ConfigMap {part}" in cond["message"] and "missing" in cond["message"]
+    assert "get_status" in world.api.calls  # read again first, in case the copy was behind
+
+
+def test_a_status_patch_that_failed_after_it_was_applied_leaves_nothing_stale() -> None:
+    world = World(SCATTERED, inline_chars=500)
+    _run_scattered(world, range(1))
+    assert world.status["indexSets"]["configMaps"][0]["name"].endswith("-a0")
+    # The API server applies the next patch (it now names slot b) but the answer is lost.
+    world.api.patch_error = ApiError("patch", "status", "error", "connection reset")
+    world.api.patch_applies = True
+    world.finish(1, 1000, 1000, failed=EVERY_THIRD & IndexSet.from_range(1000, 2000))
+    with pytest.raises(ApiError):
+        world.step()
+    assert world.api.status["indexSets"]["configMaps"][0]["name"].endswith("-b0")
+    world.api.calls.clear()
+    world.finish(2, 2000, 1000, failed=EVERY_THIRD & IndexSet.from_range(2000, 3000))
+    world.step()
+    # The status is read again: the new content goes to slot a, never over the named slot b.
+    assert world.api.calls[0:1] == ["get_status"] or "get_status" in world.api.calls
+    assert world.status["indexSets"]["configMaps"][0]["name"].endswith("-a0")
+    exact = indexsets.join(world.status, world.api.config_maps)
+    assert IndexSet.from_compact(exact["failedIndexes"]) == EVERY_THIRD
+
+
+def test_a_rerun_of_a_job_with_offloaded_index_sets_runs_exactly_its_failures() -> None:
+    source = World(SCATTERED, inline_chars=500)
+    _run_scattered(source)
+    source.step()
+    assert source.status["phase"] == "Succeeded" and "indexSets" in source.status
+    rerun = World(
+        {
+            "items": {"fromJob": {"name": "j"}},
+            "microtasksPerShard": 1000,
+            "parallelism": 1,
+        }
+    )
+    rerun.body["metadata"]["name"] = "again"
+    rerun.api.config_maps.update(source.api.config_maps)
+    rerun.reconciler.name = "again"
+    rerun.reconciler.cluster.job_of = lambda ns, name: source.body if name == "j" else None
+    rerun.step()
+    assert IndexSet.from_compact(rerun.status["source"]["indexes"]) == EVERY_THIRD
+    assert rerun.status["total"] == 1000
+
+
+def test_a_status_reset_mid_run_is_written_again_whole() -> None:
+    world = World(RANGE)
+    world.step()
+    started = world.status["startTime"]
+    world.set_status({})  # someone wipes it while the operator runs
+    world.finish(0, 0, 5)
+    world.step()
+    # Not only what changed since the operator's last write: all of it, start time included.
+    assert world.status["startTime"] == started
+    assert world.status["items"]["digest"].startswith("sha256:")
+    assert world.status["succeeded"] == 5

@@ -785,9 +785,11 @@ def test_result_store_warns_once_and_stops() -> None:
     store = ResultStore(
         sink, description="/data", records="records/r.jsonl", log="logs/l.log", warn=warnings.append
     )
-    store.record(b"{}\n")
+    store.record("{}\n")
+    assert sink.calls == []  # records wait for a push
+    store.push()
     store.copy_log(b"output")
-    store.record(b"{}\n")
+    store.record("{}\n")
     store.flush(final=False)
     store.close()
     store.close()

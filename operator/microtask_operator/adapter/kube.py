@@ -176,7 +176,8 @@ class KubeApi:
             ok=frozenset({404}),
         )
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """Merge `patch` into a MicrotaskJob's status (a JSON merge patch: null removes a key)."""
         await self._call(
             "patch",
             f"microtaskjob {namespace}/{name} status",
@@ -186,10 +187,29 @@ class KubeApi:
                 namespace,
                 PLURAL,
                 name,
-                {"status": status},
+                {"status": patch},
+                _content_type="application/merge-patch+json",
                 _preload_content=False,
             ),
         )
+
+    async def get_status(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A MicrotaskJob's status as the API server holds it now; None when the job is gone."""
+        # A list of one (RBAC grants list and watch on MicrotaskJobs, not get).
+        listed = await self._list(
+            f"microtaskjob {namespace}/{name}",
+            lambda: self.custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                _preload_content=False,
+            ),
+        )
+        if not listed:
+            return None
+        return dict(listed[0].get("status") or {})
 
     async def annotate(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         """Merge annotations into a MicrotaskJob's metadata (its status cannot lose them)."""
@@ -229,6 +249,29 @@ class KubeApi:
                 namespace, cast(Any, body), _preload_content=False
             ),
             lambda: self.core.read_namespaced_config_map(name, namespace, _preload_content=False),
+        )
+
+    async def put_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a ConfigMap, or replace the one of that name (its data is the new truth)."""
+        name = body["metadata"]["name"]
+        what = f"configmap {namespace}/{name}"
+        created = await self._call(
+            "create",
+            what,
+            lambda: self.core.create_namespaced_config_map(
+                namespace, cast(Any, body), _preload_content=False
+            ),
+            ok=frozenset({409}),
+        )
+        if created is not None:
+            return
+        # It exists (an earlier write): replaced unconditionally, ConfigMaps allow it.
+        await self._call(
+            "update",
+            what,
+            lambda: self.core.replace_namespaced_config_map(
+                name, namespace, cast(Any, body), _preload_content=False
+            ),
         )
 
     # Refusals of a shard's pod that waiting does not cure (the template must change): Pod

@@ -5,6 +5,9 @@ it wrote as the truth (the watched copy may lag behind its own writes) and remem
 created or deleted until the watch shows them, so a lagging cache never leads to a duplicate Job or
 a double count. After a restart it starts from the status and the Jobs that exist.
 
+It works with the exact status; what is written is its bounded form, large index sets kept in
+owned ConfigMaps, and only what changed is sent (`offload.StatusWriter`, `api.indexsets`).
+
 A rerun (`items.fromJob`) starts once its source has finished: the source is read from the
 watched MicrotaskJobs, resolved by `api.sources` and written to `status.source` with the store
 root (`status.output`); from then on it runs the source's items at the indexes left over, and
@@ -20,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..api import indexsets
 from ..api.convert import to_core_spec
 from ..api.items import ItemsError
 from ..api.loading import validate_job
@@ -54,6 +58,7 @@ from . import dependencies
 from .fixeditems import FixedItems, ItemsGuard, Verdict
 from .kube import ApiError, KubeApi
 from .observe import NodeInfo, cluster_view, observe
+from .offload import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +67,23 @@ CREATE_MEMORY_SECONDS = 120.0
 # A delete we sent is not repeated for this long while the watch still shows the Job.
 DELETE_MEMORY_SECONDS = 30.0
 # A shard's Job without a pod this long may have its pods refused: its Events say (read at most
-# once per REFUSAL_CHECK_EVERY per MicrotaskJob).
-REFUSAL_CHECK_AFTER = 1.0
+# once per REFUSAL_CHECK_EVERY per MicrotaskJob). Under load a pod often takes over a second to
+# appear; checking sooner made most Event lists pointless.
+REFUSAL_CHECK_AFTER = 5.0
 REFUSAL_CHECK_EVERY = 5.0
+
+# The keys of the core's index sets in the status.
+_CORE_SETS = frozenset(
+    {
+        indexsets.KEY,
+        "succeededIndexes",
+        "failedIndexes",
+        "retryQueue",
+        "inFlight",
+        "retiredShards",
+        "keptShards",
+    }
+)
 
 # Conditions the adapter sets (the core carries them along unchanged): (holds, reason, message).
 Flag = tuple[bool, str, str]
@@ -114,9 +133,18 @@ class Reconciler:
     announced: dict[str, str] = field(default_factory=dict)
     marked: bool = False  # the start is noted in an annotation
     refusal_checked: float | None = None
+    # Index-set text kept inline in the status (None: MICROTASK_STATUS_INLINE_CHARS or 8 KiB).
+    inline_chars: int | None = None
+    writer: StatusWriter = field(init=False)
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the MicrotaskJob's, as last seen
+    # Why the exact index sets of the status read at the start could not be had, if they could not.
+    unloadable: str | None = None
 
     def __post_init__(self) -> None:
         self.items = ItemsGuard(self.api, self.namespace, self.name)
+        self.writer = StatusWriter(
+            self.api, self.namespace, self.name, inline_chars=self.inline_chars
+        )
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         started = time.perf_counter()
@@ -128,9 +156,13 @@ class Reconciler:
     async def _reconcile(self, body: Mapping[str, Any]) -> Outcome:
         now = self.clock()
         meta = body.get("metadata") or {}
-        status = dict(body.get("status") or {})
-        if self.last_status is None:
-            self.last_status = status
+        self.meta = meta
+        seen = dict(body.get("status") or {})
+        status = seen
+        if self.last_status is None or (self.state is None and indexsets.offloaded(seen)):
+            status = await self._exact(seen)
+            if self.last_status is None:
+                self.last_status = status
         job, problems = validate_job(body)
         if job is None:
             message = "; ".join(
@@ -247,7 +279,7 @@ class Reconciler:
 
         # 2. Status, once: it records harvests before their Jobs go away.
         new_status = self._full_status(decision, meta, now, store=store, rerun=rerun, items=items)
-        await self._write_status(new_status)
+        await self._write_status(new_status, seen)
         self.state = decision.state
         self._record(decision)
         await self._mark_started(meta, new_status)
@@ -281,8 +313,14 @@ class Reconciler:
         previous = list((self.last_status or {}).get("conditions") or [])
         conds = self._owned_conditions(previous, now)
         if conds != previous:
-            await self.api.patch_status(self.namespace, self.name, {"conditions": conds})
-            self.last_status = {**(self.last_status or {}), "conditions": conds}
+            status = {**(self.last_status or {}), "conditions": conds}
+            try:
+                await self.writer.write(self.meta, status)
+            except indexsets.IndexSetsError:
+                # The index sets themselves cannot be written (too large): the conditions can.
+                await self.api.patch_status(self.namespace, self.name, {"conditions": conds})
+                self.writer.written = {**(self.writer.written or {}), "conditions": conds}
+            self.last_status = status
         self._announce()
 
     # -- pieces ------------------------------------------------------------------------------
@@ -350,20 +388,28 @@ class Reconciler:
         held = status.get("phase") == "Failed" and not status.get("startTime")
         started_at = ((meta.get("annotations") or {}).get(STARTED_AT)) or None
         recovered: tuple[str, str] | None = None
-        try:
-            state = CoreState.from_status(status)
-        except StateError as error:
+        if self.unloadable is not None:
             state = CoreState.initial()
             recovered = (
                 conditions.REASON_STATUS_UNREADABLE,
-                f"the status could not be read back ({error})",
+                f"the status's index sets could not be read back ({self.unloadable})",
             )
+            self.unloadable = None
         else:
-            if started_at and not status.get("startTime"):
+            try:
+                state = CoreState.from_status(status)
+            except StateError as error:
+                state = CoreState.initial()
                 recovered = (
-                    conditions.REASON_STATUS_RESET,
-                    f"the status was reset although the job started at {started_at}",
+                    conditions.REASON_STATUS_UNREADABLE,
+                    f"the status could not be read back ({error})",
                 )
+            else:
+                if started_at and not status.get("startTime"):
+                    recovered = (
+                        conditions.REASON_STATUS_RESET,
+                        f"the status was reset although the job started at {started_at}",
+                    )
         if recovered is not None:
             reason, what = recovered
             message = (
@@ -452,6 +498,12 @@ class Reconciler:
         ref = job.spec.items.from_job
         assert ref is not None
         body = self.cluster.job_of(self.namespace, ref.name)
+        if body is not None and indexsets.offloaded(body.get("status")):
+            try:
+                body = {**body, "status": await self._load_parts(body["status"])}
+            except indexsets.IndexSetsError as error:
+                # Perhaps the watched copy is behind its parts: tried again later.
+                return SourceProblem(SourceReason.UNUSABLE, f"MicrotaskJob {ref.name}: {error}")
         found = resolve_rerun(job, body)
         if isinstance(found, ConfigMapNeeded):
             data = await self.api.get_config_map(self.namespace, found.name)
@@ -616,10 +668,44 @@ class Reconciler:
             if holds and type_ != conditions.RECOVERED:  # (announced where it is found)
                 self.emit(Event(reason, message, warning=True))
 
-    async def _write_status(self, status: dict[str, Any]) -> None:
+    async def _exact(self, status: Mapping[str, Any]) -> dict[str, Any]:
+        """The status read with its exact index sets (their ConfigMaps read and checked).
+
+        When they cannot be had (a part deleted or edited), the status is read again from the
+        API server, in case the watched copy is behind; failing that, the job is rebuilt from
+        the Jobs that exist, with a condition naming the part (see `_state`).
+        """
+        try:
+            return await self.writer.load(status)
+        except indexsets.IndexSetsError as error:
+            problem = str(error)
+        fresh = await self.api.get_status(self.namespace, self.name)
+        if fresh is not None and fresh != status:
+            self.writer.written = fresh
+            try:
+                return await self.writer.load(fresh)
+            except indexsets.IndexSetsError as error:
+                problem = str(error)
+        log.warning("%s/%s: %s", self.namespace, self.name, problem)
+        self.unloadable = problem
+        # What survives: all but the index sets (rebuilt from the Jobs; a rerun's source says
+        # itself that it is unusable).
+        return {k: v for k, v in status.items() if k not in _CORE_SETS}
+
+    async def _load_parts(self, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Another MicrotaskJob's status with its exact index sets."""
+        data = {
+            name: await self.api.get_config_map(self.namespace, name)
+            for name in indexsets.needed(status)
+        }
+        return indexsets.join(status, data)
+
+    async def _write_status(self, status: dict[str, Any], seen: Mapping[str, Any]) -> None:
+        """Write the status (what changed); all of it when someone reset it meanwhile."""
         if status == self.last_status:
             return  # nothing changed: no API write
-        await self.api.patch_status(self.namespace, self.name, status)
+        reset = bool((self.writer.written or {}).get("startTime")) and not seen.get("startTime")
+        await self.writer.write(self.meta, status, full=reset)
         self.last_status = status
 
     async def _hold(
@@ -662,7 +748,7 @@ class Reconciler:
         merged = dict(self.last_status or {})
         merged.update(status)
         if merged != self.last_status:
-            await self.api.patch_status(self.namespace, self.name, status)
+            await self.writer.write(meta, merged)
             self.last_status = merged
             self.emit(
                 Event(

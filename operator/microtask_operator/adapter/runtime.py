@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 import time
 from typing import Any
@@ -13,6 +15,21 @@ from ..metrics import Metrics
 from ..settings import Settings
 from .config import OperatorConfig
 from .handlers import OperatorState, build_registry
+
+#: kopf's line for each watch event our event handlers saw (one per change of every shard's Job
+#: and pod): at a hundred MicrotaskJobs, thousands a minute of lines that say nothing.
+ROUTINE = re.compile(
+    r"Handler '[^']*\.(job_changed|pod_changed|node_changed|job_spec_changed)' succeeded\."
+)
+
+
+class QuietRoutine(logging.Filter):
+    """Drops kopf's "Handler ... succeeded." of the watch-event handlers, unless debugging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        return not ROUTINE.fullmatch(record.getMessage())
 
 
 async def run_operator(
@@ -31,15 +48,21 @@ async def run_operator(
     kwargs: dict[str, Any] = {}
     if config.health_port:
         kwargs["liveness_endpoint"] = f"http://0.0.0.0:{config.health_port}/healthz"
-    await kopf.operator(
-        registry=registry,
-        clusterwide=not config.namespaces,
-        namespaces=list(config.namespaces),
-        standalone=config.peering is None,
-        peering_name=config.peering,
-        # Peers of equal priority pause each other; the newest replica takes over instead.
-        priority=int(time.time() * 1000) % 2**31,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        **kwargs,
-    )
+    kopf_objects = logging.getLogger("kopf.objects")
+    quiet = QuietRoutine()
+    kopf_objects.addFilter(quiet)
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            # Peers of equal priority pause each other; the newest replica takes over instead.
+            priority=int(time.time() * 1000) % 2**31,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            **kwargs,
+        )
+    finally:
+        kopf_objects.removeFilter(quiet)

@@ -1003,6 +1003,26 @@ class ItemsStatus(_Strict):
     mount (later edits of the ConfigMap do not reach the job)."""
 
 
+class IndexSetPart(_Strict):
+    """One ConfigMap holding part of the status's offloaded index sets."""
+
+    name: DnsSubdomain
+    """The ConfigMap (`<job>-indexes-<uid8>-<slot><n>`), owned by the MicrotaskJob."""
+    digest: str = Field(pattern=_DIGEST)
+    """`sha256:<hex>` of its data: a part rewritten or edited since is detected."""
+
+
+class IndexSetsStatus(_Strict):
+    """Where the exact index sets too large for the status are (they hold summaries instead)."""
+
+    digest: str = Field(pattern=_DIGEST)
+    """`sha256:<hex>` of the exact offloaded sets together."""
+    config_maps: list[IndexSetPart] = Field(max_length=16)
+    """The ConfigMaps that hold them, in order."""
+    fields: list[str] = Field(max_length=256)
+    """The offloaded fields, e.g. `failedIndexes`, `retryQueue.0.indexes`, `source.indexes`."""
+
+
 class Condition(_Strict):
     """A Kubernetes-style condition."""
 
@@ -1021,7 +1041,9 @@ class Condition(_Strict):
 
 
 class MicrotaskJobStatus(_Strict):
-    """Progress of a MicrotaskJob, written by the operator; index sets are strings (`0-99,120`)."""
+    """Progress of a MicrotaskJob, written by the operator; index sets are strings (`0-99,120`).
+
+    Large index sets are kept in owned ConfigMaps (`indexSets`), so the status stays small."""
 
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
     """Pending, Running, Succeeded, Failed or Suspended."""
@@ -1083,6 +1105,9 @@ class MicrotaskJobStatus(_Strict):
     """items.fromJob as resolved at the start."""
     items: ItemsStatus | None = None
     """The item source as started: its digest, and the copy of a configMapRef's items."""
+    index_sets: IndexSetsStatus | None = None
+    """Set when the index sets are too large to keep inline: the fields it names hold a summary
+    (`0-99,120,... (+199,998 more ranges)`) and their exact sets are in the ConfigMaps."""
     start_time: DateTime | None = None
     """When the first shard was created."""
     completion_time: DateTime | None = None

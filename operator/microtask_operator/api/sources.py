@@ -25,7 +25,7 @@ from typing import Any
 from microtask_runner.indexset import IndexSet
 from pydantic import ValidationError
 
-from microtask_operator.api import limits
+from microtask_operator.api import indexsets, limits
 from microtask_operator.api.items import ItemsError, count_items
 from microtask_operator.api.model import (
     OUTPUT_MOUNT_PATH,
@@ -185,7 +185,8 @@ def resolve_rerun(
     Items: the source's `status.source.items` when it is itself a rerun, else its `spec.items`.
     Indexes: the source's universe (`status.source.indexes`, or 0..total-1) minus its
     `status.succeededIndexes`. A ConfigMap source is read (`config_map_data`) to check that the
-    indexes still name items.
+    indexes still name items. A status whose index sets are offloaded (`api.indexsets`) must be
+    joined with them first.
     """
     ref = job.spec.items.from_job
     assert ref is not None, "resolve_rerun is for items.fromJob"
@@ -216,6 +217,11 @@ def _rerun(
     status: Mapping[str, Any],
     config_map_data: Mapping[str, str] | None,
 ) -> Rerun | ConfigMapNeeded:
+    if indexsets.offloaded(status):
+        # The caller reads them (indexsets.join): the summaries in their place are not sets.
+        raise ValueError(
+            "its index sets are kept in ConfigMaps (status.indexSets) and were not read"
+        )
     universe: IndexSet | None = None
     if status.get("source") is not None:
         earlier = Rerun.from_status(status["source"])

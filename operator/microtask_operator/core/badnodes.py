@@ -95,8 +95,17 @@ def judge(
     result = dict(nodes)
     confirmed: list[str] = []
     programs = IndexSet.EMPTY
+    # Suspicions wholly outside the shard's outcomes are left as they are without set
+    # operations: a decision harvests many shards, each meeting every node's record.
+    ends = (succeeded.first(), failed.first(), succeeded.last(), failed.last())
+    known = [b for b in ends if b is not None]
+    low, high = (min(known), max(known)) if known else (0, -1)
     for name, record in nodes.items():
         if not record.suspect:
+            continue
+        first, last = record.suspect.first(), record.suspect.last()
+        assert first is not None and last is not None
+        if last < low or first > high:
             continue
         if name == node:
             rest = record.suspect - succeeded

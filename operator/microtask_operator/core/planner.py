@@ -27,6 +27,8 @@ from microtask_runner.indexset import IndexSet
 from . import attribution, badnodes, conditions, failures, lost, resources, retries, speculation
 from .attribution import Charge
 from .conditions import Condition
+from .ledger import Ledger
+from .observed import bucket
 from .resources import ResourceSeconds
 from .state import CoreState, PoolDurations, RetryBatch
 from .types import (
@@ -119,12 +121,10 @@ class _Planner:
         self.actions: list[Action] = []
         self.deltas = Deltas()
         self.wakeups: list[float] = []
-        self.succeeded = state.succeeded
-        self.failed = state.failed
-        self.retry = state.retry
+        # Outcomes, the retry queue and attempts, with the sets derived from them.
+        self.ledger = Ledger.from_state(state)
         self.retired = state.retired
         self.kept = state.kept
-        self.attempts = state.attempts
         self.copies = state.speculative_copies
         self.rebalances = dict(state.rebalances)
         self.nodes = dict(state.nodes)
@@ -132,7 +132,6 @@ class _Planner:
         self.gpu_fallback_until = state.gpu_fallback_until
         self.wasted = state.wasted_seconds
         self.failure_summary = state.failure_summary
-        self.succeeded_after_retry = state.succeeded_after_retry
         self.resources = state.resources
         self.not_run = state.not_run
         self.universe = spec.indexes()
@@ -142,40 +141,41 @@ class _Planner:
         self.message = state.message
         self.conditions = state.conditions
         self.events: list[Event] = []
+        seen = bucket(observed, state)
         # Observed shards already harvested or abandoned only need their Jobs gone.
-        self.live: dict[int, ObservedShard] = {}
+        self.actions.extend(DeleteShard(s.shard_id, "retired") for s in seen.gone)
+        self.live: dict[int, ObservedShard] = {s.shard_id: s for s in seen.live}
         self._in_flight: IndexSet | None = None
-        for shard in observed:
-            if shard.shard_id in state.retired:
-                if shard.shard_id not in state.kept:
-                    self.actions.append(DeleteShard(shard.shard_id, "retired"))
-            else:
-                self.live[shard.shard_id] = shard
         # Microtasks of shards counted when seen, not at their launch (see fall_back).
         self.sighted = IndexSet.EMPTY
-        for shard in self.live.values():
-            if shard.shard_id >= state.next_shard and shard.copy_of is None:
-                # Launched just before a restart lost the status write: count its attempts now.
-                # (If it relaunched work of a shard still seen, that shard's share of the work
-                # it never ran is taken out when it is dealt with, as it was the first time.)
-                self.attempts += len(shard.indexes)
-                self.sighted = self.sighted | shard.indexes
+        for shard in seen.unrecorded:
+            # Launched just before a restart lost the status write: count its attempts now.
+            # (If it relaunched work of a shard still seen, that shard's share of the work
+            # it never ran is taken out when it is dealt with, as it was the first time.)
+            self.ledger = self.ledger.recount(len(shard.indexes))
+            self.sighted = self.sighted | shard.indexes
         self.next_shard = max([state.next_shard, *(s.shard_id + 1 for s in observed)])
         # A retry batch that is in flight was launched before a restart lost the status write.
-        self.retry = retries.without(self.retry, self.in_flight())
+        self.ledger = self.ledger.unqueue(self.in_flight())
+        # Queued or launched since: only these can be both queued and in flight later on.
+        self.touched = IndexSet.EMPTY
         self.recover_vanished(state)
 
     def recover_vanished(self, state: CoreState) -> None:
         """Work in flight last time whose Job is gone unseen goes back at its attempt level."""
-        seen = self.in_flight() | self.final() | self.queued()
+        # Seen: in flight, final, queued (before this), or gone in an earlier attempt's Job.
+        # (Small sets minus large ones: each costs the small one's ranges.)
+        accounted = self.ledger.covered
+        earlier = IndexSet.EMPTY
         for attempt, indexes in sorted(state.in_flight.items()):
-            gone = indexes - seen
+            gone = indexes - self.in_flight() - accounted - earlier
             if not gone:
                 continue
             if attempt > 1:
-                self.retry = retries.add_batch(self.retry, attempt - 1, self.now, gone)
+                self.ledger = self.ledger.queue(attempt - 1, self.now, gone)
+                self.touched = self.touched | gone
             # attempt 1: nothing to keep, they are fresh work again.
-            self.attempts -= len(gone)
+            self.ledger = self.ledger.recount(-len(gone))
             self.events.append(
                 Event(
                     "ShardVanished",
@@ -189,12 +189,13 @@ class _Planner:
                 f"a Job of attempt {attempt} is gone unseen ({lost.JOB_VANISHED}); "
                 f"{_microtasks(len(gone))} relaunched",
             )
-            seen = seen | gone
+            earlier = earlier | gone
 
     # -- helpers ---------------------------------------------------------------------------
 
     def in_flight(self) -> IndexSet:
-        # One merge of all ranges (folding `|` is quadratic), kept until the live shards change.
+        # One merge of all ranges (folding `|` is quadratic), then kept up to date as shards
+        # come and go.
         if self._in_flight is None:
             self._in_flight = IndexSet.from_ranges(
                 r for s in self.live.values() for r in s.indexes.ranges
@@ -203,11 +204,22 @@ class _Planner:
 
     def forget(self, shard_id: int) -> None:
         """The shard is no longer live (harvested, abandoned or moved)."""
-        if self.live.pop(shard_id, None) is not None:
-            self._in_flight = None
+        shard = self.live.pop(shard_id, None)
+        if shard is None or self._in_flight is None or not shard.indexes:
+            return
+        # What another live shard runs too (its copy, say) stays in flight. Comparing spans
+        # first keeps this O(window), not O(window x ranges).
+        lo, hi = shard.indexes.first(), shard.indexes.last()
+        assert lo is not None and hi is not None
+        shared = IndexSet.EMPTY
+        for other in self.live.values():
+            first, last = other.indexes.first(), other.indexes.last()
+            if first is not None and last is not None and first <= hi and lo <= last:
+                shared = shared | (other.indexes & shard.indexes)
+        self._in_flight = self._in_flight - (shard.indexes - shared)
 
     def final(self) -> IndexSet:
-        return self.succeeded | self.failed
+        return self.ledger.final
 
     def retire(self, shard: ObservedShard, reason: str, *, keep: bool = False) -> None:
         self.retired = self.retired | IndexSet.from_range(shard.shard_id, shard.shard_id + 1)
@@ -244,13 +256,7 @@ class _Planner:
 
     def succeed(self, ok: IndexSet, attempt: int) -> None:
         """Microtasks reported done; a late success (speculative copy) beats a failure."""
-        self.deltas.succeeded += len(ok - self.final())
-        if attempt > 1:
-            again = len(ok - self.succeeded)
-            self.succeeded_after_retry += again
-            self.deltas.succeeded_after_retry += again
-        self.succeeded = self.succeeded | ok
-        self.failed = self.failed - ok
+        self.ledger = self.ledger.succeed(ok, attempt)
 
     def rebalanced(self, reason: Reason, message: str) -> None:
         self.rebalances[reason.value] = self.rebalances.get(reason.value, 0) + 1
@@ -276,14 +282,14 @@ class _Planner:
         back = unfinished - self.in_flight()
         spent = shard.attempt - 1
         if spent > 0 and back:
-            self.retry = retries.add_batch(self.retry, spent, self.now, back)
+            self.ledger = self.ledger.queue(spent, self.now, back)
+            self.touched = self.touched | back
         # spent == 0: nothing to store, fresh work is everything not accounted for.
         return unfinished
 
     def uncount(self, never_ran: IndexSet) -> None:
         """Launched microtasks that did not run are no attempts after all."""
-        self.attempts -= len(never_ran)
-        self.deltas.attempts -= len(never_ran)
+        self.ledger = self.ledger.launched(-len(never_ran))
 
     def charge(self, shard: ObservedShard, charge: Charge) -> IndexSet:
         """Microtasks that failed an attempt: retry after backoff, or fail for good.
@@ -298,14 +304,13 @@ class _Planner:
             policy, charge.code, shard.attempt, from_runner=charge.from_runner
         )
         if permanent:
-            self.failed = self.failed | indexes
-            self.deltas.failed += len(indexes)
+            self.ledger = self.ledger.fail(indexes)
             # Failed wherever they ran: no node is to blame for them.
             self.nodes = badnodes.acquit(self.nodes, indexes)
         else:
             delay = retries.backoff_seconds(policy, shard.attempt)
-            self.retry = retries.add_batch(self.retry, shard.attempt, self.now + delay, indexes)
-            self.deltas.retried += len(indexes)
+            self.ledger = self.ledger.retry_later(shard.attempt, self.now + delay, indexes)
+            self.touched = self.touched | indexes
         sample = charge.indexes.first()
         assert sample is not None
         self.failure_summary = failures.record(
@@ -431,7 +436,7 @@ class _Planner:
                 pod_died = True
         all_charged = verdict.charged()
         self.requeue_unfinished(shard, verdict.unreported)
-        self.retry = retries.without(self.retry, self.final())
+        self.ledger = self.ledger.purge()
         # The pod time of microtasks that failed and run again was thrown away.
         outcomes = len(ok) + len(all_charged)
         self.spend(shard, len(retried) / outcomes if outcomes else 0.0)
@@ -552,10 +557,11 @@ class _Planner:
     def launch(self, plan: ShardPlan, *, count_attempts: bool = True) -> None:
         self.actions.append(CreateShard(plan))
         if count_attempts:
-            self.attempts += len(plan.indexes)
-            self.deltas.attempts += len(plan.indexes)
+            self.ledger = self.ledger.launched(len(plan.indexes))
         self.live[plan.shard_id] = plan.as_pending(self.now)
-        self._in_flight = None
+        self.touched = self.touched | plan.indexes
+        if self._in_flight is not None:
+            self._in_flight = self._in_flight | plan.indexes
 
     def pool_for_new_work(self) -> Pool:
         if self.spec.accelerator == Accelerator.GPU:
@@ -580,9 +586,11 @@ class _Planner:
             return
         size = self.spec.microtasks_per_shard
         # Never queue for launch what a live shard already runs.
-        self.retry = retries.without(self.retry, self.in_flight())
-        ready, self.retry = retries.take_ready(self.retry, self.now, size, free)
-        for batch in self.retry:
+        # Queued and in flight shared nothing after __init__: only what was queued or launched
+        # since can be both, and looking at that alone spares a pass over the whole window.
+        self.ledger = self.ledger.unqueue(self.touched & self.in_flight())
+        ready, self.ledger = self.ledger.take_ready(self.now, size, free)
+        for batch in self.ledger.retry:
             if batch.not_before > self.now:
                 self.wakeups.append(batch.not_before)
         pool = self.pool_for_new_work()
@@ -595,18 +603,22 @@ class _Planner:
         free -= len(ready)
         if free <= 0:
             return
-        fresh = self.fresh()
+        # The next fresh microtasks, found past the work accounted for: never the whole rest.
+        fresh = self.ledger.first_fresh(self.universe, self.in_flight(), free * size)
         while fresh and free > 0:
             chunk, fresh = fresh.take(size)
             self.launch(ShardPlan(self.new_shard_id(), chunk, 1, pool, None, hard, soft))
             free -= 1
 
     def fresh(self) -> IndexSet:
-        """Microtasks not launched yet (or given back unrun): first attempts to come."""
-        return self.universe - self.final() - self.in_flight() - self.queued()
+        """Microtasks not launched yet (or given back unrun): first attempts to come.
 
-    def queued(self) -> IndexSet:
-        return IndexSet.from_ranges(r for b in self.retry for r in b.indexes.ranges)
+        O(ranges): only for a job that ends; `has_fresh` and `first_fresh` cost what they find.
+        """
+        return self.ledger.all_fresh(self.universe, self.in_flight())
+
+    def has_fresh(self) -> bool:
+        return bool(self.ledger.first_fresh(self.universe, self.in_flight(), 1))
 
     def speculate(self) -> None:
         """Copy stragglers at the tail, or whenever the cluster shows spare capacity.
@@ -617,7 +629,7 @@ class _Planner:
         policy = self.spec.speculation
         if not policy.enabled:
             return
-        tail = not self.fresh() and not any(b.not_before <= self.now for b in self.retry)
+        tail = not self.has_fresh() and not any(b.not_before <= self.now for b in self.ledger.retry)
         if not tail and self.waiting_for_capacity():
             return  # pods already queue for nodes: a copy would only slow real work down
         cap = max(1, math.floor(policy.max_fraction * self.spec.parallelism))
@@ -724,7 +736,7 @@ class _Planner:
         self.recover_lost()
         self.update_nodes()
 
-        if len(self.failed) > retries.allowed_failures(spec.retry, spec.total):
+        if len(self.ledger.failed) > retries.allowed_failures(spec.retry, spec.total):
             self.not_run = len(self.fresh())
             self.cancel_all("too_many_failures")
             self.message = self.with_not_run(self.too_many_failures())
@@ -745,9 +757,7 @@ class _Planner:
                 self.not_run = len(self.fresh())
                 self.cancel_all("deadline")
                 unfinished = self.universe - self.final()
-                self.failed = self.failed | unfinished
-                self.deltas.failed += len(unfinished)
-                self.retry = ()
+                self.ledger = self.ledger.fail(unfinished).drop_queue()
                 self.message = self.with_not_run(
                     f"timeouts.jobSeconds={spec.job_timeout_seconds:g} exceeded; "
                     f"{len(unfinished)} microtasks unfinished"
@@ -801,7 +811,7 @@ class _Planner:
         """Which limit was crossed, and the kind of failure most to blame."""
         policy = self.spec.retry
         text = (
-            f"{failures.microtasks(len(self.failed))} failed permanently, more than "
+            f"{failures.microtasks(len(self.ledger.failed))} failed permanently, more than "
             f"{retries.failure_limit(policy, self.spec.total)}"
         )
         worst = failures.worst(self.failure_summary)
@@ -817,18 +827,20 @@ class _Planner:
     def finish(self, phase: str, reason: str | None = None) -> Decision:
         now = self.now
         conds = self.conditions
+        ledger = self.ledger
+        counts = ledger.counts
         total = self.spec.total
         done = phase in (SUCCEEDED, FAILED)
         if done and self.completion_time is None:
             self.completion_time = now
         if phase == SUCCEEDED:
-            tolerated = len(self.failed)
+            tolerated = len(ledger.failed)
             why = (
                 conditions.REASON_SUCCEEDED_WITH_FAILURES
                 if tolerated
                 else conditions.REASON_ALL_SUCCEEDED
             )
-            text = f"{len(self.succeeded)} of {total} microtasks succeeded" + (
+            text = f"{len(ledger.succeeded)} of {total} microtasks succeeded" + (
                 f", {tolerated} failed (tolerated)" if tolerated else ""
             )
             conds = conditions.set_condition(conds, conditions.COMPLETE, True, why, text, now)
@@ -839,7 +851,7 @@ class _Planner:
             self.message = text
         elif phase == FAILED:
             failed_why: str = reason or conditions.REASON_TOO_MANY_FAILURES
-            text = self.message or f"{len(self.failed)} microtasks failed"
+            text = self.message or f"{len(ledger.failed)} microtasks failed"
             conds = conditions.set_condition(conds, conditions.FAILED, True, failed_why, text, now)
             conds = conditions.set_condition(
                 conds, conditions.COMPLETE, False, failed_why, text, now
@@ -858,7 +870,7 @@ class _Planner:
                 conditions.READY,
                 phase != SUSPENDED,
                 ready_reason,
-                f"{len(self.succeeded)} of {total} microtasks succeeded",
+                f"{len(ledger.succeeded)} of {total} microtasks succeeded",
                 now,
             )
         if phase == SUSPENDED or conditions.get_condition(conds, conditions.SUSPENDED):
@@ -874,41 +886,48 @@ class _Planner:
             self.events.append(
                 Event(
                     phase,
-                    f"{len(self.succeeded)} of {total} microtasks succeeded, "
-                    f"{len(self.failed)} failed; {self.attempts} attempts",
+                    f"{len(ledger.succeeded)} of {total} microtasks succeeded, "
+                    f"{len(ledger.failed)} failed; {ledger.attempts} attempts",
                     warning=phase == FAILED,
                 )
             )
-        if self.deltas.failed:
+        if counts.failed:
             self.events.append(
                 Event(
                     "MicrotasksFailed",
-                    f"{_microtasks(self.deltas.failed)} failed permanently "
-                    f"({len(self.failed)} in all)",
+                    f"{_microtasks(counts.failed)} failed permanently "
+                    f"({len(ledger.failed)} in all)",
                     warning=True,
                 )
             )
         if phase == SUSPENDED and self.previous_phase != SUSPENDED:
             self.events.append(Event("Suspended", "spec.suspend is true: no new shards"))
         self.trim_kept()
-        ranges: dict[int, list[tuple[int, int]]] = {}
-        for shard in self.live.values():
-            ranges.setdefault(shard.attempt, []).extend(shard.indexes.ranges)
         final = self.final()
-        in_flight = {
-            attempt: rest
-            for attempt, parts in ranges.items()
-            if (rest := IndexSet.from_ranges(parts) - final)
-        }
+        attempts = {shard.attempt for shard in self.live.values()}
+        if len(attempts) == 1:
+            # (The usual case: all the work in flight is at one attempt, merged already.)
+            running = self.in_flight() - final
+            in_flight = {attempts.pop(): running} if running else {}
+        else:
+            ranges: dict[int, list[tuple[int, int]]] = {}
+            for shard in self.live.values():
+                ranges.setdefault(shard.attempt, []).extend(shard.indexes.ranges)
+            in_flight = {
+                attempt: rest
+                for attempt, parts in ranges.items()
+                if (rest := IndexSet.from_ranges(parts) - final)
+            }
+            running = IndexSet.from_ranges(r for rest in in_flight.values() for r in rest.ranges)
         state = CoreState(
-            succeeded=self.succeeded,
-            failed=self.failed,
-            retry=self.retry,
+            succeeded=ledger.succeeded,
+            failed=ledger.failed,
+            retry=ledger.retry,
             in_flight=in_flight,
             retired=self.retired,
             kept=self.kept,
             next_shard=self.next_shard,
-            attempts=self.attempts,
+            attempts=ledger.attempts,
             speculative_copies=self.copies,
             rebalances=self.rebalances,
             nodes=self.nodes,
@@ -916,7 +935,7 @@ class _Planner:
             gpu_fallback_until=self.gpu_fallback_until,
             wasted_seconds=self.wasted,
             failure_summary=self.failure_summary,
-            succeeded_after_retry=self.succeeded_after_retry,
+            succeeded_after_retry=ledger.succeeded_after_retry,
             resources=self.resources,
             not_run=self.not_run,
             start_time=self.start_time,
@@ -924,18 +943,23 @@ class _Planner:
             phase=phase,
             message=self.message,
             conditions=conds,
+            derived=ledger,
         )
         status = state.to_status()
-        running = self.in_flight() - self.final()
-        queued = self.queued()
+        queued = ledger.queued
         status.update(
             total=total,
-            succeeded=len(self.succeeded),
-            failed=len(self.failed),
+            succeeded=len(ledger.succeeded),
+            failed=len(ledger.failed),
             running=len(running),
             queued=len(queued),
             shardsInFlight=len(self.live),
         )
+        self.deltas.succeeded = counts.succeeded
+        self.deltas.failed = counts.failed
+        self.deltas.retried = counts.retried
+        self.deltas.attempts = counts.attempts
+        self.deltas.succeeded_after_retry = counts.succeeded_after_retry
         future = [t for t in self.wakeups if t > now]
         return Decision(
             actions=[*self.actions, *self.events],

@@ -128,16 +128,22 @@ def take_ready(
     A retry shard holds microtasks of one attempt count, so the shard's attempt label is exact.
     Returns [(attempts already spent, indexes)] and the remaining queue.
     """
-    due: dict[int, IndexSet] = {}
+    # The batches are not merged into one set per attempt count (that costs all their ranges):
+    # the first `size` microtasks of their union are among the first `size` of each.
+    due: dict[int, list[IndexSet]] = {}
     for batch in batches:
-        if batch.not_before <= now:
-            due[batch.attempts] = due.get(batch.attempts, IndexSet.EMPTY) | batch.indexes
+        if batch.not_before <= now and batch.indexes:
+            due.setdefault(batch.attempts, []).append(batch.indexes)
     shards: list[tuple[int, IndexSet]] = []
     taken = IndexSet.EMPTY
     for attempts in sorted(due):
-        pool = due[attempts]
-        while pool and len(shards) < count:
-            chunk, pool = pool.take(size)
+        parts = due[attempts]
+        while parts and len(shards) < count:
+            head = IndexSet.EMPTY
+            for part in parts:
+                head = head | part.take(size)[0]
+            chunk = head.take(size)[0]
             shards.append((attempts, chunk))
             taken = taken | chunk
+            parts = [rest for part in parts if (rest := part - chunk)]
     return shards, without(batches, taken)

@@ -106,6 +106,10 @@ class CoreState:
     phase: str = "Pending"
     message: str = ""
     conditions: tuple[Condition, ...] = ()
+    # What the decision that made this state derived from its sets (the ledger: their union,
+    # the retry queue's...), so the next decision need not derive it again from scratch. Used
+    # only while the sets are these very objects; never stored, compared or shown.
+    derived: object = field(default=None, compare=False, repr=False)
 
     @classmethod
     def initial(cls) -> CoreState:

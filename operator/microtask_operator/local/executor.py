@@ -3,9 +3,10 @@
 Each shard is one `microtask-runner` process started with the same environment a shard's pod gets,
 so a spec that runs here runs the same way on a cluster (the image is ignored: the worker command
 runs on this machine). The runner writes its records to the run's folder (the result store) and
-its output to the shard's log there. A thread waits on each process so the loop wakes the moment
-one ends; between ends, the loop reads the running shards' reports (the runner rewrites its
-report before each microtask), so progress moves per microtask, not per shard.
+its output to the shard's log there. Runners are forked from a warm fork server, or spawned as new
+interpreters where that is not possible (see launcher.py). The loop wakes the moment a runner
+ends; between ends, it reads the running shards' reports (the runner rewrites its report before
+each microtask), so progress moves per microtask, not per shard.
 
 Asked to stop, the executor launches nothing more, asks every runner to stop (SIGTERM: the runner
 stops its microtask and writes its final report), kills what is still there after a grace period,
@@ -21,14 +22,13 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
 
 from microtask_runner import contract
+from microtask_runner.contract import log_name
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report, ReportError
 
@@ -45,6 +45,7 @@ from ..core.types import (
     ShardPlan,
     SpeculationPolicy,
 )
+from .launcher import SPAWN_RUNNER, ForkedRunner, Launcher, RunnerProcess
 from .processes import kill_tree, signal_group
 from .rundir import RunDir
 
@@ -53,6 +54,8 @@ RUNNER_SOME_FAILED = 10
 # The longest the loop sleeps without news, so a stop request or a due backoff is never late by
 # much, and the progress bar moves at least this often.
 MAX_IDLE_SECONDS = 0.5
+# How often the running shards' reports are read for the progress display, at most.
+REPORT_READ_SECONDS = 0.1
 # How long stopped runners get to write their final reports before they are killed.
 DEFAULT_GRACE_SECONDS = 5.0
 
@@ -86,11 +89,11 @@ class Snapshot:
 class _Process:
     plan: ShardPlan
     node: str
-    popen: subprocess.Popen[bytes]
+    runner: RunnerProcess
     report_path: Path
-    log: IO[bytes]
     started_at: float
-    exited: bool = False
+    #: What the shard's report showed as succeeded when last read (for the progress display).
+    seen: IndexSet = IndexSet.EMPTY
 
 
 @dataclass
@@ -118,8 +121,9 @@ class LocalExecutor:
         on_decision: Callable[[Decision], None] | None = None,
         on_stopping: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
-        runner: Sequence[str] = (sys.executable, "-m", "microtask_runner"),
+        runner: Sequence[str] = SPAWN_RUNNER,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        fork: bool = True,
     ) -> None:
         self.job = job
         self.workers = max(1, workers)
@@ -131,6 +135,17 @@ class LocalExecutor:
         self.clock = clock
         self.runner = tuple(runner)
         self.grace_seconds = grace_seconds
+        # Resolved once: the runners work in the job's folder, so every path they get is absolute.
+        self.workdir = job.workdir.resolve()
+        self.folder = run_dir.path.resolve()
+        self.scratch = run_dir.scratch.resolve()
+        self.base_env: dict[str, str] | None = None
+        # The fork server runs the standard runner only: another runner command is spawned.
+        self.launcher = Launcher(
+            spawn_argv=self.runner,
+            fork=fork and self.runner == SPAWN_RUNNER,
+            server_log=run_dir.scratch / "fork-server.log",
+        )
         self.nodes = [f"local-{i}" for i in range(self.workers)]
         # All local slots serve the CPU pool: this machine has no GPU pool of its own.
         self.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset(self.nodes)})
@@ -142,6 +157,9 @@ class LocalExecutor:
         self.failure_examples: dict[int, str] = {}
         self.stop_requested = False
         self.kill_requested = False
+        self.reports_read_at = -REPORT_READ_SECONDS
+        #: Reports of ended shards, removed off the critical path (see `wait`).
+        self.garbage: list[Path] = []
 
     # -- requests from signal handlers (they only set flags or kill) -------------------------
 
@@ -170,7 +188,8 @@ class LocalExecutor:
         # More shards than slots cannot happen (parallelism is capped by workers).
         return self.nodes[len(self.running) % len(self.nodes)]
 
-    def runner_env(self, shard: ShardPlan, node: str, report_path: Path) -> dict[str, str]:
+    def job_env(self) -> dict[str, str]:
+        """The part of a runner's environment that is the same for every shard of the job."""
         env = dict(os.environ)
         # `python3` in a worker command means the Python running microtask (as the image's own
         # python3 would on a cluster), not whatever a version-manager shim picks.
@@ -179,15 +198,8 @@ class LocalExecutor:
         env.update(
             {
                 contract.ENV_JOB: self.job.name,
-                contract.ENV_SHARD: str(shard.shard_id),
-                contract.ENV_ATTEMPT: str(shard.attempt),
-                contract.ENV_POOL: shard.pool.value,
-                contract.ENV_NODE: node,
-                contract.ENV_INDEXES: shard.indexes.to_compact(),
-                contract.ENV_ITEMS: self.job.items_env(shard.indexes),
                 # The runner works in the job's folder: every path it gets is absolute.
-                contract.ENV_REPORT_PATH: str(report_path.resolve()),
-                contract.ENV_OUTPUT_URL: str(self.run_dir.path.resolve()),
+                contract.ENV_OUTPUT_URL: str(self.folder),
                 # The runner's output already goes to the shard's log in the same folder.
                 contract.ENV_LOG_COPY: "false",
             }
@@ -200,42 +212,39 @@ class LocalExecutor:
             env[contract.ENV_CALLABLE] = self.job.callable
             # Python mode imports the user's module from the spec's folder, as a pod's workdir.
             env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(self.job.workdir.resolve()), env.get("PYTHONPATH", "")) if p
+                p for p in (str(self.workdir), env.get("PYTHONPATH", "")) if p
             )
         return env
 
+    def runner_env(self, shard: ShardPlan, node: str, report_path: Path) -> dict[str, str]:
+        if self.base_env is None:
+            self.base_env = self.job_env()
+        env = dict(self.base_env)
+        env[contract.ENV_SHARD] = str(shard.shard_id)
+        env[contract.ENV_ATTEMPT] = str(shard.attempt)
+        env[contract.ENV_POOL] = shard.pool.value
+        env[contract.ENV_NODE] = node
+        env[contract.ENV_INDEXES] = shard.indexes.to_compact()
+        env[contract.ENV_ITEMS] = self.job.items_env(shard.indexes)
+        env[contract.ENV_REPORT_PATH] = str(report_path)
+        return env
+
     def start(self, shard: ShardPlan, now: float) -> None:
-        report_path = self.run_dir.scratch / f"shard-{shard.shard_id}.report"
+        report_path = self.scratch / f"shard-{shard.shard_id}.report"
+        # Shard ids are never reused within a run, but a resumed run's scratch may hold one.
         report_path.unlink(missing_ok=True)
         node = self.free_node((*shard.avoid_nodes_hard, *shard.avoid_nodes_soft))
         env = self.runner_env(shard, node, report_path)
-        argv = [*self.runner, "--", *self.job.command]
-        log = self.run_dir.log_path(self.job.name, shard.shard_id).open("ab")
-        try:
-            popen = subprocess.Popen(
-                argv,
-                cwd=self.job.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C reaches us, and we stop the shards ourselves
-            )
-        except BaseException:
-            log.close()
-            raise
-        self.running[shard.shard_id] = _Process(shard, node, popen, report_path, log, now)
+        shard_id = shard.shard_id
+        runner = self.launcher.launch(
+            ["--", *self.job.command],
+            env=env,
+            cwd=self.workdir,
+            log=self.folder / log_name(self.job.name, shard_id),
+            on_exit=lambda: self.exits.put(shard_id),
+        )
+        self.running[shard_id] = _Process(shard, node, runner, report_path, now)
         self.shards_started += 1
-        threading.Thread(
-            target=self._wait,
-            args=(shard.shard_id, popen),
-            daemon=True,
-            name=f"shard-{shard.shard_id}",
-        ).start()
-
-    def _wait(self, shard_id: int, popen: subprocess.Popen[bytes]) -> None:
-        popen.wait()
-        self.exits.put(shard_id)
 
     def read_report(self, process: _Process) -> Report | None:
         try:
@@ -252,12 +261,9 @@ class LocalExecutor:
         process = self.running.pop(shard_id, None)
         if process is None:
             return  # deleted meanwhile
-        process.log.close()
-        if process.popen.returncode is None:
-            process.popen.wait()
-        code = process.popen.returncode
+        code = process.runner.wait()
         report = self.read_report(process)
-        process.report_path.unlink(missing_ok=True)
+        self.garbage.append(process.report_path)
         if report is not None:
             for exit_code, text in report.errors.items():
                 self.failure_examples.setdefault(exit_code, text)
@@ -294,14 +300,13 @@ class LocalExecutor:
             return
         self._end([process])
         self.shard_seconds += max(0.0, self.clock() - process.started_at)
-        process.log.close()
-        process.report_path.unlink(missing_ok=True)
+        self.garbage.append(process.report_path)
 
     def _end(self, processes: Sequence[_Process]) -> None:
         """SIGTERM, a grace period for final reports, then SIGKILL of what is left."""
-        alive = [p for p in processes if p.popen.poll() is None]
+        alive = [p for p in processes if p.runner.poll() is None]
         for process in alive:
-            signal_group(process.popen.pid, signal.SIGTERM)
+            signal_group(process.runner.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds
         for process in alive:
             while not self.kill_requested:
@@ -309,20 +314,20 @@ class LocalExecutor:
                 if left <= 0:
                     break
                 try:
-                    process.popen.wait(timeout=min(left, 0.1))
+                    process.runner.wait(timeout=min(left, 0.1))
                     break
                 except subprocess.TimeoutExpired:
                     continue
         for process in alive:
-            if process.popen.poll() is None:
-                kill_tree(process.popen.pid)
-            process.popen.wait()
+            if process.runner.poll() is None:
+                kill_tree(process.runner.pid)
+            process.runner.wait()
 
     def kill_all(self) -> None:
         """SIGKILL every running shard's tree at once (safe to call from a signal handler)."""
         for process in list(self.running.values()):
-            if process.popen.returncode is None:
-                kill_tree(process.popen.pid)
+            if process.runner.returncode is None:
+                kill_tree(process.runner.pid)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -372,6 +377,8 @@ class LocalExecutor:
         finally:
             self.kill_all()
             atexit.unregister(self.kill_all)
+            self.launcher.close()
+            self.sweep()
         assert decision is not None
         return RunResult(
             decision=decision,
@@ -406,33 +413,60 @@ class LocalExecutor:
         self.finished.clear()
         return decision
 
+    def sweep(self) -> None:
+        """Remove the reports of ended shards (read already)."""
+        for path in self.garbage:
+            path.unlink(missing_ok=True)
+        self.garbage.clear()
+
     def wait(self, wakeup: float | None) -> None:
         """Block until a shard ends, a decision is due, or a short while passes."""
+        # While the runners work: removing a file can take a while on a busy disk.
+        self.sweep()
         timeout = MAX_IDLE_SECONDS
         if wakeup is not None:
             timeout = min(timeout, max(0.0, wakeup - self.clock()))
         try:
-            shard_id = self.exits.get(timeout=timeout) if timeout > 0 else self.exits.get_nowait()
+            ended = [self.exits.get(timeout=timeout) if timeout > 0 else self.exits.get_nowait()]
         except queue.Empty:
             return
-        self.collect(shard_id)
-        # Drain whatever else ended meanwhile, so one decision covers them all.
+        # Whatever else ended meanwhile, so one decision covers them all.
         while True:
             try:
-                self.collect(self.exits.get_nowait())
+                ended.append(self.exits.get_nowait())
             except queue.Empty:
-                return
+                break
+        # Runners whose fork server died still run, and nothing would tell how they end: stop
+        # them like a stop request does (their reports keep what they did, nothing is charged).
+        orphans = [
+            p
+            for p in (self.running.get(shard_id) for shard_id in ended)
+            if p is not None and isinstance(p.runner, ForkedRunner) and p.runner.orphaned
+        ]
+        if orphans:
+            self._end(orphans)
+        orphaned = {p.plan.shard_id for p in orphans}
+        for shard_id in ended:
+            self.collect(shard_id, stopped=shard_id in orphaned)
 
     def progress(self, decision: Decision) -> None:
         """Tell the display where the microtasks stand, running shards' reports included."""
         if self.on_progress is None:
             return
         final = decision.state.succeeded | decision.state.failed
+        # The reports are read a few times a second at most: at one microtask per shard, reading
+        # them at every decision would cost as much as the decisions.
+        now = time.monotonic()
+        if now - self.reports_read_at >= REPORT_READ_SECONDS:
+            self.reports_read_at = now
+            for process in self.running.values():
+                report = self.read_report(process)
+                if report is not None:
+                    process.seen = report.succeeded & process.plan.indexes
         done_in_flight = IndexSet.EMPTY
         for process in self.running.values():
-            report = self.read_report(process)
-            if report is not None:
-                done_in_flight = done_in_flight | (report.succeeded & process.plan.indexes)
+            if process.seen:
+                done_in_flight = done_in_flight | process.seen
         extra = len(done_in_flight - final)
         status = decision.status
         self.on_progress(

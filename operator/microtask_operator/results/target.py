@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from microtask_runner.contract import log_name
 from microtask_runner.indexset import IndexSet
 
+from ..api import indexsets
 from ..core.conditions import Phase
 from .stores import Store, StoreError, open_store
 
@@ -96,7 +97,16 @@ class JobStatus:
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any], *, universe: Any = None) -> JobStatus:
-        """From a MicrotaskJob's status (or a local run's, which has the same keys)."""
+        """From a MicrotaskJob's status (or a local run's, which has the same keys).
+
+        A status whose index sets are offloaded must be joined with them first
+        (`api.indexsets.load`; `cluster_target` does).
+        """
+        if indexsets.offloaded(status):
+            raise TargetError(
+                "the status's index sets are kept in ConfigMaps (status.indexSets) and were "
+                "not read"
+            )
         total = status.get("total")
         found = _index_set(universe, "universe")
         if found is None:
@@ -355,6 +365,35 @@ def read_secret(connection: Connection, name: str) -> dict[str, str] | None:
     return decoded
 
 
+def read_config_map(connection: Connection, name: str) -> dict[str, str] | None:
+    """A ConfigMap's data; None when there is none of that name."""
+    from kubernetes import client
+
+    try:
+        found = client.CoreV1Api(connection.api).read_namespaced_config_map(
+            name, connection.namespace, _request_timeout=REQUEST_TIMEOUT
+        )
+    except Exception as error:
+        if getattr(error, "status", None) == 404:
+            return None
+        raise _api_error(
+            error, what=f"read the ConfigMap {name!r}", connection=connection
+        ) from None
+    return {str(k): str(v) for k, v in (found.data or {}).items()}
+
+
+def job_status(connection: Connection, name: str, status: Mapping[str, Any]) -> JobStatus:
+    """A MicrotaskJob's status, with its index sets read from their ConfigMaps when offloaded."""
+    if indexsets.offloaded(status):
+        try:
+            status = indexsets.load(status, functools.partial(read_config_map, connection))
+        except indexsets.IndexSetsError as error:
+            raise TargetError(
+                f'the index sets of MicrotaskJob "{name}" cannot be read: {error}'
+            ) from None
+    return JobStatus.from_status(status)
+
+
 def shard_pods(connection: Connection, job: str, shard: int) -> list[tuple[str, str | None]]:
     """(pod name, worker container name) of a shard attempt's pods, newest first."""
     from kubernetes import client
@@ -468,10 +507,10 @@ def cluster_target(
     spec = _mapping(body.get("spec"))
     status = _mapping(body.get("status"))
     description = f'MicrotaskJob "{name}" (namespace "{connection.namespace}")'
-    job_status = JobStatus.from_status(status)
+    found_status = job_status(connection, name, status)
     if store_copy is not None:
         copy = store_target(store_copy, endpoint=endpoint)
-        return Target(description, copy.store, job_status, _pod_logs(connection))
+        return Target(description, copy.store, found_status, _pod_logs(connection))
     url = _mapping(status.get("output")).get("url")
     if not isinstance(url, str) or not url:
         if not spec.get("output"):
@@ -490,7 +529,7 @@ def cluster_target(
         region=s3.get("region"),
         credentials=_store_credentials(connection, s3),
     )
-    return Target(description, _open(url, **options), job_status, _pod_logs(connection))
+    return Target(description, _open(url, **options), found_status, _pod_logs(connection))
 
 
 def resolve_target(

@@ -1,0 +1,277 @@
+"""The local executor's runners come from a warm fork server: one child per shard, isolated from
+the next, handled like a spawned runner when killed or stopped, and nothing lost or counted twice
+when the server itself dies. Real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from microtask_operator.core.types import CoreSpec, RetryPolicy
+from microtask_operator.local.executor import LocalExecutor, LocalJob, RunResult, Snapshot
+from microtask_operator.local.launcher import Launcher
+from microtask_operator.local.rundir import RunDir
+from microtask_runner.indexset import IndexSet
+from test_local_support import (
+    alive,
+    assert_gone,
+    descendants,
+    job_yaml,
+    lines_of,
+    processes_with,
+    start_cli,
+    write,
+)
+
+#: A Python-mode worker that writes what its process sees, then dirties everything a shard could
+#: leave behind for the next one: the environment, the folder, a signal handler, a module global.
+PROBE = """
+import json, os, signal, sys
+
+calls = 0
+
+def probe(index, item):
+    global calls
+    calls += 1
+    with open(os.environ["PROBE_OUT"], "a") as out:
+        out.write(json.dumps({
+            "index": index,
+            "shard": os.environ["MICROTASK_SHARD"],
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "pgid": os.getpgid(0),
+            "leak": os.environ.get("PROBE_LEAK"),
+            "calls": calls,
+            "cwd": os.getcwd(),
+            "usr1": signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL,
+            "path0": sys.path[0],
+        }) + "\\n")
+    os.environ["PROBE_LEAK"] = str(index)
+    os.chdir("/")
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+"""
+
+
+def _items(_: IndexSet) -> str:
+    return json.dumps({"range": {"start": 0, "step": 1}})
+
+
+def make_job(
+    tmp_path: Path,
+    *,
+    total: int,
+    per_shard: int,
+    workers: int = 2,
+    command: str | None = None,
+    callable: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> LocalJob:
+    spec = CoreSpec(
+        total=total,
+        microtasks_per_shard=per_shard,
+        parallelism=workers,
+        retry=retry or RetryPolicy(),
+    )
+    return LocalJob(
+        name="fork",
+        spec=spec,
+        command=["sh", "-c", command] if command is not None else [],
+        items_env=_items,
+        callable=callable,
+        env={"PROBE_OUT": str(tmp_path / "probe.jsonl")},
+        workdir=tmp_path,
+    )
+
+
+def make_executor(
+    tmp_path: Path,
+    job: LocalJob,
+    *,
+    workers: int = 2,
+    fork: bool = True,
+    on_progress: Callable[[Snapshot], None] | None = None,
+    folder: str = "out",
+) -> LocalExecutor:
+    run_dir = RunDir(tmp_path / folder)
+    run_dir.prepare(job.name, fresh=True)
+    return LocalExecutor(job, workers, run_dir, fork=fork, on_progress=on_progress)
+
+
+def probes(tmp_path: Path) -> list[dict[str, Any]]:
+    lines = (tmp_path / "probe.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_shards_run_in_children_forked_from_one_warm_process(tmp_path: Path) -> None:
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    job = make_job(tmp_path, total=6, per_shard=1, callable="mt_probe:probe")
+    executor = make_executor(tmp_path, job)
+    result = executor.run()
+
+    assert result.decision.status["phase"] == "Succeeded"
+    seen = probes(tmp_path)
+    assert sorted(p["index"] for p in seen) == list(range(6))
+    # Six runners, each a process of its own and the leader of its group, all children of the
+    # same process, which is not the executor: no new interpreter per shard.
+    assert len({p["pid"] for p in seen}) == 6
+    assert all(p["pgid"] == p["pid"] for p in seen)
+    parents = {p["ppid"] for p in seen}
+    assert len(parents) == 1 and os.getpid() not in parents
+    assert (executor.launcher.forked, executor.launcher.spawned) == (6, 0)
+    # The server is gone with the run.
+    assert not alive(parents.pop())
+
+
+def test_without_the_fork_server_each_shard_is_a_new_interpreter(tmp_path: Path) -> None:
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    job = make_job(tmp_path, total=3, per_shard=1, callable="mt_probe:probe")
+    executor = make_executor(tmp_path, job, fork=False)
+    assert executor.run().decision.status["phase"] == "Succeeded"
+    assert {p["ppid"] for p in probes(tmp_path)} == {os.getpid()}
+    assert (executor.launcher.forked, executor.launcher.spawned) == (0, 3)
+
+
+def test_nothing_a_shard_does_reaches_the_next_one_on_the_same_slot(tmp_path: Path) -> None:
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    # One worker: every shard runs after the previous one, from the same server.
+    job = make_job(tmp_path, total=8, per_shard=2, workers=1, callable="mt_probe:probe")
+    executor = make_executor(tmp_path, job, workers=1)
+    assert executor.run().decision.status["phase"] == "Succeeded"
+
+    seen = {p["index"]: p for p in probes(tmp_path)}
+    assert sorted(seen) == list(range(8))
+    assert len({p["ppid"] for p in seen.values()}) == 1
+    for index, probe in seen.items():
+        first = index % 2 == 0  # the first microtask of its shard
+        assert probe["shard"] == str(index // 2)  # the shard's own environment
+        # A fresh process per shard: what the previous shard set is not there...
+        assert probe["leak"] == (None if first else str(index - 1))
+        assert probe["calls"] == (1 if first else 2)  # the user's module imported anew
+        assert probe["usr1"] is first
+        assert probe["cwd"] == (str(tmp_path) if first else "/")
+        assert probe["path0"] == str(tmp_path)  # like `python -m` started in the job's folder
+
+
+def killer(tmp_path: Path) -> str:
+    """Index 3 kills its own runner (SIGKILL) the first time; every index appends to done.txt."""
+    flag = tmp_path / "killed"
+    return (
+        f"if [ $MICROTASK_INDEX = 3 ] && [ ! -e {flag} ]; then touch {flag}; kill -9 $PPID; "
+        f"sleep 0.2; exit 1; fi; echo $MICROTASK_INDEX >> {tmp_path / 'done.txt'}"
+    )
+
+
+def outcome(result: RunResult) -> dict[str, Any]:
+    """The parts of the final status a killed runner decides (no times)."""
+    status = result.decision.status
+    keep = ("phase", "succeeded", "failed", "attempts", "succeededAfterRetry", "failureSummary")
+    return {key: status.get(key) for key in keep}
+
+
+def test_a_killed_forked_runner_is_handled_as_a_killed_spawned_one(tmp_path: Path) -> None:
+    results = {}
+    ended: dict[bool, list[tuple[str, int | None, str | None]]] = {}
+    for fork in (False, True):
+        folder = tmp_path / ("fork" if fork else "spawn")
+        folder.mkdir()
+        job = make_job(
+            folder, total=6, per_shard=2, command=killer(folder), retry=RetryPolicy(max_attempts=3)
+        )
+        executor = make_executor(folder, job, fork=fork)
+        results[fork] = outcome(executor.run())
+        # How each shard's end was observed: phase, exit code, reason.
+        ended[fork] = sorted(
+            (shard.phase.value, shard.exit_code, shard.failure_reason)
+            for shard in executor.finished.values()
+        )
+        assert sorted(map(int, lines_of(folder / "done.txt"))) == list(range(6))
+        assert (executor.launcher.forked > 0) is fork
+
+    assert results[True] == results[False]
+    assert results[True]["phase"] == "Succeeded" and results[True]["succeeded"] == 6
+    assert ended[True] == ended[False]
+    assert ("Failed", 137, "runner exited with -9") in ended[True]
+
+
+def test_the_fork_server_dying_mid_run_loses_and_double_counts_nothing(tmp_path: Path) -> None:
+    done = tmp_path / "done.txt"
+    command = f"sleep 0.15; echo $MICROTASK_INDEX >> {done}"
+    job = make_job(tmp_path, total=16, per_shard=4, command=command)
+    killed: list[int] = []
+
+    def kill_the_server(snapshot: Snapshot) -> None:
+        server = executor.launcher.server
+        if not killed and server is not None and len(lines_of(done)) >= 2:
+            killed.append(server.pid)
+            os.kill(server.pid, signal.SIGKILL)
+
+    executor = make_executor(tmp_path, job, on_progress=kill_the_server)
+    result = executor.run()
+
+    assert killed, "the server was never killed"
+    status = result.decision.status
+    assert (status["phase"], status["succeeded"], status["failed"]) == ("Succeeded", 16, 0)
+    # Every index ran exactly once: what the orphaned runners finished is kept, what they were
+    # running is stopped and run again, not charged.
+    assert sorted(map(int, lines_of(done))) == list(range(16))
+    assert status["attempts"] == 16
+    records = [
+        json.loads(line)
+        for path in (tmp_path / "out" / "records").rglob("*")
+        if path.is_file()
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    succeeded = [r["index"] for r in records if r.get("outcome") == "succeeded"]
+    assert sorted(succeeded) == list(range(16))
+    # A new server took over: later shards were forked again.
+    assert executor.launcher.deaths == 1
+    assert executor.launcher.spawned == 0
+    assert not alive(killed[0])
+
+
+def test_a_fork_server_that_keeps_dying_gives_way_to_spawning(tmp_path: Path) -> None:
+    done = tmp_path / "done.txt"
+    job = make_job(tmp_path, total=6, per_shard=1, command=f"echo $MICROTASK_INDEX >> {done}")
+    executor = make_executor(tmp_path, job)
+    executor.launcher = Launcher(server_argv=[sys.executable, "-c", "raise SystemExit(3)"])
+    assert executor.run().decision.status["phase"] == "Succeeded"
+    assert sorted(map(int, lines_of(done))) == list(range(6))
+    launcher = executor.launcher
+    assert (launcher.deaths, launcher.forked, launcher.spawned) == (3, 0, 6)
+
+
+def test_microtask_run_killed_outright_leaves_no_runner_behind(tmp_path: Path) -> None:
+    # SIGKILL gives `microtask run` no chance to stop anything: the fork server sees its end and
+    # stops the runners it forked (each stops its command and writes its report).
+    marker = f"mt-marker-{tmp_path.name}-{time.monotonic_ns()}"
+    path = write(tmp_path, job_yaml(total=4, per_shard=2, command=f"sleep 30 # {marker}"))
+    proc = start_cli("run", path, "--workers", "2", "--progress-interval", "0", cwd=tmp_path)
+    deadline = time.monotonic() + 15
+    while len(processes_with(marker)) < 2:
+        assert time.monotonic() < deadline, processes_with(marker)
+        time.sleep(0.02)
+    tree = descendants(proc.pid)
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert len(tree) >= 5  # the fork server, two runners, two commands
+    assert_gone(tree, timeout=10)
+    assert not processes_with(marker)
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
+def test_a_runner_whose_output_is_the_shard_log(tmp_path: Path, fork: bool) -> None:
+    job = make_job(
+        tmp_path, total=2, per_shard=2, command="echo out-$MICROTASK_INDEX; echo err >&2"
+    )
+    executor = make_executor(tmp_path, job, fork=fork)
+    assert executor.run().decision.status["phase"] == "Succeeded"
+    log = (tmp_path / "out" / "logs" / "fork-0.log").read_text(encoding="utf-8")
+    assert "out-0" in log and "out-1" in log and log.count("err") >= 2
+    assert "::microtask:: index=1 attempt=1 end exit=0" in log
