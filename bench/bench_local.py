@@ -5,7 +5,8 @@ is what the executor and the runner add per microtask and per shard: 2 workers, 
 (1,000 with --quick, 4,000 otherwise) at 1, 10 and 100 microtasks per shard. Python mode calls a
 no-op function in-process: at 1 microtask per shard it measures the cost of a shard alone.
 
-Prints one JSON line per figure; asserts nothing.
+Prints one JSON line per figure, and on stderr where the time went (wall time and CPU per shard,
+the executor's and its runners'); asserts nothing.
 
     .venv/bin/python -m bench.bench_local [--quick]
 """
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from microtask_runner.indexset import IndexSet
 from bench.figures import Figure
 
 WORKERS = 2
+CHILDREN = resource.RUSAGE_CHILDREN
 
 
 def _items(_: IndexSet) -> str:
@@ -44,13 +48,30 @@ def run_local(
     with tempfile.TemporaryDirectory() as folder:
         run_dir = RunDir(Path(folder) / "run")
         run_dir.prepare(job.name, fresh=True)
+        before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(CHILDREN)
         started = time.perf_counter()
         result = LocalExecutor(job, WORKERS, run_dir).run()
         seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(CHILDREN)
     phase = result.decision.status.get("phase")
     if phase != "Succeeded":
         raise RuntimeError(f"the benchmark job ended {phase}, not Succeeded")
+    # Where the time went, on stderr: the executor's own CPU, and its runners' with their
+    # commands' (children reaped meanwhile: the workers and the fork server, with their children).
+    shards = max(result.shards, 1)
+    own, children = (_cpu(after[i]) - _cpu(before[i]) for i in (0, 1))
+    print(
+        f"# {total} microtasks at {per_shard} per shard: {seconds * 1000 / shards:.2f} ms per "
+        f"shard, CPU per shard: executor {own * 1000 / shards:.2f} ms, runners and commands "
+        f"{children * 1000 / shards:.2f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
     return seconds
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_xargs(total: int, true: str) -> float:

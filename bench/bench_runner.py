@@ -9,6 +9,9 @@
   20 shards, against the Pool with the same chunk size;
 * `python_mode.runner_alone_noop`: µs per no-op microtask inside one runner process (its own
   summary line, so no interpreter start), against a bare Python loop calling the same function;
+* `python_mode.runner_alone_noop_store`: the same with a result store and no log copy, as
+  `microtask run` starts its runners (a record per microtask; the runner's loop for quick
+  streaks captures fds 1 and 2 and holds back the delimiter lines of silent microtasks);
 * `runner.import_ms`: what the runner's own modules take to import for
   `python -m microtask_runner --help` (the best of a few runs), against the 10 ms target;
   beside it, a note on stderr: everything a real one-microtask shard imports after `site`
@@ -87,8 +90,11 @@ def _beside(measure: Callable[[], float], baseline: Callable[[], float]) -> tupl
     return value, (before + baseline()) / 2
 
 
-def runner_alone(total: int) -> float:
-    """µs per no-op microtask in one runner process, from its own summary line."""
+def runner_alone(total: int, *, store: bool = False) -> float:
+    """µs per no-op microtask in one runner process, from its own summary line.
+
+    ``store``: with a result store (records, no log copy), as `microtask run` gives it.
+    """
     with tempfile.TemporaryDirectory() as folder:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTASK_")}
         env.update(
@@ -97,6 +103,13 @@ def runner_alone(total: int) -> float:
             MICROTASK_ITEMS=_items(IndexSet.EMPTY),
             MICROTASK_REPORT_PATH=str(Path(folder) / "report.json"),
         )
+        if store:
+            env.update(
+                MICROTASK_OUTPUT_URL=str(Path(folder) / "store"),
+                MICROTASK_JOB="bench",
+                MICROTASK_SHARD="0",
+                MICROTASK_LOG_COPY="false",
+            )
         with open(Path(folder) / "out.log", "wb") as out:
             proc = subprocess.run(
                 [sys.executable, "-m", "microtask_runner"],
@@ -189,9 +202,14 @@ def figures(quick: bool) -> Iterator[Figure]:
         "python_mode.sha256_20k", round(seconds, 3), "s", round(pool, 3), "multiprocessing.Pool(2)"
     )
 
-    alone = 20_000 if quick else 100_000
+    # The runner's summary gives seconds to 2 decimals: enough microtasks for 1% precision.
+    alone = 200_000 if quick else 1_000_000
     per, loop = _beside(lambda: runner_alone(alone), lambda: bare_loop(alone))
     yield Figure("python_mode.runner_alone_noop", round(per, 3), "µs", round(loop, 3), "bare loop")
+    per, loop = _beside(lambda: runner_alone(alone, store=True), lambda: bare_loop(alone))
+    yield Figure(
+        "python_mode.runner_alone_noop_store", round(per, 3), "µs", round(loop, 3), "bare loop"
+    )
 
     yield Figure("runner.import_ms", round(import_ms(["--help"]), 2), "ms", 10.0, "target")
     # Not a figure of its own: what a real one-microtask shard imports, standard library

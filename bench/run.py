@@ -61,6 +61,9 @@ DESCRIPTIONS = {
     "python_mode.noop_1m_vs_dask": "the same run against dask.bag",
     "python_mode.sha256_20k": "Python mode, 20,000 microtasks of 1,000 sha256 rounds",
     "python_mode.runner_alone_noop": "the runner alone, per no-op microtask",
+    "python_mode.runner_alone_noop_store": (
+        "the same with a result store and no log copy, as `microtask run` sets it up"
+    ),
     "runner.import_ms": "the runner's import time (python -X importtime)",
     "command_mode.per_shard_1": "command mode `true`, 1 microtask per shard, 2 workers",
     "command_mode.per_shard_10": "command mode `true`, 10 microtasks per shard, 2 workers",

@@ -6,6 +6,7 @@ adapter selects on them, the builder sets them, the fake control plane of the te
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 PREFIX: Final = "microtask.dev/"
@@ -46,3 +47,11 @@ MANAGED_SELECTOR: Final = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
 def job_selector(mtj_name: str) -> str:
     """Label selector of the Jobs/pods of one MicrotaskJob."""
     return f"{JOB}={mtj_name}"
+
+
+def shard_selector(mtj_name: str, uid: str, shard_ids: Iterable[int]) -> str:
+    """Label selector of the Jobs/pods of some shards of one MicrotaskJob (of this uid only,
+    when given: a re-created MicrotaskJob of the same name has its own)."""
+    ids = ",".join(str(i) for i in sorted(set(shard_ids)))
+    owner = f"{JOB}={mtj_name}" + (f",{JOB_UID}={uid}" if uid else "")
+    return f"{owner},{SHARD} in ({ids})"

@@ -55,11 +55,18 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.cleanup_duration = Histogram(
+            "microtask_reconcile_cleanup_seconds",
+            "Time of what follows a reconcile's status write (the start annotation, deletes of "
+            "harvested Jobs, suspends), run behind the reconcile.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.api_requests = Counter(
             "microtask_api_requests_total",
             "Kubernetes API requests the operator makes itself (reconciles, Events, the clean-up "
-            "of deleted MicrotaskJobs). verb: create | delete | patch | get | list. code: the "
-            "HTTP status code, or 'error' when no answer came.",
+            "of deleted MicrotaskJobs). verb: create | delete | deletecollection | patch | "
+            "update | get | list. code: the HTTP status code, or 'error' when no answer came.",
             ["verb", "code"],
             registry=r,
         )

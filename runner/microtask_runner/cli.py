@@ -394,8 +394,12 @@ def _runner_error(file: ReportFile, message: str) -> int:
     return EXIT_RUNNER_ERROR
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the shard described by the arguments and environment; return the exit code."""
+def main(argv: Sequence[str] | None = None, *, spool: str | None = None) -> int:
+    """Run the shard described by the arguments and environment; return the exit code.
+
+    ``spool``: a directory for the commands' result files lent by a process that runs shard
+    after shard (see forkserver.py); by default the shard makes its own.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ
     option_args, command = _split_argv(args)
@@ -417,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals: Signals | None = None
     store: ResultStore | None = None
     results: ResultFiles | None = None
+    commands: CommandExecutor | None = None
     try:
         try:
             config = load_config(options, command, env)
@@ -452,8 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     function, config.timeout, signals, keep_results=store is not None
                 )
             else:
-                results = _result_files(keep=store is not None)
-                executor = CommandExecutor(
+                results = _result_files(keep=store is not None, spool=spool)
+                executor = commands = CommandExecutor(
                     config.command,
                     env,
                     config.timeout,
@@ -463,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # outlives the grace period.
                     on_signal=lambda: _final_report(progress, store),
                     results=results,
+                    # Without a log copy nobody needs the commands' output but our stdout.
+                    direct_output=store is None or store.log is None,
                 )
             return run_shard(
                 indexes=config.indexes,
@@ -492,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         CONSOLE.set_copy(None)
         if results is not None:
             results.close()
+        if commands is not None:
+            commands.close()
         if signals is not None:
             signals.restore()
         file.close()
@@ -538,10 +547,10 @@ def _capture_output() -> None:
         log(f"warning: cannot capture the output for the log copy: {exc.strerror or exc}")
 
 
-def _result_files(*, keep: bool) -> ResultFiles | None:
+def _result_files(*, keep: bool, spool: str | None = None) -> ResultFiles | None:
     """The spool of $MICROTASK_OUTPUT files; None (and a warning) if none can be made."""
     try:
-        return ResultFiles(keep)
+        return ResultFiles(keep, spool)
     except OSError as exc:
         log(
             f"warning: cannot make a directory for results ({exc.strerror or exc}): "

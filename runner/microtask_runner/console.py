@@ -11,6 +11,14 @@ gets all of it, in the order the pod log gets it:
 Lines of the runner's own (delimiters, ``microtask-runner: ...``) first take in what is
 waiting in those pipes, so a microtask's output always lands between its delimiters.
 File descriptors are process-wide, hence one console per process.
+
+With a capture, the delimiter lines of microtasks that printed nothing need not be written one
+microtask at a time: a write to a pipe has landed in the pipe once it returned, so after a
+microtask, flushing Python's streams and one ``poll(0)`` (``Console.quiet``) tell exactly whether
+it wrote anything, by print, on the file descriptor, or from a child process. The runner's loop
+then keeps those delimiter lines *held* (``Console.hold``) and the console writes them out before
+anything else it passes on (captured output, log lines) and whenever the runner syncs
+(``Console.release_held``): every microtask's output still lands between its own delimiters.
 """
 
 from __future__ import annotations
@@ -27,15 +35,16 @@ LOG_PREFIX = "microtask-runner: "
 _STDOUT = 1
 _STDERR = 2
 _CHUNK = 65536
-#: How long the end of a capture waits for its thread (it only has buffered data to pass on).
-_JOIN_SECONDS = 5.0
 #: How long a line without its end waits for the rest before it is passed on as it is.
 _PARTIAL_MS = 50
 
 
+#: idents of the running capture threads
+_CAPTURE_THREADS: set[int] = set()
+
+
 def _flush_python_streams() -> None:
-    threading = sys.modules.get("threading")  # not imported: no capture thread either
-    if threading is not None and _thread.get_ident() != threading.main_thread().ident:
+    if _CAPTURE_THREADS and _thread.get_ident() in _CAPTURE_THREADS:
         # The capture thread must never write into the pipes it alone empties.
         return
     # Around every delimiter line: plain try blocks, which cost nothing when nothing fails.
@@ -65,12 +74,74 @@ class Console:
 
     def __init__(self) -> None:
         #: Orders all output and the store's writes: one reentrant lock, so no lock order.
-        # _thread's lock is threading's; threading itself is imported only for a capture.
+        # _thread's lock is threading's; threading itself is not needed.
         self.lock = _thread.RLock()
         self._copy: Callable[[bytes], None] | None = None
         #: stream (1 or 2) -> the descriptor its data really goes to
         self._targets = {_STDOUT: _STDOUT, _STDERR: _STDERR}
         self._capture: _Capture | None = None
+        #: the delimiter lines held back (``hold``): returns them (bytes) and forgets them
+        self._held: Callable[[], bytes] | None = None
+
+    @property
+    def captured(self) -> bool:
+        """Whether fds 1 and 2 are captured now (``quiet`` can tell output apart)."""
+        return self._capture is not None
+
+    def hold(self, take: Callable[[], bytes] | None) -> None:
+        """From now on, ``take()`` (under the lock) gives delimiter lines held back so far.
+
+        They go out before any other output, and at ``release_held``. None: nothing is held
+        any more (after a last ``release_held``).
+        """
+        with self.lock:
+            self._held = take
+
+    def release_held(self) -> None:
+        """Write out the held delimiter lines now."""
+        with self.lock:
+            self._emit_held()
+
+    def _emit_held(self) -> None:
+        take = self._held
+        if take is not None:
+            data = take()
+            if data:
+                _write_all(self._targets[_STDOUT], data)
+                if self._copy is not None:
+                    self._copy(data)
+
+    def quiet(self) -> bool:
+        """After a microtask: True if it wrote nothing to the captured fds (or their pipes).
+
+        Python's streams are flushed first, so their buffers count too. Needs a capture
+        (``captured``). Not under the lock: the capture thread is ``busy`` from before it
+        reads a pipe until it has passed the data on, so data it took is seen either way.
+        """
+        try:  # noqa: SIM105 (after every microtask: no context manager)
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:  # noqa: SIM105
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        capture = self._capture
+        if capture is None:
+            return False
+        try:
+            if capture.ready.poll(0):
+                return False
+        except OSError:
+            return False
+        return not (capture.busy or capture.partial)
+
+    def take_in(self) -> None:
+        """Pass on what the captured pipes hold now (held delimiter lines first)."""
+        with self.lock:
+            if self._capture is not None:
+                self._capture.drain()
+            self._emit_held()
 
     def set_copy(self, copy: Callable[[bytes], None] | None) -> None:
         """Send a copy of all output to ``copy`` from now on (None: no more copies)."""
@@ -86,6 +157,8 @@ class Console:
 
     def emit(self, stream: int, data: bytes) -> None:
         """``write`` without taking in captured output first (the lock is held)."""
+        if self._held is not None:
+            self._emit_held()
         _write_all(self._targets[stream], data)
         if self._copy is not None:
             self._copy(data)
@@ -140,6 +213,7 @@ class Console:
         _flush_python_streams()
         with self.lock:
             capture.drain()
+            self._emit_held()
             capture.restore()
             self._targets = {_STDOUT: _STDOUT, _STDERR: _STDERR}
             self._capture = None
@@ -168,18 +242,34 @@ class _Capture:
             raise
         self.wake_r, self.wake_w = os.pipe()
         self.stopping = False
+        #: True from before the thread reads a pipe until it has passed the data on
+        self.busy = False
         import select
-        import threading
 
         # Which pipes hold data, in one system call: drained before every delimiter line.
         self.ready = select.poll()
         for read in self.pipes:
             self.ready.register(read, select.POLLIN)
 
-        self.thread = threading.Thread(target=self._run, name="microtask-output", daemon=True)
+        # The thread is a bare ``_thread`` one: ``threading.Thread`` would cost an import and a
+        # wait for the thread to start, for every shard.
 
     def start(self) -> None:
-        self.thread.start()
+        _thread.start_new_thread(self._thread, ())
+
+    def _thread(self) -> None:
+        ident = _thread.get_ident()
+        _CAPTURE_THREADS.add(ident)
+        try:
+            self._run()
+        finally:
+            _CAPTURE_THREADS.discard(ident)
+            with self.console.lock:
+                if self.stopping:  # else (a bug of ours) leave them to the process's end
+                    self._close()
+                    for fd in (self.wake_r, self.wake_w):
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
 
     def drain(self) -> None:
         """Pass on whatever the pipes hold now (the console's lock is held)."""
@@ -238,16 +328,22 @@ class _Capture:
         while True:
             # A line left open is passed on as it is once its stream has been quiet a while.
             events = poller.poll(_PARTIAL_MS if self.partial else None)
-            with self.console.lock:
-                if self.stopping:
-                    return  # release() drained the pipes under the lock
-                if not events:
-                    self._flush_partial()
-                for fd, _ in events:
-                    if fd in self.pipes:
-                        self._pump(fd, until_empty=False)
-                        if fd not in self.pipes:
-                            poller.unregister(fd)
+            # Before the read (see Console.quiet): the main thread must not take a pipe
+            # emptied here, but not passed on yet, for a microtask that printed nothing.
+            self.busy = True
+            try:
+                with self.console.lock:
+                    if self.stopping:
+                        return  # release() drained the pipes under the lock
+                    if not events:
+                        self._flush_partial()
+                    for fd, _ in events:
+                        if fd in self.pipes:
+                            self._pump(fd, until_empty=False)
+                            if fd not in self.pipes:
+                                poller.unregister(fd)
+            finally:
+                self.busy = False
 
     def restore(self) -> None:
         """Put the original descriptors back under 1 and 2 (the console's lock is held)."""
@@ -260,11 +356,8 @@ class _Capture:
             self.stopping = True
         with contextlib.suppress(OSError):
             os.write(self.wake_w, b"!")
-        self.thread.join(_JOIN_SECONDS)
-        if not self.thread.is_alive():
-            self._close()
-            for fd in (self.wake_r, self.wake_w):
-                os.close(fd)
+        # No wait for the thread: release() passed everything on, and the thread closes the
+        # descriptors itself when it sees ``stopping`` (waiting took milliseconds per shard).
 
     def _close(self) -> None:
         # A process the microtask left behind may still hold a write end: it gets EPIPE now.

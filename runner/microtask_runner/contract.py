@@ -56,6 +56,10 @@ ENV_S3_ENDPOINT = "MICROTASK_S3_ENDPOINT"
 #: "false" (any case): the runner keeps no copy of the shard's log in the store (the local
 #: executor already writes the runner's output there).
 ENV_LOG_COPY = "MICROTASK_LOG_COPY"
+#: "false" (any case): a directory store's records are not synced to disk at a shard's end. The
+#: local executor sets it: its own files live on the same local disk and a killed runner loses
+#: nothing the kernel holds; the sync is for network volumes on a cluster.
+ENV_STORE_SYNC = "MICROTASK_STORE_SYNC"
 #: Set per microtask in command mode: a path the command may write its result to.
 ENV_RESULT_FILE = "MICROTASK_OUTPUT"
 ENV_INDEX = "MICROTASK_INDEX"

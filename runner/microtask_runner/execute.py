@@ -12,6 +12,13 @@ Each microtask's output is framed by delimiter lines on stdout (``contract.begin
 before the next microtask starts; once microtasks come fast (``_QUICK_STREAK`` in a row shorter
 than ``_QUICK_SECONDS``), that happens every ``_SYNC_SECONDS`` instead, so a short microtask
 costs no more than a memory store in the report and one write of its delimiter lines.
+
+In Python mode without a timeout, such a streak runs in a loop of its own (``streak`` in
+``run_shard``): the report's ``cur`` moves by its last digit, records are formatted a batch at a
+time (``RecordFormat.quick_run``), and with fds 1 and 2 captured (``console.py``) the delimiter
+lines of microtasks that printed nothing are held back and written at the next sync, or before
+any output. Anything unusual (a failure, a slow microtask, a return value to keep, a signal, the
+end of a range of indexes) goes back to the general loop.
 """
 
 from __future__ import annotations
@@ -185,7 +192,13 @@ class Executor(Protocol):
 
 
 class CommandExecutor:
-    """A subprocess per microtask, never through a shell."""
+    """A subprocess per microtask, never through a shell.
+
+    Started with ``os.posix_spawn`` where it does what ``subprocess.Popen`` would (see
+    ``_spawnable``): a vfork and an exec, as xargs pays, instead of Popen's set-up. With
+    ``direct_output`` (nobody needs a copy of the runner's stdout) the command writes to the
+    runner's stdout itself; its stderr always comes through a pipe, for the error's tail.
+    """
 
     def __init__(
         self,
@@ -195,6 +208,7 @@ class CommandExecutor:
         signals: Signals,
         on_signal: Callable[[], None],
         results: ResultFiles | None = None,
+        direct_output: bool = False,
     ) -> None:
         self.command = list(command)
         # Positions holding a $(...) token; the others are reused as they are.
@@ -208,6 +222,56 @@ class CommandExecutor:
         #: None: no $MICROTASK_OUTPUT (no spool directory could be made)
         self.results = results
         self.use_pidfd = hasattr(os, "pidfd_open")
+        self.direct_output = direct_output
+        #: posix_spawn may start the commands (False: Popen starts them)
+        self.use_spawn = _spawnable()
+        #: program -> its path on the command's PATH (None: not found, Popen says why)
+        self.paths: dict[str, str | None] = {}
+        self.devnull: int | None = None
+
+    def close(self) -> None:
+        if self.devnull is not None:
+            os.close(self.devnull)
+            self.devnull = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> tuple[_Spawned, _ChildOutput] | None:
+        """Start the command with posix_spawn; None where Popen must (a program not found)."""
+        program = argv[0]
+        path = self.paths.get(program, "")
+        if path == "":
+            path = self.paths[program] = _find_program(program, env)
+        if path is None:
+            return None
+        if self.devnull is None:
+            self.devnull = os.open(os.devnull, os.O_RDONLY)
+        read_err, write_err = os.pipe()
+        read_out = write_out = -1
+        try:
+            actions = [(os.POSIX_SPAWN_DUP2, self.devnull, 0), (os.POSIX_SPAWN_DUP2, write_err, 2)]
+            if not self.direct_output:
+                read_out, write_out = os.pipe()
+                actions.append((os.POSIX_SPAWN_DUP2, write_out, 1))
+            pid = os.posix_spawn(
+                path,
+                argv,
+                env,
+                file_actions=actions,
+                # Its own session and group, as Popen's start_new_session; the signals Python
+                # ignores back to their defaults, as Popen's restore_signals.
+                setsid=True,
+                setsigdef=_RESTORED_SIGNALS,
+            )
+        except BaseException:
+            for fd in (read_err, read_out):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (write_err, write_out):
+                if fd >= 0:
+                    os.close(fd)
+        streams = {read_err: 2} if read_out < 0 else {read_out: 1, read_err: 2}
+        return _Spawned(pid), _ChildOutput(streams)
 
     def run(self, index: int, item: Any) -> Finished | None:
         import subprocess  # command mode only: Python mode starts without it
@@ -227,16 +291,24 @@ class CommandExecutor:
         else:
             env.pop(ENV_RESULT_FILE, None)  # not one of ours: nobody would read it
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                # Its own process group: a timeout or SIGTERM reaches everything
-                # the microtask started, and terminal signals do not.
-                start_new_session=True,
-            )
+            started: tuple[subprocess.Popen[bytes] | _Spawned, _ChildOutput] | None = None
+            if self.use_spawn:
+                started = self._spawn(argv, env)
+            if started is None:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    # Its own process group: a timeout or SIGTERM reaches everything
+                    # the microtask started, and terminal signals do not.
+                    start_new_session=True,
+                )
+                assert popen.stdout is not None and popen.stderr is not None
+                files = (popen.stdout, popen.stderr)
+                started = popen, _ChildOutput({f.fileno(): n for n, f in enumerate(files, 1)})
+            proc, output = started
         except FileNotFoundError:
             return Finished.failure(index, EXIT_NOT_FOUND, f"command not found: {argv[0]}")
         except PermissionError as exc:
@@ -248,7 +320,7 @@ class CommandExecutor:
             # The signal came while the child was being started.
             _kill_group(proc.pid, self.signals.received)
         try:
-            returncode, timed_out, stderr_tail = self._wait(proc)
+            returncode, timed_out, stderr_tail = self._wait(proc, output)
         finally:
             self.signals.child_pgid = None
             result, result_error = (None, None)
@@ -281,13 +353,14 @@ class CommandExecutor:
             code, error=f"index {index}: {short}", detail=long, timed_out=timed_out, result=result
         )
 
-    def _wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, bool, bytes]:
+    def _wait(
+        self, proc: subprocess.Popen[bytes] | _Spawned, output: _ChildOutput
+    ) -> tuple[int, bool, bytes]:
         """Pass the output through (keeping stderr's tail) until the child exits or times out."""
         import math
         import select
         import subprocess
 
-        output = _ChildOutput(proc)
         pidfd: int | None = None
         if self.use_pidfd:
             try:
@@ -368,13 +441,13 @@ class CommandExecutor:
 
 
 class _ChildOutput:
-    """A child's stdout and stderr pipes, passed on to ours as data comes; keeps stderr's tail."""
+    """A child's output pipes, passed on to ours as data comes; keeps stderr's tail."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
-        self.files = (proc.stdout, proc.stderr)
+    def __init__(self, streams: dict[int, int]) -> None:
+        #: every pipe, to close at the end
+        self.fds = list(streams)
         #: pipes still open -> the stream (1, 2) their data goes to
-        self.streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+        self.streams = dict(streams)
         self.tail = bytearray()
 
     @property
@@ -408,8 +481,89 @@ class _ChildOutput:
             del self.tail[:-_TAIL_BYTES]
 
     def close(self) -> None:
-        for file in self.files:
-            file.close()
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+class _Spawned:
+    """What ``_wait`` needs of a child started with posix_spawn (``Popen`` has it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            if self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while (code := self.poll()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                import subprocess
+
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+        return code
+
+
+#: Python ignores these; a command starts with their defaults, as ``Popen`` restores them.
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+
+
+def _spawnable() -> bool:
+    """Whether posix_spawn starts a command as Popen would here.
+
+    Popen closes every descriptor above 2 in the child; posix_spawn closes the
+    non-inheritable ones only. Python opens everything non-inheritable, so this holds unless
+    the runner was given inheritable descriptors of its own (checked once per shard).
+    """
+    if not hasattr(os, "posix_spawn") or sys.platform != "linux":
+        return False
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        return False
+    for fd in fds:
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    return False
+            except OSError:
+                continue  # the listing's own descriptor, closed by now
+    return True
+
+
+def _find_program(program: str, env: Mapping[str, str]) -> str | None:
+    """The file exec would run for ``program`` on the command's PATH (None: none found)."""
+    if "/" in program:
+        return program
+    for folder in os.get_exec_path(env):
+        path = os.path.join(folder or ".", program)
+        try:
+            if os.access(path, os.X_OK) and not os.path.isdir(path):
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _kill_group(pgid: int, signum: int) -> None:
@@ -471,39 +625,46 @@ class PythonExecutor:
                 signals.in_call = False
                 if timeout is not None:
                     signal.setitimer(signal.ITIMER_REAL, 0)
-        except Interrupted:
+        except BaseException as exc:
+            return self.raised(index, exc)
+        if value is None or not self.keep_results:
+            return _SUCCEEDED
+        return encode_value(index, value)
+
+    def raised(self, index: int, exc: BaseException) -> Finished | None:
+        """How a microtask that raised ``exc`` ended (None: the runner was told to stop).
+
+        ``exc`` was caught in the frame that called the function: its first traceback entry.
+        """
+        if isinstance(exc, Interrupted):
             return None
-        except MicrotaskTimeout:
+        if isinstance(exc, MicrotaskTimeout):
             return Finished.failure(
-                index, EXIT_TIMEOUT, f"timed out after {timeout:g}s", timed_out=True
+                index, EXIT_TIMEOUT, f"timed out after {self.timeout:g}s", timed_out=True
             )
-        except SystemExit as exc:
+        if isinstance(exc, SystemExit):
             code, message = _system_exit(exc)
             if code == 0:
                 return _SUCCEEDED
             return Finished.failure(index, code, f"SystemExit({message})", exception="SystemExit")
-        except BaseException as exc:
-            # The traceback without the runner's own frame: all in the record, the first one
-            # in the log (one helps debugging; thousands would drown the log).
-            import traceback  # only when a microtask fails
+        # The traceback without the runner's own frame: all in the record, the first one
+        # in the log (one helps debugging; thousands would drown the log).
+        import traceback  # only when a microtask fails
 
-            frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-            formatted = "".join(traceback.format_exception(type(exc), exc, frames))
-            if self.tracebacks_shown == 0:
-                self.tracebacks_shown += 1
-                with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.write(formatted)
-            detail = "".join(traceback.format_exception_only(exc)).strip()
-            formatted = formatted.strip()
-            return Finished(
-                1,
-                error=f"index {index}: {detail}",
-                detail=formatted,
-                exception=_type_name(type(exc)),
-            )
-        if value is None or not self.keep_results:
-            return _SUCCEEDED
-        return encode_value(index, value)
+        frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        formatted = "".join(traceback.format_exception(type(exc), exc, frames))
+        if self.tracebacks_shown == 0:
+            self.tracebacks_shown += 1
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(formatted)
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        formatted = formatted.strip()
+        return Finished(
+            1,
+            error=f"index {index}: {detail}",
+            detail=formatted,
+            exception=_type_name(type(exc)),
+        )
 
 
 def _type_name(cls: type) -> str:
@@ -575,6 +736,39 @@ class _Run:
         self.total = self.max = 0.0
 
 
+class _Held:
+    """The delimiter lines of a quick streak not written yet (``Console.hold``).
+
+    They are ``end`` of ``first``, ``begin`` of ``first + 1``, ..., ``end`` of ``current - 1``
+    and ``begin`` of ``current``: every microtask between ended as a quick success. The loop
+    moves ``current`` (one store, read at once by the capture thread); ``take`` runs under the
+    console's lock.
+    """
+
+    def __init__(self, prefix: str, begin_tail: str, quick_end: str) -> None:
+        self.first = self.current = 0
+        self.prefix = prefix
+        self.begin_tail = begin_tail
+        #: "<end tail of a quick success>\n<prefix>"
+        self.quick_end = quick_end
+
+    def take(self) -> bytes:
+        first, current = self.first, self.current
+        if current <= first:
+            return b""
+        self.first = current
+        # end(i) begin(i+1) for i in first..current-1, each index but the two outer ones twice.
+        numbers = list(map(str, range(first + 1, current)))
+        count = len(numbers)
+        # Interleaved into one list and joined once: the cheapest way found to format them.
+        parts = [self.quick_end] * (4 * count)
+        parts[0::4] = numbers
+        parts[1::4] = [f"{self.begin_tail}{self.prefix}"] * count
+        parts[2::4] = numbers
+        inner = "".join(parts)
+        return f"{self.prefix}{first}{self.quick_end}{inner}{current}{self.begin_tail}".encode()
+
+
 def run_shard(
     *,
     indexes: IndexSet,
@@ -589,7 +783,9 @@ def run_shard(
     """Run every microtask of the shard; return the runner's exit code.
 
     The loop is written for speed: a quick no-op microtask costs a few hundred nanoseconds
-    of it on top of one write of its delimiter lines (see the module doc).
+    of it on top of one write of its delimiter lines (see the module doc). In Python mode
+    without a timeout, a streak of quick successes runs in a tighter loop still (``streak``),
+    which hands anything unusual back to this one.
     """
     started = time.monotonic()
     info = info or ShardInfo()
@@ -607,7 +803,8 @@ def run_shard(
     run = executor.run
     get = items.get
     record = None if store is None else store.record
-    quick_record = books.format.quick
+    record_format = books.format
+    quick_record = record_format.quick
     pending = _Run()
     quick = 0  # quick microtasks in a row
     expected = -1  # the index that continues the run of the last one
@@ -615,72 +812,239 @@ def run_shard(
     cur_map, cur_at = None, 0
     # The end line of a quick success waits for the next begin line: one write for both.
     ended: int | str | None = None
-    for index in indexes:
-        if signals.received is not None:
-            break
-        if index != expected:
-            quick = 0  # a gap: the report's run of successes ends, so sync at once
-        if (
-            quick < _QUICK_STREAK
-            or clock() - synced >= _SYNC_SECONDS
-            or (store is not None and store.pending_bytes >= _SYNC_BYTES)
-        ):
-            books.sync()
-            pending.settle(outcomes)
-            progress.write(current=index)
-            cur_map, cur_at = progress.file.current_slot()
-            synced = clock()
-        elif cur_map is not None:
-            cur_map[cur_at : cur_at + _NUMBER_CHARS] = b"%20d" % index
-        else:
-            progress.set_current(index)
-        item = get(index)
-        if ended is None:
-            lines(f"{prefix}{index}{begin_tail}".encode())
-        elif type(ended) is int:
-            lines(f"{prefix}{ended}{quick_end}{index}{begin_tail}".encode())
-        else:
-            lines(f"{ended}{prefix}{index}{begin_tail}".encode())
-        ended = None
-        begin = clock()
-        finished = run(index, item)
-        seconds = clock() - begin
-        expected = index + 1
-        if finished is _SUCCEEDED and seconds < 0.0005:
-            # The usual case, kept short: the end line is all index, the record nearly so.
-            ended = index
-            if record is not None:
-                record(quick_record(index, to_wall + begin))
-            if index != pending.end:
+    held: _Held | None = None
+    fast = isinstance(executor, PythonExecutor) and executor.timeout is None
+    # In a streak, fds 1 and 2 are captured (if they are not already, for a log copy), so
+    # that a quick microtask that printed nothing costs a poll instead of a write of its
+    # delimiters. Only then: slower microtasks gain nothing from it. Not on a terminal,
+    # where a microtask's own output would no longer be one.
+    may_capture = fast and _capturable()
+    captured_here = False
+    # Records of a streak waiting to be formatted, in bytes (to sync as often as the loop would).
+    record_bytes = len(quick_record(0, to_wall)) + len(str(indexes.last() or 0))
+
+    def streak(last_index: int) -> tuple[int, Finished | None, float, float] | None:
+        """Run quick successes from ``it`` until something unusual, the loop's business.
+
+        Entered after ``last_index`` ended as a quick success (its end line not written yet).
+        Returns the microtask that ended otherwise (index, how, start, seconds), begun and run
+        but not entered anywhere; None once ``it`` is exhausted.
+        """
+        nonlocal synced, cur_map, cur_at, ended, held, captured_here, may_capture
+        assert isinstance(executor, PythonExecutor)
+        if held is None and may_capture:
+            may_capture = False
+            if not CONSOLE.captured:
+                try:
+                    CONSOLE.capture()
+                    captured_here = True
+                except OSError:
+                    pass
+            if CONSOLE.captured:
+                held = _Held(prefix, begin_tail, quick_end)
+                CONSOLE.hold(held.take)
+        function = executor.function
+        keep = executor.keep_results
+        quiet = CONSOLE.quiet
+        take_in = CONSOLE.take_in
+        set_current = progress.set_current
+        if held is not None:
+            with CONSOLE.lock:
+                CONSOLE.release_held()
+                held.first = held.current = last_index
+        last = accounted = clock()
+        # Records wait as (index, start) marks, one per millisecond of start times.
+        records_from = last_index + 1
+        marks = [(records_from, to_wall + last)]
+        # When the start time, rounded to the millisecond as records write it, changes next.
+        mark_at = round(to_wall + last, 3) + 0.0005 - to_wall
+        budget = max(_QUICK_STREAK, _SYNC_BYTES // record_bytes)
+        sync_at = last + _SYNC_SECONDS
+        sync_index = records_from + budget
+        longest = 0.0
+        digit_at = cur_at + _NUMBER_CHARS - 1
+
+        def settle(end: int) -> None:
+            """Hand the streak's successes before ``end`` to the records and the outcomes."""
+            nonlocal records_from, marks, accounted, longest
+            if record is not None and end > records_from:
+                record(record_format.quick_run(records_from, end, marks))
+            records_from = end
+            marks = marks[-1:]
+            if end > pending.end:
+                pending.end = end
+                pending.total += last - accounted
+                pending.max = max(pending.max, longest)
+            accounted = last
+            longest = 0.0
+
+        index = last_index
+        for index in it:
+            if last >= sync_at or index >= sync_index:
+                settle(index)
+                books.sync()
                 pending.settle(outcomes)
-                pending.start = index
-            pending.end = expected
-            pending.total += seconds
-            pending.max = max(pending.max, seconds)
-            quick += 1
-            continue
-        if finished is None:
-            # Stopped: its output ends here too, but it has no outcome and no record.
-            stopped_by = signals.received or signal.SIGTERM
-            lines(end_line(index, info.attempt, 128 + stopped_by, seconds).encode() + b"\n")
-            break
-        pending.settle(outcomes)
-        # "%.3f" of anything under half a millisecond (or negative) is 0.000.
-        secs = "0.000" if seconds < 0.0005 else f"{seconds:.3f}"
-        ended = f"{prefix}{index}{end_tail}{finished.code} seconds={secs}\n"
-        if finished.code != 0:
-            lines(ended.encode())  # before the failure's log line
-            ended = None
-        quick = quick + 1 if seconds < _QUICK_SECONDS and finished.code == 0 else 0
-        books.enter(index, start=to_wall + begin, seconds=seconds, finished=finished)
-    if type(ended) is int:
-        lines(f"{prefix}{ended}{quick_end_line}".encode())
-    elif isinstance(ended, str):
-        lines(ended.encode())
+                progress.write(current=index)
+                cur_map, cur_at = progress.file.current_slot()
+                digit_at = cur_at + _NUMBER_CHARS - 1
+                if held is not None:
+                    CONSOLE.release_held()
+                synced = clock()
+                sync_at = synced + _SYNC_SECONDS
+                sync_index = index + budget
+            # The report names the microtask: its last digit is all that changes, mostly.
+            digit = index % 10
+            if digit and cur_map is not None:
+                cur_map[digit_at] = 48 + digit
+            else:
+                set_current(index)
+            if held is None:
+                lines(f"{prefix}{index - 1}{quick_end}{index}{begin_tail}".encode())
+            else:
+                held.current = index
+            item = get(index)
+            signals.in_call = True
+            try:
+                value = function(index, item)
+            except BaseException as exc:
+                signals.in_call = False
+                now = clock()
+                settle(index)
+                return index, executor.raised(index, exc), last, now - last
+            signals.in_call = False
+            now = clock()
+            seconds = now - last
+            if (value is not None and keep) or signals.received is not None or seconds >= 0.0005:
+                settle(index)
+                finished = _SUCCEEDED if value is None or not keep else encode_value(index, value)
+                return index, finished, last, seconds
+            if seconds > longest:  # noqa: PLR1730 (a compare, not a call, per microtask)
+                longest = seconds
+            if held is not None and not quiet():
+                take_in()  # it printed: its output goes out after its begin line
+            last = now
+            if now >= mark_at:
+                marks.append((index + 1, to_wall + now))
+                mark_at = round(to_wall + now, 3) + 0.0005 - to_wall
+        settle(index + 1)
+        ended = index
+        return None
+
+    stopped = False
+    try:
+        for low, high in indexes.ranges:
+            it = iter(range(low, high))
+            for index in it:
+                if signals.received is not None:
+                    stopped = True
+                    break
+                if index != expected:
+                    quick = 0  # a gap: the report's run of successes ends, so sync at once
+                if (
+                    quick < _QUICK_STREAK
+                    or clock() - synced >= _SYNC_SECONDS
+                    or (store is not None and store.pending_bytes >= _SYNC_BYTES)
+                ):
+                    books.sync()
+                    pending.settle(outcomes)
+                    progress.write(current=index)
+                    cur_map, cur_at = progress.file.current_slot()
+                    synced = clock()
+                elif cur_map is not None:
+                    cur_map[cur_at : cur_at + _NUMBER_CHARS] = b"%20d" % index
+                else:
+                    progress.set_current(index)
+                item = get(index)
+                if ended is None:
+                    lines(f"{prefix}{index}{begin_tail}".encode())
+                elif type(ended) is int:
+                    lines(f"{prefix}{ended}{quick_end}{index}{begin_tail}".encode())
+                else:
+                    lines(f"{ended}{prefix}{index}{begin_tail}".encode())
+                ended = None
+                begin = clock()
+                finished = run(index, item)
+                seconds = clock() - begin
+                while True:
+                    expected = index + 1
+                    if finished is _SUCCEEDED and seconds < 0.0005:
+                        # The usual case, kept short: the end line is all index, the record
+                        # nearly so.
+                        ended = index
+                        if record is not None:
+                            record(quick_record(index, to_wall + begin))
+                        if index != pending.end:
+                            pending.settle(outcomes)
+                            pending.start = index
+                        pending.end = expected
+                        pending.total += seconds
+                        pending.max = max(pending.max, seconds)
+                        quick += 1
+                        if (
+                            quick < _QUICK_STREAK
+                            or not fast
+                            or expected >= high
+                            or signals.received is not None
+                        ):
+                            break
+                        carried = streak(index)
+                        if carried is None:
+                            break
+                        ended = None
+                        index, finished, begin, seconds = carried  # noqa: PLW2901
+                        continue
+                    if finished is None:
+                        # Stopped: its output ends here too, but it has no outcome and no record.
+                        stopped_by = signals.received or signal.SIGTERM
+                        lines(
+                            end_line(index, info.attempt, 128 + stopped_by, seconds).encode()
+                            + b"\n"
+                        )
+                        stopped = True
+                        break
+                    pending.settle(outcomes)
+                    # "%.3f" of anything under half a millisecond (or negative) is 0.000.
+                    secs = "0.000" if seconds < 0.0005 else f"{seconds:.3f}"
+                    ended = f"{prefix}{index}{end_tail}{finished.code} seconds={secs}\n"
+                    if finished.code != 0:
+                        lines(ended.encode())  # before the failure's log line
+                        ended = None
+                    if finished.code != 0:
+                        quick = 0
+                    elif seconds < _QUICK_SECONDS:
+                        quick += 1
+                    else:
+                        # One slow success among quick ones (preempted, say): it is claimed
+                        # before the next microtask, and the streak goes on after that.
+                        quick = min(quick, _QUICK_STREAK - 1)
+                    books.enter(index, start=to_wall + begin, seconds=seconds, finished=finished)
+                    break
+                if stopped:
+                    break
+            if stopped:
+                break
+        if type(ended) is int:
+            lines(f"{prefix}{ended}{quick_end_line}".encode())
+        elif isinstance(ended, str):
+            lines(ended.encode())
+    finally:
+        if held is not None:
+            CONSOLE.release_held()
+            CONSOLE.hold(None)
+        if captured_here:
+            CONSOLE.release()
     books.sync()
     pending.settle(outcomes)
     progress.write(current=None, final=True)
     return _conclude(outcomes, indexes, signals, time.monotonic() - started)
+
+
+def _capturable() -> bool:
+    """Whether the loop may capture fds 1 and 2: both open, and neither a terminal."""
+    try:
+        return not (os.isatty(1) or os.isatty(2))
+    except OSError:
+        return False
 
 
 def fail_shard(

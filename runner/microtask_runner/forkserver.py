@@ -21,6 +21,26 @@ and passes their exit codes on.
 When its stdin closes (the executor is gone, however it ended), the server asks its remaining
 children to stop (SIGTERM to their groups: each runner stops its microtask and writes its final
 report) and exits, so no shard outlives ``microtask run`` by much.
+
+A persistent worker (``python -m microtask_runner.forkserver --worker``) goes one step further for
+command mode, where a shard runs nothing of the user's in the runner's own process: it runs shard
+after shard itself, so a shard costs neither a fork nor the imports a fresh child would redo:
+
+    request (stdin, one JSON line):  as above, but "env" holds only the variables that differ
+                                     from the worker's environment (what it was started with,
+                                     then the previous shard's), and "unset" (optional) lists
+                                     those to remove
+    replies (stdout, one line each): "ready PID" once, then "done CODE" per shard (CODE as the
+                                     runner's exit code)
+
+The worker is the leader of its own process group, so the executor signals and kills it as it
+would a runner of one shard. Per shard it takes the shard's environment, working directory and
+arguments, puts its stdout and stderr on the shard's log (and back on /dev/null and its own
+stderr afterwards), and calls ``cli.main``; every runner resource (report file, records, signal
+handlers, the results spool's files) is opened and released inside that call. Between shards a
+SIGTERM ends the worker (the default disposition); a shard stopped by a signal is the worker's
+last. When its stdin closes the worker exits, at once if idle, else by stopping its shard as a
+SIGTERM would.
 """
 
 from __future__ import annotations
@@ -211,9 +231,139 @@ def serve() -> int:
         server.stop_children()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    del argv
+class _Requests:
+    """The worker's stdin, read by a thread: whole request lines, and its end noticed at once."""
+
+    def __init__(self, fd: int) -> None:
+        import queue
+        import threading
+
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.busy = False
+        self.ended = False
+        threading.Thread(target=self._read, daemon=True, name="requests").start()
+
+    def _read(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while data := os.read(self.fd, _CHUNK):
+                buffer += data
+                while (cut := buffer.find(b"\n")) >= 0:
+                    line, buffer = buffer[:cut], buffer[cut + 1 :]
+                    if line.strip():
+                        self.lines.put(line)
+        with self.lock:
+            self.ended = True
+            busy = self.busy
+        self.lines.put(None)
+        if busy:
+            # The executor is gone: stop the shard as its SIGTERM would (the runner stops the
+            # microtask and writes its final report), so it does not run on unseen.
+            with contextlib.suppress(OSError):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def next(self) -> bytes | None:
+        """The next request, marked as running; None when the executor is gone."""
+        line = self.lines.get()
+        with self.lock:
+            if line is None or self.ended:
+                return None
+            self.busy = True
+        return line
+
+    def idle(self) -> None:
+        with self.lock:
+            self.busy = False
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+
+
+def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool: str) -> int:
+    """One shard in this process, with its own environment, folder and log; its exit code."""
+    code = EXIT_RUNNER_ERROR
+    log = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+    finally:
+        os.close(log)
+    try:
+        os.chdir(str(request["cwd"]))
+        # The runner changes nothing in the environment: the previous shard's plus the changes
+        # is this shard's.
+        for key in request.get("unset", ()):
+            os.environ.pop(str(key), None)
+        os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+        argv = [str(a) for a in request["argv"]]
+        sys.argv = ["microtask-runner", *argv]
+        code = cli.main(argv, spool=spool)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        # Nothing printed later (by this worker or the next shard's set-up) reaches this log.
+        _flush_streams()
+        os.dup2(devnull, 1)
+        os.dup2(errors, 2)
+    return code & 0xFF
+
+
+def work() -> int:
+    """The persistent worker's loop (see the module doc)."""
+    # The request and reply pipes move off 0 and 1 (non-inheritable: no microtask holds them).
+    requests = _Requests(os.dup(0))
+    replies = os.dup(1)
+    errors = os.dup(2)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+
+    def reply(line: str) -> None:
+        view = memoryview((line + "\n").encode("utf-8", "backslashreplace"))
+        while view:
+            view = view[os.write(replies, view) :]
+
+    # What every command-mode shard needs, imported once (a fresh runner imports it per shard).
+    import shutil
+    import subprocess  # noqa: F401
+    import tempfile
+
+    # One spool for the commands' result files, lent to shard after shard.
+    spool = tempfile.mkdtemp(prefix="microtask-results-")
+    try:
+        reply(f"ready {os.getpid()}")
+        while (line := requests.next()) is not None:
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+            except ValueError as exc:
+                with contextlib.suppress(OSError):
+                    os.write(errors, f"bad request: {exc}\n".encode())
+                return EXIT_RUNNER_ERROR  # the executor sees the worker die with its shard
+            code = _run_in_worker(request, devnull=devnull, errors=errors, spool=spool)
+            requests.idle()
+            reply(f"done {code}")
+            if code >= 128:
+                return 0  # stopped by a signal: the executor is stopping this shard, or all
+        return 0
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args == ["--worker"]:
+            return work()
         return serve()
     except KeyboardInterrupt:
         return 130

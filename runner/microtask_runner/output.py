@@ -19,6 +19,8 @@ import importlib
 import os
 from collections.abc import Callable, Mapping
 
+from .contract import ENV_STORE_SYNC
+
 #: ``typing.TYPE_CHECKING`` without importing typing (slow); type checkers read it as True.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,17 +98,24 @@ class DirectorySink:
 
     Files are opened once, with ``O_APPEND``, and every ``append`` is one ``write`` that
     reaches the file at once (no buffering here), so a killed runner leaves every record it
-    appended. ``flush(final=True)`` also asks the file system to sync, for network volumes.
+    appended. ``flush(final=True)`` also asks the file system to sync, for network volumes
+    (unless ``sync`` is false).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, sync: bool = True) -> None:
         self.root = root
+        self.sync = sync
         self._fds: dict[str, int] = {}
 
     def _open(self, name: str) -> int:
         path = os.path.join(self.root, *_check_name(name))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            # The folder is there but for a store's first shards: no mkdir per shard.
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, flags, 0o644)
         self._fds[name] = fd
         return fd
 
@@ -120,7 +129,7 @@ class DirectorySink:
             view = view[written:]
 
     def flush(self, final: bool) -> None:
-        if final:
+        if final and self.sync:
             for fd in self._fds.values():
                 try:
                     os.fsync(fd)
@@ -133,6 +142,10 @@ class DirectorySink:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _syncs(env: Mapping[str, str]) -> bool:
+    return env.get(ENV_STORE_SYNC, "").strip().lower() != "false"
 
 
 def open_sink(url: str, env: Mapping[str, str]) -> Sink:
@@ -148,10 +161,10 @@ def open_sink(url: str, env: Mapping[str, str]) -> Sink:
     if not scheme:
         if not url:
             raise SinkUnavailable("the result store URL is empty")
-        return DirectorySink(os.path.abspath(url))
+        return DirectorySink(os.path.abspath(url), sync=_syncs(env))
     scheme = scheme.lower()
     if scheme == "file":
-        return DirectorySink(os.path.abspath(url[len("file://") :] or "/"))
+        return DirectorySink(os.path.abspath(url[len("file://") :] or "/"), sync=_syncs(env))
     if scheme != "s3":
         raise SinkUnavailable(
             f"result store {url!r:.120}: unsupported scheme {scheme}:// "

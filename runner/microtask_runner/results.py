@@ -7,6 +7,7 @@ otherwise). A result that breaks these rules fails its microtask, with an error 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -112,15 +113,20 @@ def encode_value(index: int, value: object) -> Finished:
 class ResultFiles:
     """Command mode: a private spool directory, a fresh ``$MICROTASK_OUTPUT`` per microtask.
 
-    The file is not created: a command that gives back nothing leaves no file.
+    The file is not created: a command that gives back nothing leaves no file. The directory is
+    made for the shard, or lent by a process that runs shard after shard (``directory``): then
+    it is emptied at the end, not removed, and the next shard needs no new one.
     """
 
-    def __init__(self, keep: bool) -> None:
-        import tempfile  # only in command mode
-
+    def __init__(self, keep: bool, directory: str | None = None) -> None:
         #: False: results are not kept anywhere (no store), the files are just removed
         self.keep = keep
-        self.directory = tempfile.mkdtemp(prefix="microtask-results-")
+        self.lent = directory is not None
+        if directory is None:
+            import tempfile  # only in command mode
+
+            directory = tempfile.mkdtemp(prefix="microtask-results-")
+        self.directory = directory
 
     def path(self, index: int) -> str:
         """The path offered to the microtask ``index``."""
@@ -155,7 +161,18 @@ class ResultFiles:
             _remove(path, info)
 
     def close(self) -> None:
-        """Remove the spool directory and anything left in it."""
+        """Remove the spool directory and anything left in it (a lent one: what is left)."""
+        if self.lent:
+            # Usually empty: each result file is removed as it is taken.
+            try:
+                names = os.listdir(self.directory)
+            except OSError:
+                return
+            for name in names:
+                path = os.path.join(self.directory, name)
+                with contextlib.suppress(OSError):
+                    _remove(path, os.lstat(path))
+            return
         import shutil
 
         shutil.rmtree(self.directory, ignore_errors=True)

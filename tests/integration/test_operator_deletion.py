@@ -172,9 +172,10 @@ class MemoryApi:
         self.selectors.add(selector)
         return list(self.jobs.values())
 
-    async def delete_job(self, namespace: str, name: str) -> None:
-        self.jobs.pop(name, None)
-        self.deleted.append(name)
+    async def delete_jobs(self, namespace: str, selector: str) -> None:
+        self.selectors.add(selector)
+        self.deleted.extend(self.jobs)
+        self.jobs.clear()
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self.selectors.add(selector)

@@ -20,7 +20,7 @@ OPERATOR_CALLS: list[tuple[str, str, str, str | None, str | None]] = [
     ("patch", "microtask.dev", "microtaskjobs", "status", None),
     *(
         (v, "batch", "jobs", None, None)
-        for v in ("create", "delete", "get", "list", "watch", "patch")
+        for v in ("create", "deletecollection", "get", "list", "watch", "patch")
     ),
     *((v, "", "pods", None, None) for v in ("list", "watch")),
     *((v, "", "nodes", None, None) for v in ("list", "watch")),

@@ -1,12 +1,15 @@
-"""Where the tests find the Kubernetes binaries, and what happens when they are missing."""
+"""Where the tests find the Kubernetes binaries, what happens when they are missing, and how our
+test kubelet keeps its nodes' leases."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.integration.harness.kubelet import Kubelet, NodeState, cpu_node
 from tests.kube_tools import SCRIPT, find, pinned, require
 
 
@@ -110,3 +113,26 @@ def test_the_script_and_the_tests_agree_on_where_minio_is(
     )
     assert result.stdout.strip() == str(minio)
     assert "cached" in result.stderr
+
+
+def test_the_kubelet_renews_every_lease_at_once_and_outlives_a_failed_renewal() -> None:
+    kubelet = Kubelet("https://127.0.0.1:1", "token", None)
+    for i in range(3):
+        kubelet.nodes[f"n{i}"] = NodeState(spec=cpu_node(f"n{i}"), index=i)
+    kubelet.nodes["n2"].lost = True
+    started: list[str] = []
+    renewed: list[str] = []
+
+    async def renew(state: NodeState) -> None:
+        started.append(state.spec.name)
+        # Each renewal waits for the others to have started: one after another, this never ends.
+        while len(started) < 2:
+            await asyncio.sleep(0)
+        if state.spec.name == "n0":
+            raise RuntimeError("lease of n0: too many conflicts")
+        renewed.append(state.spec.name)
+
+    kubelet._renew_lease = renew  # type: ignore[method-assign]
+    asyncio.run(asyncio.wait_for(kubelet._beat(), timeout=5))
+    assert sorted(started) == ["n0", "n1"]  # the lost node is left alone
+    assert renewed == ["n1"]

@@ -96,12 +96,25 @@ def make_executor(
     *,
     workers: int = 2,
     fork: bool = True,
+    persistent: bool = True,
     on_progress: Callable[[Snapshot], None] | None = None,
     folder: str = "out",
 ) -> LocalExecutor:
     run_dir = RunDir(tmp_path / folder)
     run_dir.prepare(job.name, fresh=True)
-    return LocalExecutor(job, workers, run_dir, fork=fork, on_progress=on_progress)
+    return LocalExecutor(
+        job, workers, run_dir, fork=fork, persistent=persistent, on_progress=on_progress
+    )
+
+
+#: How a command-mode shard's runner is started: (fork, persistent) for make_executor.
+MODES = {"spawned": (False, False), "forked": (True, False), "worker": (True, True)}
+
+
+def started(executor: LocalExecutor) -> dict[str, int]:
+    launcher = executor.launcher
+    counts = {"spawned": launcher.spawned, "forked": launcher.forked, "worker": launcher.worked}
+    return {mode: n for mode, n in counts.items() if n}
 
 
 def probes(tmp_path: Path) -> list[dict[str, Any]]:
@@ -177,27 +190,27 @@ def outcome(result: RunResult) -> dict[str, Any]:
 
 def test_a_killed_forked_runner_is_handled_as_a_killed_spawned_one(tmp_path: Path) -> None:
     results = {}
-    ended: dict[bool, list[tuple[str, int | None, str | None]]] = {}
-    for fork in (False, True):
-        folder = tmp_path / ("fork" if fork else "spawn")
+    ended: dict[str, list[tuple[str, int | None, str | None]]] = {}
+    for mode, (fork, persistent) in MODES.items():
+        folder = tmp_path / mode
         folder.mkdir()
         job = make_job(
             folder, total=6, per_shard=2, command=killer(folder), retry=RetryPolicy(max_attempts=3)
         )
-        executor = make_executor(folder, job, fork=fork)
-        results[fork] = outcome(executor.run())
+        executor = make_executor(folder, job, fork=fork, persistent=persistent)
+        results[mode] = outcome(executor.run())
         # How each shard's end was observed: phase, exit code, reason.
-        ended[fork] = sorted(
+        ended[mode] = sorted(
             (shard.phase.value, shard.exit_code, shard.failure_reason)
             for shard in executor.finished.values()
         )
         assert sorted(map(int, lines_of(folder / "done.txt"))) == list(range(6))
-        assert (executor.launcher.forked > 0) is fork
+        assert list(started(executor)) == [mode]
 
-    assert results[True] == results[False]
-    assert results[True]["phase"] == "Succeeded" and results[True]["succeeded"] == 6
-    assert ended[True] == ended[False]
-    assert ("Failed", 137, "runner exited with -9") in ended[True]
+    assert results["forked"] == results["spawned"] == results["worker"]
+    assert results["worker"]["phase"] == "Succeeded" and results["worker"]["succeeded"] == 6
+    assert ended["forked"] == ended["spawned"] == ended["worker"]
+    assert ("Failed", 137, "runner exited with -9") in ended["worker"]
 
 
 def test_the_fork_server_dying_mid_run_loses_and_double_counts_nothing(tmp_path: Path) -> None:
@@ -212,7 +225,7 @@ def test_the_fork_server_dying_mid_run_loses_and_double_counts_nothing(tmp_path:
             killed.append(server.pid)
             os.kill(server.pid, signal.SIGKILL)
 
-    executor = make_executor(tmp_path, job, on_progress=kill_the_server)
+    executor = make_executor(tmp_path, job, persistent=False, on_progress=kill_the_server)
     result = executor.run()
 
     assert killed, "the server was never killed"
@@ -260,18 +273,20 @@ def test_microtask_run_killed_outright_leaves_no_runner_behind(tmp_path: Path) -
     tree = descendants(proc.pid)
     proc.kill()
     proc.communicate(timeout=10)
-    assert len(tree) >= 5  # the fork server, two runners, two commands
+    assert len(tree) >= 4  # two runners (persistent workers), two commands
     assert_gone(tree, timeout=10)
     assert not processes_with(marker)
 
 
-@pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
-def test_a_runner_whose_output_is_the_shard_log(tmp_path: Path, fork: bool) -> None:
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_runner_whose_output_is_the_shard_log(tmp_path: Path, mode: str) -> None:
     job = make_job(
         tmp_path, total=2, per_shard=2, command="echo out-$MICROTASK_INDEX; echo err >&2"
     )
-    executor = make_executor(tmp_path, job, fork=fork)
+    fork, persistent = MODES[mode]
+    executor = make_executor(tmp_path, job, fork=fork, persistent=persistent)
     assert executor.run().decision.status["phase"] == "Succeeded"
+    assert list(started(executor)) == [mode]
     log = (tmp_path / "out" / "logs" / "fork-0.log").read_text(encoding="utf-8")
     assert "out-0" in log and "out-1" in log and log.count("err") >= 2
     assert "::microtask:: index=1 attempt=1 end exit=0" in log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kopf
 import pytest
-from microtask_operator.adapter.config import OperatorConfig
+from microtask_operator.adapter.config import ConfigError, OperatorConfig
 
 
 @pytest.mark.parametrize(
@@ -66,3 +66,23 @@ def test_the_diff_base_is_kopfs_without_copying_the_status() -> None:
         "spec": {"items": {"range": {"start": 0, "end": 5}}, "parallelism": 2},
         "metadata": {"labels": {"team": "x"}, "annotations": {"keep": "yes"}},
     }
+
+
+def test_changes_gather_longer_only_while_nothing_is_left_to_start() -> None:
+    config = OperatorConfig(debounce_seconds=0.2)
+    assert config.pause_after_change(settle=False) == 0.2  # a freed slot is filled at once
+    assert config.pause_after_change(settle=True) == pytest.approx(1.0)  # five debounces
+    fast = OperatorConfig(debounce_seconds=0.05)
+    assert fast.pause_after_change(settle=True) == pytest.approx(0.25)
+    assert OperatorConfig(debounce_seconds=0.0).pause_after_change(settle=True) == 0.0
+
+
+def test_the_settle_time_can_be_set_apart() -> None:
+    config = OperatorConfig.from_env(
+        {"MICROTASK_DEBOUNCE_SECONDS": "0.1", "MICROTASK_SETTLE_SECONDS": "2"}
+    )
+    assert config.pause_after_change(settle=True) == 2.0
+    assert config.pause_after_change(settle=False) == 0.1
+    assert OperatorConfig.from_env({}).settle_seconds is None
+    with pytest.raises(ConfigError, match="MICROTASK_SETTLE_SECONDS"):
+        OperatorConfig.from_env({"MICROTASK_SETTLE_SECONDS": "-1"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,17 @@ UID = "0123456789abcdef"
 T0 = 1_800_000_000.0
 
 
+def matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Does a label selector of `key=value` and `key in (a,b)` terms match the labels?"""
+    terms = re.findall(r"([^,=\s]+)\s*(?:=\s*([^,]*)|\s+in\s+\(([^)]*)\))", selector)
+    assert terms, selector
+    for key, value, values in terms:
+        wanted = {value} if not values else {v.strip() for v in values.split(",")}
+        if labels.get(key) not in wanted:
+            return False
+    return True
+
+
 class FakeApi:
     """The KubeApi calls the reconciler makes, answered from memory."""
 
@@ -49,6 +61,7 @@ class FakeApi:
         self.config_map_bodies: dict[str, dict[str, Any]] = {}
         self.patch_error: ApiError | None = None  # the next status patch fails
         self.patch_applies = False  # ... after the API server applied it
+        self.selectors: list[str] = []  # of the collections of Jobs deleted
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
         self.calls.append("create_job")
@@ -62,9 +75,12 @@ class FakeApi:
         self.jobs[name] = job
         return True
 
-    async def delete_job(self, namespace: str, name: str) -> None:
-        self.calls.append("delete_job")
-        self.jobs.pop(name, None)
+    async def delete_jobs(self, namespace: str, selector: str) -> None:
+        self.calls.append("delete_jobs")
+        self.selectors.append(selector)
+        for name, job in list(self.jobs.items()):
+            if matches(selector, job["metadata"].get("labels") or {}):
+                del self.jobs[name]
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         self.calls.append("suspend_job")
@@ -168,7 +184,22 @@ class World:
 
     def step(self, seconds: float = 1.0) -> None:
         self.now += seconds
-        asyncio.run(self.reconciler.reconcile(self.body))
+        self.reconcile()
+        self.after_reconcile()
+
+    def reconcile(self) -> reconcile_module.Outcome:
+        """One reconcile, and the clean-up it left behind it."""
+
+        async def once() -> reconcile_module.Outcome:
+            try:
+                return await self.reconciler.reconcile(self.body)
+            finally:
+                await self.reconciler.flush()
+
+        return asyncio.run(once())
+
+    def after_reconcile(self) -> None:
+        """What the watch shows next: the status and annotations as written."""
         self.body["status"] = copy.deepcopy(self.api.status)
         if self.api.annotations:
             self.body["metadata"]["annotations"] = dict(self.api.annotations)
@@ -560,3 +591,165 @@ def test_a_status_reset_mid_run_is_written_again_whole() -> None:
     assert world.status["startTime"] == started
     assert world.status["items"]["digest"].startswith("sha256:")
     assert world.status["succeeded"] == 5
+
+
+def test_harvested_shards_go_in_one_delete_of_exactly_their_jobs() -> None:
+    world = World({**RANGE, "parallelism": 3})
+    world.step()
+    assert world.shard_ids() == [0, 1, 2]
+    # A Job of an earlier MicrotaskJob of the same name (another uid) is not this one's.
+    world.api.jobs["j-s1-old"] = {
+        "metadata": {"name": "j-s1-old", "labels": {L.JOB: "j", L.JOB_UID: "old", L.SHARD: "1"}}
+    }
+    world.finish(0, 0, 5)
+    world.finish(2, 10, 5)
+    world.api.calls.clear()
+    world.step()
+    assert world.status["succeeded"] == 10
+    assert world.api.calls.count("delete_jobs") == 1
+    assert world.api.selectors[-1] == f"{L.JOB}=j,{L.JOB_UID}={UID},{L.SHARD} in (0,2)"
+    # The status that records the harvest is written before the Jobs go.
+    assert world.api.calls.index("patch_status") < world.api.calls.index("delete_jobs")
+    assert sorted(world.api.jobs) == ["j-s1", "j-s1-old", "j-s3"]
+
+
+def test_a_delete_sent_a_moment_ago_is_not_sent_again() -> None:
+    world = World(RANGE)
+    world.step()
+    world.finish(0, 0, 5)
+    job = world.api.jobs["j-s0"]
+    world.api.delete_jobs = _ignored(world.api)  # type: ignore[method-assign]
+    world.step()
+    world.api.jobs["j-s0"] = job  # the watch still shows it
+    world.pods.pop("j-s1", None)
+    world.step()
+    assert world.api.calls.count("delete_jobs") == 1
+
+
+def _ignored(api: FakeApi) -> Any:
+    async def delete_jobs(namespace: str, selector: str) -> None:
+        api.calls.append("delete_jobs")
+
+    return delete_jobs
+
+
+class FailingCreates(FakeApi):
+    """Creates of the named Jobs fail: for a while (503), or for good (422)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: set[str] = set()
+        self.refuse: set[str] = set()
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        self.calls.append(f"create_job {name}")
+        if name in self.fail:
+            raise ApiError("create", name, 503, "Unavailable")
+        if name in self.refuse:
+            raise ApiError("create", name, 422, "Invalid", "is invalid")
+        return await super().create_job(namespace, body)
+
+
+def test_creates_go_in_shard_order_and_stop_at_a_failure() -> None:
+    world = World({**RANGE, "parallelism": 3})
+    api = world.api = FailingCreates()
+    api.fail = {"j-s1"}
+    world.reconciler = world.new_reconciler()
+    with pytest.raises(ApiError):
+        world.step()
+    # What a failure (or a kill) leaves is a prefix: no shard id is skipped.
+    assert [c for c in api.calls if c.startswith("create_job ")] == [
+        "create_job j-s0",
+        "create_job j-s1",
+    ]
+    assert sorted(api.jobs) == ["j-s0"]
+    assert api.status_patches == []  # nothing recorded: the next reconcile starts from the Jobs
+    api.fail = set()
+    world.step()
+    assert world.shard_ids() == [0, 1, 2]
+    assert world.status["running"] == 15
+
+
+def test_the_loop_may_settle_only_while_every_microtask_left_is_in_flight() -> None:
+    world = World(RANGE)  # 4 shards, 2 at a time
+    assert not world.reconcile().settle  # shards 2 and 3 wait for a slot: a finish starts one
+    world.after_reconcile()
+    world.finish(0, 0, 5)
+    world.finish(1, 5, 5)
+    world.now += 1
+    outcome = world.reconcile()
+    assert world.shard_ids() == [2, 3]
+    assert outcome.settle  # the last wave: a change can only be harvested
+    world.after_reconcile()
+    world.finish(2, 10, 5, failed=IndexSet.from_range(10, 11))
+    world.now += 1
+    assert not world.reconcile().settle  # a retry waits to start
+
+
+def test_the_clean_up_runs_behind_the_reconcile_and_in_order() -> None:
+    world = World(RANGE)
+    world.step()
+    world.finish(0, 0, 5)
+    gate = asyncio.Event()
+    order: list[str] = []
+    real = world.api.delete_jobs
+
+    async def slow_delete(namespace: str, selector: str) -> None:
+        await gate.wait()
+        order.append("delete")
+        await real(namespace, selector)
+
+    async def suspend(namespace: str, name: str, suspend: bool) -> None:
+        order.append(f"suspend {name}")
+
+    world.api.delete_jobs = slow_delete  # type: ignore[method-assign]
+    world.api.suspend_job = suspend  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        world.now += 1
+        # It returns while the delete hangs (waiting for it, it would never return).
+        await asyncio.wait_for(world.reconciler.reconcile(world.body), timeout=10)
+        assert world.api.status["succeeded"] == 5 and "j-s0" in world.api.jobs
+        world.after_reconcile()
+        world.body["spec"]["suspend"] = True
+        world.now += 1
+        await asyncio.wait_for(world.reconciler.reconcile(world.body), timeout=10)
+        assert order == []  # the suspends wait for the delete before them
+        gate.set()
+        await world.reconciler.flush()
+
+    asyncio.run(scenario())
+    assert order[0] == "delete" and order[1:] and all(o.startswith("suspend") for o in order[1:])
+    assert "j-s0" not in world.api.jobs
+
+
+def test_a_refused_create_fails_the_job_and_the_jobs_created_before_it_go() -> None:
+    world = World({**RANGE, "parallelism": 3})
+    api = world.api = FailingCreates()
+    api.refuse = {"j-s1"}
+    world.reconciler = world.new_reconciler()
+    world.step()
+    assert world.status["phase"] == "Failed"
+    failed = world.condition("Failed")
+    assert failed is not None and "Job j-s1: is invalid" in failed["message"]
+    assert "create_job j-s2" not in api.calls
+    # The shard created in the same reconcile is known to the decision: cancelled, not left.
+    assert api.jobs == {}
+
+
+def test_many_harvested_shards_are_deleted_a_bounded_number_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile_module, "DELETES_PER_REQUEST", 2)
+    world = World({**RANGE, "parallelism": 4})
+    world.step()
+    for shard in range(4):
+        world.finish(shard, shard * 5, 5)
+    world.step()
+    assert world.status["phase"] == "Succeeded"
+    assert world.api.selectors == [
+        f"{L.JOB}=j,{L.JOB_UID}={UID},{L.SHARD} in (0,1)",
+        f"{L.JOB}=j,{L.JOB_UID}={UID},{L.SHARD} in (2,3)",
+    ]
+    assert world.api.jobs == {}

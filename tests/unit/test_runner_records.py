@@ -751,6 +751,22 @@ def test_directory_sink(tmp_path: Path) -> None:
             DirectorySink(str(tmp_path)).append(bad, b"x")
 
 
+@pytest.mark.parametrize(("setting", "syncs"), [(None, True), ("true", True), ("False", False)])
+def test_a_directory_store_syncs_at_the_end_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, syncs: bool
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr("microtask_runner.output.os.fsync", synced.append)
+    env = {} if setting is None else {"MICROTASK_STORE_SYNC": setting}
+    sink = open_sink(str(tmp_path), env)
+    sink.append("records/a.jsonl", b"{}\n")
+    sink.flush(final=False)
+    assert synced == []
+    sink.flush(final=True)
+    sink.close()
+    assert bool(synced) is syncs
+
+
 def test_open_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     sink = open_sink("relative/store", {})

@@ -7,8 +7,8 @@ the operator does it itself, in kopf's deletion handler, while kopf's finalizer 
 MicrotaskJob (kopf puts it there for the daemon already, and removes it once the daemon has ended
 and the deletion handlers have succeeded):
 
-1. delete the Jobs of this MicrotaskJob, found by its uid label (their pods in the background,
-   so each runner gets SIGTERM and abandons its microtask);
+1. delete the Jobs of this MicrotaskJob, selected by its uid label in one request (their pods in
+   the background, so each runner gets SIGTERM and abandons its microtask);
 2. wait for the daemon to end: kopf asks it to stop when the deletion starts, and it creates no
    Job from then on, but a create already sent may land after the first sweep: sweep again;
 3. wait until the pods are gone, at most their grace period and a margin (a pod on a lost node
@@ -126,14 +126,15 @@ async def stop_work(
 
 
 async def _delete_jobs(api: KubeApi, namespace: str, labels: str) -> int:
-    deleted = 0
-    for job in await api.list_jobs(namespace, labels):
-        meta = job.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            continue  # already going
-        await api.delete_job(namespace, str(meta.get("name")))
-        deleted += 1
-    return deleted
+    """Delete the Jobs still there, with one request; how many were not already going."""
+    going = [
+        job
+        for job in await api.list_jobs(namespace, labels)
+        if not (job.get("metadata") or {}).get("deletionTimestamp")
+    ]
+    if going:
+        await api.delete_jobs(namespace, labels)
+    return len(going)
 
 
 def _grace(pod: Mapping[str, Any]) -> float:

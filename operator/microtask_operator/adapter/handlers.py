@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 OURS = {MANAGED_BY: MANAGED_BY_VALUE}
 # At exit, Events still waiting get this long to be posted.
 EVENTS_AT_EXIT_SECONDS = 5.0
+# When a job's loop ends, the clean-up of its last reconcile gets this long to finish.
+CLEANUP_AT_END_SECONDS = 10.0
 
 
 @dataclass
@@ -343,9 +345,11 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             while not stopped and not deleting():
                 watched.wake.clear()
                 timeout = config.resync_seconds
+                settle = False  # nothing left to start: changes may gather longer
                 try:
                     outcome = await reconciler.reconcile(watched.body)
                     failures = 0
+                    settle = outcome.settle
                     if outcome.next_wakeup is not None:
                         timeout = min(timeout, max(0.0, outcome.next_wakeup - reconciler.clock()))
                 except ApiError as error:
@@ -364,10 +368,14 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     except Exception as reporting:  # e.g. the API is down as well
                         logger.warning("could not record the failure in the status: %s", reporting)
                 await sleep_until_woken(timeout, watched.wake, stopped)
-                if watched.wake.is_set() and config.debounce_seconds > 0:
+                pause = config.pause_after_change(settle=settle)
+                if watched.wake.is_set() and pause > 0:
                     # Let a burst of pod changes land, then decide once for all of them.
-                    await asyncio.sleep(config.debounce_seconds)
+                    await sleep_until_woken(pause, stopped)
         finally:
+            # The last reconcile's deletes run behind it: they end before the loop does.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reconciler.flush(), CLEANUP_AT_END_SECONDS)
             state.metrics.job_deleted(namespace, name)
             ended.set()
             if state.daemons.get(uid) is ended:

@@ -1,9 +1,10 @@
 """The few Kubernetes API calls the operator makes itself, with the races treated as normal.
 
 A 409 on create means the Job is already there (a restart, or a retried request): adopt it.
-A 404 on delete means it is already gone. 429 and 5xx are retried a few times with backoff; if they
-persist the reconcile stops before writing status, and the next one starts again from what exists —
-nothing is lost or counted twice. Every call is counted in `microtask_api_requests_total`.
+Jobs are deleted by label selector: those already gone simply do not match. 429 and 5xx are
+retried a few times with backoff; if they persist the reconcile stops before writing status, and
+the next one starts again from what exists — nothing is lost or counted twice. Every call is
+counted in `microtask_api_requests_total`.
 """
 
 from __future__ import annotations
@@ -152,18 +153,21 @@ class KubeApi:
             lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
         )
 
-    async def delete_job(self, namespace: str, name: str) -> None:
-        """Delete a Job and, in the background, its pods."""
+    async def delete_jobs(self, namespace: str, selector: str) -> None:
+        """Delete every Job matching a label selector in one request (pods in the background).
+
+        One write however many shards a reconcile harvested: deleting them one by one made the
+        deletes as many writes as the creates.
+        """
         await self._call(
-            "delete",
-            f"job {namespace}/{name}",
-            lambda: self.batch.delete_namespaced_job(
-                name,
+            "deletecollection",
+            f"jobs {namespace} {selector}",
+            lambda: self.batch.delete_collection_namespaced_job(
                 namespace,
-                body=client.V1DeleteOptions(propagation_policy="Background"),
+                label_selector=selector,
+                propagation_policy="Background",
                 _preload_content=False,
             ),
-            ok=frozenset({404}),
         )
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:

@@ -1,12 +1,13 @@
 """The local executor: the core's decisions carried out with local processes as the nodes.
 
-Each shard is one `microtask-runner` process started with the same environment a shard's pod gets,
-so a spec that runs here runs the same way on a cluster (the image is ignored: the worker command
-runs on this machine). The runner writes its records to the run's folder (the result store) and
-its output to the shard's log there. Runners are forked from a warm fork server, or spawned as new
-interpreters where that is not possible (see launcher.py). The loop wakes the moment a runner
-ends; between ends, it reads the running shards' reports (the runner rewrites its report before
-each microtask), so progress moves per microtask, not per shard.
+Each shard is one run of `microtask-runner` with the same environment a shard's pod gets, so a
+spec that runs here runs the same way on a cluster (the image is ignored: the worker command runs
+on this machine). The runner writes its records to the run's folder (the result store) and its
+output to the shard's log there. In command mode shards go to persistent workers that run shard
+after shard; in Python mode runners are forked from a warm fork server; either way they are
+spawned as new interpreters where that is not possible (see launcher.py). The loop wakes the
+moment a runner ends; between ends, it reads the running shards' reports (the runner rewrites
+its report before each microtask), so progress moves per microtask, not per shard.
 
 Asked to stop, the executor launches nothing more, asks every runner to stop (SIGTERM: the runner
 stops its microtask and writes its final report), kills what is still there after a grace period,
@@ -124,6 +125,7 @@ class LocalExecutor:
         runner: Sequence[str] = SPAWN_RUNNER,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         fork: bool = True,
+        persistent: bool = True,
     ) -> None:
         self.job = job
         self.workers = max(1, workers)
@@ -141,10 +143,20 @@ class LocalExecutor:
         self.scratch = run_dir.scratch.resolve()
         self.base_env: dict[str, str] | None = None
         # The fork server runs the standard runner only: another runner command is spawned.
+        # Command mode runs nothing of the user's in the runner's process: its shards go to
+        # persistent workers; Python mode imports the user's module, so a fresh fork per shard.
+        standard = fork and self.runner == SPAWN_RUNNER
         self.launcher = Launcher(
             spawn_argv=self.runner,
-            fork=fork and self.runner == SPAWN_RUNNER,
+            fork=standard,
             server_log=run_dir.scratch / "fork-server.log",
+            persistent=standard and persistent and not job.callable,
+            # No more workers than shards can be in flight, or than the job has.
+            slots=min(
+                self.workers,
+                max(1, job.spec.parallelism),
+                -(-job.spec.total // max(1, job.spec.microtasks_per_shard)),
+            ),
         )
         self.nodes = [f"local-{i}" for i in range(self.workers)]
         # All local slots serve the CPU pool: this machine has no GPU pool of its own.
@@ -202,6 +214,8 @@ class LocalExecutor:
                 contract.ENV_OUTPUT_URL: str(self.folder),
                 # The runner's output already goes to the shard's log in the same folder.
                 contract.ENV_LOG_COPY: "false",
+                # Same local disk as the run's own files: no sync per shard (see contract).
+                contract.ENV_STORE_SYNC: "false",
             }
         )
         env.pop(contract.ENV_TIMEOUT_SECONDS, None)
@@ -230,9 +244,8 @@ class LocalExecutor:
         return env
 
     def start(self, shard: ShardPlan, now: float) -> None:
+        # Shard ids are never reused within a run; a resumed run's reports are gone (see `run`).
         report_path = self.scratch / f"shard-{shard.shard_id}.report"
-        # Shard ids are never reused within a run, but a resumed run's scratch may hold one.
-        report_path.unlink(missing_ok=True)
         node = self.free_node((*shard.avoid_nodes_hard, *shard.avoid_nodes_soft))
         env = self.runner_env(shard, node, report_path)
         shard_id = shard.shard_id
@@ -306,6 +319,7 @@ class LocalExecutor:
         """SIGTERM, a grace period for final reports, then SIGKILL of what is left."""
         alive = [p for p in processes if p.runner.poll() is None]
         for process in alive:
+            self.launcher.retire(process.runner)
             signal_group(process.runner.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds
         for process in alive:
@@ -327,6 +341,7 @@ class LocalExecutor:
         """SIGKILL every running shard's tree at once (safe to call from a signal handler)."""
         for process in list(self.running.values()):
             if process.runner.returncode is None:
+                self.launcher.retire(process.runner)
                 kill_tree(process.runner.pid)
 
     # -- the loop --------------------------------------------------------------------------
@@ -354,6 +369,10 @@ class LocalExecutor:
         state = self.initial_state
         decision: Decision | None = None
         interrupted = False
+        # A resumed run's scratch may hold reports under the ids this run gives its shards: gone
+        # once here, not checked per shard.
+        for stale in self.scratch.glob("shard-*.report"):
+            stale.unlink(missing_ok=True)
         atexit.register(self.kill_all)
         try:
             while True:

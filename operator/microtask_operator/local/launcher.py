@@ -7,6 +7,15 @@ child per shard. Either way the executor gets a process handle with a pid (the l
 runner's own process group), `poll`, `wait` and `returncode`, and one call of `on_exit` when the
 runner has ended; stopping and killing work on the group as before.
 
+In command mode the runner runs nothing of the user's in its own process, so a shard needs no
+fresh process at all: the launcher keeps persistent workers (`microtask_runner.forkserver
+--worker`), one per shard in flight, each running shard after shard, and hands a shard to an idle
+one. The shard's process handle is then the worker's: its pid (the leader of the worker's group,
+signalled and killed as a runner would be) and the exit code the worker replies when the shard
+ends, or the worker's own exit code if it dies on the way. A worker that dies is not reused; one
+that cannot even start is counted like a dying fork server, and after `MAX_SERVER_DEATHS` of them
+shards are forked again.
+
 A server that dies is started again; once it has died `MAX_SERVER_DEATHS` times, or where there is
 no `fork` (not POSIX), every shard is spawned as before. The runners a dead server leaves behind
 are reported through `on_exit` as *orphaned*: still running, with nobody left to say how they end,
@@ -32,6 +41,8 @@ from typing import IO, Protocol
 SPAWN_RUNNER = (sys.executable, "-m", "microtask_runner")
 #: The command of the fork server (see microtask_runner.forkserver).
 FORK_SERVER = (sys.executable, "-m", "microtask_runner.forkserver")
+#: The command of a persistent worker (see microtask_runner.forkserver).
+WORKER = (*FORK_SERVER, "--worker")
 #: Deaths of the fork server after which a run spawns its runners instead.
 MAX_SERVER_DEATHS = 3
 #: How long a starting server may take to import the runner (a loaded machine is slow).
@@ -123,7 +134,57 @@ class ForkedRunner:
             self._ended.wait(left)
 
 
-class ForkServer:
+def start_helper(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, stderr: Path | None
+) -> subprocess.Popen[bytes]:
+    """A fork server or worker process: talked to over its stdin and stdout, its stderr appended
+    to ``stderr`` (or dropped), in a session of its own (a terminal's Ctrl-C reaches `microtask
+    run` only, which stops it as it stops runners)."""
+    errors: IO[bytes] | int = subprocess.DEVNULL
+    if stderr is not None:
+        with contextlib.suppress(OSError):
+            errors = stderr.open("ab")
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+    finally:
+        if not isinstance(errors, int):
+            errors.close()
+
+
+class _Helper:
+    """A fork server or a worker: a process we talk to over its stdin and stdout."""
+
+    popen: subprocess.Popen[bytes]
+    reader: threading.Thread
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.popen.kill()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End it: its stdin closes (idle, it exits; busy, it stops what it runs); reap it."""
+        with contextlib.suppress(OSError, ValueError):
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.popen.wait()
+        self.reader.join(timeout)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+class ForkServer(_Helper):
     """One running fork server and the runners it forked (see microtask_runner.forkserver)."""
 
     def __init__(
@@ -134,24 +195,7 @@ class ForkServer:
         cwd: Path,
         stderr: Path | None = None,
     ) -> None:
-        errors: IO[bytes] | int = subprocess.DEVNULL
-        if stderr is not None:
-            with contextlib.suppress(OSError):
-                errors = stderr.open("ab")
-        try:
-            self.popen = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                cwd=cwd,
-                env=dict(env),
-                # A session of its own: a terminal's Ctrl-C reaches `microtask run` only.
-                start_new_session=True,
-            )
-        finally:
-            if not isinstance(errors, int):
-                errors.close()
+        self.popen = start_helper(argv, env=env, cwd=cwd, stderr=stderr)
         self.lock = threading.Lock()
         self.replies: queue.Queue[str | None] = queue.Queue()
         self.children: dict[int, ForkedRunner] = {}
@@ -237,27 +281,129 @@ class ForkServer:
         for runner in orphans:
             runner.orphan()
 
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.popen.kill()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """End the server (its stdin closes; it stops any runner it still has) and reap it."""
-        with contextlib.suppress(OSError, ValueError):
-            if self.popen.stdin is not None:
-                self.popen.stdin.close()
+class WorkerShard:
+    """One shard handed to a persistent worker: the worker's pid, the shard's exit code."""
+
+    def __init__(self, worker: Worker, on_exit: Callable[[], None]) -> None:
+        self.worker = worker
+        self.pid = worker.pid
+        self.returncode: int | None = None
+        self._ended = threading.Event()
+        self._on_exit = on_exit
+
+    def retire(self) -> None:
+        """Never hand the worker another shard: it is about to be stopped or killed."""
+        self.worker.retired = True
+
+    def exited(self, code: int) -> None:
+        if self.returncode is not None:
+            return
+        self.returncode = code
+        self._ended.set()
+        self._on_exit()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class Worker(_Helper):
+    """A persistent worker process and the shard it runs, if any."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        stderr: Path | None,
+        on_done: Callable[[Worker, WorkerShard, int], None],
+    ) -> None:
+        # Its own session and group: signalled and killed as a runner's group is.
+        self.popen = start_helper(argv, env=env, cwd=cwd, stderr=stderr)
+        self.on_done = on_done
+        #: The environment the worker holds now: a request carries only what differs from it.
+        self.env = dict(env)
+        self.lock = threading.Lock()
+        self.shard: WorkerShard | None = None
+        self.dead = False
+        #: Never to be handed another shard (its shard is being stopped or killed).
+        self.retired = False
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True, name="worker")
+        self.reader.start()
+
+    def wait_ready(self) -> None:
+        """Wait until the worker has imported the runner; ForkServerError if it never does."""
+        if not self.ready.wait(START_SECONDS) or self.dead:
+            self.close(timeout=1.0)
+            raise ForkServerError("the worker did not start")
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log: Path,
+        on_exit: Callable[[], None],
+    ) -> WorkerShard:
+        """Hand the worker a shard; ForkServerError if it is gone."""
+        shard = WorkerShard(self, on_exit)
+        changed = {key: value for key, value in env.items() if self.env.get(key) != value}
+        unset = [key for key in self.env if key not in env]
+        request = {"argv": list(args), "env": changed, "cwd": str(cwd), "log": str(log)}
+        if unset:
+            request["unset"] = unset
+        line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+        with self.lock:
+            if self.dead or self.retired or self.shard is not None:
+                raise ForkServerError("the worker is gone")
+            self.shard = shard
+            self.env = dict(env)
+        stdin = self.popen.stdin
+        assert stdin is not None
         try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
+            stdin.write(line)
+            stdin.flush()
+        except (OSError, ValueError):
+            # Gone: the reader tells the shard how the worker ended, as for a death mid-shard.
             self.kill()
-            self.popen.wait()
-        self.reader.join(timeout)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
+        return shard
+
+    def _read(self) -> None:
+        stdout = self.popen.stdout
+        assert stdout is not None
+        for raw in stdout:
+            kind, _, rest = raw.decode("utf-8", "replace").strip().partition(" ")
+            if kind == "ready":
+                self.ready.set()
+            elif kind == "done":
+                with self.lock:
+                    shard, self.shard = self.shard, None
+                if shard is not None:
+                    self.on_done(self, shard, int(rest))
+        with self.lock:
+            self.dead = True
+            shard, self.shard = self.shard, None
+        self.ready.set()
+        code = self.popen.wait()
+        if shard is not None:
+            shard.exited(code)
 
 
 class Launcher:
-    """Starts runners for one run: forked while the fork server works, spawned otherwise."""
+    """Starts runners for one run: on persistent workers, forked, or spawned (see the module)."""
 
     def __init__(
         self,
@@ -267,9 +413,21 @@ class Launcher:
         server_argv: Sequence[str] = FORK_SERVER,
         server_log: Path | None = None,
         max_deaths: int = MAX_SERVER_DEATHS,
+        persistent: bool = False,
+        worker_argv: Sequence[str] = WORKER,
+        slots: int = 1,
     ) -> None:
         self.spawn_argv = tuple(spawn_argv)
         self.fork = fork and can_fork()
+        #: Shards go to persistent workers (command mode) while they work.
+        self.persistent = persistent and can_fork()
+        self.worker_argv = tuple(worker_argv)
+        #: Shards in flight at most: as many workers are started side by side on first use.
+        self.slots = max(1, slots)
+        self.workers: list[Worker] = []
+        self.idle: list[Worker] = []
+        self.idle_lock = threading.Lock()
+        self.worker_deaths = 0
         self.server_argv = tuple(server_argv)
         self.server_log = server_log
         self.max_deaths = max_deaths
@@ -278,6 +436,8 @@ class Launcher:
         #: Runners started each way, for the curious (and the tests).
         self.forked = 0
         self.spawned = 0
+        #: Shards run by persistent workers.
+        self.worked = 0
 
     def launch(
         self,
@@ -289,6 +449,16 @@ class Launcher:
         on_exit: Callable[[], None],
     ) -> RunnerProcess:
         """Start `microtask-runner ARGS` with its output appended to `log`."""
+        while self.persistent:
+            worker = self._worker(env, cwd)
+            if worker is None:
+                break
+            try:
+                shard = worker.run(args, env=env, cwd=cwd, log=log, on_exit=on_exit)
+            except ForkServerError:
+                continue  # it died while idle: another one
+            self.worked += 1
+            return shard
         while self.fork:
             server = self._server(env, cwd)
             if server is None:
@@ -316,6 +486,60 @@ class Launcher:
                 self.deaths += 1
                 self.fork = self.deaths < self.max_deaths
         return self.server
+
+    def _worker(self, env: Mapping[str, str], cwd: Path) -> Worker | None:
+        """An idle worker, started if none is (None: workers keep failing to start)."""
+        with self.idle_lock:
+            while self.idle:
+                worker = self.idle.pop()
+                if not (worker.dead or worker.retired):
+                    return worker
+        self.workers = [w for w in self.workers if not w.dead]
+        # The first time, every slot's worker at once: their start-ups overlap.
+        count = 1 if self.workers else self.slots
+        started: list[Worker] = []
+        try:
+            for _ in range(count):
+                # The shard's environment: what an interpreter reads at start-up is the job's.
+                started.append(
+                    Worker(
+                        self.worker_argv,
+                        env=env,
+                        cwd=cwd,
+                        stderr=self.server_log,
+                        on_done=self._done,
+                    )
+                )
+            for worker in started:
+                worker.wait_ready()
+        except (OSError, ForkServerError):
+            for worker in started:
+                worker.kill()
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    worker.close(timeout=1.0)
+            self.worker_deaths += 1
+            self.persistent = self.worker_deaths < self.max_deaths
+            return None
+        self.workers.extend(started)
+        with self.idle_lock:
+            self.idle.extend(started[1:])
+        return started[0]
+
+    def _done(self, worker: Worker, shard: WorkerShard, code: int) -> None:
+        """A worker's shard ended (the worker's reader thread): the worker is free again."""
+        with self.idle_lock:
+            # The shard's end before the worker is free: the executor has collected it by the
+            # time it launches anything, so a handle never points at someone else's shard.
+            shard.exited(code)
+            # A shard stopped by a signal is its worker's last (see microtask_runner.forkserver).
+            if code < 128 and not worker.retired:
+                self.idle.append(worker)
+
+    @staticmethod
+    def retire(runner: RunnerProcess) -> None:
+        """The runner is about to be stopped or killed: its process runs no further shard."""
+        if isinstance(runner, WorkerShard):
+            runner.retire()
 
     def _lost(self, server: ForkServer) -> None:
         server.kill()
@@ -353,6 +577,15 @@ class Launcher:
         return popen
 
     def close(self) -> None:
+        workers, self.workers = self.workers, []
+        with self.idle_lock:
+            self.idle.clear()
+        for worker in workers:
+            with contextlib.suppress(OSError, ValueError):
+                if worker.popen.stdin is not None:
+                    worker.popen.stdin.close()  # all at once: they end side by side
+        for worker in workers:
+            worker.close()
         if self.server is not None:
             self.server.close()
             self.server = None

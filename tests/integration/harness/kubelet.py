@@ -527,14 +527,27 @@ class Kubelet:
 
     async def _heartbeats(self) -> None:
         while True:
-            for state in list(self.nodes.values()):
-                if state.lost or state.deleted:
-                    continue
-                try:
-                    await self._renew_lease(state)
-                except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
-                    logger.debug("lease of %s: %s", state.spec.name, exc)
+            await self._beat()
             await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _beat(self) -> None:
+        """Renew every live node's lease at once.
+
+        One after another, a slow API server made the last nodes' renewals late by the sum of
+        the others' and they could miss the grace period. A renewal that fails (conflicts
+        included) is retried at the next beat: the loop must outlive any one of them.
+        """
+        live = [s for s in list(self.nodes.values()) if not (s.lost or s.deleted)]
+        results = await asyncio.gather(
+            *(self._renew_lease(state) for state in live), return_exceptions=True
+        )
+        for state, result in zip(live, results, strict=True):
+            if isinstance(result, ApiError | aiohttp.ClientError | TimeoutError | RuntimeError):
+                logger.warning("lease of %s: %s (retried next beat)", state.spec.name, result)
+            elif isinstance(result, Exception):
+                logger.error("lease of %s (retried next beat)", state.spec.name, exc_info=result)
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: the kubelet stops
 
     # --- pods ----------------------------------------------------------------------------------
 
