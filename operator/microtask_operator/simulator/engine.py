@@ -135,6 +135,8 @@ class CoreSimulation(EventLoop):
     ) -> None:
         self.policies = policies or Policies()
         self.spec = apply_policies(spec, self.policies)
+        # The bound is the job's as written: every policy row is measured against the same one.
+        self.written_spec = spec
         self.cluster = cluster
         self.seed = seed
         self.planner = planner or default_planner()
@@ -488,7 +490,9 @@ class CoreSimulation(EventLoop):
             )
         attempts = sum(len(IndexSet.from_ranges(r)) for r in self.attempt_ranges.values())
         status = dict(decision.status)
-        bound = lower_bound(self.spec, self.cluster, self.work.total_size(), self.work.max_size())
+        bound = lower_bound(
+            self.written_spec, self.cluster, self.work.total_size(), self.work.max_size()
+        )
         notes = [message] if message else []
         notes.extend(f"anomaly: {text}" for text in self.anomalies)
         return SimulationResult(
