@@ -241,3 +241,61 @@ def test_no_copy_behind_shards_that_wait_for_capacity() -> None:
         d.set(waiting, phase=ShardPhase.PENDING, pending_reason="Unschedulable", started_at=None)
     decision = d.step(1)
     assert [c for c in creates(decision.actions) if c.plan.copy_of is not None] == []
+
+
+# -- a waiting shard with no node left to run on ---------------------------------------------
+
+
+def test_a_pending_shard_kept_off_every_node_left_is_relaunched_at_its_attempt() -> None:
+    d = Driver(CoreSpec(total=10, microtasks_per_shard=10, parallelism=1))
+    d.step()
+    pinned = ("cpu-0", "cpu-1", "cpu-2")  # as a retry kept off the nodes where it failed
+    d.set(0, phase=ShardPhase.PENDING, node=None, started_at=None, avoid_nodes_hard=pinned)
+    d.step(1.0)
+    assert 0 in d.shards, "cpu-3 may still take it: it waits"
+    attempts = d.state.attempts
+    d.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset(pinned)})  # cpu-3 is gone
+    decision = d.step(1.0)
+    assert [a.reason for a in d.deleted] == ["unpinned"]
+    (moved,) = creates(decision.actions)
+    assert moved.plan.indexes == IndexSet.from_range(0, 10)
+    assert moved.plan.attempt == 1
+    assert not set(moved.plan.avoid_nodes_hard) >= set(pinned)
+    assert d.state.attempts == attempts, "a relaunch of work that never ran spends nothing"
+    assert d.state.rebalances == {"node_lost": 1}
+    d.run_to_end(ok)
+    assert len(d.state.succeeded) == 10
+
+
+def test_a_pending_shard_with_a_node_left_keeps_waiting() -> None:
+    d = Driver(CoreSpec(total=10, microtasks_per_shard=10, parallelism=1))
+    d.step()
+    d.set(0, phase=ShardPhase.PENDING, node=None, started_at=None, avoid_nodes_hard=("cpu-0",))
+    d.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"cpu-0", "cpu-1"})})
+    decision = d.step(1.0)
+    assert creates(decision.actions) == [] and d.deleted == []
+
+
+def test_a_shard_and_its_copies_all_kept_off_every_node_left_go_back_out_as_one() -> None:
+    d = Driver(CoreSpec(total=10, microtasks_per_shard=10, parallelism=1))
+    d.step()
+    pinned = ("cpu-0", "cpu-1", "cpu-2")
+    d.set(0, phase=ShardPhase.PENDING, node=None, started_at=None, avoid_nodes_hard=pinned)
+    copy = ObservedShard(
+        shard_id=1,
+        indexes=IndexSet.from_range(0, 10),
+        attempt=1,
+        pool=Pool.CPU,
+        created_at=d.now,
+        phase=ShardPhase.PENDING,
+        copy_of=0,
+        avoid_nodes_hard=("cpu-3", *pinned),
+    )
+    d.shards[1] = copy
+    d.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset(pinned)})
+    decision = d.step(1.0)
+    assert sorted((a.shard_id, a.reason) for a in d.deleted) == [(0, "unpinned"), (1, "unpinned")]
+    (moved,) = creates(decision.actions)
+    assert (moved.plan.indexes, moved.plan.copy_of) == (IndexSet.from_range(0, 10), None)
+    d.run_to_end(ok)
+    assert len(d.state.succeeded) == 10

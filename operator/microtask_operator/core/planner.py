@@ -617,6 +617,53 @@ class _Planner:
                 f"({shard.pending_reason or 'pending'}); moved to CPU as shard {moved.shard_id}",
             )
 
+    def unpin(self) -> None:
+        """Relaunch work whose waiting pods may use none of the nodes left in their pool.
+
+        A retry kept off the nodes where it failed can be left with a single node to run on;
+        when that node goes, its pod would wait forever, and so would copies kept off the
+        nodes their original used. A group (a shard and its copies) all of whose members wait
+        like that goes back out as one shard with today's lists, at the attempt its launch
+        counted.
+        """
+        if not self.may_launch:
+            return  # they wait where they are until shards can be made again
+        groups: dict[int, list[ObservedShard]] = {}
+        for shard in self.live.values():
+            groups.setdefault(group_of(shard), []).append(shard)
+        for key, members in groups.items():
+            if not all(self.pinned_out(s) for s in members):
+                continue
+            first = min(members, key=lambda s: s.shard_id)
+            indexes = IndexSet.from_ranges(r for s in members for r in s.indexes.ranges)
+            avoid = badnodes.avoid_lists_for_retry(self.nodes, indexes, first.pool, self.cluster)
+            if self.cluster.ready_nodes[first.pool] <= set(avoid[0]):
+                continue  # today's lists would keep it off every node too
+            for shard in members:
+                self.retire(shard, "unpinned")
+            rest = indexes - self.final() - self.in_flight()
+            if any(s.copy_of is None for s in members):
+                self.uncount((indexes - rest) & self.sighted)
+            if not rest:
+                continue
+            moved = ShardPlan(self.new_shard_id(), rest, first.attempt, first.pool, None, *avoid)
+            self.launch(moved, count_attempts=False)
+            self.rebalanced(
+                Reason.NODE_LOST,
+                f"shard {key} may run on none of the nodes left in the {first.pool.value} "
+                f"pool; relaunched as shard {moved.shard_id}",
+            )
+
+    def pinned_out(self, shard: ObservedShard) -> bool:
+        """Waiting for a node, and kept off every ready node of its pool."""
+        if shard.phase != ShardPhase.PENDING or shard.suspended or not shard.avoid_nodes_hard:
+            return False
+        if shard.pool == Pool.GPU and self.spec.accelerator == Accelerator.AUTO:
+            return False  # the fallback to CPU takes it (fall_back)
+        ready = self.cluster.ready_nodes.get(shard.pool)
+        # (A pool with no node ready at all: a new shard would wait there too.)
+        return ready is not None and bool(ready) and ready <= set(shard.avoid_nodes_hard)
+
     def new_shard_id(self) -> int:
         shard_id = self.next_shard
         self.next_shard += 1
@@ -977,6 +1024,7 @@ class _Planner:
                 self.actions.append(SuspendShard(shard.shard_id, False))
 
         self.fall_back()
+        self.unpin()
         if not self.may_launch:
             return self.finish(self.running_phase())
         if self.start_time is None:

@@ -134,6 +134,8 @@ class ObservedShard:
     suspended: bool = False  # the Job is suspended (by us or by a queue)
     # The cluster refuses this shard's pods for good (e.g. Pod Security admission): its words.
     refusal: str | None = None
+    # Nodes its pods may not use (required anti-affinity): none of them can take it.
+    avoid_nodes_hard: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ class ShardPlan:
             phase=ShardPhase.PENDING,
             copy_of=self.copy_of,
             pending_reason=reason,
+            avoid_nodes_hard=self.avoid_nodes_hard,
         )
 
 

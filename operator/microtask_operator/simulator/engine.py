@@ -253,6 +253,7 @@ class CoreSimulation(EventLoop):
             exit_code=execution.exit_code if execution else None,
             failure_reason=failure_reason,
             suspended=pod.suspended,
+            avoid_nodes_hard=plan.avoid_nodes_hard,
         )
 
     def settle(self) -> DecisionLike:
