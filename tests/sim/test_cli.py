@@ -91,7 +91,9 @@ def test_the_table_names_the_figures(job_file: Path, capsys: pytest.CaptureFixtu
     assert code == 0
     for label in ("makespan", "lower bound", "attempts", "rebalanced", "wasted", "policies"):
         assert label in out
-    assert "unschedulable_fallback" in out
+    # One GPU: placement sends what it cannot take to free CPU slots at once, no fallback.
+    assert "completed on        cpu" in out
+    assert "unschedulable_fallback" not in out
 
 
 @pytest.mark.parametrize(
@@ -331,3 +333,23 @@ def test_a_50_megabyte_cluster_file_is_refused_at_once(
     assert "the file is too large (50.0 MiB): a cluster file is at most 1 MiB" in (
         capsys.readouterr().err
     )
+
+
+def test_compare_gives_no_ratios_for_runs_that_did_not_succeed(
+    job_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hopeless = tmp_path / "hopeless.yaml"
+    hopeless.write_text(
+        (EXAMPLES / "small.yaml")
+        .read_text(encoding="utf-8")
+        .replace("  jitter: 0.2\n", "  jitter: 0.2\n  permanentFailureRate: 1.0\n"),
+        encoding="utf-8",
+    )
+    run(job_file, "--cluster", hopeless, "--compare")
+
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if " Failed " in line]
+    assert len(rows) == 9, table
+    for row in rows:
+        # makespan, then "/ bound" and "static /": both "-" for a failed run.
+        assert row.split()[-5:-3] == ["-", "-"], row

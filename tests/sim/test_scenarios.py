@@ -40,8 +40,11 @@ def test_gpu_pool_full_work_finishes_on_cpu() -> None:
 
     assert result.phase == "Succeeded"
     assert_each_microtask_ends_once(result)
-    assert result.rebalanced.get("unschedulable_fallback", 0) > 0
+    # Placement sends what the one GPU cannot take to free CPU slots at once: nothing waits
+    # fallbackAfterSeconds on the GPU pool, so nothing needs to fall back.
+    assert result.rebalanced.get("unschedulable_fallback", 0) == 0
     assert result.completed_by_pool["cpu"] > 4 * result.completed_by_pool["gpu"]
+    assert result.ratio < 1.3
     # Moving work between pools is not the microtasks' fault: no attempt is spent.
     assert result.attempts == result.total
 

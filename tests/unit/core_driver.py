@@ -119,6 +119,7 @@ class Driver:
                     copy_of=p.copy_of,
                     node=node,
                     started_at=self.now,
+                    avoid_nodes_hard=p.avoid_nodes_hard,
                 )
             elif isinstance(action, DeleteShard):
                 self.deleted.append(action)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from microtask_operator import builder, labels
+from microtask_operator.adapter.observe import avoided_nodes
 from microtask_operator.api.items import ItemsError
 from microtask_operator.api.loading import validate_job
 from microtask_operator.api.model import Items, MicrotaskJob
@@ -954,3 +955,45 @@ def test_shards_mount_the_snapshot_when_there_is_one() -> None:
     assert env_of(manifest)["MICROTASK_ITEMS"] == env_of(build(job))["MICROTASK_ITEMS"]
     # Other sources mount nothing, whatever the argument says.
     assert "volumes" not in build(mtj(), items_config_map="x")["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("pool", [Pool.CPU, Pool.GPU])
+def test_the_nodes_a_job_keeps_off_are_read_back_from_it(pool: Pool) -> None:
+    kept_off = ("node-b", "node-a")
+    manifest = build_job(mtj(), OWNER, plan(pool, avoid_nodes_hard=kept_off), Settings())
+    assert avoided_nodes(manifest["spec"]) == ("node-a", "node-b")
+    assert avoided_nodes(build_job(mtj(), OWNER, plan(pool), Settings())["spec"]) == ()
+    # Terms are alternatives: a node one of them allows is not kept off.
+    either = {
+        "template": {
+            "spec": {
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/hostname",
+                                            "operator": "NotIn",
+                                            "values": ["a", "b"],
+                                        }
+                                    ]
+                                },
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/hostname",
+                                            "operator": "NotIn",
+                                            "values": ["b"],
+                                        }
+                                    ]
+                                },
+                            ]
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert avoided_nodes(either) == ("b",)

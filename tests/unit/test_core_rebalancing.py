@@ -210,7 +210,12 @@ def test_bad_node_goes_soft_then_hard_and_expires() -> None:
     assert nodes3["a"].level == "hard"
     assert avoid_lists(nodes3, Pool.CPU, cluster) == (("a",), ())
     expired, _ = update_levels(nodes3, policy, cluster, 20.0 + 101, pools)
-    assert expired == {}
+    # Expired: on probation, avoided by nothing, one failure short of soft exclusion...
+    assert expired["a"].level is None and expired["a"].failures == 1
+    assert avoid_lists(expired, Pool.CPU, cluster) == ((), ())
+    # ...and forgotten once it stays clean for excludeSeconds.
+    forgotten, _ = update_levels(expired, policy, cluster, 20.0 + 101 + 100, pools)
+    assert forgotten == {}
 
 
 def test_failures_spread_over_every_node_exclude_nobody() -> None:

@@ -147,6 +147,23 @@ def _decode(message: str | None) -> Report | None:
         return None
 
 
+def avoided_nodes(job_spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The nodes a Job's pods may not use: its required ``hostname NotIn`` terms."""
+    pod_spec = (job_spec.get("template") or {}).get("spec") or {}
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    # Terms are alternatives: a node is kept off only if every term keeps it off.
+    avoided: set[str] | None = None
+    for term in required.get("nodeSelectorTerms") or ():
+        names: set[str] = set()
+        for expression in term.get("matchExpressions") or ():
+            if expression.get("key") == labels.HOSTNAME and expression.get("operator") == "NotIn":
+                names.update(str(v) for v in expression.get("values") or ())
+        avoided = names if avoided is None else avoided & names
+    return tuple(sorted(avoided or ()))
+
+
 def observe(
     job: Mapping[str, Any],
     pods: Iterable[Mapping[str, Any]],
@@ -168,6 +185,7 @@ def observe(
         "created_at": created,
         "copy_of": identity.copy_of,
         "suspended": bool(spec.get("suspend")),
+        "avoid_nodes_hard": avoided_nodes(spec),
     }
     if meta.get("deletionTimestamp"):
         # Someone else deleted it (we never observe our own deletes past the retire).

@@ -228,22 +228,24 @@ def _comparison_table(
         if isinstance(result, str):
             lines.append(f"{label:<44}{result}")
             continue
+        # A run that failed or never finished stopped early: its time is no makespan.
+        succeeded = result.finished and result.phase == "Succeeded"
         faster = (
             f"{static.makespan / result.makespan:.2f}x"
-            if not isinstance(static, str)
-            and static.finished
-            and result.finished
-            and result.makespan > 0
+            if not isinstance(static, str) and static.finished and succeeded and result.makespan > 0
             else "-"
         )
         phase = result.phase if result.finished else "unfinished"
-        bound = f"{result.ratio:.2f}" if math.isfinite(result.lower_bound) else "-"
+        bound = f"{result.ratio:.2f}" if succeeded and math.isfinite(result.lower_bound) else "-"
         lines.append(
             f"{label:<44}{phase:<11}{_duration(result.makespan):>10}{bound:>9}{faster:>10}"
             f"{len(result.failed):>8}{result.attempts:>10}{result.speculative_copies:>8}"
         )
     lines.append("")
-    lines.append("/ bound: makespan over the lower bound (1.00 is the best possible)")
+    lines.append(
+        "/ bound: makespan over the lower bound (1.00 is the best possible; - for a run that "
+        "did not succeed)"
+    )
     lines.append(
         "static /: the plain Indexed Job's makespan over this one's (how many times faster)"
     )

@@ -63,7 +63,7 @@ def record_shard(
         failures=previous.failures + (1 if failed else 0),
         last_failure=now if failure_seen else previous.last_failure,
         shards=previous.shards + (1 if failed or not suspects else 0),
-        suspect=_bounded(previous.suspect | suspects),
+        suspect=_bounded(previous.suspect, suspects),
     )
     if len(result) > MAX_NODE_RECORDS:
         # Forget the nodes with the oldest, fewest failures first.
@@ -95,6 +95,13 @@ def judge(
     result = dict(nodes)
     confirmed: list[str] = []
     programs = IndexSet.EMPTY
+    # A failure again on a node with failures of its own proves nothing about the program: it
+    # may be that node's doing (a bad node that fails everything would otherwise clear every
+    # suspicion it meets, and retries would land on it again).
+    here = nodes.get(node)
+    tainted = here is not None and (here.failures > 0 or here.level is not None)
+    if tainted:
+        failed = IndexSet.EMPTY
     # Suspicions wholly outside the shard's outcomes are left as they are without set
     # operations: a decision harvests many shards, each meeting every node's record.
     ends = (succeeded.first(), failed.first(), succeeded.last(), failed.last())
@@ -143,11 +150,21 @@ def acquit(nodes: Mapping[str, NodeRecord], indexes: IndexSet) -> dict[str, Node
     return result
 
 
-def _bounded(suspect: IndexSet) -> IndexSet:
-    ranges = suspect.ranges
-    if len(ranges) <= MAX_SUSPECT_RANGES:
-        return suspect
-    return IndexSet.from_ranges(ranges[:MAX_SUSPECT_RANGES])
+def _bounded(previous: IndexSet, new: IndexSet) -> IndexSet:
+    """`previous | new`, at most MAX_SUSPECT_RANGES ranges: the new suspicions first.
+
+    (The retries of the newest failures are the ones still to come; dropping them would let
+    them run again where they failed.)
+    """
+    merged = previous | new
+    if len(merged.ranges) <= MAX_SUSPECT_RANGES:
+        return merged
+    kept = IndexSet.from_ranges(new.ranges[-MAX_SUSPECT_RANGES:])
+    room = MAX_SUSPECT_RANGES - len(kept.ranges)
+    older = (previous - kept).ranges
+    if room > 0 and older:
+        kept = kept | IndexSet.from_ranges(older[-room:])
+    return kept
 
 
 def _stands_out(record: NodeRecord, pool: PoolDurations | None) -> bool:
@@ -195,7 +212,16 @@ def update_levels(
     kept: dict[str, NodeRecord] = {}
     for name, record in nodes.items():
         if record.until is not None and record.until <= now:
-            continue  # expired: a clean slate (the node may have been repaired)
+            # Expired: on probation (the node may have been repaired). One more failure of its
+            # own excludes it again; its suspicions stay, so retries still avoid it.
+            kept[name] = replace(
+                record,
+                level=None,
+                until=None,
+                failures=min(record.failures, max(0, policy.soft_after_failures - 1)),
+                last_failure=now,
+            )
+            continue
         if record.level is None and now - record.last_failure >= policy.exclude_seconds:
             continue  # old failures are forgotten
         kept[name] = record

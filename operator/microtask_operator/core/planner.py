@@ -24,7 +24,18 @@ from typing import Any
 
 from microtask_runner.indexset import IndexSet
 
-from . import attribution, badnodes, conditions, failures, lost, resources, retries, speculation
+from . import (
+    attribution,
+    badnodes,
+    conditions,
+    failures,
+    lost,
+    placement,
+    resources,
+    retries,
+    shardsize,
+    speculation,
+)
 from .attribution import Charge
 from .conditions import Condition
 from .ledger import Ledger
@@ -57,6 +68,9 @@ SUSPENDED = "Suspended"
 TAIL_SLOWDOWN_FACTOR = 1.5
 # ...and a copy that straggles too may get one more there (a slow node is not that rare).
 TAIL_COPIES_PER_SHARD = 2
+# A GPU shard whose turn seemed near keeps waiting past fallbackAfterSeconds, up to this many
+# times that: estimates can be wrong, the fallback stays the safety net.
+FALLBACK_PATIENCE = 2
 # Pending reasons that mean "waiting in a queue on purpose": never a reason to fall back.
 QUEUED_REASONS = frozenset({"Queued", "Suspended"})
 # A refusal quoted in the status message and the event is cut to this many characters.
@@ -95,6 +109,14 @@ class Decision:
 def group_of(shard: ObservedShard) -> int:
     """Speculative copies and their original form one group; one member's result counts."""
     return shard.copy_of if shard.copy_of is not None else shard.shard_id
+
+
+def clean(shard: ObservedShard) -> bool:
+    """Did the shard's runner report every one of its microtasks as succeeded?"""
+    report = shard.report
+    return (
+        report is not None and not report.runner_error and shard.indexes.issubset(report.succeeded)
+    )
 
 
 def _microtasks(count: int) -> str:
@@ -146,6 +168,7 @@ class _Planner:
         self.actions.extend(DeleteShard(s.shard_id, "retired") for s in seen.gone)
         self.live: dict[int, ObservedShard] = {s.shard_id: s for s in seen.live}
         self._in_flight: IndexSet | None = None
+        self._busy_until: float | None = None  # computed once, when placement first needs it
         # Microtasks of shards counted when seen, not at their launch (see fall_back).
         self.sighted = IndexSet.EMPTY
         for shard in seen.unrecorded:
@@ -300,16 +323,19 @@ class _Planner:
         if not indexes:
             return IndexSet.EMPTY
         policy = self.spec.retry
-        permanent = retries.is_permanent(
-            policy, charge.code, shard.attempt, from_runner=charge.from_runner
-        )
+        spent = shard.attempt
+        if charge.from_runner and shard.attempt > 1 and self.judged_bad(shard.node):
+            # The node is known to fail what succeeds elsewhere: the attempt is given back, so
+            # a microtask that kept landing there does not fail the job.
+            spent -= 1
+        permanent = retries.is_permanent(policy, charge.code, spent, from_runner=charge.from_runner)
         if permanent:
             self.ledger = self.ledger.fail(indexes)
             # Failed wherever they ran: no node is to blame for them.
             self.nodes = badnodes.acquit(self.nodes, indexes)
         else:
-            delay = retries.backoff_seconds(policy, shard.attempt)
-            self.ledger = self.ledger.retry_later(shard.attempt, self.now + delay, indexes)
+            delay = retries.backoff_seconds(policy, spent)
+            self.ledger = self.ledger.retry_later(spent, self.now + delay, indexes)
             self.touched = self.touched | indexes
         sample = charge.indexes.first()
         assert sample is not None
@@ -328,6 +354,18 @@ class _Planner:
         if charge.from_runner and retries.is_command_not_found(policy, charge.code):
             self.command_not_found(shard, charge, indexes, sample)
         return IndexSet.EMPTY if permanent else indexes
+
+    def tainted(self, node: str | None) -> bool:
+        """Has `node` failed work of its own (suspected, excluded, or on probation)?"""
+        record = self.nodes.get(node) if node is not None else None
+        return record is not None and (record.failures > 0 or record.level is not None)
+
+    def judged_bad(self, node: str | None) -> bool:
+        """Is `node` excluded (softly or hard) as failing what succeeds elsewhere?"""
+        if node is None or not self.spec.bad_nodes.enabled:
+            return False
+        record = self.nodes.get(node)
+        return record is not None and record.level is not None
 
     def command_not_found(
         self, shard: ObservedShard, charge: Charge, indexes: IndexSet, sample: int
@@ -365,6 +403,11 @@ class _Planner:
                 continue
             ran = [s for s in finished if s.phase == ShardPhase.SUCCEEDED]
             still_running = len(finished) < len(members)
+            if still_running:
+                # A member that failed microtasks on a node with failures of its own (a node
+                # that fails everything fast, say) does not win the race while another member
+                # still runs elsewhere: its failures say more about the node than the work.
+                ran = [s for s in ran if clean(s) or not self.tainted(s.node)]
             if not ran and still_running:
                 # A member died (a straggler on a bad node, say) while a copy still runs: keep
                 # what it finished, charge nothing; the copy decides the rest.
@@ -445,7 +488,11 @@ class _Planner:
         failed = len(all_charged)
         pool = shard.pool
         d = self.durations.get(pool, PoolDurations())
-        measured = report is not None and report.count > 0
+        # Speeds come from clean runs: a node that fails everything fast would make its pool
+        # look fast, and every healthy shard there a straggler.
+        measured = report is not None and report.count > 0 and not all_charged
+        if measured and report is not None and speculation.outlier(d, report):
+            measured = False  # a straggler: the baseline it is judged by would drift up
         self.durations[pool] = PoolDurations(
             shards=d.shards + (1 if measured else 0),
             microtasks=d.microtasks + (report.count if report is not None and measured else 0),
@@ -508,6 +555,16 @@ class _Planner:
     def fall_back(self) -> None:
         if self.spec.accelerator != Accelerator.AUTO:
             return
+        loads: dict[Pool, placement.PoolLoad] | None = None
+        queue = sorted(
+            (
+                s
+                for s in self.live.values()
+                if s.pool == Pool.GPU and s.phase == ShardPhase.PENDING and not s.suspended
+            ),
+            key=lambda s: (s.pending_since or s.created_at, s.shard_id),
+        )
+        position = {s.shard_id: i for i, s in enumerate(queue)}
         for shard in list(self.live.values()):
             if shard.pool != Pool.GPU or shard.phase != ShardPhase.PENDING:
                 continue
@@ -520,6 +577,17 @@ class _Planner:
                 continue
             if not self.may_launch:
                 continue  # it waits where it is until shards can be made again
+            if loads is None:
+                loads = self.pool_loads()
+            overdue = self.now >= since + FALLBACK_PATIENCE * self.spec.fallback_after_seconds
+            if not overdue and not placement.worth_moving(
+                loads[Pool.GPU], loads[Pool.CPU], len(shard.indexes), position[shard.shard_id]
+            ):
+                # Its turn on a GPU comes sooner than a CPU would finish it: look again when
+                # the next GPU frees up.
+                run = loads[Pool.GPU].shard_seconds(len(shard.indexes)) or 0.0
+                self.wakeups.append(self.now + max(1.0, run / loads[Pool.GPU].slots()))
+                continue
             self.gpu_fallback_until = self.now + self.spec.fallback_cooldown_seconds
             self.waste(shard)  # (nothing, unless it ran before it went back to pending)
             self.retire(shard, "fallback")
@@ -549,6 +617,53 @@ class _Planner:
                 f"({shard.pending_reason or 'pending'}); moved to CPU as shard {moved.shard_id}",
             )
 
+    def unpin(self) -> None:
+        """Relaunch work whose waiting pods may use none of the nodes left in their pool.
+
+        A retry kept off the nodes where it failed can be left with a single node to run on;
+        when that node goes, its pod would wait forever, and so would copies kept off the
+        nodes their original used. A group (a shard and its copies) all of whose members wait
+        like that goes back out as one shard with today's lists, at the attempt its launch
+        counted.
+        """
+        if not self.may_launch:
+            return  # they wait where they are until shards can be made again
+        groups: dict[int, list[ObservedShard]] = {}
+        for shard in self.live.values():
+            groups.setdefault(group_of(shard), []).append(shard)
+        for key, members in groups.items():
+            if not all(self.pinned_out(s) for s in members):
+                continue
+            first = min(members, key=lambda s: s.shard_id)
+            indexes = IndexSet.from_ranges(r for s in members for r in s.indexes.ranges)
+            avoid = badnodes.avoid_lists_for_retry(self.nodes, indexes, first.pool, self.cluster)
+            if self.cluster.ready_nodes[first.pool] <= set(avoid[0]):
+                continue  # today's lists would keep it off every node too
+            for shard in members:
+                self.retire(shard, "unpinned")
+            rest = indexes - self.final() - self.in_flight()
+            if any(s.copy_of is None for s in members):
+                self.uncount((indexes - rest) & self.sighted)
+            if not rest:
+                continue
+            moved = ShardPlan(self.new_shard_id(), rest, first.attempt, first.pool, None, *avoid)
+            self.launch(moved, count_attempts=False)
+            self.rebalanced(
+                Reason.NODE_LOST,
+                f"shard {key} may run on none of the nodes left in the {first.pool.value} "
+                f"pool; relaunched as shard {moved.shard_id}",
+            )
+
+    def pinned_out(self, shard: ObservedShard) -> bool:
+        """Waiting for a node, and kept off every ready node of its pool."""
+        if shard.phase != ShardPhase.PENDING or shard.suspended or not shard.avoid_nodes_hard:
+            return False
+        if shard.pool == Pool.GPU and self.spec.accelerator == Accelerator.AUTO:
+            return False  # the fallback to CPU takes it (fall_back)
+        ready = self.cluster.ready_nodes.get(shard.pool)
+        # (A pool with no node ready at all: a new shard would wait there too.)
+        return ready is not None and bool(ready) and ready <= set(shard.avoid_nodes_hard)
+
     def new_shard_id(self) -> int:
         shard_id = self.next_shard
         self.next_shard += 1
@@ -563,18 +678,71 @@ class _Planner:
         if self._in_flight is not None:
             self._in_flight = self._in_flight | plan.indexes
 
-    def pool_for_new_work(self) -> Pool:
+    def pool_loads(self) -> dict[Pool, placement.PoolLoad]:
+        """Each pool as placement sees it now (see core/placement.py)."""
+        live = dict.fromkeys(Pool, 0)
+        waiting = dict.fromkeys(Pool, 0)
+        for shard in self.live.values():
+            live[shard.pool] += 1
+            if shard.phase == ShardPhase.PENDING and shard.pending_reason == "Unschedulable":
+                waiting[shard.pool] += 1
+        loads = {}
+        for pool in Pool:
+            measured = self.durations.get(pool)
+            excluded = frozenset(badnodes.avoid_lists(self.nodes, pool, self.cluster)[0])
+            loads[pool] = placement.PoolLoad(
+                pool=pool,
+                capacity=self.cluster.capacity(pool, excluded),
+                live=live[pool],
+                waiting=waiting[pool],
+                per_microtask=measured.per_microtask() if measured is not None else None,
+            )
+        return loads
+
+    def pool_for_new_work(
+        self, loads: dict[Pool, placement.PoolLoad] | None = None, size: int | None = None
+    ) -> Pool:
         if self.spec.accelerator == Accelerator.GPU:
             return Pool.GPU
         if self.spec.accelerator == Accelerator.CPU:
             return Pool.CPU
-        if self.gpu_fallback_until is not None and self.now < self.gpu_fallback_until:
-            self.wakeups.append(self.gpu_fallback_until)
-            return Pool.CPU
-        if self.gpu_fallback_until is not None and self.waiting_for_capacity(Pool.GPU):
-            # The GPU pool was full before and pods queue there again: more would only wait.
-            return Pool.CPU
-        return Pool.GPU
+        if self.cluster.capacity(Pool.GPU) is None:
+            # The GPU pool's capacity is unknown: after a fallback, trust that it is full for a
+            # while rather than queue there again and wait out fallbackAfterSeconds once more.
+            if self.gpu_fallback_until is not None and self.now < self.gpu_fallback_until:
+                self.wakeups.append(self.gpu_fallback_until)
+                return Pool.CPU
+            if self.gpu_fallback_until is not None and self.waiting_for_capacity(Pool.GPU):
+                return Pool.CPU
+        if loads is None:
+            loads = self.pool_loads()
+        remaining = self.spec.total - len(self.final())
+        return placement.choose(
+            [loads[Pool.GPU], loads[Pool.CPU]],
+            size or self.spec.microtasks_per_shard,
+            max(0, remaining),
+            busy_until=self.busy_until(),
+        )
+
+    def busy_until(self) -> float:
+        """Seconds until the shards running now are expected to end (0 when none is measured)."""
+        if self._busy_until is None:
+            latest = self.now
+            for shard in self.live.values():
+                measured = self.durations.get(shard.pool)
+                per = measured.per_microtask() if measured is not None else None
+                if shard.started_at is None or per is None:
+                    continue
+                latest = max(latest, shard.started_at + per * len(shard.indexes))
+            self._busy_until = latest - self.now
+        return self._busy_until
+
+    def place(self, loads: dict[Pool, placement.PoolLoad], size: int) -> Pool:
+        """The pool for one more new shard; `loads` then counts it there."""
+        pool = self.pool_for_new_work(loads, size)
+        load = loads[pool]
+        loads[pool] = replace(load, live=load.live + 1)
+        return pool
 
     def fill_window(self) -> None:
         # A copy still waiting for a node holds a slot back, so it is the next pod to get one.
@@ -584,31 +752,59 @@ class _Planner:
         free = self.spec.parallelism - self.groups_in_flight() - waiting_copies
         if free <= 0:
             return
-        size = self.spec.microtasks_per_shard
         # Never queue for launch what a live shard already runs.
         # Queued and in flight shared nothing after __init__: only what was queued or launched
         # since can be both, and looking at that alone spares a pass over the whole window.
         self.ledger = self.ledger.unqueue(self.touched & self.in_flight())
+        loads = self.pool_loads()
+        unplaced = max(0, self.spec.total - len(self.final()) - len(self.in_flight()))
+        size = min(self.size_for(loads, pool, unplaced) for pool in self.usable_pools())
         ready, self.ledger = self.ledger.take_ready(self.now, size, free)
         for batch in self.ledger.retry:
             if batch.not_before > self.now:
                 self.wakeups.append(batch.not_before)
-        pool = self.pool_for_new_work()
-        hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
         for spent, indexes in ready:
-            avoid = (hard, soft)
+            pool = self.place(loads, len(indexes))
+            avoid = badnodes.avoid_lists(self.nodes, pool, self.cluster)
             if self.spec.bad_nodes.enabled:
                 avoid = badnodes.avoid_lists_for_retry(self.nodes, indexes, pool, self.cluster)
             self.launch(ShardPlan(self.new_shard_id(), indexes, spent + 1, pool, None, *avoid))
         free -= len(ready)
         if free <= 0:
             return
+        largest = self.spec.microtasks_per_shard
         # The next fresh microtasks, found past the work accounted for: never the whole rest.
-        fresh = self.ledger.first_fresh(self.universe, self.in_flight(), free * size)
+        fresh = self.ledger.first_fresh(self.universe, self.in_flight(), free * largest)
+        avoid_by_pool = {
+            pool: badnodes.avoid_lists(self.nodes, pool, self.cluster) for pool in Pool
+        }
         while fresh and free > 0:
-            chunk, fresh = fresh.take(size)
+            pool = self.place(loads, size)
+            chunk, fresh = fresh.take(self.size_for(loads, pool, unplaced))
+            unplaced -= len(chunk)
+            hard, soft = avoid_by_pool[pool]
             self.launch(ShardPlan(self.new_shard_id(), chunk, 1, pool, None, hard, soft))
             free -= 1
+
+    def usable_pools(self) -> tuple[Pool, ...]:
+        if self.spec.accelerator == Accelerator.AUTO:
+            return (Pool.GPU, Pool.CPU)
+        return (Pool.GPU,) if self.spec.accelerator == Accelerator.GPU else (Pool.CPU,)
+
+    def size_for(self, loads: dict[Pool, placement.PoolLoad], pool: Pool, unplaced: int) -> int:
+        """Microtasks in a new shard on `pool` (see core/shardsize.py)."""
+        target = self.spec.target_shard_seconds
+        if target is None:
+            return self.spec.microtasks_per_shard
+        return shardsize.shard_size(
+            per_microtask=loads[pool].per_microtask,
+            target_seconds=target,
+            unplaced=unplaced,
+            rate=sum(loads[p].rate() for p in self.usable_pools()),
+            total=self.spec.total,
+            parallelism=self.spec.parallelism,
+            largest=self.spec.microtasks_per_shard,
+        )
 
     def fresh(self) -> IndexSet:
         """Microtasks not launched yet (or given back unrun): first attempts to come.
@@ -630,8 +826,6 @@ class _Planner:
         if not policy.enabled:
             return
         tail = not self.has_fresh() and not any(b.not_before <= self.now for b in self.ledger.retry)
-        if not tail and self.waiting_for_capacity():
-            return  # pods already queue for nodes: a copy would only slow real work down
         cap = max(1, math.floor(policy.max_fraction * self.spec.parallelism))
         budget = cap - self.copies_in_flight()
         factor = policy.slowdown_factor
@@ -651,11 +845,35 @@ class _Planner:
             copies_per_shard=TAIL_COPIES_PER_SHARD if tail else 1,
         )
         self.wakeups.extend(wakeups)
+        loads = self.pool_loads()
+        if tail and idle > 0 and self.spec.accelerator == Accelerator.AUTO:
+            chosen = {s.shard_id for s in candidates}
+            candidates = candidates + [
+                s
+                for s in speculation.outrun(
+                    list(self.live.values()),
+                    self.durations,
+                    self.now,
+                    lambda s: self.finish_elsewhere(loads, s),
+                    copies_per_shard=TAIL_COPIES_PER_SHARD,
+                )
+                if s.shard_id not in chosen
+            ]
         for shard in candidates[: max(0, budget)]:
-            pool = shard.pool
-            if self.spec.accelerator == Accelerator.AUTO:
-                pool = self.pool_for_new_work()
+            copy_pool = self.pool_for_copy(loads, shard)
+            if copy_pool is None:
+                continue  # no free slot: a copy would only queue behind real work
+            pool = copy_pool
+            load = loads[pool]
+            loads[pool] = replace(
+                load, live=load.live + 1, waiting=load.waiting + (0 if load.free() else 1)
+            )
             hard, soft = badnodes.avoid_lists(self.nodes, pool, self.cluster)
+            if self.spec.bad_nodes.enabled:
+                # Nor where its microtasks failed (a copy of a retry, say).
+                hard, soft = badnodes.avoid_lists_for_retry(
+                    self.nodes, shard.indexes, pool, self.cluster
+                )
             # Never on a node where this work already runs slowly.
             busy = {
                 s.node
@@ -681,6 +899,37 @@ class _Planner:
                 f"shard {shard.shard_id} on node {shard.node} has run {elapsed:.0f}s; "
                 f"copy {plan.shard_id} started elsewhere",
             )
+
+    def pool_for_copy(
+        self, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard
+    ) -> Pool | None:
+        """A pool with a free slot for a copy of `shard` (the fastest, for `auto`), or None."""
+        auto = self.spec.accelerator == Accelerator.AUTO
+        pools = [Pool.GPU, Pool.CPU] if auto else [shard.pool]
+        # A free slot, or the first place in the pool's queue (fill_window then holds the next
+        # slot back for it): never behind shards that already wait.
+        free = [loads[p] for p in pools if loads[p].free() > 0 or not loads[p].waiting]
+        if not free:
+            return None
+        size = len(shard.indexes)
+        return min(
+            free,
+            key=lambda load: (
+                load.finish(size) if load.finish(size) is not None else math.inf,
+                pools.index(load.pool),
+            ),
+        ).pool
+
+    def finish_elsewhere(
+        self, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard
+    ) -> float | None:
+        """Seconds a copy of `shard` would take on a free slot, if any."""
+        times = [
+            finish
+            for pool, load in loads.items()
+            if load.free() > 0 and (finish := load.finish(len(shard.indexes))) is not None
+        ]
+        return min(times) if times else None
 
     def groups_in_flight(self) -> int:
         """Window slots in use: a shard and its speculative copies take one slot together."""
@@ -775,6 +1024,7 @@ class _Planner:
                 self.actions.append(SuspendShard(shard.shard_id, False))
 
         self.fall_back()
+        self.unpin()
         if not self.may_launch:
             return self.finish(self.running_phase())
         if self.start_time is None:

@@ -6,7 +6,9 @@ size usually take on its pool, measured from finished shards once there are `min
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from microtask_runner.report import Report
 
 from .state import PoolDurations
 from .types import ObservedShard, Pool, ShardPhase, SpeculationPolicy
@@ -53,3 +55,68 @@ def stragglers(
             wakeups.append(threshold)
     found.sort(key=lambda pair: (-pair[0], pair[1].shard_id))
     return [shard for _, shard in found], wakeups
+
+
+# A finished shard this many times slower per microtask than its pool's baseline is left out
+# of the baseline: stragglers would otherwise raise it until stragglers look normal.
+OUTLIER_FACTOR = 2.5
+# ...once the baseline has this many shards.
+OUTLIER_MIN_SAMPLES = 5
+
+
+def outlier(baseline: PoolDurations, report: Report) -> bool:
+    """Is this finished shard's report a straggler's, not one for the pool's baseline?"""
+    per_microtask = baseline.per_microtask()
+    if per_microtask is None or baseline.shards < OUTLIER_MIN_SAMPLES or report.count <= 0:
+        return False
+    return report.seconds_total / report.count > OUTLIER_FACTOR * per_microtask
+
+
+# A copy on another pool is made only when it is expected to end this many times sooner.
+OUTRUN_MARGIN = 1.5
+
+
+def outrun(
+    live: Sequence[ObservedShard],
+    durations: Mapping[Pool, PoolDurations],
+    now: float,
+    elsewhere: Callable[[ObservedShard], float | None],
+    copies_per_shard: int = 1,
+) -> list[ObservedShard]:
+    """At the tail: shards a copy on a free slot would finish well before (latest first).
+
+    The last wave on a slow pool decides the makespan while faster slots sit idle; a copy there
+    (the first to finish wins, as for stragglers) ends the job sooner. A group's time left is
+    its most promising member's: the rest of its expected run, or, once past that, as long
+    again as it has run. `elsewhere(shard)`: the seconds a copy would take on the best free
+    slot, None if none. The original is returned for copying.
+    """
+    groups: dict[int, list[ObservedShard]] = {}
+    for shard in live:
+        key = shard.copy_of if shard.copy_of is not None else shard.shard_id
+        groups.setdefault(key, []).append(shard)
+    found: list[tuple[float, ObservedShard]] = []
+    for key, members in groups.items():
+        if len(members) > copies_per_shard:
+            continue  # enough copies already
+        lefts = []
+        for member in members:
+            baseline = durations.get(member.pool)
+            per_microtask = baseline.per_microtask() if baseline is not None else None
+            if member.phase != ShardPhase.RUNNING or member.started_at is None:
+                continue  # not started (or ended): nothing to judge it by
+            if per_microtask is None:
+                break  # a pool not measured: no judgement
+            elapsed = now - member.started_at
+            expected = per_microtask * len(member.indexes)
+            lefts.append(expected - elapsed if elapsed < expected else elapsed)
+        else:
+            if not lefts:
+                continue
+            left = min(lefts)
+            original = next((s for s in members if s.shard_id == key), members[0])
+            copy = elsewhere(original)
+            if copy is not None and copy * OUTRUN_MARGIN < left:
+                found.append((left, original))
+    found.sort(key=lambda pair: (-pair[0], pair[1].shard_id))
+    return [shard for _, shard in found]

@@ -82,7 +82,10 @@ class CoreSpec:
     """The part of a validated MicrotaskJob spec that decisions depend on."""
 
     total: int
-    microtasks_per_shard: int = 1
+    microtasks_per_shard: int = 1  # with target_shard_seconds: the largest shard
+    # Set: shards sized to run this long on their pool, smaller at first and at the end
+    # (core/shardsize.py). None: every shard holds microtasks_per_shard.
+    target_shard_seconds: float | None = None
     parallelism: int = 10
     accelerator: Accelerator = Accelerator.CPU
     fallback_after_seconds: float = 120.0
@@ -131,13 +134,29 @@ class ObservedShard:
     suspended: bool = False  # the Job is suspended (by us or by a queue)
     # The cluster refuses this shard's pods for good (e.g. Pod Security admission): its words.
     refusal: str | None = None
+    # Nodes its pods may not use (required anti-affinity): none of them can take it.
+    avoid_nodes_hard: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ClusterView:
-    """Ready nodes per pool, so exclusion never takes a pool's whole capacity."""
+    """Ready nodes per pool, so exclusion never takes a pool's whole capacity.
+
+    `slots`: how many of the job's shard pods a node holds at once, by node name, when the
+    body knows it (the simulator does). A pool with a ready node missing from it has unknown
+    capacity: placement then learns it from observation (pods Pending Unschedulable there mean
+    "full").
+    """
 
     ready_nodes: dict[Pool, frozenset[str]] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
+
+    def capacity(self, pool: Pool, without: frozenset[str] = frozenset()) -> int | None:
+        """Shard pods the pool's ready nodes (but `without`) hold at once; None if unknown."""
+        names = self.ready_nodes.get(pool)
+        if names is None or not self.slots or any(n not in self.slots for n in names):
+            return None
+        return sum(self.slots[n] for n in names if n not in without)
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,7 @@ class ShardPlan:
             phase=ShardPhase.PENDING,
             copy_of=self.copy_of,
             pending_reason=reason,
+            avoid_nodes_hard=self.avoid_nodes_hard,
         )
 
 

@@ -135,6 +135,8 @@ class CoreSimulation(EventLoop):
     ) -> None:
         self.policies = policies or Policies()
         self.spec = apply_policies(spec, self.policies)
+        # The bound is the job's as written: every policy row is measured against the same one.
+        self.written_spec = spec
         self.cluster = cluster
         self.seed = seed
         self.planner = planner or default_planner()
@@ -146,7 +148,7 @@ class CoreSimulation(EventLoop):
         self.pending: dict[Pool, dict[int, _Pod]] = {pool: {} for pool in Pool}
         self.on_node: dict[str, set[int]] = {node.name: set() for node in self.nodes.all}
         self.created_ids: set[int] = set()
-        self.view = ClusterView(ready_nodes=self.nodes.ready_names())
+        self.view = self.cluster_view()
         self.wakeups: set[float] = set()
         self.anomalies: list[str] = []
         # Measurements.
@@ -251,6 +253,7 @@ class CoreSimulation(EventLoop):
             exit_code=execution.exit_code if execution else None,
             failure_reason=failure_reason,
             suspended=pod.suspended,
+            avoid_nodes_hard=plan.avoid_nodes_hard,
         )
 
     def settle(self) -> DecisionLike:
@@ -309,7 +312,6 @@ class CoreSimulation(EventLoop):
         pod = _Pod(plan=plan, created_at=self.now)
         self.pods[plan.shard_id] = pod
         self.pending[plan.pool][plan.shard_id] = pod
-        self.executions += len(plan.indexes)
         self.attempt_ranges.setdefault(plan.attempt, []).extend(plan.indexes.ranges)
 
     def delete(self, action: DeleteShard) -> bool:
@@ -373,6 +375,9 @@ class CoreSimulation(EventLoop):
                 del queue[shard_id]
 
     def start_pod(self, pod: _Pod, node: SimNode) -> None:
+        # Runs are counted when they start: a copy that waited for a slot and was deleted
+        # unplaced ran nothing.
+        self.executions += len(pod.plan.indexes)
         execution = self.work.execute(pod.plan.indexes, node)
         pod.node = node
         pod.phase = ShardPhase.RUNNING
@@ -411,9 +416,12 @@ class CoreSimulation(EventLoop):
         self.on_node[node.name].discard(pod.plan.shard_id)
         return ran
 
+    def cluster_view(self) -> ClusterView:
+        return ClusterView(ready_nodes=self.nodes.ready_names(), slots=self.nodes.ready_slots())
+
     def lose_node(self, node: SimNode) -> None:
         self.nodes.lose(node)
-        self.view = ClusterView(ready_nodes=self.nodes.ready_names())
+        self.view = self.cluster_view()
         for shard_id in self.on_node[node.name]:
             pod = self.pods[shard_id]
             pod.node_lost_since = self.now
@@ -423,7 +431,7 @@ class CoreSimulation(EventLoop):
     def delete_node(self, node: SimNode) -> None:
         self.nodes.lose(node)
         node.deleted = True
-        self.view = ClusterView(ready_nodes=self.nodes.ready_names())
+        self.view = self.cluster_view()
         for shard_id in sorted(self.on_node[node.name]):
             pod = self.pods[shard_id]
             assert pod.started_at is not None
@@ -483,7 +491,9 @@ class CoreSimulation(EventLoop):
             )
         attempts = sum(len(IndexSet.from_ranges(r)) for r in self.attempt_ranges.values())
         status = dict(decision.status)
-        bound = lower_bound(self.spec, self.cluster, self.work.total_size(), self.work.max_size())
+        bound = lower_bound(
+            self.written_spec, self.cluster, self.work.total_size(), self.work.max_size()
+        )
         notes = [message] if message else []
         notes.extend(f"anomaly: {text}" for text in self.anomalies)
         return SimulationResult(

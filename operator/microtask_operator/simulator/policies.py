@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..core.types import CoreSpec
+from ..core.types import Accelerator, CoreSpec
 from .result import Policies
 
 # Fallback "never" without infinity: the core turns deadlines into RFC 3339 timestamps, and ten
@@ -18,8 +18,11 @@ NEVER_SECONDS = 10 * 365 * 24 * 3600.0
 
 def apply_policies(spec: CoreSpec, policies: Policies) -> CoreSpec:
     if not policies.fallback:
-        # The accelerator stays as written; `auto` keeps preferring the GPU and never moves.
+        # `auto` stays on the GPU pool: no shard is placed on, or moved to, the CPU pool. (A
+        # user would write `accelerator: gpu`; the comparison measures what the CPU pool buys.)
         spec = replace(spec, fallback_after_seconds=NEVER_SECONDS)
+        if spec.accelerator is Accelerator.AUTO:
+            spec = replace(spec, accelerator=Accelerator.GPU)
     if not policies.speculation:
         spec = replace(spec, speculation=replace(spec.speculation, enabled=False))
     if not policies.exclusion:

@@ -128,6 +128,9 @@ class Nodes:
             node.ready = False
             self.free[node.pool] -= node.slots - node.used
 
+    def ready_slots(self) -> dict[str, int]:
+        return {node.name: node.slots for node in self.all if node.ready}
+
     def ready_names(self) -> dict[Pool, frozenset[str]]:
         return {
             pool: frozenset(node.name for node in nodes if node.ready)

@@ -1,0 +1,301 @@
+"""Placement by expected finish time, adaptive shard sizes, and the rules they serve."""
+
+from __future__ import annotations
+
+from core_driver import Driver, creates, ok
+from microtask_operator.core import placement, shardsize, speculation
+from microtask_operator.core.placement import PoolLoad
+from microtask_operator.core.state import PoolDurations
+from microtask_operator.core.types import (
+    Accelerator,
+    ClusterView,
+    CoreSpec,
+    ObservedShard,
+    Pool,
+    ShardPhase,
+    SpeculationPolicy,
+)
+from microtask_runner.indexset import IndexSet
+
+
+def load(pool: Pool, capacity: int | None, live: int, per: float | None, waiting: int = 0):  # type: ignore[no-untyped-def]
+    return PoolLoad(pool=pool, capacity=capacity, live=live, waiting=waiting, per_microtask=per)
+
+
+# -- placement.choose -------------------------------------------------------------------------
+
+
+def test_a_free_gpu_wins() -> None:
+    gpu = load(Pool.GPU, 8, 7, 1.0)
+    cpu = load(Pool.CPU, 100, 10, 5.0)
+    assert placement.choose([gpu, cpu], 50, remaining=10_000) == Pool.GPU
+
+
+def test_full_gpu_and_plenty_of_work_left_goes_to_a_free_cpu_slot() -> None:
+    # Queueing for the GPU would end this shard sooner, but the GPUs are busy until the end
+    # anyway: the CPU slot would sit idle.
+    gpu = load(Pool.GPU, 8, 8, 1.0)
+    cpu = load(Pool.CPU, 100, 10, 5.0)
+    assert placement.choose([gpu, cpu], 50, remaining=10_000) == Pool.CPU
+
+
+def test_at_the_end_a_shard_waits_for_a_gpu_rather_than_finish_last_on_a_cpu() -> None:
+    gpu = load(Pool.GPU, 8, 8, 1.0)
+    cpu = load(Pool.CPU, 100, 10, 5.0)
+    # 100 microtasks left: the cluster clears them in ~3.6 s, a CPU shard takes 250 s.
+    assert placement.choose([gpu, cpu], 50, remaining=100) == Pool.GPU
+    # ...unless shards already running end later than that CPU shard would.
+    assert placement.choose([gpu, cpu], 50, remaining=100, busy_until=300) == Pool.CPU
+
+
+def test_unmeasured_pools_fill_free_capacity_in_order_of_preference() -> None:
+    gpu = load(Pool.GPU, 8, 8, None)
+    cpu = load(Pool.CPU, 100, 0, None)
+    assert placement.choose([gpu, cpu], 50, remaining=10_000) == Pool.CPU
+    gpu_free = load(Pool.GPU, 8, 3, None)
+    assert placement.choose([gpu_free, cpu], 50, remaining=10_000) == Pool.GPU
+
+
+def test_unknown_capacity_is_learned_from_pods_waiting() -> None:
+    gpu = load(Pool.GPU, None, 5, 1.0)
+    assert gpu.free() == 1  # nothing waits: room, as far as anyone knows
+    full = load(Pool.GPU, None, 5, 1.0, waiting=1)
+    assert full.free() == 0 and full.slots() == 4
+    cpu = load(Pool.CPU, None, 3, 5.0)
+    assert placement.choose([full, cpu], 10, remaining=10_000) == Pool.CPU
+
+
+def test_a_pool_without_ready_slots_is_never_chosen() -> None:
+    gpu = load(Pool.GPU, 0, 0, 1.0)
+    cpu = load(Pool.CPU, 10, 10, 5.0)
+    assert placement.choose([gpu, cpu], 10, remaining=10) == Pool.CPU
+
+
+def test_worth_moving_compares_the_queue_with_the_other_pool() -> None:
+    gpu = load(Pool.GPU, 8, 20, 1.0, waiting=12)
+    cpu = load(Pool.CPU, 100, 10, 5.0)
+    assert not placement.worth_moving(gpu, cpu, 50, position=0)  # next GPU: ~56 s < 250 s
+    assert placement.worth_moving(gpu, cpu, 50, position=60)  # ~430 s behind: CPU is sooner
+    unknown = load(Pool.GPU, None, 20, 1.0, waiting=12)
+    assert placement.worth_moving(unknown, cpu, 50, position=0)  # the safety net stays
+
+
+# -- shard sizes ------------------------------------------------------------------------------
+
+
+def test_shard_size_starts_small_then_targets_seconds_then_shrinks() -> None:
+    common = {"total": 20_000, "parallelism": 100, "largest": 10_000}
+    first = shardsize.shard_size(
+        per_microtask=None, target_seconds=60, unplaced=20_000, rate=0, **common
+    )
+    assert first == 25  # 20,000 over 8 shards per slot
+    bulk = shardsize.shard_size(
+        per_microtask=5.0, target_seconds=60, unplaced=15_000, rate=25, **common
+    )
+    assert bulk == 12
+    gpu = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=15_000, rate=25, **common
+    )
+    assert gpu == 60  # the same time holds five times the work on a 5x faster pool
+    tail = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=500, rate=25, **common
+    )
+    assert tail == 10  # half of the 20 s the cluster needs for what is left
+    assert (
+        shardsize.shard_size(per_microtask=1.0, target_seconds=60, unplaced=0, rate=25, **common)
+        == 1
+    )
+
+
+def test_fixed_size_keeps_todays_shards() -> None:
+    d = Driver(CoreSpec(total=100, microtasks_per_shard=7, parallelism=3))
+    decision = d.step()
+    assert [len(c.plan.indexes) for c in creates(decision.actions)] == [7, 7, 7]
+
+
+def test_auto_size_starts_small_and_grows_to_the_target() -> None:
+    spec = CoreSpec(
+        total=10_000, microtasks_per_shard=10_000, parallelism=2, target_shard_seconds=50
+    )
+    d = Driver(spec)
+    first = creates(d.step().actions)
+    assert [len(c.plan.indexes) for c in first] == [625, 625]  # 10,000 / (2 x 8)
+    d.finish_all(ok, seconds=0.1)  # 0.1 s per microtask
+    later = creates(d.step(1).actions)
+    assert [len(c.plan.indexes) for c in later] == [500, 500]  # 50 s of work each
+
+
+# -- the core with placement ------------------------------------------------------------------
+
+
+def auto_spec(**changes: object) -> CoreSpec:
+    values: dict[str, object] = {
+        "total": 400,
+        "microtasks_per_shard": 10,
+        "parallelism": 6,
+        "accelerator": Accelerator.AUTO,
+        "fallback_after_seconds": 60,
+    }
+    values.update(changes)
+    return CoreSpec(**values)  # type: ignore[arg-type]
+
+
+def sized_cluster(gpu_slots: int, cpu_slots: int) -> ClusterView:
+    return ClusterView(
+        ready_nodes={Pool.GPU: frozenset({"gpu-0"}), Pool.CPU: frozenset({"cpu-0"})},
+        slots={"gpu-0": gpu_slots, "cpu-0": cpu_slots},
+    )
+
+
+def test_auto_fills_the_gpus_then_free_cpu_slots_without_waiting() -> None:
+    d = Driver(auto_spec(), cluster=sized_cluster(2, 4))
+    pools = [c.plan.pool for c in creates(d.step().actions)]
+    # Before: all six shards went to the GPU pool, four of them to wait fallbackAfterSeconds.
+    assert pools == [Pool.GPU, Pool.GPU, Pool.CPU, Pool.CPU, Pool.CPU, Pool.CPU]
+
+
+def test_auto_without_known_capacity_still_prefers_the_gpu() -> None:
+    d = Driver(auto_spec())
+    pools = {c.plan.pool for c in creates(d.step().actions)}
+    assert pools == {Pool.GPU}
+
+
+def test_hard_excluded_nodes_do_not_count_as_capacity() -> None:
+    view = ClusterView(
+        ready_nodes={Pool.CPU: frozenset({"a", "b"})}, slots={"a": 4, "b": 4, "x": 9}
+    )
+    assert view.capacity(Pool.CPU) == 8
+    assert view.capacity(Pool.CPU, frozenset({"a"})) == 4
+    assert (
+        ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "c"})}, slots={"a": 1}).capacity(
+            Pool.CPU
+        )
+        is None
+    )
+
+
+def shard(shard_id: int, pool: Pool, started: float, size: int, **changes: object) -> ObservedShard:
+    values: dict[str, object] = {
+        "shard_id": shard_id,
+        "indexes": IndexSet.from_range(shard_id * size, (shard_id + 1) * size),
+        "attempt": 1,
+        "pool": pool,
+        "created_at": started,
+        "phase": ShardPhase.RUNNING,
+        "node": f"{pool.value}-0",
+        "started_at": started,
+    }
+    values.update(changes)
+    return ObservedShard(**values)  # type: ignore[arg-type]
+
+
+def test_outrun_copies_a_slow_pools_last_shards_to_a_free_fast_slot() -> None:
+    durations = {
+        Pool.CPU: PoolDurations(shards=10, microtasks=100, seconds=500.0),
+        Pool.GPU: PoolDurations(shards=10, microtasks=100, seconds=100.0),
+    }
+    live = [shard(1, Pool.CPU, 0.0, 10), shard(2, Pool.CPU, 40.0, 10)]
+    # At t=45: shard 1 has 5 s left, shard 2 has 45 s; a GPU copy takes 10 s.
+    found = speculation.outrun(live, durations, 45.0, lambda s: 10.0)
+    assert [s.shard_id for s in found] == [2]
+    assert speculation.outrun(live, durations, 45.0, lambda s: None) == []
+
+
+def test_outrun_judges_a_group_by_its_most_promising_member() -> None:
+    durations = {Pool.GPU: PoolDurations(shards=10, microtasks=100, seconds=100.0)}
+    straggler = shard(1, Pool.GPU, 0.0, 10)
+    copy = shard(2, Pool.GPU, 95.0, 10, copy_of=1, indexes=straggler.indexes)
+    # The copy ends in 5 s: no third member, however late the original is.
+    assert speculation.outrun([straggler, copy], durations, 100.0, lambda s: 10.0) == []
+    # Alone, the original 10x late has as long again to go: a copy is worth it.
+    found = speculation.outrun([straggler], durations, 100.0, lambda s: 10.0, copies_per_shard=2)
+    assert [s.shard_id for s in found] == [1]
+
+
+def test_a_straggler_report_stays_out_of_the_baseline() -> None:
+    from core_driver import report_for
+
+    baseline = PoolDurations(shards=5, microtasks=50, seconds=50.0)
+    slow = report_for(IndexSet.from_range(0, 10), 1, ok, 3.0, {})
+    normal = report_for(IndexSet.from_range(0, 10), 1, ok, 1.2, {})
+    assert speculation.outlier(baseline, slow)
+    assert not speculation.outlier(baseline, normal)
+    assert not speculation.outlier(PoolDurations(shards=2, microtasks=20, seconds=20.0), slow)
+
+
+def test_no_copy_behind_shards_that_wait_for_capacity() -> None:
+    spec = auto_spec(
+        accelerator=Accelerator.CPU,
+        total=40,
+        parallelism=4,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
+    )
+    d = Driver(spec, cluster=sized_cluster(0, 2))
+    d.step()
+    d.finish(0, ok)
+    d.step(1)  # a measurement: 1 s per shard
+    # Two shards run (one of them for ages), two wait for a slot.
+    live = sorted(s.shard_id for s in d.running())
+    d.set(live[0], started_at=d.now - 100)
+    for waiting in live[2:]:
+        d.set(waiting, phase=ShardPhase.PENDING, pending_reason="Unschedulable", started_at=None)
+    decision = d.step(1)
+    assert [c for c in creates(decision.actions) if c.plan.copy_of is not None] == []
+
+
+# -- a waiting shard with no node left to run on ---------------------------------------------
+
+
+def test_a_pending_shard_kept_off_every_node_left_is_relaunched_at_its_attempt() -> None:
+    d = Driver(CoreSpec(total=10, microtasks_per_shard=10, parallelism=1))
+    d.step()
+    pinned = ("cpu-0", "cpu-1", "cpu-2")  # as a retry kept off the nodes where it failed
+    d.set(0, phase=ShardPhase.PENDING, node=None, started_at=None, avoid_nodes_hard=pinned)
+    d.step(1.0)
+    assert 0 in d.shards, "cpu-3 may still take it: it waits"
+    attempts = d.state.attempts
+    d.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset(pinned)})  # cpu-3 is gone
+    decision = d.step(1.0)
+    assert [a.reason for a in d.deleted] == ["unpinned"]
+    (moved,) = creates(decision.actions)
+    assert moved.plan.indexes == IndexSet.from_range(0, 10)
+    assert moved.plan.attempt == 1
+    assert not set(moved.plan.avoid_nodes_hard) >= set(pinned)
+    assert d.state.attempts == attempts, "a relaunch of work that never ran spends nothing"
+    assert d.state.rebalances == {"node_lost": 1}
+    d.run_to_end(ok)
+    assert len(d.state.succeeded) == 10
+
+
+def test_a_pending_shard_with_a_node_left_keeps_waiting() -> None:
+    d = Driver(CoreSpec(total=10, microtasks_per_shard=10, parallelism=1))
+    d.step()
+    d.set(0, phase=ShardPhase.PENDING, node=None, started_at=None, avoid_nodes_hard=("cpu-0",))
+    d.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"cpu-0", "cpu-1"})})
+    decision = d.step(1.0)
+    assert creates(decision.actions) == [] and d.deleted == []
+
+
+def test_a_shard_and_its_copies_all_kept_off_every_node_left_go_back_out_as_one() -> None:
+    d = Driver(CoreSpec(total=10, microtasks_per_shard=10, parallelism=1))
+    d.step()
+    pinned = ("cpu-0", "cpu-1", "cpu-2")
+    d.set(0, phase=ShardPhase.PENDING, node=None, started_at=None, avoid_nodes_hard=pinned)
+    copy = ObservedShard(
+        shard_id=1,
+        indexes=IndexSet.from_range(0, 10),
+        attempt=1,
+        pool=Pool.CPU,
+        created_at=d.now,
+        phase=ShardPhase.PENDING,
+        copy_of=0,
+        avoid_nodes_hard=("cpu-3", *pinned),
+    )
+    d.shards[1] = copy
+    d.cluster = ClusterView(ready_nodes={Pool.CPU: frozenset(pinned)})
+    decision = d.step(1.0)
+    assert sorted((a.shard_id, a.reason) for a in d.deleted) == [(0, "unpinned"), (1, "unpinned")]
+    (moved,) = creates(decision.actions)
+    assert (moved.plan.indexes, moved.plan.copy_of) == (IndexSet.from_range(0, 10), None)
+    d.run_to_end(ok)
+    assert len(d.state.succeeded) == 10
