@@ -353,3 +353,22 @@ def test_compare_gives_no_ratios_for_runs_that_did_not_succeed(
     for row in rows:
         # makespan, then "/ bound" and "static /": both "-" for a failed run.
         assert row.split()[-5:-3] == ["-", "-"], row
+
+
+@pytest.mark.parametrize(
+    ("name", "policy_off"),
+    [("stragglers", "no speculation"), ("bad-node", "no exclusion"), ("mixed", "no fallback")],
+)
+def test_each_example_cluster_has_a_job_whose_policy_shows(
+    name: str, policy_off: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = EXAMPLES / "jobs" / f"{name}.yaml"
+    code = run(job, "--cluster", EXAMPLES / f"{name}.yaml", "--compare", "--json")
+
+    runs = {r["label"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert code == 0
+    best, without = runs["all on"], runs[policy_off]
+    assert best["phase"] == "Succeeded"
+    assert without["phase"] != "Succeeded" or (
+        without["makespanSeconds"] > 1.2 * best["makespanSeconds"]
+    )

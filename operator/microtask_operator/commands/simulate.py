@@ -232,7 +232,11 @@ def _comparison_table(
         succeeded = result.finished and result.phase == "Succeeded"
         faster = (
             f"{static.makespan / result.makespan:.2f}x"
-            if not isinstance(static, str) and static.finished and succeeded and result.makespan > 0
+            if not isinstance(static, str)
+            and static.finished
+            and static.phase == "Succeeded"
+            and succeeded
+            and result.makespan > 0
             else "-"
         )
         phase = result.phase if result.finished else "unfinished"
@@ -247,7 +251,8 @@ def _comparison_table(
         "did not succeed)"
     )
     lines.append(
-        "static /: the plain Indexed Job's makespan over this one's (how many times faster)"
+        "static /: the plain Indexed Job's makespan over this one's (how many times faster; "
+        "- when either did not succeed)"
     )
     return "\n".join(lines) + "\n"
 
