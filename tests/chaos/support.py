@@ -459,12 +459,21 @@ def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def created_jobs(cluster: Cluster, name: str) -> list[str]:
-    """Names of the Jobs the operator created for ``name`` (201s in the audit log), in order."""
-    return [
-        str((e.get("objectRef") or {}).get("name"))
-        for e in cluster.request_list("create", "jobs", code=201, namespace=cluster.namespace)
+    """Names of the Jobs the operator created for ``name``, from the audit log, in order.
+
+    A 201 is a create. So is a create the API server answered 504 (or 500) with no 201 for that
+    name anywhere: a kill that drops the operator's connection cancels the request while the Job
+    is being stored, and the API server then records a timeout for a Job it did store. A second
+    create of a name that exists is a 409, so a name with two 201s was created twice.
+    """
+    answered = [
+        (str((e.get("objectRef") or {}).get("name")), (e.get("responseStatus") or {}).get("code"))
+        for e in cluster.request_list("create", "jobs", namespace=cluster.namespace)
         if str((e.get("objectRef") or {}).get("name", "")).startswith(f"{name}-s")
     ]
+    stored = {n for n, code in answered if code == 201}
+    cut_short = [n for n, code in answered if code in (500, 504) and n not in stored]
+    return [n for n, code in answered if code == 201] + list(dict.fromkeys(cut_short))
 
 
 def wait_finished(
