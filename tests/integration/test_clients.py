@@ -305,8 +305,8 @@ def test_kubectl_get_shows_the_printer_columns_and_jsonpath(
     path = k.ok("get", "mtj", "columns", "-o", f"jsonpath={template}")
     phase, succeeded, per_shard, items = path.stdout.split("/", 3)
     assert (phase, succeeded) == ("Running", "3"), str(path)
-    # The API server applied the schema's defaults (microtasksPerShard 1, range start 0, step 1).
-    assert per_shard == "1", str(path)
+    # The API server applied the schema's defaults (microtasksPerShard auto, range start 0, step 1).
+    assert per_shard == "auto", str(path)
     assert json.loads(items) == {"start": 0, "end": 10, "step": 1}, str(path)
 
 
@@ -404,6 +404,17 @@ class Invalid:
 INVALID = {
     "zero-per-shard": Invalid(
         {"microtasksPerShard": 0}, "spec.microtasksPerShard", "greater than or equal to 1"
+    ),
+    "word-per-shard": Invalid(
+        {"microtasksPerShard": "fast"}, "spec.microtasksPerShard", "should match '^auto$'"
+    ),
+    "too-many-per-shard": Invalid(
+        {"microtasksPerShard": 10_001}, "spec.microtasksPerShard", "less than or equal to 10000"
+    ),
+    "target-with-fixed-size": Invalid(
+        {"microtasksPerShard": 5, "targetShardSeconds": 30},
+        "spec.targetShardSeconds",
+        "targetShardSeconds applies only with microtasksPerShard: auto",
     ),
     "no-items": Invalid({}, "spec.items", "Required value", drop=("items",)),
     # The CRD says "exactly one of" with oneOf-of-required (CEL cannot type `list`); the API

@@ -12,6 +12,7 @@ from microtask_operator.api import conditions, limits, names
 from microtask_operator.api.convert import to_core_spec
 from microtask_operator.api.items import (
     ItemsError,
+    largest_shard,
     parse_config_map_items,
     runner_items,
     total_microtasks,
@@ -75,7 +76,8 @@ def model(document: dict[str, Any]) -> MicrotaskJob:
 
 def test_minimal_job_gets_the_documented_defaults() -> None:
     spec = model(body()).spec
-    assert spec.microtasks_per_shard == 1
+    assert spec.microtasks_per_shard == "auto"
+    assert spec.target_shard_seconds is None  # 60 s (api.convert)
     assert spec.parallelism == 10
     assert spec.placement.accelerator == "cpu"
     assert spec.placement.fallback_after_seconds == 120
@@ -206,6 +208,47 @@ def test_inline_items_of_one_shard_must_fit_the_environment() -> None:
     found = problems(body(items=items, microtasksPerShard=200))
     assert [p for p, _ in found] == ["spec.microtasksPerShard"]
     assert "environment" in found[0][1]
+
+
+def test_auto_shards_are_cut_to_fit_the_environment() -> None:
+    items = {"list": ["y" * 1000] * 200}
+    job = model(body(items=items))
+    assert job.spec.microtasks_per_shard == "auto"
+    largest = largest_shard(job)
+    # ~1 KiB per item in a 96 KiB environment string: the most that fit, and no more.
+    assert 90 <= largest < 100
+    assert to_core_spec(job).microtasks_per_shard == largest
+    assert largest_shard(model(body())) == limits.MAX_MICROTASKS_PER_SHARD
+    assert largest_shard(model(body(items=items, microtasksPerShard=7))) == 7
+    huge = problems(body(items={"list": ["z" * 100_000]}))
+    assert [p for p, _ in huge] == ["spec.microtasksPerShard"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fast", "must be a whole number or auto, not 'fast'"),
+        ("Auto", "must be a whole number or auto, not 'Auto'"),
+        (2.5, "must be a whole number or auto, not 2.5"),
+        (True, "must be a whole number or auto, not a boolean"),
+        (0, "must be at least 1, not 0"),
+        (10_001, "must be at most 10000, not 10001"),
+    ],
+)
+def test_microtasks_per_shard_is_a_number_or_auto(value: Any, message: str) -> None:
+    assert problems(body(microtasksPerShard=value)) == [("spec.microtasksPerShard", message)]
+
+
+def test_target_shard_seconds_sizes_auto_shards_only() -> None:
+    assert to_core_spec(model(body())).target_shard_seconds == 60.0
+    core = to_core_spec(model(body(targetShardSeconds=15)))
+    assert core.target_shard_seconds == 15.0
+    fixed = to_core_spec(model(body(microtasksPerShard=5)))
+    assert (fixed.microtasks_per_shard, fixed.target_shard_seconds) == (5, None)
+    found = problems(body(microtasksPerShard=5, targetShardSeconds=15))
+    assert [p for p, _ in found] == ["spec.targetShardSeconds"]
+    assert "only with microtasksPerShard: auto" in found[0][1]
+    assert [p for p, _ in problems(body(targetShardSeconds=0))] == ["spec.targetShardSeconds"]
 
 
 def test_inline_list_accepts_scalars_and_small_objects() -> None:
@@ -688,7 +731,8 @@ def test_to_core_spec_carries_every_policy() -> None:
 
 def test_defaults_agree_with_the_core() -> None:
     core = to_core_spec(model(body()))
-    reference = CoreSpec(total=100)
+    # microtasksPerShard auto: the API's largest shard, sized to run 60 s.
+    reference = CoreSpec(total=100, microtasks_per_shard=10_000, target_shard_seconds=60.0)
     assert core == reference
 
 

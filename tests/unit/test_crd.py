@@ -90,6 +90,10 @@ def structural_violations(schema: dict[str, Any]) -> list[str]:
             branches = node.get(junctor)
             if branches is None:
                 continue
+            if junctor == "anyOf" and node.get("x-kubernetes-int-or-string"):
+                if branches != [{"type": "integer"}, {"type": "string"}]:
+                    out.append(f"{where}: int-or-string with anyOf other than integer, string")
+                continue
             # Structural schemas allow junctors of value validations only; `oneOf` of
             # `required` is how "exactly one of these fields" is said.
             if junctor != "oneOf" or any(set(b) != {"required"} for b in branches):

@@ -90,6 +90,23 @@ def test_fewer_shards_than_parallelism(tmp_path: Path) -> None:
     assert last == "20-24"
 
 
+def test_auto_sized_shards_start_as_small_probes(tmp_path: Path) -> None:
+    content = JOB.replace("ACCELERATOR", "cpu").replace("end: 95", "end: 1000")
+    content = content.replace("microtasksPerShard: 10", "targetShardSeconds: 30")
+    code, out, _ = run(str(write(tmp_path, content)))
+    assert code == 0
+    jobs = jobs_of(out)
+    # 1,000 microtasks over 8 shards per slot would be 32 each: a probe holds 16 at most.
+    assert [j["metadata"]["annotations"]["microtask.dev/indexes"] for j in jobs] == [
+        "0-15",
+        "16-31",
+        "32-47",
+        "48-63",
+    ]
+    assert "(microtasksPerShard: auto)" in out.splitlines()[0]
+    assert "sized to run about 30 s" in out.splitlines()[0] + out.splitlines()[1]
+
+
 def test_namespace_uid_and_job_selection(tmp_path: Path) -> None:
     content = JOB.replace("ACCELERATOR", "cpu")
     other = content.replace("name: squares", "name: cubes\n  namespace: team-b")

@@ -152,7 +152,11 @@ def test_problem_lines_name_file_document_name_and_field(tmp_path: Path) -> None
     ("old", "new", "expected"),
     [
         ("end: 100", "end: '100'", "spec.items.range.end: must be an integer, not a string"),
-        ("microtasksPerShard: 10", "microtasksPerShard: yes", "must be an integer, not a boolean"),
+        (
+            "microtasksPerShard: 10",
+            "microtasksPerShard: yes",
+            "must be a whole number or auto, not a boolean",
+        ),
         (
             "        image: python:3.12-slim\n",
             "",

@@ -480,7 +480,7 @@ class Reconciler:
     async def _core_spec(self, job: MicrotaskJob, rerun: Rerun | None, items: Verdict) -> Any:
         if rerun is not None:
             # The source's unfinished indexes, fixed at the start: the ConfigMap is not counted.
-            return to_core_spec(job, universe=rerun.indexes)
+            return to_core_spec(job, universe=rerun.indexes, source=rerun.items)
         total = None
         if self.last_status and self.last_status.get("startTime") and self.last_status.get("total"):
             # The item count is fixed once running.

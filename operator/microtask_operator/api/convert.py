@@ -8,8 +8,8 @@ from typing import Any
 
 from microtask_runner.indexset import IndexSet
 
-from microtask_operator.api.items import total_microtasks
-from microtask_operator.api.model import MicrotaskJob, MicrotaskJobSpec
+from microtask_operator.api.items import largest_shard, total_microtasks
+from microtask_operator.api.model import AUTO, Items, MicrotaskJob, MicrotaskJobSpec
 from microtask_operator.core.types import (
     Accelerator,
     BadNodePolicy,
@@ -18,7 +18,11 @@ from microtask_operator.core.types import (
     SpeculationPolicy,
 )
 
-__all__ = ["to_core_spec"]
+__all__ = ["DEFAULT_TARGET_SHARD_SECONDS", "to_core_spec"]
+
+#: `targetShardSeconds` when not given: a minute amortises a pod's start-up (seconds on a warm
+#: node) many times over, yet leaves a job of an hour on ten slots six waves to balance.
+DEFAULT_TARGET_SHARD_SECONDS = 60.0
 
 
 def to_core_spec(
@@ -27,13 +31,14 @@ def to_core_spec(
     *,
     total: int | None = None,
     universe: IndexSet | None = None,
+    source: Items | None = None,
 ) -> CoreSpec:
     """The decision-relevant part of a validated spec.
 
     The number of microtasks is `total` when given, else counted from the items (a
     `configMapRef` source needs the ConfigMap's `data`; ItemsError when it is missing).
     `universe`, when given, holds the microtasks' indexes (a rerun of some of another job's) and
-    sets the total.
+    sets the total; `source` is a rerun's items (its source job's), for the size of its shards.
     """
     spec = job.spec if isinstance(job, MicrotaskJob) else job
     if universe is not None:
@@ -45,7 +50,12 @@ def to_core_spec(
     bad_nodes = spec.rebalance.bad_nodes
     return CoreSpec(
         total=total,
-        microtasks_per_shard=spec.microtasks_per_shard,
+        microtasks_per_shard=largest_shard(spec, source),
+        target_shard_seconds=(
+            (spec.target_shard_seconds or DEFAULT_TARGET_SHARD_SECONDS)
+            if spec.microtasks_per_shard == AUTO
+            else None
+        ),
         parallelism=spec.parallelism,
         accelerator=Accelerator(spec.placement.accelerator),
         fallback_after_seconds=spec.placement.fallback_after_seconds,

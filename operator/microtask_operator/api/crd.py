@@ -59,6 +59,15 @@ _VALIDATIONS: dict[tuple[str, ...], list[dict[str, str]]] = {
             "message": "end must be greater than start",
         }
     ],
+    ("spec",): [
+        {
+            # microtasksPerShard is an int-or-string: a string is `auto` (its pattern says so).
+            "rule": "!has(self.targetShardSeconds) || !has(self.microtasksPerShard)"
+            " || type(self.microtasksPerShard) == string",
+            "message": "targetShardSeconds applies only with microtasksPerShard: auto",
+            "fieldPath": ".targetShardSeconds",
+        }
+    ],
     ("spec", "retry"): [
         {
             "rule": "!has(self.backoffSeconds) || !has(self.maxBackoffSeconds)"
@@ -122,6 +131,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[str
         # Field-level keywords (description, default) win over the referenced model's.
         out.update(_keywords(node, defs, where))
         return _ordered(out)
+    if node.get("x-kubernetes-int-or-string"):
+        # The one union a structural schema allows: integer or string, told apart by a rule.
+        any_of = node.pop("anyOf")
+        return _ordered({**_keywords(node, defs, where), "anyOf": any_of})
     any_of = node.pop("anyOf", None)
     if any_of is not None:
         # Optional fields are `X | None`: the API server omits them instead of storing null.

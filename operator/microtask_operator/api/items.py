@@ -18,13 +18,20 @@ from typing import Any, Literal
 from microtask_runner.indexset import IndexSet
 
 from microtask_operator.api import limits
-from microtask_operator.api.model import Items, MicrotaskJob, MicrotaskJobSpec
+from microtask_operator.api.model import (
+    AUTO,
+    Items,
+    MicrotaskJob,
+    MicrotaskJobSpec,
+    item_json_sizes,
+)
 
 __all__ = [
     "ItemsError",
     "config_map_items_file",
     "count_items",
     "effective_items",
+    "largest_shard",
     "parse_config_map_items",
     "runner_items",
     "total_microtasks",
@@ -74,6 +81,29 @@ def effective_items(job: MicrotaskJob | MicrotaskJobSpec, source: Items | None =
             "they are known once that job is resolved"
         )
     return source
+
+
+def largest_shard(job: MicrotaskJob | MicrotaskJobSpec, source: Items | None = None) -> int:
+    """The most microtasks one shard may hold: `microtasksPerShard`, or for auto the API's limit,
+    lowered for inline items until the largest of them fit one environment string of the worker.
+
+    A rerun's inline items are its source's (`source`); unknown yet, the limit stands.
+    """
+    spec = _spec(job)
+    if spec.microtasks_per_shard != AUTO:
+        return int(spec.microtasks_per_shard)
+    largest = limits.MAX_MICROTASKS_PER_SHARD
+    items = spec.items if spec.items.from_job is None else source
+    if items is None or items.list_ is None:
+        return largest
+    room = limits.MAX_SHARD_ITEMS_BYTES - 16
+    fitting = 0
+    for size in sorted(item_json_sizes(items.list_), reverse=True)[:largest]:
+        room -= size
+        if room < 0:
+            break
+        fitting += 1
+    return max(1, fitting)
 
 
 def total_microtasks(

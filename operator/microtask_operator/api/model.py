@@ -22,7 +22,16 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -200,6 +209,42 @@ def _check_callable(value: str) -> str:
 def _schema(**extra: Any) -> Any:
     """Schema keywords for the CRD that pydantic does not derive (the check is a validator)."""
     return Field(json_schema_extra=extra)
+
+
+#: `microtasksPerShard: auto`: shards sized from measured durations (see `ShardSize`).
+AUTO = "auto"
+
+
+def _check_shard_size(value: object) -> int | str:
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number or auto, not a boolean")
+    if not isinstance(value, int):
+        shown = _shown(value) if isinstance(value, str) else repr(value)
+        raise ValueError(f"must be a whole number or auto, not {shown}")
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    if value > limits.MAX_MICROTASKS_PER_SHARD:
+        raise ValueError(f"must be at most {limits.MAX_MICROTASKS_PER_SHARD}, not {value}")
+    return value
+
+
+# An int-or-string in the CRD, the one union a structural schema allows. The number keywords
+# check numbers only and `pattern` strings only, so the API server refuses what the model does.
+ShardSize = Annotated[
+    int | str,
+    PlainValidator(_check_shard_size),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 1,
+            "maximum": limits.MAX_MICROTASKS_PER_SHARD,
+            "pattern": f"^{AUTO}$",
+        }
+    ),
+]
 
 
 JobName = Annotated[
@@ -770,8 +815,13 @@ class MicrotaskJobSpec(_Strict):
 
     items: Items
     """What the microtasks work on: exactly one of range, list, configMapRef."""
-    microtasks_per_shard: int = Field(default=1, ge=1, le=limits.MAX_MICROTASKS_PER_SHARD)
-    """Microtasks run one after another by one Job/pod."""
+    microtasks_per_shard: ShardSize = AUTO
+    """Microtasks run one after another by one Job/pod: a number, or auto (the default) to size
+    shards from measured durations: small at first, then each running about targetShardSeconds
+    on its pool, smaller again toward the end so the last shards finish together."""
+    target_shard_seconds: PositiveSeconds | None = None
+    """With microtasksPerShard auto: how long one shard should run (default 60). Longer shards
+    pay pod start-up less often; shorter ones balance the end of the job better."""
     parallelism: int = Field(default=10, ge=1, le=limits.MAX_PARALLELISM)
     """Shards (Jobs) in flight at most."""
     template: PodTemplate
@@ -849,11 +899,19 @@ class MicrotaskJobSpec(_Strict):
                     f"no volume {wanted!r} in template.spec.volumes"
                     + (f" (volumes: {', '.join(map(str, names))})" if names else ""),
                 )
+        if self.target_shard_seconds is not None and self.microtasks_per_shard != AUTO:
+            raise field_error(
+                "targetShardSeconds",
+                "applies only with microtasksPerShard: auto (shards of "
+                f"{self.microtasks_per_shard} hold that many microtasks, however long they run)",
+            )
         if self.items.list_ is not None:
-            # The largest shard the core can form holds microtasksPerShard microtasks; their
-            # items must fit one environment string of the worker.
+            # The largest shard the core can form holds microtasksPerShard microtasks (auto: as
+            # many as fit, `api.items.largest_shard`); their items must fit one environment
+            # string of the worker.
             sizes = sorted(item_json_sizes(self.items.list_), reverse=True)
-            worst = sum(sizes[: self.microtasks_per_shard]) + 16
+            most = 1 if self.microtasks_per_shard == AUTO else int(self.microtasks_per_shard)
+            worst = sum(sizes[:most]) + 16
             if worst > limits.MAX_SHARD_ITEMS_BYTES:
                 raise field_error(
                     "microtasksPerShard",

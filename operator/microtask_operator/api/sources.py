@@ -26,7 +26,7 @@ from microtask_runner.indexset import IndexSet
 from pydantic import ValidationError
 
 from microtask_operator.api import indexsets, limits
-from microtask_operator.api.items import ItemsError, count_items
+from microtask_operator.api.items import ItemsError, count_items, largest_shard
 from microtask_operator.api.model import (
     OUTPUT_MOUNT_PATH,
     Items,
@@ -269,7 +269,7 @@ def _check_inline_size(job: MicrotaskJob, items: Items, indexes: IndexSet) -> No
         ),
         reverse=True,
     )
-    worst = sum(sizes[: job.spec.microtasks_per_shard]) + 16
+    worst = sum(sizes[: largest_shard(job, items)]) + 16
     if worst > limits.MAX_SHARD_ITEMS_BYTES:
         raise ItemsError(
             f"the inline items of one shard of the rerun can take {worst // 1024} KiB, more than "

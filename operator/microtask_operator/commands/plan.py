@@ -45,9 +45,12 @@ def execute(args: argparse.Namespace) -> int:
     import yaml
     from microtask_runner.indexset import IndexSet
 
-    from microtask_operator.api.items import ItemsError, total_microtasks
+    from microtask_operator.api.convert import DEFAULT_TARGET_SHARD_SECONDS
+    from microtask_operator.api.items import ItemsError, largest_shard, total_microtasks
     from microtask_operator.api.loading import load_file
+    from microtask_operator.api.model import AUTO
     from microtask_operator.builder import OwnerMeta, build_job
+    from microtask_operator.core.shardsize import initial_size
     from microtask_operator.core.types import Pool, ShardPlan
     from microtask_operator.settings import Settings, SettingsError
 
@@ -89,14 +92,25 @@ def execute(args: argparse.Namespace) -> int:
             uid=args.uid,
         )
         pool = Pool.CPU if spec.placement.accelerator == "cpu" else Pool.GPU
-        per_shard = spec.microtasks_per_shard
-        shards = -(-total // per_shard)
-        first = min(spec.parallelism, shards)
-        notes = [
-            f"MicrotaskJob {name}: {total:,} microtasks in {shards:,} shards of up to "
-            f"{per_shard}; the first {first} (parallelism {spec.parallelism}) on the "
-            f"{pool.value} pool.",
-        ]
+        if spec.microtasks_per_shard == AUTO:
+            per_shard = initial_size(total, spec.parallelism, largest_shard(job))
+            target = spec.target_shard_seconds or DEFAULT_TARGET_SHARD_SECONDS
+            first = min(spec.parallelism, -(-total // per_shard))
+            notes = [
+                f"MicrotaskJob {name}: {total:,} microtasks in shards sized as they run "
+                f"(microtasksPerShard: auto): the first {first} (parallelism "
+                f"{spec.parallelism}) hold up to {per_shard} each to measure the "
+                f"{pool.value} pool; later ones are sized to run about {target:g} s.",
+            ]
+        else:
+            per_shard = int(spec.microtasks_per_shard)
+            shards = -(-total // per_shard)
+            first = min(spec.parallelism, shards)
+            notes = [
+                f"MicrotaskJob {name}: {total:,} microtasks in {shards:,} shards of up to "
+                f"{per_shard}; the first {first} (parallelism {spec.parallelism}) on the "
+                f"{pool.value} pool.",
+            ]
         if spec.suspend:
             notes.append("spec.suspend is true: these are created when it is resumed.")
         if spec.depends_on:

@@ -217,7 +217,7 @@ def _comparison_table(
 ) -> str:
     spec = job.spec
     lines = [
-        f"job {job.name}: {spec.total} microtasks, {spec.microtasks_per_shard} per shard, "
+        f"job {job.name}: {spec.total} microtasks, {shard_sizes(spec)}, "
         f"parallelism {spec.parallelism}, accelerator {spec.accelerator.value}",
         f"cluster {cluster.name}; seed {seed}",
         "",
@@ -280,7 +280,7 @@ def render(job: Job, cluster: ClusterSpec, result: SimulationResult) -> str:
     losses = len(cluster.node_losses)
     mode = "static Indexed Job (baseline)" if result.mode == "static" else result.policies.label()
     lines = [
-        f"job {job.name}: {spec.total} microtasks, {spec.microtasks_per_shard} per shard, "
+        f"job {job.name}: {spec.total} microtasks, {shard_sizes(spec)}, "
         f"parallelism {spec.parallelism}, accelerator {spec.accelerator.value}",
         f"cluster {cluster.name}: {', '.join(pools)}"
         + (f"; {losses} node loss{'es' if losses != 1 else ''}" if losses else "")
@@ -335,3 +335,10 @@ def _duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def shard_sizes(spec: CoreSpec) -> str:
+    """How the job sizes its shards, in words."""
+    if spec.target_shard_seconds is None:
+        return f"{spec.microtasks_per_shard} per shard"
+    return f"shards sized to about {spec.target_shard_seconds:g} s (auto)"

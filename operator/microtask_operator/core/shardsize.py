@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import math
 
-# Before any measurement: the job's microtasks over this many shards per window slot.
+from .types import CoreSpec
+
+# Before any measurement: the job's microtasks over this many shards per window slot, and never
+# more than PROBE_MOST microtasks: nothing is known of a microtask's duration yet (a millisecond
+# or an hour), and a pool's first shards must come back soon with its speed.
 INITIAL_SHARDS_PER_SLOT = 8
+PROBE_MOST = 16
 # Toward the end, a shard runs at most this share of the time still needed for unplaced work.
 TAIL_SHARE = 0.5
 
@@ -27,7 +32,7 @@ TAIL_SHARE = 0.5
 def initial_size(total: int, parallelism: int, largest: int) -> int:
     """Microtasks in a shard of a pool not measured yet."""
     share = math.ceil(total / max(1, parallelism * INITIAL_SHARDS_PER_SLOT))
-    return max(1, min(largest, share))
+    return max(1, min(largest, share, PROBE_MOST))
 
 
 def shard_size(
@@ -51,3 +56,22 @@ def shard_size(
     if rate > 0:
         seconds = min(seconds, TAIL_SHARE * unplaced / rate)
     return max(1, min(largest, math.floor(seconds / per_microtask)))
+
+
+def shards_at_most(spec: CoreSpec) -> int:
+    """How many shards the job's first wave can have (no more slots are ever busy)."""
+    if spec.target_shard_seconds is not None:
+        first = initial_size(spec.total, spec.parallelism, spec.microtasks_per_shard)
+    else:
+        first = max(1, spec.microtasks_per_shard)
+    return -(-spec.total // first)
+
+
+def static_shard_size(spec: CoreSpec) -> int:
+    """The size an Indexed Job of the same work would use: the fixed size, or for auto the
+    job's microtasks over `INITIAL_SHARDS_PER_SLOT` shards per slot (what one would pick by
+    hand without measurements)."""
+    if spec.target_shard_seconds is None:
+        return max(1, spec.microtasks_per_shard)
+    share = math.ceil(spec.total / max(1, spec.parallelism * INITIAL_SHARDS_PER_SLOT))
+    return max(1, min(spec.microtasks_per_shard, share))

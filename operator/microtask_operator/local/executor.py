@@ -34,6 +34,7 @@ from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report, ReportError
 
 from ..core.planner import Decision, plan
+from ..core.shardsize import shards_at_most
 from ..core.state import CoreState
 from ..core.types import (
     ClusterView,
@@ -155,7 +156,7 @@ class LocalExecutor:
             slots=min(
                 self.workers,
                 max(1, job.spec.parallelism),
-                -(-job.spec.total // max(1, job.spec.microtasks_per_shard)),
+                shards_at_most(job.spec),
             ),
         )
         self.nodes = [f"local-{i}" for i in range(self.workers)]

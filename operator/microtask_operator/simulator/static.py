@@ -22,6 +22,7 @@ import heapq
 
 from microtask_runner.indexset import IndexSet
 
+from ..core.shardsize import static_shard_size
 from ..core.types import Accelerator, CoreSpec, Pool
 from .bounds import lower_bound
 from .cluster import ClusterSpec
@@ -59,7 +60,7 @@ class StaticSimulation(EventLoop):
         self.nodes = Nodes(cluster)
         self.work = WorkModel(spec.total, cluster.workload, seed)
         self.pool = Pool.CPU if spec.accelerator is Accelerator.CPU else Pool.GPU
-        size = max(1, spec.microtasks_per_shard)
+        size = static_shard_size(spec)
         self.chunks = [
             IndexSet.from_range(a, min(a + size, spec.total)) for a in range(0, spec.total, size)
         ]
