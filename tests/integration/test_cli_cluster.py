@@ -332,7 +332,9 @@ def test_watch_times_out_survives_cut_watches_and_reports_deletion(
         out, err = watcher.communicate(timeout=60)
         assert watcher.returncode == 0, f"exit {watcher.returncode}\n{out}\n{err}"
         assert cut >= 2, "no watch was open to cut"
-        assert (unavailable.hits, gone.hits) == (1, 2)
+        # The second 410 is met only if the job is still running when the first re-list ends;
+        # on a loaded machine the job may finish first, and the re-list then says so.
+        assert unavailable.hits == 1 and gone.hits in (1, 2), (unavailable.hits, gone.hits)
         assert "lost the API server, retrying: Error from server (ServiceUnavailable)" in err
         assert "the API server answers again" in err
         assert "microtaskjob/slow Succeeded: 24/24 succeeded" in err
