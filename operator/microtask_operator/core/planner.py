@@ -757,6 +757,14 @@ class _Planner:
         # since can be both, and looking at that alone spares a pass over the whole window.
         self.ledger = self.ledger.unqueue(self.touched & self.in_flight())
         loads = self.pool_loads()
+        room = self.room(loads)
+        if room is not None:
+            # Every usable pool's capacity is known: work launched beyond its free slots would
+            # only be parked in a queue (and moved to the slow pool, GPU-sized, if it waits
+            # too long); left unplaced, it goes where a slot frees up, sized for that pool.
+            free = min(free, room)
+            if free <= 0:
+                return
         unplaced = max(0, self.spec.total - len(self.final()) - len(self.in_flight()))
         size = min(self.size_for(loads, pool, unplaced) for pool in self.usable_pools())
         ready, self.ledger = self.ledger.take_ready(self.now, size, free)
@@ -785,6 +793,17 @@ class _Planner:
             hard, soft = avoid_by_pool[pool]
             self.launch(ShardPlan(self.new_shard_id(), chunk, 1, pool, None, hard, soft))
             free -= 1
+
+    def room(self, loads: dict[Pool, placement.PoolLoad]) -> int | None:
+        """Free slots in the usable pools, None when a pool's capacity is unknown.
+
+        (Unknown capacity is learned from pods that wait: there, launching past it is how the
+        core finds out, and what makes a slot that frees up busy again before the next call.)
+        """
+        pools = self.usable_pools()
+        if any(loads[pool].capacity is None for pool in pools):
+            return None
+        return sum(loads[pool].free() for pool in pools)
 
     def usable_pools(self) -> tuple[Pool, ...]:
         if self.spec.accelerator == Accelerator.AUTO:
@@ -842,7 +861,9 @@ class _Planner:
             policy,
             self.now,
             factor,
-            copies_per_shard=TAIL_COPIES_PER_SHARD if tail else 1,
+            # A copy that straggles too gets one more at once when its progress shows it;
+            # judged by its run time alone, only at the tail (a slow copy is found late).
+            copies_per_shard=TAIL_COPIES_PER_SHARD if tail or self.progress_seen() else 1,
         )
         self.wakeups.extend(wakeups)
         loads = self.pool_loads()
@@ -899,6 +920,10 @@ class _Planner:
                 f"shard {shard.shard_id} on node {shard.node} has run {elapsed:.0f}s; "
                 f"copy {plan.shard_id} started elsewhere",
             )
+
+    def progress_seen(self) -> bool:
+        """Does the body show the progress of running shards?"""
+        return any(s.progress is not None for s in self.live.values())
 
     def pool_for_copy(
         self, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard
