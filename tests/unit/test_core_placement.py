@@ -99,9 +99,9 @@ def test_shard_size_starts_small_then_targets_seconds_then_shrinks() -> None:
     )
     assert gpu == 60  # the same time holds five times the work on a 5x faster pool
     tail = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=500, rate=25, **common
+        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, **common
     )
-    assert tail == 10  # half of the 20 s the cluster needs for what is left
+    assert tail == 20  # twice the 10 s the cluster needs for what is left
     assert (
         shardsize.shard_size(per_microtask=1.0, target_seconds=60, unplaced=0, rate=25, **common)
         == 1

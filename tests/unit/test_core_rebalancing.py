@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from core_driver import Driver, creates, ok
 from microtask_operator.core.badnodes import avoid_lists, update_levels
 from microtask_operator.core.state import NodeRecord, PoolDurations
@@ -17,6 +19,7 @@ from microtask_operator.core.types import (
     ShardPhase,
     SpeculationPolicy,
 )
+from microtask_runner.indexset import IndexSet
 
 
 def auto_spec(**kw: object) -> CoreSpec:
@@ -278,3 +281,30 @@ def test_a_node_failing_everything_is_avoided_by_new_shards() -> None:
     assert d.state.rebalances.get(Reason.BAD_NODE.value, 0) >= 1
     excluded = d.last.status["excludedNodes"] if d.last else []
     assert excluded and excluded[0]["node"] == "cpu-0"
+
+
+def test_a_copy_holds_only_what_its_group_has_not_finished() -> None:
+    spec = CoreSpec(
+        total=20,
+        microtasks_per_shard=10,
+        parallelism=3,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, ok)
+    d.step(10)
+    d.step(40)
+    [copy_id] = [i for i, s in d.shards.items() if s.copy_of == 1]
+    # The copy ends with one failure on a node with failures of its own while the original
+    # still runs: its 9 successes are kept, the original decides the rest...
+    node = d.shards[copy_id].node
+    assert node is not None
+    d.state = replace(d.state, nodes={node: NodeRecord(failures=1, last_failure=d.now, shards=1)})
+    d.finish(copy_id, lambda i, a: 1 if i == 10 else 0)
+    d.step(1)
+    assert len(d.state.succeeded) == 19
+    # ...and the next copy of the straggler runs only the microtask left, not all ten.
+    d.step(60)
+    later = [s for i, s in d.shards.items() if s.copy_of == 1 and i != copy_id]
+    assert later and all(s.indexes == IndexSet.from_range(10, 11) for s in later)

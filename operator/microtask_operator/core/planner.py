@@ -881,6 +881,12 @@ class _Planner:
                 if s.shard_id not in chosen
             ]
         for shard in candidates[: max(0, budget)]:
+            # Only what the group has not finished: a member that ended with failures on a
+            # node of its own failures left its successes kept, and a copy of a shard that is
+            # mostly done has little to do.
+            rest = shard.indexes - self.final()
+            if not rest:
+                continue
             copy_pool = self.pool_for_copy(loads, shard)
             if copy_pool is None:
                 continue  # no free slot: a copy would only queue behind real work
@@ -904,7 +910,7 @@ class _Planner:
             hard = (*hard, *sorted(busy - set(hard)))
             plan = ShardPlan(
                 shard_id=self.new_shard_id(),
-                indexes=shard.indexes,
+                indexes=rest,
                 attempt=shard.attempt,
                 pool=pool,
                 copy_of=group_of(shard),
@@ -932,8 +938,15 @@ class _Planner:
         auto = self.spec.accelerator == Accelerator.AUTO
         pools = [Pool.GPU, Pool.CPU] if auto else [shard.pool]
         # A free slot, or the first place in the pool's queue (fill_window then holds the next
-        # slot back for it): never behind shards that already wait.
-        free = [loads[p] for p in pools if loads[p].free() > 0 or not loads[p].waiting]
+        # slot back for it): never behind shards that already wait. Where the capacity is known,
+        # what waits is only copies (no work is parked there): a copy may queue behind them
+        # when it still ends sooner there (a GPU straggler's copy beside a CPU slot that would
+        # take it five times as long).
+        free = [
+            loads[p]
+            for p in pools
+            if loads[p].free() > 0 or not loads[p].waiting or loads[p].capacity is not None
+        ]
         if not free:
             return None
         size = len(shard.indexes)
