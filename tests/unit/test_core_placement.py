@@ -349,3 +349,19 @@ def test_progress_shows_a_straggler_long_before_its_shard_would_end() -> None:
     assert judged(Progress(done=0, seconds=3.0), 20) == ([7], [])
     # Its last microtask under way: the whole-shard rule is the one left (t=60).
     assert judged(Progress(done=20, seconds=19.0), 20) == ([], [60.0])
+
+
+def test_a_copy_queues_for_the_faster_pool_behind_copies_where_capacity_is_known() -> None:
+    from microtask_operator.core.planner import _Planner
+    from microtask_operator.core.state import CoreState
+
+    gpu_shard = shard(1, Pool.GPU, 0.0, 10)
+    cpu_free = PoolLoad(Pool.CPU, capacity=4, live=3, waiting=0, per_microtask=5.0)
+    # Both GPU slots busy and a copy waits there: a copy of a 10 s GPU shard still ends there
+    # in 20 s (its turn after that copy's), against 50 s on the free CPU slot.
+    gpu_busy = PoolLoad(Pool.GPU, capacity=2, live=3, waiting=1, per_microtask=1.0)
+    planner = _Planner(auto_spec(), CoreState(), [], sized_cluster(2, 4), 0.0)
+    assert planner.pool_for_copy({Pool.GPU: gpu_busy, Pool.CPU: cpu_free}, gpu_shard) == Pool.GPU
+    # Capacity unknown: what waits may be real work, and a copy never queues behind it.
+    unknown = PoolLoad(Pool.GPU, capacity=None, live=3, waiting=1, per_microtask=1.0)
+    assert planner.pool_for_copy({Pool.GPU: unknown, Pool.CPU: cpu_free}, gpu_shard) == Pool.CPU
