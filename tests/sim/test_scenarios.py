@@ -268,3 +268,30 @@ def test_policy_flags_really_turn_policies_off() -> None:
     for result in (no_fallback, no_speculation, no_exclusion):
         assert result.policies != on.policies
         assert result.anomalies == []
+
+
+# -- the mixed example cluster, with adaptive shard sizes ------------------------------------
+
+
+def test_mixed_cluster_with_adaptive_shards_ends_within_a_third_of_the_bound() -> None:
+    """GPU, CPU and slow CPU nodes, a node that fails everything, 5% stragglers at 10x,
+    transient failures and a GPU node lost: 1.24-1.30x the bound over seeds 1-5."""
+    from pathlib import Path
+
+    from microtask_operator.simulator import load_cluster
+    from microtask_operator.simulator.jobfile import load_job
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "clusters"
+    spec = load_job(examples / "jobs" / "mixed.yaml").spec
+    spec = replace(spec, microtasks_per_shard=1000, target_shard_seconds=150.0)
+    world = load_cluster(examples / "mixed.yaml")
+
+    result = simulate(spec, world, seed=3)
+
+    assert result.phase == "Succeeded" and not result.anomalies
+    assert_each_microtask_ends_once(result)
+    assert result.ratio <= 1.3
+    # The node that fails everything is excluded; no healthy CPU node is.
+    excluded = {e["node"] for e in result.excluded_nodes}
+    assert "cpu-bad" in excluded
+    assert not {n for n in excluded if n.startswith("cpu-") and n != "cpu-bad"}

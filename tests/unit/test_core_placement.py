@@ -12,6 +12,7 @@ from microtask_operator.core.types import (
     CoreSpec,
     ObservedShard,
     Pool,
+    Progress,
     ShardPhase,
     SpeculationPolicy,
 )
@@ -102,9 +103,9 @@ def test_shard_size_starts_small_then_targets_seconds_then_shrinks() -> None:
     )
     assert gpu == 60  # the same time holds five times the work on a 5x faster pool
     tail = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=500, rate=25, **common
+        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, **common
     )
-    assert tail == 10  # half of the 20 s the cluster needs for what is left
+    assert tail == 20  # twice the 10 s the cluster needs for what is left
     assert (
         shardsize.shard_size(per_microtask=1.0, target_seconds=60, unplaced=0, rate=25, **common)
         == 1
@@ -228,6 +229,16 @@ def test_a_straggler_report_stays_out_of_the_baseline() -> None:
     assert not speculation.outlier(PoolDurations(shards=2, microtasks=20, seconds=20.0), slow)
 
 
+def test_with_known_capacity_no_shard_is_parked_in_a_queue() -> None:
+    # 2 GPU + 4 CPU slots under a window of 10: six shards run, none waits for a slot (work
+    # left unplaced goes where a slot frees up, sized for that pool).
+    d = Driver(auto_spec(parallelism=10), cluster=sized_cluster(2, 4))
+    assert len(creates(d.step().actions)) == 6
+    d.finish(0, ok)
+    pools = [c.plan.pool for c in creates(d.step(1).actions)]
+    assert pools == [Pool.GPU]
+
+
 def test_no_copy_behind_shards_that_wait_for_capacity() -> None:
     spec = auto_spec(
         accelerator=Accelerator.CPU,
@@ -235,7 +246,8 @@ def test_no_copy_behind_shards_that_wait_for_capacity() -> None:
         parallelism=4,
         speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
     )
-    d = Driver(spec, cluster=sized_cluster(0, 2))
+    # (Capacity unknown: the core launches past it and learns it from the pods that wait.)
+    d = Driver(spec, cluster=ClusterView(ready_nodes={Pool.CPU: frozenset({"cpu-0"})}))
     d.step()
     d.finish(0, ok)
     d.step(1)  # a measurement: 1 s per shard
@@ -304,3 +316,57 @@ def test_a_shard_and_its_copies_all_kept_off_every_node_left_go_back_out_as_one(
     assert (moved.plan.indexes, moved.plan.copy_of) == (IndexSet.from_range(0, 10), None)
     d.run_to_end(ok)
     assert len(d.state.succeeded) == 10
+
+
+# -- straggler detection from progress -------------------------------------------------------
+
+
+def _running(progress: Progress | None, *, started: float = 0.0) -> ObservedShard:
+    return ObservedShard(
+        shard_id=7,
+        indexes=IndexSet.from_range(0, 20),
+        attempt=1,
+        pool=Pool.CPU,
+        created_at=started,
+        phase=ShardPhase.RUNNING,
+        node="cpu-0",
+        started_at=started,
+        progress=progress,
+    )
+
+
+def test_progress_shows_a_straggler_long_before_its_shard_would_end() -> None:
+    # 1 s per microtask, 20 microtasks: without progress a 3x straggler shows at t=60.
+    durations = {Pool.CPU: PoolDurations(shards=5, microtasks=50, seconds=50.0)}
+    policy = SpeculationPolicy(enabled=True, slowdown_factor=3)
+
+    def judged(progress: Progress | None, now: float) -> tuple[list[int], list[float]]:
+        found, wakeups = speculation.stragglers([_running(progress)], durations, policy, now)
+        return [s.shard_id for s in found], wakeups
+
+    # Blind: nothing at t=20, a wakeup at 60.
+    assert judged(None, 20) == ([], [60.0])
+    # 2 done in 10 s since the first began: usual pace; it would be 3x slow at 9 s for 3 done.
+    assert judged(Progress(done=2, seconds=8.0), 20) == ([], [30.0])  # 21, on the grid
+    # 1 done in 10 s: even if the second ended now, 5 s per microtask is over 3x the usual.
+    assert judged(Progress(done=1, seconds=10.0), 20) == ([7], [])
+    # Nothing done in 3 s of its first microtask: 3x the usual already.
+    assert judged(Progress(done=0, seconds=3.0), 20) == ([7], [])
+    # Its last microtask under way: the whole-shard rule is the one left (t=60).
+    assert judged(Progress(done=20, seconds=19.0), 20) == ([], [60.0])
+
+
+def test_a_copy_queues_for_the_faster_pool_behind_copies_where_capacity_is_known() -> None:
+    from microtask_operator.core.planner import _Planner
+    from microtask_operator.core.state import CoreState
+
+    gpu_shard = shard(1, Pool.GPU, 0.0, 10)
+    cpu_free = PoolLoad(Pool.CPU, capacity=4, live=3, waiting=0, per_microtask=5.0)
+    # Both GPU slots busy and a copy waits there: a copy of a 10 s GPU shard still ends there
+    # in 20 s (its turn after that copy's), against 50 s on the free CPU slot.
+    gpu_busy = PoolLoad(Pool.GPU, capacity=2, live=3, waiting=1, per_microtask=1.0)
+    planner = _Planner(auto_spec(), CoreState(), [], sized_cluster(2, 4), 0.0)
+    assert planner.pool_for_copy({Pool.GPU: gpu_busy, Pool.CPU: cpu_free}, gpu_shard) == Pool.GPU
+    # Capacity unknown: what waits may be real work, and a copy never queues behind it.
+    unknown = PoolLoad(Pool.GPU, capacity=None, live=3, waiting=1, per_microtask=1.0)
+    assert planner.pool_for_copy({Pool.GPU: unknown, Pool.CPU: cpu_free}, gpu_shard) == Pool.CPU

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from core_driver import Driver, creates, ok
 from microtask_operator.core.badnodes import avoid_lists, update_levels
 from microtask_operator.core.state import NodeRecord, PoolDurations
@@ -17,6 +19,7 @@ from microtask_operator.core.types import (
     ShardPhase,
     SpeculationPolicy,
 )
+from microtask_runner.indexset import IndexSet
 
 
 def auto_spec(**kw: object) -> CoreSpec:
@@ -190,18 +193,19 @@ def test_both_copies_finishing_together_count_once() -> None:
 
 
 def test_bad_node_goes_soft_then_hard_and_expires() -> None:
-    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=3, exclude_seconds=100)
+    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=5, exclude_seconds=100)
     cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c", "d"})})
-    pools = {Pool.CPU: PoolDurations(harvested=20, failed_shards=2)}
-    nodes = {"a": NodeRecord(failures=2, last_failure=10.0, shards=2)}
+    # Every shard of "a" failed since its first failure; the other nodes failed none of 36.
+    pools = {Pool.CPU: PoolDurations(harvested=40, failed_shards=4)}
+    nodes = {"a": NodeRecord(failures=4, last_failure=10.0, shards=4)}
     nodes2, changed = update_levels(nodes, policy, cluster, 10.0, pools)
     assert nodes2["a"].level == "soft" and changed == [("a", "soft")]
     assert avoid_lists(nodes2, Pool.CPU, cluster) == ((), ("a",))
     again, changed = update_levels(nodes2, policy, cluster, 11.0, pools)
     assert again == nodes2 and changed == []  # stable: no repeated events
-    pools = {Pool.CPU: PoolDurations(harvested=21, failed_shards=3)}
+    pools = {Pool.CPU: PoolDurations(harvested=41, failed_shards=5)}
     nodes3, _ = update_levels(
-        {"a": NodeRecord(3, 20.0, "soft", nodes2["a"].until, shards=3)},
+        {"a": NodeRecord(5, 20.0, "soft", nodes2["a"].until, shards=5)},
         policy,
         cluster,
         20.0,
@@ -216,6 +220,21 @@ def test_bad_node_goes_soft_then_hard_and_expires() -> None:
     # ...and forgotten once it stays clean for excludeSeconds.
     forgotten, _ = update_levels(expired, policy, cluster, 20.0 + 101 + 100, pools)
     assert forgotten == {}
+
+
+def test_a_run_of_failures_on_a_node_of_a_flaky_pool_is_no_evidence() -> None:
+    # The pool fails 10% of its shards. A node whose record opened at a failure and then failed
+    # 2 of its next 3 shards is not singled out (it was, before: 3 of 4 looked damning)...
+    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=4)
+    cluster = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c", "d"})})
+    pools = {Pool.CPU: PoolDurations(harvested=200, failed_shards=23)}
+    nodes = {"a": NodeRecord(failures=3, last_failure=1.0, shards=4)}
+    result, changed = update_levels(nodes, policy, cluster, 2.0, pools)
+    assert changed == [] and result["a"].level is None
+    # ...while one that failed all of its 6 is.
+    nodes = {"a": NodeRecord(failures=6, last_failure=1.0, shards=6)}
+    result, changed = update_levels(nodes, policy, cluster, 2.0, pools)
+    assert result["a"].level == "hard"
 
 
 def test_failures_spread_over_every_node_exclude_nobody() -> None:
@@ -243,7 +262,7 @@ def test_exclusion_never_takes_the_whole_pool() -> None:
 
 def test_a_node_failing_everything_is_avoided_by_new_shards() -> None:
     spec = CoreSpec(
-        total=200,
+        total=400,
         microtasks_per_shard=10,
         parallelism=4,
         retry=RetryPolicy(backoff_seconds=1, max_attempts=5),
@@ -251,7 +270,7 @@ def test_a_node_failing_everything_is_avoided_by_new_shards() -> None:
     )
     d = Driver(spec)
     d.step()
-    for _ in range(6):
+    for _ in range(12):
         for shard in d.running():
             bad = shard.node == "cpu-0"
             d.finish(shard.shard_id, (lambda i, a: 1) if bad else ok)
@@ -262,3 +281,30 @@ def test_a_node_failing_everything_is_avoided_by_new_shards() -> None:
     assert d.state.rebalances.get(Reason.BAD_NODE.value, 0) >= 1
     excluded = d.last.status["excludedNodes"] if d.last else []
     assert excluded and excluded[0]["node"] == "cpu-0"
+
+
+def test_a_copy_holds_only_what_its_group_has_not_finished() -> None:
+    spec = CoreSpec(
+        total=20,
+        microtasks_per_shard=10,
+        parallelism=3,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, ok)
+    d.step(10)
+    d.step(40)
+    [copy_id] = [i for i, s in d.shards.items() if s.copy_of == 1]
+    # The copy ends with one failure on a node with failures of its own while the original
+    # still runs: its 9 successes are kept, the original decides the rest...
+    node = d.shards[copy_id].node
+    assert node is not None
+    d.state = replace(d.state, nodes={node: NodeRecord(failures=1, last_failure=d.now, shards=1)})
+    d.finish(copy_id, lambda i, a: 1 if i == 10 else 0)
+    d.step(1)
+    assert len(d.state.succeeded) == 19
+    # ...and the next copy of the straggler runs only the microtask left, not all ten.
+    d.step(60)
+    later = [s for i, s in d.shards.items() if s.copy_of == 1 and i != copy_id]
+    assert later and all(s.indexes == IndexSet.from_range(10, 11) for s in later)

@@ -2,9 +2,10 @@
 
 A node is suspect when its shards fail clearly more often than the rest of its pool: at least
 `softAfterFailures` failed shards, a failure rate 25 points above the pool's other nodes, and a
-count of failures that chance would explain less than once in 200. Work that fails everywhere
-(a bug, a flaky service) therefore excludes nobody;
-a node that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), then hard
+count of failures that chance would explain less than once in 1000 (counted after the failure
+that drew attention to the node, and stricter the longer the node is watched). Work that fails
+everywhere (a bug, a flaky service) therefore excludes nobody, nor do transient failures; a node
+that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), then hard
 (required anti-affinity) from `hardAfterFailures`, each exclusion expiring after a while. Exclusion
 never takes more than a fraction of a pool's ready nodes, and always leaves at least one.
 
@@ -31,8 +32,8 @@ SOFT = "soft"
 HARD = "hard"
 # How much worse than its pool a node must be, in failure rate points...
 MIN_RATE_GAP = 0.25
-# ...and how unlikely by chance: -ln(1/200).
-SIGNIFICANCE = math.log(200)
+# ...and how unlikely by chance: -ln(1/1000), for one test (see _stands_out).
+SIGNIFICANCE = math.log(1000)
 
 
 def record_shard(
@@ -171,21 +172,31 @@ def _stands_out(record: NodeRecord, pool: PoolDurations | None) -> bool:
     """Does this node fail clearly more often than the other nodes of its pool?
 
     "Clearly" is a significance test, not a ratio: with the pool's failure rate p (smoothed, so
-    a clean pool is not a zero), the chance of `failures` or more out of `shards` is bounded by
-    Chernoff, exp(-n * KL(failures/n || p)); the node stands out when that is below 1 in 1000.
-    A node that failed 2 shards of 2 is not damned while the pool fails 10% of shards, but is
-    when everything else succeeds.
+    a clean pool is not a zero), the chance of `k` or more failures out of `n` shards is bounded
+    by Chernoff, exp(-n * KL(k/n || p)). Two corrections keep healthy nodes of a pool with
+    transient failures from being excluded by chance:
+
+    * a record opens at a node's first failure, so that failure says nothing of its rate (every
+      node would look failing at its first failure): k and n count the shards after it;
+    * the test is made again after every shard of the node, and one of many tests at 1 in 1000
+      passes by chance: the bar rises with the log of the shards judged (a sequential test).
+
+    A node that fails everything stands out after a handful of shards; one that failed 3 of 4
+    while the pool fails 10% of its shards does not.
     """
     if pool is None:
         return True
     others_shards = max(0, pool.harvested - record.shards)
     others_failed = max(0, pool.failed_shards - record.failures)
     p = (others_failed + 1) / (others_shards + 2)
-    n = max(record.shards, record.failures)
-    observed = record.failures / n
+    failures = record.failures - 1
+    n = max(record.shards, record.failures) - 1
+    if n <= 0:
+        return False
+    observed = failures / n
     if observed - p < MIN_RATE_GAP:
         return False
-    return n * _kl(observed, p) > SIGNIFICANCE
+    return n * _kl(observed, p) > SIGNIFICANCE + math.log(n)
 
 
 def _kl(a: float, p: float) -> float:

@@ -757,6 +757,14 @@ class _Planner:
         # since can be both, and looking at that alone spares a pass over the whole window.
         self.ledger = self.ledger.unqueue(self.touched & self.in_flight())
         loads = self.pool_loads()
+        room = self.room(loads)
+        if room is not None:
+            # Every usable pool's capacity is known: work launched beyond its free slots would
+            # only be parked in a queue (and moved to the slow pool, GPU-sized, if it waits
+            # too long); left unplaced, it goes where a slot frees up, sized for that pool.
+            free = min(free, room)
+            if free <= 0:
+                return
         unplaced = max(0, self.spec.total - len(self.final()) - len(self.in_flight()))
         size = min(self.size_for(loads, pool, unplaced) for pool in self.usable_pools())
         ready, self.ledger = self.ledger.take_ready(self.now, size, free)
@@ -785,6 +793,17 @@ class _Planner:
             hard, soft = avoid_by_pool[pool]
             self.launch(ShardPlan(self.new_shard_id(), chunk, 1, pool, None, hard, soft))
             free -= 1
+
+    def room(self, loads: dict[Pool, placement.PoolLoad]) -> int | None:
+        """Free slots in the usable pools, None when a pool's capacity is unknown.
+
+        (Unknown capacity is learned from pods that wait: there, launching past it is how the
+        core finds out, and what makes a slot that frees up busy again before the next call.)
+        """
+        pools = self.usable_pools()
+        if any(loads[pool].capacity is None for pool in pools):
+            return None
+        return sum(loads[pool].free() for pool in pools)
 
     def usable_pools(self) -> tuple[Pool, ...]:
         if self.spec.accelerator == Accelerator.AUTO:
@@ -842,7 +861,9 @@ class _Planner:
             policy,
             self.now,
             factor,
-            copies_per_shard=TAIL_COPIES_PER_SHARD if tail else 1,
+            # A copy that straggles too gets one more at once when its progress shows it;
+            # judged by its run time alone, only at the tail (a slow copy is found late).
+            copies_per_shard=TAIL_COPIES_PER_SHARD if tail or self.progress_seen() else 1,
         )
         self.wakeups.extend(wakeups)
         loads = self.pool_loads()
@@ -860,6 +881,12 @@ class _Planner:
                 if s.shard_id not in chosen
             ]
         for shard in candidates[: max(0, budget)]:
+            # Only what the group has not finished: a member that ended with failures on a
+            # node of its own failures left its successes kept, and a copy of a shard that is
+            # mostly done has little to do.
+            rest = shard.indexes - self.final()
+            if not rest:
+                continue
             copy_pool = self.pool_for_copy(loads, shard)
             if copy_pool is None:
                 continue  # no free slot: a copy would only queue behind real work
@@ -883,7 +910,7 @@ class _Planner:
             hard = (*hard, *sorted(busy - set(hard)))
             plan = ShardPlan(
                 shard_id=self.new_shard_id(),
-                indexes=shard.indexes,
+                indexes=rest,
                 attempt=shard.attempt,
                 pool=pool,
                 copy_of=group_of(shard),
@@ -900,6 +927,10 @@ class _Planner:
                 f"copy {plan.shard_id} started elsewhere",
             )
 
+    def progress_seen(self) -> bool:
+        """Does the body show the progress of running shards?"""
+        return any(s.progress is not None for s in self.live.values())
+
     def pool_for_copy(
         self, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard
     ) -> Pool | None:
@@ -907,8 +938,15 @@ class _Planner:
         auto = self.spec.accelerator == Accelerator.AUTO
         pools = [Pool.GPU, Pool.CPU] if auto else [shard.pool]
         # A free slot, or the first place in the pool's queue (fill_window then holds the next
-        # slot back for it): never behind shards that already wait.
-        free = [loads[p] for p in pools if loads[p].free() > 0 or not loads[p].waiting]
+        # slot back for it): never behind shards that already wait. Where the capacity is known,
+        # what waits is only copies (no work is parked there): a copy may queue behind them
+        # when it still ends sooner there (a GPU straggler's copy beside a CPU slot that would
+        # take it five times as long).
+        free = [
+            loads[p]
+            for p in pools
+            if loads[p].free() > 0 or not loads[p].waiting or loads[p].capacity is not None
+        ]
         if not free:
             return None
         size = len(shard.indexes)

@@ -7,8 +7,10 @@ Three rules, the smallest wins (guided self-scheduling with factoring, sized in 
 * then a shard holds what runs for `targetShardSeconds` on its pool (GPU shards hold more
   microtasks than CPU shards for the same time): pod start-up is paid once per target, and
   straggler detection waits for a few targets, not a few long shards;
-* toward the end, a shard runs at most half of the time the cluster still needs for the work
-  not yet placed: the last wave is short, so no slot finishes long after the others.
+* toward the end, a shard runs at most `TAIL_SHARE` (2) times the time the cluster still needs
+  for the work not yet placed: the last wave is short, so no slot finishes long after the
+  others. (Not shorter: every shard pays a pod start-up, and a wave of tiny shards pays it
+  over and over; what a last shard's bad luck would cost is what speculative copies are for.)
 
 A shard never holds more than `largest` microtasks (a fixed `microtasksPerShard` keeps today's
 behaviour: that size, always).
@@ -25,8 +27,9 @@ from .types import CoreSpec
 # or an hour), and a pool's first shards must come back soon with its speed.
 INITIAL_SHARDS_PER_SLOT = 8
 PROBE_MOST = 16
-# Toward the end, a shard runs at most this share of the time still needed for unplaced work.
-TAIL_SHARE = 0.5
+# Toward the end, a shard runs at most this many times the time still needed for unplaced work
+# (1 is guided self-scheduling; more means fewer, longer shards in the last waves: less start-up).
+TAIL_SHARE = 2.0
 
 
 def initial_size(total: int, parallelism: int, largest: int) -> int:

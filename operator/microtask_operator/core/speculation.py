@@ -1,17 +1,26 @@
 """Straggler detection for speculative copies (MapReduce backup tasks, Spark speculation).
 
-A running shard is a straggler when it has run `slowdownFactor` times longer than shards of its
-size usually take on its pool, measured from finished shards once there are `minSamples` of them.
+A running shard is a straggler when it runs `slowdownFactor` times slower than its pool's usual
+pace, measured from finished shards once there are `minSamples` of them. Without its progress,
+that shows only when it has run `slowdownFactor` times longer than shards of its size usually
+take. With its progress (microtasks done, seconds since its first began), it shows as soon as
+even the microtask it is on, ending now, would leave it that much slower than usual: a pod
+running at a tenth of the usual pace is caught after a few microtasks' time, not after most of
+a shard's.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from microtask_runner.report import Report
 
 from .state import PoolDurations
 from .types import ObservedShard, Pool, ShardPhase, SpeculationPolicy
+
+# A wakeup asked for to judge a shard by its progress is rounded up to this grid (seconds).
+PROGRESS_GRID_SECONDS = 10.0
 
 
 def stragglers(
@@ -47,8 +56,23 @@ def stragglers(
         per_microtask = baseline.per_microtask()
         if per_microtask is None:
             continue
+        slowdown = factor or policy.slowdown_factor
         expected = per_microtask * len(newest.indexes)
-        threshold = newest.started_at + (factor or policy.slowdown_factor) * expected
+        threshold = newest.started_at + slowdown * expected
+        progress = newest.progress
+        if progress is not None and progress.done < len(newest.indexes):
+            # Slower than `slowdown` times the usual pace even if its current microtask ended
+            # now; and when it would be, if it finishes nothing more until then.
+            usual = per_microtask * (progress.done + 1)
+            if progress.seconds >= slowdown * usual:
+                found.append((progress.seconds / max(usual, 1e-9), original))
+                continue
+            at = now + slowdown * usual - progress.seconds
+            # On a coarse grid: the progress of every running shard would otherwise ask for a
+            # call every few seconds (a finished shard brings one anyway, often sooner).
+            threshold = min(
+                threshold, math.ceil(at / PROGRESS_GRID_SECONDS) * PROGRESS_GRID_SECONDS
+            )
         if now >= threshold:
             found.append(((now - newest.started_at) / max(expected, 1e-9), original))
         else:

@@ -112,6 +112,18 @@ class CoreSpec:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a running shard's pod has got, when the body can see it (the runner's progress).
+
+    `done`: its microtasks finished so far (succeeded or failed); `seconds`: the time since its
+    first microtask began (pod start-up excluded), so `seconds / done` is the pace it runs at.
+    """
+
+    done: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ObservedShard:
     """One shard in flight (a Job that exists), as the body observed it."""
 
@@ -136,6 +148,8 @@ class ObservedShard:
     refusal: str | None = None
     # Nodes its pods may not use (required anti-affinity): none of them can take it.
     avoid_nodes_hard: tuple[str, ...] = ()
+    # A running shard's progress, if the body observes it (None: only its end is seen).
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)

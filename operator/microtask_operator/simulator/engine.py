@@ -5,7 +5,8 @@ to be woken) moves a simulated clock; nothing reads the wall clock, and every ra
 from streams seeded by `seed`, so a run is a pure function of its inputs.
 
 After each batch of simultaneous events the core's `plan()` is called with what a body would
-observe (every shard pod that still exists, the Ready nodes per pool), and its actions are applied
+observe (every shard pod that still exists with its runner's progress, the Ready nodes per
+pool), and its actions are applied
 the way a body applies them: a CreateShard becomes a pod that the simulated scheduler places
 (or leaves Pending/Unschedulable), a DeleteShard kills the pod. `plan()` is then called again at
 the same instant until it has nothing more to do, since a real body would be called back by the
@@ -18,7 +19,7 @@ reused, a job declared finished with work outstanding... are recorded as anomali
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from microtask_runner.indexset import IndexSet
@@ -34,6 +35,7 @@ from ..core.types import (
     Event,
     ObservedShard,
     Pool,
+    Progress,
     Reason,
     ShardPhase,
     ShardPlan,
@@ -225,8 +227,19 @@ class CoreSimulation(EventLoop):
         for pod in self.pods.values():
             if pod.observed is None:
                 pod.observed = self.observe(pod)
-            result.append(pod.observed)
+            observed = pod.observed
+            if pod.phase is ShardPhase.RUNNING and pod.execution is not None:
+                observed = replace(observed, progress=self.progress(pod))
+            result.append(observed)
         return result
+
+    def progress(self, pod: _Pod) -> Progress:
+        """A running pod's progress, as the runner's progress shows it (none past a lost node)."""
+        assert pod.execution is not None and pod.node is not None and pod.started_at is not None
+        until = self.now if pod.node_lost_since is None else pod.node_lost_since
+        elapsed = until - pod.started_at
+        done = self.work.progress(pod.plan.indexes, pod.node, pod.execution, elapsed)
+        return Progress(done, max(0.0, elapsed - self.cluster.workload.pod_startup_seconds))
 
     def observe(self, pod: _Pod) -> ObservedShard:
         plan = pod.plan

@@ -193,6 +193,36 @@ class WorkModel:
         sizes = self.sizes
         return max((max(sizes[a:b]) for a, b in indexes.ranges), default=0.0)
 
+    def progress(
+        self, indexes: IndexSet, node: SimNode, execution: Execution, elapsed: float
+    ) -> int:
+        """Microtasks a run of `indexes` on `node` has finished `elapsed` seconds after placement.
+
+        (What the runner's progress shows: microtasks end one after another at the run's pace.)
+        """
+        run = elapsed - self.workload.pod_startup_seconds
+        count = execution.report.count
+        if run <= 0:
+            return 0
+        if node.bad:
+            per = node.spec.bad_seconds_per_microtask
+            return count if per <= 0 else min(count, int(run / per))
+        pace = execution.seconds_per_size
+        if pace <= 0:
+            return count
+        room = run / pace  # the size of the work done so far
+        prefix = self.prefix
+        done = 0
+        for a, b in indexes.ranges:
+            whole = prefix[b] - prefix[a]
+            if whole <= room:
+                room -= whole
+                done += b - a
+                continue
+            done += bisect_right(prefix, prefix[a] + room, a, b + 1) - 1 - a
+            break
+        return min(count, done)
+
     def seconds_per_size(self, node: SimNode) -> float:
         return self.workload.seconds_per_microtask[node.pool] / node.speed
 
