@@ -275,7 +275,8 @@ def test_policy_flags_really_turn_policies_off() -> None:
 
 def test_mixed_cluster_with_adaptive_shards_ends_within_a_third_of_the_bound() -> None:
     """GPU, CPU and slow CPU nodes, a node that fails everything, 5% stragglers at 10x,
-    transient failures and a GPU node lost: 1.24-1.30x the bound over seeds 1-5."""
+    transient failures and a GPU node lost; the job as written (`microtasksPerShard: auto`,
+    150 s shards). Seeds 1-5 end at 1.23-1.34x the bound; seed 3 at 1.23x."""
     from pathlib import Path
 
     from microtask_operator.simulator import load_cluster
@@ -283,7 +284,7 @@ def test_mixed_cluster_with_adaptive_shards_ends_within_a_third_of_the_bound() -
 
     examples = Path(__file__).resolve().parents[2] / "examples" / "clusters"
     spec = load_job(examples / "jobs" / "mixed.yaml").spec
-    spec = replace(spec, microtasks_per_shard=1000, target_shard_seconds=150.0)
+    assert spec.target_shard_seconds == 150.0
     world = load_cluster(examples / "mixed.yaml")
 
     result = simulate(spec, world, seed=3)
