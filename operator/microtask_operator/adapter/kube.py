@@ -21,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ..api.names import GROUP, PLURAL, VERSION
+from ..labels import JOB_UID
 from ..metrics import Metrics
 
 T = TypeVar("T")
@@ -142,16 +143,41 @@ class KubeApi:
         raise ApiError("create", what, 409, "conflict, but it does not exist")
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create a shard's Job; False when it already existed (a restart, a retried request)."""
+        """Create a shard's Job; False when it already existed (a restart, a retried request).
+
+        A Job of that name left by an earlier MicrotaskJob of the same name (still being
+        deleted: its `job-uid` label differs) is not this shard's: that conflict is raised, so
+        the shard is created once the old Job is gone, not taken for created.
+        """
         name = body["metadata"]["name"]
-        return await self._create_confirmed(
-            f"job {namespace}/{name}",
+        what = f"job {namespace}/{name}"
+        existing: list[Any] = []
+
+        def read() -> Any:
+            existing.append(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+            return existing[-1]
+
+        created = await self._create_confirmed(
+            what,
             # A plain manifest: the client serialises dicts as they are.
             lambda: self.batch.create_namespaced_job(
                 namespace, cast(Any, body), _preload_content=False
             ),
-            lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
+            read,
         )
+        if not created and existing:
+            found = json.loads(existing[-1].data or b"{}")
+            wanted = (body["metadata"].get("labels") or {}).get(JOB_UID)
+            theirs = ((found.get("metadata") or {}).get("labels") or {}).get(JOB_UID)
+            if wanted and theirs and theirs != wanted:
+                raise ApiError(
+                    "create",
+                    what,
+                    409,
+                    "Conflict",
+                    "a Job of an earlier MicrotaskJob of this name is still being deleted",
+                )
+        return created
 
     async def delete_jobs(self, namespace: str, selector: str) -> None:
         """Delete every Job matching a label selector in one request (pods in the background).
