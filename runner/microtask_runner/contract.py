@@ -36,6 +36,12 @@ def _pattern(name: str) -> re.Pattern[str]:
     return compiled
 
 
+def warm() -> None:
+    """Compile every pattern now (a process that forks runners does it once for all)."""
+    for name in _PATTERNS:
+        _pattern(name)
+
+
 # ------------------------------------------------------------------ environment
 
 ENV_INDEXES = "MICROTASK_INDEXES"

@@ -18,6 +18,11 @@ takes the shard's environment and working directory, restores the signal disposi
 interpreter has, and runs ``cli.main`` as the command would. The server only reaps its children
 and passes their exit codes on.
 
+The server imports and compiles once what every child needs (``_warm``; nothing of the user's).
+With ``--pycache DIR`` and bytecode writing off (``PYTHONDONTWRITEBYTECODE``), the children
+share compiled modules in DIR (``sys.pycache_prefix``), so the user's module is compiled once
+per run instead of once per shard.
+
 When its stdin closes (the executor is gone, however it ended), the server asks its remaining
 children to stop (SIGTERM to their groups: each runner stops its microtask and writes its final
 report) and exits, so no shard outlives ``microtask run`` by much.
@@ -45,6 +50,7 @@ SIGTERM would.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs: signal without enums)
 import atexit
 import contextlib
 import gc
@@ -58,7 +64,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from . import cli
+from . import cli, contract
 from .execute import EXIT_RUNNER_ERROR
 
 __all__ = ["main", "serve"]
@@ -80,11 +86,12 @@ def _run_child(request: dict[str, Any]) -> int:
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     # A new interpreter's dispositions: the server's SIGCHLD handler and wake-up fd are its own.
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    # (``_signal`` directly: ``signal.signal`` converts to and from enums, per call.)
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGHUP, _signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     log = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     # Over the server's request and reply pipes: the child holds neither once these are done.
@@ -94,8 +101,13 @@ def _run_child(request: dict[str, Any]) -> int:
     os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 256)
     os.chdir(str(request["cwd"]))
     env = {str(k): str(v) for k, v in dict(request["env"]).items()}
-    os.environ.clear()
-    os.environ.update(env)
+    # Only what differs from the server's environment (the first shard's, mostly the same): a
+    # putenv per variable costs more than the rest of the set-up.
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
     argv = [str(a) for a in request["argv"]]
     sys.argv = ["microtask-runner", *argv]
     # Like `python -m` in the shard's folder: its modules come first on the import path, and
@@ -201,8 +213,30 @@ class _Server:
                 os.killpg(pid, signal.SIGTERM)
 
 
-def serve() -> int:
-    """The server's loop, over stdin and stdout (see the module doc)."""
+def _share_compiled(folder: str) -> None:
+    """Where no bytecode is written (PYTHONDONTWRITEBYTECODE), every child would compile the
+    user's modules again: they share compiled modules in ``folder`` instead (a folder of the
+    run's own, never the source tree; ``PYTHONPYCACHEPREFIX`` set by the user wins)."""
+    if sys.dont_write_bytecode and sys.pycache_prefix is None:
+        sys.pycache_prefix = folder
+        sys.dont_write_bytecode = False
+
+
+def _warm() -> None:
+    """Do once here what every child would do for itself: what it imports, the patterns it
+    compiles. Nothing of the user's runs here (their module is imported by each child)."""
+    import mmap  # noqa: F401 (the live report's map)
+
+    contract.warm()
+
+
+def serve(pycache: str | None = None) -> int:
+    """The server's loop, over stdin and stdout (see the module doc).
+
+    ``pycache``: a folder for compiled modules, where bytecode is not written (``--pycache``).
+    """
+    if pycache:
+        _share_compiled(pycache)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -213,6 +247,7 @@ def serve() -> int:
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
+    _warm()
     # What the server imported stays shared with every child instead of being copied on write.
     gc.freeze()
     _reply(f"ready {os.getpid()}")
@@ -364,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args == ["--worker"]:
             return work()
+        if len(args) == 2 and args[0] == "--pycache":
+            return serve(args[1])
         return serve()
     except KeyboardInterrupt:
         return 130

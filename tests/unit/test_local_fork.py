@@ -172,6 +172,21 @@ def test_nothing_a_shard_does_reaches_the_next_one_on_the_same_slot(tmp_path: Pa
         assert probe["path0"] == str(tmp_path)  # like `python -m` started in the job's folder
 
 
+def test_without_bytecode_writing_the_shards_share_compiled_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    job = make_job(tmp_path, total=4, per_shard=1, workers=1, callable="mt_probe:probe")
+    executor = make_executor(tmp_path, job, workers=1)
+    assert executor.run().decision.status["phase"] == "Succeeded"
+    # Compiled once into the run's own folder, never next to the user's source.
+    assert list(executor.scratch.joinpath("pycache").rglob("mt_probe*.pyc"))
+    assert not (tmp_path / "__pycache__").exists()
+    assert {p["index"] for p in probes(tmp_path)} == set(range(4))
+
+
 def killer(tmp_path: Path) -> str:
     """Index 3 kills its own runner (SIGKILL) the first time; every index appends to done.txt."""
     flag = tmp_path / "killed"

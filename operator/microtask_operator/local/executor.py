@@ -151,6 +151,7 @@ class LocalExecutor:
             spawn_argv=self.runner,
             fork=standard,
             server_log=run_dir.scratch / "fork-server.log",
+            pycache=self.scratch / "pycache",
             persistent=standard and persistent and not job.callable,
             # No more workers than shards can be in flight, or than the job has.
             slots=min(

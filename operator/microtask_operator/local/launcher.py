@@ -412,6 +412,7 @@ class Launcher:
         fork: bool = True,
         server_argv: Sequence[str] = FORK_SERVER,
         server_log: Path | None = None,
+        pycache: Path | None = None,
         max_deaths: int = MAX_SERVER_DEATHS,
         persistent: bool = False,
         worker_argv: Sequence[str] = WORKER,
@@ -428,7 +429,10 @@ class Launcher:
         self.idle: list[Worker] = []
         self.idle_lock = threading.Lock()
         self.worker_deaths = 0
+        # Compiled modules shared by the forked runners where bytecode is not written.
         self.server_argv = tuple(server_argv)
+        if pycache is not None and self.server_argv == FORK_SERVER:
+            self.server_argv = (*FORK_SERVER, "--pycache", str(pycache))
         self.server_log = server_log
         self.max_deaths = max_deaths
         self.server: ForkServer | None = None
