@@ -19,6 +19,16 @@ it wrote anything, by print, on the file descriptor, or from a child process. Th
 then keeps those delimiter lines *held* (``Console.hold``) and the console writes them out before
 anything else it passes on (captured output, log lines) and whenever the runner syncs
 (``Console.release_held``): every microtask's output still lands between its own delimiters.
+
+``Console.watch`` tells the same without a system call per microtask: the pipes' read ends send
+SIGIO to this process when anything is written into them (``O_ASYNC``), whoever writes (this
+process, C code, a child process), and the handler sets a flag; Python's two streams get a
+``write`` of their own (an instance attribute over the class's method, the text layer's and the
+binary buffer's) that sets the same flag before writing. The kernel delivers the signal to the
+main thread (the only one that does not block it, see ``_Capture._thread``) on its way out of the
+system call that wrote or waited, and Python runs the handler at the next call that returns
+there, so the flag is set before the microtask's function has returned. Writes that nobody waits
+for (a process left running) are seen whenever they come, as with ``poll``.
 """
 
 from __future__ import annotations
@@ -136,6 +146,23 @@ class Console:
             return False
         return not (capture.busy or capture.partial)
 
+    def watch(self) -> list[bool] | None:
+        """Start watching for output (see the module doc); the flag, set when anything was
+        written since it was last cleared. None when that cannot be done here (no capture, not
+        the main thread, no SIGIO, streams that take no attribute): ``quiet`` then."""
+        capture = self._capture
+        if capture is None:
+            return None
+        if capture.watching is None and not capture.unwatched:
+            capture.watching = capture.watch()
+            capture.unwatched = capture.watching is None
+        return capture.watching
+
+    def unwatch(self) -> None:
+        """Stop watching (idempotent); the streams get their own ``write`` back."""
+        if self._capture is not None:
+            self._capture.unwatch()
+
     def take_in(self) -> None:
         """Pass on what the captured pipes hold now (held delimiter lines first)."""
         with self.lock:
@@ -210,6 +237,7 @@ class Console:
         capture = self._capture
         if capture is None:
             return
+        capture.unwatch()
         _flush_python_streams()
         with self.lock:
             capture.drain()
@@ -241,6 +269,10 @@ class _Capture:
             self._close()
             raise
         self.wake_r, self.wake_w = os.pipe()
+        #: ``watch``'s flag while watching; ``unwatched`` once it stopped or could not start
+        self.watching: list[bool] | None = None
+        self.unwatched = False
+        self._unwatch: list[Callable[[], object]] = []
         self.stopping = False
         #: True from before the thread reads a pipe until it has passed the data on
         self.busy = False
@@ -257,7 +289,57 @@ class _Capture:
     def start(self) -> None:
         _thread.start_new_thread(self._thread, ())
 
+    def watch(self) -> list[bool] | None:
+        """Set up the watch (``Console.watch``); None where it cannot be."""
+        try:
+            import fcntl
+            import signal
+        except ImportError:
+            return None
+        sigio = getattr(signal, "SIGIO", None)
+        if sigio is None:
+            return None
+        flag = [False]
+
+        def wrote(signum: int, frame: object) -> None:
+            flag[0] = True
+
+        undo = self._unwatch
+        try:
+            previous = signal.signal(sigio, wrote)
+            undo.append(lambda: signal.signal(sigio, previous))
+            # Restarted, not interrupted: the signal must not surface as EINTR in C code.
+            signal.siginterrupt(sigio, False)
+            for stream in (sys.stdout, sys.stderr):
+                for layer in (stream, getattr(stream, "buffer", None)):
+                    if layer is not None and not _hook(layer, flag, undo):
+                        raise OSError("a stream takes no write of ours")
+            for read in self.pipes:
+                flags = fcntl.fcntl(read, fcntl.F_GETFL)
+                undo.append(_restore_flags(read, flags))
+                fcntl.fcntl(read, fcntl.F_SETOWN, os.getpid())
+                fcntl.fcntl(read, fcntl.F_SETFL, flags | os.O_ASYNC)
+        except (OSError, ValueError, TypeError, AttributeError):
+            self.unwatch()
+            return None
+        return flag
+
+    def unwatch(self) -> None:
+        # In reverse: the pipes stop signalling before the handler goes.
+        undo, self._unwatch = self._unwatch, []
+        for step in reversed(undo):
+            with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+                step()
+        if self.watching is not None:
+            self.watching = None
+            self.unwatched = True
+
     def _thread(self) -> None:
+        # SIGIO is for the main thread (see the module doc): the kernel then always picks it.
+        with contextlib.suppress(ImportError, AttributeError, OSError, ValueError):
+            import signal
+
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
         ident = _thread.get_ident()
         _CAPTURE_THREADS.add(ident)
         try:
@@ -366,6 +448,30 @@ class _Capture:
                 os.close(fd)
         self.pipes.clear()
         self.saved.clear()
+
+
+def _restore_flags(fd: int, flags: int) -> Callable[[], object]:
+    import fcntl
+
+    return lambda: fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
+def _hook(layer: object, flag: list[bool], undo: list[Callable[[], object]]) -> bool:
+    """Give ``layer`` a ``write`` that sets ``flag`` first (False: it takes no attribute)."""
+    if "write" in getattr(layer, "__dict__", {}):
+        return False  # someone else's already: leave it alone
+    original = layer.write  # type: ignore[attr-defined]
+
+    def write(data: object) -> object:
+        flag[0] = True
+        return original(data)
+
+    try:
+        layer.write = write  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return False
+    undo.append(lambda: layer.__dict__.pop("write", None))
+    return True
 
 
 CONSOLE = Console()

@@ -13,6 +13,7 @@ import enum
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
+    from typing import Any
 
 #: Patterns of the readers below, compiled on first use: the runner itself never reads them,
 #: and ``re`` is slow to import.
@@ -96,6 +97,21 @@ RECORD_KEYS = (
     "error",
     "result",
 )
+
+#: The key of a *span* record, right after ``index``: one line for the consecutive quick
+#: successes ``index`` to ``last`` (inclusive), each of which has this record but for its index
+#: (no result, under half a millisecond; ``start`` is when the first of them started).
+RECORD_LAST = "last"
+
+
+def expand_record(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records a parsed record line stands for: itself, or each record of a span."""
+    last = fields.get(RECORD_LAST)
+    if last is None:
+        return [fields]
+    first = fields["index"]
+    single = {k: v for k, v in fields.items() if k != RECORD_LAST}
+    return [{**single, "index": index} for index in range(first, last + 1)]
 
 
 class Outcome(enum.StrEnum):

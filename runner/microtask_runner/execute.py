@@ -14,11 +14,13 @@ than ``_QUICK_SECONDS``), that happens every ``_SYNC_SECONDS`` instead, so a sho
 costs no more than a memory store in the report and one write of its delimiter lines.
 
 In Python mode without a timeout, such a streak runs in a loop of its own (``streak`` in
-``run_shard``): the report's ``cur`` moves by its last digit, records are formatted a batch at a
-time (``RecordFormat.quick_run``), and with fds 1 and 2 captured (``console.py``) the delimiter
-lines of microtasks that printed nothing are held back and written at the next sync, or before
-any output. Anything unusual (a failure, a slow microtask, a return value to keep, a signal, the
-end of a range of indexes) goes back to the general loop.
+``run_shard``): the report's ``cur`` moves by its last digit, the streak's successes go to the
+store as one *span* record per sync (``RecordFormat.quick_span``), and with fds 1 and 2 captured
+(``console.py``) the delimiter lines of microtasks that printed nothing are held back and written
+at the next sync, or before any output; whether a microtask printed is a flag that SIGIO and
+Python's streams set (``Console.watch``), or else a flush and a ``poll``. Anything unusual (a
+failure, a slow microtask, a return value to keep, a signal, the end of a range of indexes) goes
+back to the general loop.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ _QUICK_STREAK = 16
 _SYNC_SECONDS = 0.02
 #: ... or when this many bytes of records wait.
 _SYNC_BYTES = 64 * 1024
+#: ... or (Python mode's streaks, whose records are spans) after this many microtasks, which
+#: bounds the delimiter lines held back.
+_SYNC_COUNT = 1 << 16
 
 INDEX_TOKEN = "$(MICROTASK_INDEX)"
 ITEM_TOKEN = "$(MICROTASK_ITEM)"
@@ -820,8 +825,10 @@ def run_shard(
     # where a microtask's own output would no longer be one.
     may_capture = fast and _capturable()
     captured_here = False
-    # Records of a streak waiting to be formatted, in bytes (to sync as often as the loop would).
-    record_bytes = len(quick_record(0, to_wall)) + len(str(indexes.last() or 0))
+    # Python mode's streaks watch for output without a system call per microtask, where they
+    # can (``Console.watch``): its flag, or None.
+    watch: list[bool] | None = None
+    linear = items.linear()
 
     def streak(last_index: int) -> tuple[int, Finished | None, float, float] | None:
         """Run quick successes from ``it`` until something unusual, the loop's business.
@@ -830,7 +837,7 @@ def run_shard(
         Returns the microtask that ended otherwise (index, how, start, seconds), begun and run
         but not entered anywhere; None once ``it`` is exhausted.
         """
-        nonlocal synced, cur_map, cur_at, ended, held, captured_here, may_capture
+        nonlocal synced, cur_map, cur_at, ended, held, captured_here, may_capture, watch
         assert isinstance(executor, PythonExecutor)
         if held is None and may_capture:
             may_capture = False
@@ -843,34 +850,42 @@ def run_shard(
             if CONSOLE.captured:
                 held = _Held(prefix, begin_tail, quick_end)
                 CONSOLE.hold(held.take)
+                watch = CONSOLE.watch()
         function = executor.function
         keep = executor.keep_results
         quiet = CONSOLE.quiet
         take_in = CONSOLE.take_in
         set_current = progress.set_current
+        flag = watch
+        streams = sys
+        out, err = sys.stdout, sys.stderr
         if held is not None:
+            # What ``last_index`` printed goes out before its end line, which is held from now.
+            quiet()
             with CONSOLE.lock:
-                CONSOLE.release_held()
+                take_in()
                 held.first = held.current = last_index
+            if flag is not None:
+                flag[0] = False
+        plain = linear == (0, 1)
+        ranged = linear is not None and not plain
+        base, step = linear or (0, 1)
         last = accounted = clock()
-        # Records wait as (index, start) marks, one per millisecond of start times.
+        # The streak's successes go to the store as span records (``quick_span``).
         records_from = last_index + 1
-        marks = [(records_from, to_wall + last)]
-        # When the start time, rounded to the millisecond as records write it, changes next.
-        mark_at = round(to_wall + last, 3) + 0.0005 - to_wall
-        budget = max(_QUICK_STREAK, _SYNC_BYTES // record_bytes)
+        records_start = to_wall + last
         sync_at = last + _SYNC_SECONDS
-        sync_index = records_from + budget
+        sync_index = records_from + _SYNC_COUNT
         longest = 0.0
         digit_at = cur_at + _NUMBER_CHARS - 1
 
         def settle(end: int) -> None:
             """Hand the streak's successes before ``end`` to the records and the outcomes."""
-            nonlocal records_from, marks, accounted, longest
+            nonlocal records_from, records_start, accounted, longest
             if record is not None and end > records_from:
-                record(record_format.quick_run(records_from, end, marks))
+                record(record_format.quick_span(records_from, end - 1, records_start))
             records_from = end
-            marks = marks[-1:]
+            records_start = to_wall + last
             if end > pending.end:
                 pending.end = end
                 pending.total += last - accounted
@@ -891,7 +906,7 @@ def run_shard(
                     CONSOLE.release_held()
                 synced = clock()
                 sync_at = synced + _SYNC_SECONDS
-                sync_index = index + budget
+                sync_index = index + _SYNC_COUNT
             # The report names the microtask: its last digit is all that changes, mostly.
             digit = index % 10
             if digit and cur_map is not None:
@@ -902,7 +917,12 @@ def run_shard(
                 lines(f"{prefix}{index - 1}{quick_end}{index}{begin_tail}".encode())
             else:
                 held.current = index
-            item = get(index)
+            if plain:
+                item = index
+            elif ranged:
+                item = base + index * step
+            else:
+                item = get(index)
             signals.in_call = True
             try:
                 value = function(index, item)
@@ -920,12 +940,18 @@ def run_shard(
                 return index, finished, last, seconds
             if seconds > longest:  # noqa: PLR1730 (a compare, not a call, per microtask)
                 longest = seconds
-            if held is not None and not quiet():
+            if flag is not None:
+                if flag[0] or streams.stdout is not out or streams.stderr is not err:
+                    # It printed (or replaced a stream: then no more watching, polls again).
+                    quiet()
+                    take_in()
+                    flag[0] = False
+                    if streams.stdout is not out or streams.stderr is not err:
+                        CONSOLE.unwatch()
+                        flag = watch = None
+            elif held is not None and not quiet():
                 take_in()  # it printed: its output goes out after its begin line
             last = now
-            if now >= mark_at:
-                marks.append((index + 1, to_wall + now))
-                mark_at = round(to_wall + now, 3) + 0.0005 - to_wall
         settle(index + 1)
         ended = index
         return None
@@ -1028,6 +1054,8 @@ def run_shard(
         elif isinstance(ended, str):
             lines(ended.encode())
     finally:
+        if watch is not None:
+            CONSOLE.unwatch()
         if held is not None:
             CONSOLE.release_held()
             CONSOLE.hold(None)

@@ -55,6 +55,11 @@ class ItemSource:
     def check(self, indexes: IndexSet) -> None:
         """Raise ItemsError unless every index of ``indexes`` has an item."""
 
+    def linear(self) -> tuple[int, int] | None:
+        """``(start, step)`` when the item of ``i`` is ``start + i*step`` (the runner's loop
+        then computes it in place of a call per microtask); None for other sources."""
+        return (0, 1) if type(self) is ItemSource else None
+
 
 class _RangeItems(ItemSource):
     def __init__(self, start: int, step: int) -> None:
@@ -64,6 +69,9 @@ class _RangeItems(ItemSource):
 
     def get(self, index: int) -> Any:
         return self.start + index * self.step
+
+    def linear(self) -> tuple[int, int] | None:
+        return self.start, self.step
 
 
 class _ListItems(ItemSource):

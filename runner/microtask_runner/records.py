@@ -15,7 +15,7 @@ from __future__ import annotations
 import _thread
 from collections.abc import Callable
 
-from .contract import MAX_RECORD_ERROR_CHARS, RECORD_VERSION, Outcome
+from .contract import MAX_RECORD_ERROR_CHARS, RECORD_LAST, RECORD_VERSION, Outcome
 from .output import Sink
 from .results import Finished, tail
 from .values import Value
@@ -129,6 +129,15 @@ class RecordFormat:
             rest = f'{self._shard}"start":{rounded!r},"seconds":0.0{self._success}"result":null}}\n'
             quick = self._quick = (rounded, rest)
         return f"{self._head}{index}{quick[1]}"
+
+    def quick_span(self, first: int, last: int, start: float) -> str:
+        """One record for the quick successes ``first`` to ``last`` (inclusive), the first of
+        which started at ``start``: ``quick(first, start)`` with ``"last":LAST`` after the
+        index (``contract.RECORD_LAST``); a single microtask gets its plain record."""
+        if last <= first:
+            return self.quick(first, start)
+        rest = self.quick(0, start)[len(self._head) + 1 :]
+        return f'{self._head}{first},"{RECORD_LAST}":{last}{rest}'
 
     def quick_run(self, first: int, end: int, marks: list[tuple[int, float]]) -> str:
         """``quick`` for each of ``first..end-1`` at once, byte for byte.

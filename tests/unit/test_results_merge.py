@@ -284,3 +284,55 @@ def test_final_failures_interleave_never_run_indexes_in_order(tmp_path: Path):
     ]
     assert out == [0, (2, "failed"), 3, 5, 6]
     assert [x.index for x in final_failures(merged(tmp_path), None)] == [2]  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ span records
+
+
+def test_a_span_record_reads_as_the_records_it_stands_for(tmp_path: Path):
+    from microtask_runner.records import RecordFormat, ShardInfo
+
+    form = RecordFormat(ShardInfo(job="job", shard=0, pool="cpu", node="n1"))
+    lines = [
+        form.quick(3, START),
+        form.quick_span(4, 7, START + 0.002),
+        form.quick(8, START + 0.005),
+        form.quick_span(9, 9, START + 0.006),  # a span of one is a plain record
+    ]
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "000000000003-job-0.jsonl").write_text("".join(lines))
+    warnings: list[str] = []
+    got = merged(tmp_path, warnings)
+    assert warnings == []
+    assert [r.index for r in got] == list(range(3, 10))
+    # Each one is the line the runner would have written for it alone.
+    for record in got:
+        start = START + {3: 0.0, 8: 0.005, 9: 0.006}.get(record.index, 0.002)
+        assert record.text == form.quick(record.index, start).rstrip("\n").encode()
+        assert record.fields == json.loads(record.text)
+        assert (
+            record.succeeded
+            and record.line == (record.index > 3) + (record.index > 7) + (record.index > 8) + 1
+        )
+    # A retry of one index inside the span wins over it; the span's other indexes stay.
+    write_records(tmp_path, [Rec(5, 2, "failed")], shard=1)
+    assert [(r.index, r.attempt) for r in merged(tmp_path)] == [(i, 1) for i in range(3, 10)]
+    write_records(tmp_path, [Rec(6, 2)], shard=2)
+    assert [(r.index, r.attempt) for r in merged(tmp_path)][3] == (6, 2)
+
+
+def test_a_span_out_of_order_or_malformed_is_skipped(tmp_path: Path):
+    from microtask_runner.records import RecordFormat, ShardInfo
+
+    form = RecordFormat(ShardInfo(job="job", shard=0))
+    lines = [
+        form.quick_span(0, 4, START),
+        form.quick_span(3, 6, START),  # overlaps the one before
+        form.quick(5, START).replace('"index":5,', '"index":5,"last":2,'),  # last below index
+        form.quick(7, START),
+    ]
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "000000000000-job-0.jsonl").write_text("".join(lines))
+    warnings: list[str] = []
+    assert [r.index for r in merged(tmp_path, warnings)] == [0, 1, 2, 3, 4, 7]
+    assert any("out of order" in w for w in warnings)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from microtask_runner.contract import log_name, parse_begin, parse_end, records_name
+from microtask_runner.contract import expand_record, log_name, parse_begin, parse_end, records_name
 from microtask_runner.indexset import IndexSet
 from microtask_runner.records import RecordFormat, ShardInfo
 from microtask_runner.report import Report
@@ -158,7 +158,7 @@ def run(
 def records(tmp_path: Path, first: int = 0) -> list[dict[str, Any]]:
     data = (tmp_path / "s" / records_name(first, JOB, SHARD)).read_bytes()
     assert data.endswith(b"\n")
-    return [json.loads(line) for line in data.splitlines()]
+    return [one for line in data.splitlines() for one in expand_record(json.loads(line))]
 
 
 def log_copy(tmp_path: Path) -> str:
@@ -307,14 +307,23 @@ def test_without_a_store_every_microtask_still_has_its_delimiters(tmp_path: Path
 # ------------------------------------------------------------------ records
 
 
-def test_batched_quick_records_are_the_records_one_by_one() -> None:
+def test_a_span_record_stands_for_the_quick_records_one_by_one() -> None:
     form = RecordFormat(ShardInfo(job="j", shard=2, attempt=3, pool="cpu", node="n1"))
-    marks = [(10, 1700000000.0004), (14, 1700000000.0016), (15, 1700000000.0021)]
-    batch = form.quick_run(12, 18, marks)
-    one_by_one = "".join(
-        form.quick(index, marks[0][1] if index < 14 else marks[1][1] if index < 15 else marks[2][1])
-        for index in range(12, 18)
-    )
-    assert batch == one_by_one
-    assert [json.loads(line)["index"] for line in batch.splitlines()] == list(range(12, 18))
-    assert form.quick_run(5, 5, marks) == ""
+    start = 1700000000.0004
+    span = form.quick_span(12, 17, start)
+    assert span.count("\n") == 1
+    assert json.loads(span)["last"] == 17
+    one_by_one = [json.loads(form.quick(index, start)) for index in range(12, 18)]
+    assert expand_record(json.loads(span)) == one_by_one
+    # A span of one is the plain record.
+    assert form.quick_span(5, 5, start) == form.quick(5, start)
+
+
+def test_a_streak_writes_span_records(tmp_path: Path) -> None:
+    code, _, _ = run(tmp_path, "0-4999", "noop")
+    assert code == 0
+    path = tmp_path / "s" / records_name(0, JOB, SHARD)
+    lines = path.read_bytes().splitlines()
+    assert len(lines) < 100  # instead of 5,000
+    assert any(b'"last":' in line for line in lines)
+    assert [r["index"] for r in records(tmp_path)] == list(range(5000))

@@ -20,6 +20,7 @@ from microtask_runner.contract import (
     RECORD_KEYS,
     begin_line,
     end_line,
+    expand_record,
     log_name,
     parse_begin,
     parse_end,
@@ -137,7 +138,7 @@ def records(tmp_path: Path, first: int = 0) -> list[dict[str, Any]]:
         return []
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b"", "every record is a whole line"
-    return [json.loads(line) for line in lines[:-1]]
+    return [one for line in lines[:-1] for one in expand_record(json.loads(line))]
 
 
 def log_copy(tmp_path: Path) -> str:

@@ -5,6 +5,10 @@ layout in ``microtask_runner.contract``); its lines are in increasing index orde
 the first index of its name. A line that breaks these rules (not JSON, not a record, out of
 order, cut short by a killed writer) is skipped, and the file's skipped lines are reported in
 one warning when it is closed.
+
+A *span* record (``"last"`` after ``"index"``: quick successes written as one line) is read as
+the records it stands for, one per index, each with the line a single record would have, so
+nothing downstream knows spans exist.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from microtask_runner.contract import RECORDS_DIR, Outcome, parse_records_name
+from microtask_runner.contract import RECORD_LAST, RECORDS_DIR, Outcome, parse_records_name
 
 from .stores import StoreError
 
@@ -86,7 +90,45 @@ def parse_record(text: bytes) -> Record:
         start = 0.0
     elif type(start) is not float and type(start) is not int:
         raise ValueError("start is not a number")
+    last = fields.get(RECORD_LAST)
+    if last is not None and (type(last) is not int or last < index):
+        raise ValueError("no valid last index")
     return Record(index, attempt, outcome == _SUCCEEDED, float(start), fields, text)
+
+
+class _Span:
+    """The records of a span record not given out yet, made one at a time."""
+
+    __slots__ = ("fields", "head", "last", "next", "record", "tail")
+
+    def __init__(self, record: Record, last: int) -> None:
+        self.record = record
+        self.next = record.index
+        self.last = last
+        self.fields = {k: v for k, v in record.fields.items() if k != RECORD_LAST}
+        # The line of one of them: the span's with its own index and no "last" (the runner
+        # writes `"index":I,"last":L,` together; any other layout is encoded again).
+        written = f'"index":{record.index},"{RECORD_LAST}":{last},'.encode()
+        at = record.text.find(written)
+        if at >= 0:
+            self.head: bytes | None = record.text[: at + len('"index":')]
+            self.tail = b"," + record.text[at + len(written) :]
+        else:
+            self.head, self.tail = None, b""
+
+    def take(self) -> Record:
+        index = self.next
+        self.next += 1
+        fields = dict(self.fields)
+        fields["index"] = index
+        if self.head is not None:
+            text = b"%s%d%s" % (self.head, index, self.tail)
+        else:
+            text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+        span = self.record
+        return Record(
+            index, span.attempt, span.succeeded, span.start, fields, text, span.file, span.line
+        )
 
 
 @dataclass(frozen=True, order=True)
@@ -126,6 +168,7 @@ class RecordsReader:
         "_first_bad_reason",
         "_last_index",
         "_line",
+        "_span",
         "_stream",
         "file",
         "opener",
@@ -146,6 +189,8 @@ class RecordsReader:
         self._stream: IO[bytes] | None = None
         self._line = 0
         self._last_index = file.first - 1
+        #: the rest of the span record being read, if any
+        self._span: _Span | None = None
         #: the first bad lines' numbers (a few: the warning names them), and how many in all
         self._bad: list[int] = []
         self._bad_count = 0
@@ -173,6 +218,12 @@ class RecordsReader:
         self._bad_count += 1
 
     def next(self) -> Record | None:
+        span = self._span
+        if span is not None:
+            record = span.take()
+            if span.next > span.last:
+                self._span = None
+            return record
         stream = self._stream
         if stream is None:
             return None
@@ -206,14 +257,23 @@ class RecordsReader:
                     else f"index {record.index} is out of order (after {self._last_index})"
                 )
                 continue
-            self._last_index = record.index
             record.file = self.file.name
             record.line = self._line
+            last = record.fields.get(RECORD_LAST)
+            if last is not None:
+                self._last_index = last
+                span = _Span(record, last)
+                record = span.take()
+                if span.next <= last:
+                    self._span = span
+                return record
+            self._last_index = record.index
             return record
 
     def close(self) -> None:
         """Close the stream (idempotent) and report the skipped lines, once."""
         stream, self._stream = self._stream, None
+        self._span = None
         if stream is not None:
             with contextlib.suppress(OSError, StoreError):
                 stream.close()
