@@ -103,6 +103,9 @@ _SYNC_BYTES = 64 * 1024
 #: ... or (Python mode's streaks, whose records are spans) after this many microtasks, which
 #: bounds the delimiter lines held back.
 _SYNC_COUNT = 1 << 16
+#: Held delimiter lines are written a block of indexes at a time (``_Held``).
+_BLOCK_DIGITS = 3
+_BLOCK = 10**_BLOCK_DIGITS
 
 INDEX_TOKEN = "$(MICROTASK_INDEX)"
 ITEM_TOKEN = "$(MICROTASK_ITEM)"
@@ -756,22 +759,49 @@ class _Held:
         self.begin_tail = begin_tail
         #: "<end tail of a quick success>\n<prefix>"
         self.quick_end = quick_end
+        self.end_tail = quick_end[: -len(prefix)]
+        # begin(i) end(i) of the indexes of a block of _BLOCK, with "@" for i // _BLOCK: one
+        # ``replace`` per block writes them all, where a format per index costs far more.
+        self._template = "".join(
+            f"{prefix}@{j:0{_BLOCK_DIGITS}d}{begin_tail}{prefix}@{j:0{_BLOCK_DIGITS}d}"
+            f"{self.end_tail}"
+            for j in range(_BLOCK)
+        )
+        self._block = (-1, "")
 
     def take(self) -> bytes:
         first, current = self.first, self.current
         if current <= first:
             return b""
         self.first = current
-        # end(i) begin(i+1) for i in first..current-1, each index but the two outer ones twice.
-        numbers = list(map(str, range(first + 1, current)))
-        count = len(numbers)
-        # Interleaved into one list and joined once: the cheapest way found to format them.
-        parts = [self.quick_end] * (4 * count)
-        parts[0::4] = numbers
-        parts[1::4] = [f"{self.begin_tail}{self.prefix}"] * count
-        parts[2::4] = numbers
-        inner = "".join(parts)
-        return f"{self.prefix}{first}{self.quick_end}{inner}{current}{self.begin_tail}".encode()
+        inner = self._pairs(first + 1, current)
+        return (
+            f"{self.prefix}{first}{self.end_tail}{inner}{self.prefix}{current}{self.begin_tail}"
+        ).encode()
+
+    def _pairs(self, low: int, high: int) -> str:
+        """begin(i) end(i) for i in ``low..high-1``."""
+        parts = []
+        while low < high:
+            block = low // _BLOCK
+            top = min(high, (block + 1) * _BLOCK)
+            if block == 0:  # numbers without the block's leading digits: one by one
+                numbers = list(map(str, range(low, top)))
+                count = len(numbers)
+                pieces = [f"{self.end_tail}{self.prefix}"] * (4 * count)
+                pieces[0::4] = numbers
+                pieces[1::4] = [f"{self.begin_tail}{self.prefix}"] * count
+                pieces[2::4] = numbers
+                parts.append(f"{self.prefix}{''.join(pieces)}"[: -len(self.prefix)])
+            else:
+                cached, text = self._block
+                if cached != block:
+                    text = self._template.replace("@", str(block))
+                    self._block = (block, text)
+                size = len(text) // _BLOCK
+                parts.append(text[(low - block * _BLOCK) * size : (top - block * _BLOCK) * size])
+            low = top
+        return "".join(parts)
 
 
 def run_shard(

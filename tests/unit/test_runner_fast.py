@@ -327,3 +327,20 @@ def test_a_streak_writes_span_records(tmp_path: Path) -> None:
     assert len(lines) < 100  # instead of 5,000
     assert any(b'"last":' in line for line in lines)
     assert [r["index"] for r in records(tmp_path)] == list(range(5000))
+
+
+def test_held_delimiter_lines_are_the_lines_one_by_one() -> None:
+    from microtask_runner.contract import begin_line, end_line
+    from microtask_runner.execute import _Held
+
+    prefix, begin_tail = "::microtask:: index=", " attempt=3 begin\n"
+    held = _Held(prefix, begin_tail, f" attempt=3 end exit=0 seconds=0.000\n{prefix}")
+    for first, current in [(0, 1), (5, 3000), (998, 1001), (999, 1000), (123456, 130000)]:
+        held.first, held.current = first, current
+        expected = "".join(
+            [f"{end_line(first, 3, 0, 0.0)}\n"]
+            + [f"{begin_line(i, 3)}\n{end_line(i, 3, 0, 0.0)}\n" for i in range(first + 1, current)]
+            + [f"{begin_line(current, 3)}\n"]
+        )
+        assert held.take().decode() == expected
+        assert held.take() == b""
