@@ -96,7 +96,7 @@ _ERROR_TAIL_CHARS = 800
 #: Microtasks shorter than this are quick; after this many quick ones in a row, records and
 #: claims are batched (at most this many seconds apart) instead of written before each one.
 _QUICK_SECONDS = 0.001
-_QUICK_STREAK = 16
+_QUICK_STREAK = 4
 _SYNC_SECONDS = 0.02
 #: ... or when this many bytes of records wait.
 _SYNC_BYTES = 64 * 1024
@@ -760,13 +760,6 @@ class _Held:
         #: "<end tail of a quick success>\n<prefix>"
         self.quick_end = quick_end
         self.end_tail = quick_end[: -len(prefix)]
-        # begin(i) end(i) of the indexes of a block of _BLOCK, with "@" for i // _BLOCK: one
-        # ``replace`` per block writes them all, where a format per index costs far more.
-        self._template = "".join(
-            f"{prefix}@{j:0{_BLOCK_DIGITS}d}{begin_tail}{prefix}@{j:0{_BLOCK_DIGITS}d}"
-            f"{self.end_tail}"
-            for j in range(_BLOCK)
-        )
         self._block = (-1, "")
 
     def take(self) -> bytes:
@@ -796,12 +789,41 @@ class _Held:
             else:
                 cached, text = self._block
                 if cached != block:
-                    text = self._template.replace("@", str(block))
+                    template = block_template(self.prefix, self.begin_tail, self.end_tail)
+                    text = template.replace("@", str(block))
                     self._block = (block, text)
                 size = len(text) // _BLOCK
                 parts.append(text[(low - block * _BLOCK) * size : (top - block * _BLOCK) * size])
             low = top
         return "".join(parts)
+
+
+_TEMPLATES: dict[tuple[str, str, str], str] = {}
+
+
+def block_template(prefix: str, begin_tail: str, end_tail: str) -> str:
+    """begin(i) end(i) of the indexes of a block of ``_BLOCK``, with "@" for ``i // _BLOCK``:
+    one ``replace`` per block writes them all (``_Held``), where a format per index costs far
+    more. Made once per process (a fork server makes attempt 1's for all its children)."""
+    key = (prefix, begin_tail, end_tail)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        numbers = [f"@{j:0{_BLOCK_DIGITS}d}" for j in range(_BLOCK)]
+        pieces = [f"{end_tail}{prefix}"] * (4 * _BLOCK)
+        pieces[0::4] = numbers
+        pieces[1::4] = [f"{begin_tail}{prefix}"] * _BLOCK
+        pieces[2::4] = numbers
+        template = _TEMPLATES[key] = f"{prefix}{''.join(pieces)}"[: -len(prefix)]
+    return template
+
+
+def warm(attempt: int = 1) -> None:
+    """Make what every shard of ``attempt`` would make for itself (see forkserver.py)."""
+    block_template(f"{DELIMITER_PREFIX} index=", f" attempt={attempt} begin\n", _end_tail(attempt))
+
+
+def _end_tail(attempt: int) -> str:
+    return f" attempt={attempt} end exit=0 seconds=0.000\n"
 
 
 def run_shard(

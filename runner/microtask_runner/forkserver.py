@@ -64,7 +64,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from . import cli, contract
+from . import cli, contract, execute
 from .execute import EXIT_RUNNER_ERROR
 
 __all__ = ["main", "serve"]
@@ -228,6 +228,7 @@ def _warm() -> None:
     import mmap  # noqa: F401 (the live report's map)
 
     contract.warm()
+    execute.warm()
 
 
 def serve(pycache: str | None = None) -> int:
