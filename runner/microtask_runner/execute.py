@@ -760,20 +760,23 @@ class _Held:
         #: "<end tail of a quick success>\n<prefix>"
         self.quick_end = quick_end
         self.end_tail = quick_end[: -len(prefix)]
-        self._block = (-1, "")
+        self._block = (-1, b"")
 
     def take(self) -> bytes:
         first, current = self.first, self.current
         if current <= first:
             return b""
         self.first = current
-        inner = self._pairs(first + 1, current)
-        return (
-            f"{self.prefix}{first}{self.end_tail}{inner}{self.prefix}{current}{self.begin_tail}"
-        ).encode()
+        return b"".join(
+            [
+                f"{self.prefix}{first}{self.end_tail}".encode(),
+                *self._pairs(first + 1, current),
+                f"{self.prefix}{current}{self.begin_tail}".encode(),
+            ]
+        )
 
-    def _pairs(self, low: int, high: int) -> str:
-        """begin(i) end(i) for i in ``low..high-1``."""
+    def _pairs(self, low: int, high: int) -> list[bytes]:
+        """begin(i) end(i) for i in ``low..high-1``, in pieces."""
         parts = []
         while low < high:
             block = low // _BLOCK
@@ -785,26 +788,26 @@ class _Held:
                 pieces[0::4] = numbers
                 pieces[1::4] = [f"{self.begin_tail}{self.prefix}"] * count
                 pieces[2::4] = numbers
-                parts.append(f"{self.prefix}{''.join(pieces)}"[: -len(self.prefix)])
+                parts.append(f"{self.prefix}{''.join(pieces)}"[: -len(self.prefix)].encode())
             else:
                 cached, text = self._block
                 if cached != block:
                     template = block_template(self.prefix, self.begin_tail, self.end_tail)
-                    text = template.replace("@", str(block))
+                    text = str(block).encode().join(template)
                     self._block = (block, text)
                 size = len(text) // _BLOCK
                 parts.append(text[(low - block * _BLOCK) * size : (top - block * _BLOCK) * size])
             low = top
-        return "".join(parts)
+        return parts
 
 
-_TEMPLATES: dict[tuple[str, str, str], str] = {}
+_TEMPLATES: dict[tuple[str, str, str], list[bytes]] = {}
 
 
-def block_template(prefix: str, begin_tail: str, end_tail: str) -> str:
-    """begin(i) end(i) of the indexes of a block of ``_BLOCK``, with "@" for ``i // _BLOCK``:
-    one ``replace`` per block writes them all (``_Held``), where a format per index costs far
-    more. Made once per process (a fork server makes attempt 1's for all its children)."""
+def block_template(prefix: str, begin_tail: str, end_tail: str) -> list[bytes]:
+    """begin(i) end(i) of the indexes of a block of ``_BLOCK``, in pieces that ``i // _BLOCK``
+    joins: one ``join`` per block writes them all (``_Held``), where a format per index costs
+    far more. Made once per process (a fork server makes attempt 1's for all its children)."""
     key = (prefix, begin_tail, end_tail)
     template = _TEMPLATES.get(key)
     if template is None:
@@ -813,7 +816,8 @@ def block_template(prefix: str, begin_tail: str, end_tail: str) -> str:
         pieces[0::4] = numbers
         pieces[1::4] = [f"{begin_tail}{prefix}"] * _BLOCK
         pieces[2::4] = numbers
-        template = _TEMPLATES[key] = f"{prefix}{''.join(pieces)}"[: -len(prefix)]
+        text = f"{prefix}{''.join(pieces)}"[: -len(prefix)]
+        template = _TEMPLATES[key] = text.encode().split(b"@")
     return template
 
 
