@@ -185,6 +185,8 @@ def test_without_bytecode_writing_the_shards_share_compiled_modules(
     assert list(executor.scratch.joinpath("pycache").rglob("mt_probe*.pyc"))
     assert not (tmp_path / "__pycache__").exists()
     assert {p["index"] for p in probes(tmp_path)} == set(range(4))
+    # The shards' reports, read, are removed (on a thread of their own) before the run returns.
+    assert not list(executor.scratch.glob("shard-*.report"))
 
 
 def killer(tmp_path: Path) -> str:

@@ -18,11 +18,13 @@ Whatever happens, no runner outlives the executor.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,6 +60,8 @@ RUNNER_SOME_FAILED = 10
 MAX_IDLE_SECONDS = 0.5
 # How often the running shards' reports are read for the progress display, at most.
 REPORT_READ_SECONDS = 0.1
+# The interpreter's thread switch interval while the executor runs.
+SWITCH_SECONDS = 0.0002
 # How long stopped runners get to write their final reports before they are killed.
 DEFAULT_GRACE_SECONDS = 5.0
 
@@ -96,6 +100,33 @@ class _Process:
     started_at: float
     #: What the shard's report showed as succeeded when last read (for the progress display).
     seen: IndexSet = IndexSet.EMPTY
+
+
+class _Sweeper:
+    """Removes files on a thread of its own: on a busy disk an unlink takes a millisecond or
+    more, which the loop would spend before it starts the next shard."""
+
+    def __init__(self) -> None:
+        self.paths: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def remove(self, path: Path) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, daemon=True, name="sweeper")
+            self.thread.start()
+        self.paths.put(path)
+
+    def close(self) -> None:
+        """Return once every file given so far is gone."""
+        if self.thread is not None:
+            self.paths.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _run(self) -> None:
+        while (path := self.paths.get()) is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -172,8 +203,8 @@ class LocalExecutor:
         self.stop_requested = False
         self.kill_requested = False
         self.reports_read_at = -REPORT_READ_SECONDS
-        #: Reports of ended shards, removed off the critical path (see `wait`).
-        self.garbage: list[Path] = []
+        #: Removes the reports of ended shards, off the loop's thread.
+        self.sweeper = _Sweeper()
 
     # -- requests from signal handlers (they only set flags or kill) -------------------------
 
@@ -278,7 +309,7 @@ class LocalExecutor:
             return  # deleted meanwhile
         code = process.runner.wait()
         report = self.read_report(process)
-        self.garbage.append(process.report_path)
+        self.sweeper.remove(process.report_path)
         if report is not None:
             for exit_code, text in report.errors.items():
                 self.failure_examples.setdefault(exit_code, text)
@@ -315,7 +346,7 @@ class LocalExecutor:
             return
         self._end([process])
         self.shard_seconds += max(0.0, self.clock() - process.started_at)
-        self.garbage.append(process.report_path)
+        self.sweeper.remove(process.report_path)
 
     def _end(self, processes: Sequence[_Process]) -> None:
         """SIGTERM, a grace period for final reports, then SIGKILL of what is left."""
@@ -376,6 +407,10 @@ class LocalExecutor:
         for stale in self.scratch.glob("shard-*.report"):
             stale.unlink(missing_ok=True)
         atexit.register(self.kill_all)
+        # The threads that read the runners' ends hand them to this loop at once, not after
+        # the interpreter's usual 5 ms (a shard's end waits for the GIL otherwise).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_SECONDS))
         try:
             while True:
                 if self.stop_requested:
@@ -396,10 +431,11 @@ class LocalExecutor:
                 self.wait(decision.next_wakeup)
                 self.progress(decision)
         finally:
+            sys.setswitchinterval(switch)
             self.kill_all()
             atexit.unregister(self.kill_all)
             self.launcher.close()
-            self.sweep()
+            self.sweeper.close()
         assert decision is not None
         return RunResult(
             decision=decision,
@@ -434,16 +470,8 @@ class LocalExecutor:
         self.finished.clear()
         return decision
 
-    def sweep(self) -> None:
-        """Remove the reports of ended shards (read already)."""
-        for path in self.garbage:
-            path.unlink(missing_ok=True)
-        self.garbage.clear()
-
     def wait(self, wakeup: float | None) -> None:
         """Block until a shard ends, a decision is due, or a short while passes."""
-        # While the runners work: removing a file can take a while on a busy disk.
-        self.sweep()
         timeout = MAX_IDLE_SECONDS
         if wakeup is not None:
             timeout = min(timeout, max(0.0, wakeup - self.clock()))
