@@ -344,3 +344,43 @@ def test_held_delimiter_lines_are_the_lines_one_by_one() -> None:
         )
         assert held.take().decode() == expected
         assert held.take() == b""
+
+
+WATCH = """
+import os, subprocess, sys
+from microtask_runner.console import CONSOLE
+
+CONSOLE.capture()
+flag = CONSOLE.watch()
+assert flag is not None, "no watch"
+seen = []
+for name, write in [
+    ("nothing", lambda: None),
+    ("fd", lambda: os.write(1, b"fd\\n")),
+    ("print", lambda: print("printed")),
+    ("binary", lambda: sys.stdout.buffer.write(b"binary\\n")),
+    ("stderr", lambda: print("err", file=sys.stderr)),
+    ("child", lambda: subprocess.run([sys.executable, "-c", "print('child')"], check=True)),
+]:
+    flag[0] = False
+    write()
+    seen.append(f"{name}={flag[0]}")
+    CONSOLE.quiet()
+    CONSOLE.take_in()
+CONSOLE.unwatch()
+hooked = "write" in vars(sys.stdout) or "write" in vars(sys.stderr)
+CONSOLE.release()
+print(" ".join(seen), "hooked-after" if hooked else "unhooked")
+"""
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_the_watch_sees_every_kind_of_output_without_a_poll(unbuffered: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTASK_")}
+    env["PYTHONUNBUFFERED"] = unbuffered
+    proc = subprocess.run(
+        [sys.executable, "-c", WATCH], env=env, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.splitlines()[-1] == (
+        "nothing=False fd=True print=True binary=True stderr=True child=True unhooked"
+    )
