@@ -25,7 +25,7 @@ SIGIO to this process when anything is written into them (``O_ASYNC``), whoever 
 process, C code, a child process), and the handler sets a flag; Python's two streams get a
 ``write`` of their own (an instance attribute over the class's method, the text layer's and the
 binary buffer's) that sets the same flag before writing. The kernel delivers the signal to the
-main thread (the only one that does not block it, see ``_Capture._thread``) on its way out of the
+main thread (the capture thread blocks it from birth, see ``_Capture.start``) on its way out of the
 system call that wrote or waited, and Python runs the handler at the next call that returns
 there, so the flag is set before the microtask's function has returned. Writes that nobody waits
 for (a process left running) are seen whenever they come, as with ``poll``.
@@ -287,7 +287,19 @@ class _Capture:
         # wait for the thread to start, for every shard.
 
     def start(self) -> None:
-        _thread.start_new_thread(self._thread, ())
+        # SIGIO is for the main thread (see the module doc): the thread is born blocking it (a
+        # new thread takes its creator's mask), so not even its first moments can take one.
+        try:
+            import signal
+
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+        except (ImportError, AttributeError, OSError, ValueError):
+            blocked = None
+        try:
+            _thread.start_new_thread(self._thread, ())
+        finally:
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def watch(self) -> list[bool] | None:
         """Set up the watch (``Console.watch``); None where it cannot be."""
@@ -335,11 +347,6 @@ class _Capture:
             self.unwatched = True
 
     def _thread(self) -> None:
-        # SIGIO is for the main thread (see the module doc): the kernel then always picks it.
-        with contextlib.suppress(ImportError, AttributeError, OSError, ValueError):
-            import signal
-
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
         ident = _thread.get_ident()
         _CAPTURE_THREADS.add(ident)
         try:

@@ -139,24 +139,6 @@ class RecordFormat:
         rest = self.quick(0, start)[len(self._head) + 1 :]
         return f'{self._head}{first},"{RECORD_LAST}":{last}{rest}'
 
-    def quick_run(self, first: int, end: int, marks: list[tuple[int, float]]) -> str:
-        """``quick`` for each of ``first..end-1`` at once, byte for byte.
-
-        ``marks`` holds ``(index, start)`` pairs in index order, the first at or before
-        ``first``: microtasks from that index on (to the next mark) started at ``start``
-        (as ``quick`` rounds it). One ``join`` per millisecond instead of a format per record.
-        """
-        head = self._head
-        parts = []
-        for pos, (at, start) in enumerate(marks):
-            low = max(at, first)
-            high = min(marks[pos + 1][0], end) if pos + 1 < len(marks) else end
-            if low >= high:
-                continue
-            rest = self.quick(0, start)[len(head) + 1 :]
-            parts.append(head + (rest + head).join(map(str, range(low, high))) + rest)
-        return "".join(parts)
-
 
 class ResultStore:
     """Records and the log copy of one shard attempt, written to a sink.
