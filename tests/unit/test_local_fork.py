@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -185,8 +186,30 @@ def test_without_bytecode_writing_the_shards_share_compiled_modules(
     assert list(executor.scratch.joinpath("pycache").rglob("mt_probe*.pyc"))
     assert not (tmp_path / "__pycache__").exists()
     assert {p["index"] for p in probes(tmp_path)} == set(range(4))
-    # The shards' reports, read, are removed (on a thread of their own) before the run returns.
-    assert not list(executor.scratch.glob("shard-*.report"))
+    # The shards' reports (in a folder of their own in memory where there is /dev/shm) are
+    # gone with the run.
+    assert executor.reports is not None
+    assert not list(executor.reports.glob("shard-*.report"))
+    assert executor.own_reports is executor.reports.is_relative_to("/dev/shm")
+    if executor.own_reports:
+        assert not executor.reports.exists()
+
+
+def test_reports_left_by_a_killed_run_are_removed_by_the_next(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here: reports go to the run's scratch")
+    # A pid that is surely gone: a child of ours, reaped.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    stale = shm / f"microtask-reports-{child.pid}-test"
+    stale.mkdir()
+    (stale / "shard-0.report").write_text("{}")
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    job = make_job(tmp_path, total=2, per_shard=1, workers=1, callable="mt_probe:probe")
+    executor = make_executor(tmp_path, job, workers=1)
+    assert executor.run().decision.status["phase"] == "Succeeded"
+    assert not stale.exists()
 
 
 def killer(tmp_path: Path) -> str:

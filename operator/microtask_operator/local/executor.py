@@ -21,10 +21,11 @@ import atexit
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,8 +61,6 @@ RUNNER_SOME_FAILED = 10
 MAX_IDLE_SECONDS = 0.5
 # How often the running shards' reports are read for the progress display, at most.
 REPORT_READ_SECONDS = 0.1
-# The interpreter's thread switch interval while the executor runs.
-SWITCH_SECONDS = 0.0002
 # How long stopped runners get to write their final reports before they are killed.
 DEFAULT_GRACE_SECONDS = 5.0
 
@@ -102,31 +101,37 @@ class _Process:
     seen: IndexSet = IndexSet.EMPTY
 
 
-class _Sweeper:
-    """Removes files on a thread of its own: on a busy disk an unlink takes a millisecond or
-    more, which the loop would spend before it starts the next shard."""
+def _reports_folder(scratch: Path) -> tuple[Path, bool]:
+    """Where the shards' reports go, and whether the folder is ours to remove at the end.
 
-    def __init__(self) -> None:
-        self.paths: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
+    A folder of its own in /dev/shm where there is one: a runner updates its report in place
+    all along, and the executor reads and removes one per shard; on a busy disk a truncate or an
+    unlink takes a millisecond or more, in memory a few microseconds. Else the run's scratch.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        # Those of runs that were killed outright (their executor's pid is gone) go first.
+        for stale in shm.glob(f"{_REPORTS_PREFIX}*"):
+            pid = stale.name[len(_REPORTS_PREFIX) :].partition("-")[0]
+            if pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            prefix = f"{_REPORTS_PREFIX}{os.getpid()}-"
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=shm)), True
+    return scratch, False
 
-    def remove(self, path: Path) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, daemon=True, name="sweeper")
-            self.thread.start()
-        self.paths.put(path)
 
-    def close(self) -> None:
-        """Return once every file given so far is gone."""
-        if self.thread is not None:
-            self.paths.put(None)
-            self.thread.join()
-            self.thread = None
+_REPORTS_PREFIX = "microtask-reports-"
 
-    def _run(self) -> None:
-        while (path := self.paths.get()) is not None:
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's: not ours to judge
+    return True
 
 
 @dataclass
@@ -203,8 +208,10 @@ class LocalExecutor:
         self.stop_requested = False
         self.kill_requested = False
         self.reports_read_at = -REPORT_READ_SECONDS
-        #: Removes the reports of ended shards, off the loop's thread.
-        self.sweeper = _Sweeper()
+        #: Reports of ended shards, removed while the loop waits (see `wait`).
+        self.garbage: list[Path] = []
+        self.reports: Path | None = None
+        self.own_reports = False
 
     # -- requests from signal handlers (they only set flags or kill) -------------------------
 
@@ -278,7 +285,9 @@ class LocalExecutor:
 
     def start(self, shard: ShardPlan, now: float) -> None:
         # Shard ids are never reused within a run; a resumed run's reports are gone (see `run`).
-        report_path = self.scratch / f"shard-{shard.shard_id}.report"
+        if self.reports is None:
+            self.reports, self.own_reports = _reports_folder(self.scratch)
+        report_path = self.reports / f"shard-{shard.shard_id}.report"
         node = self.free_node((*shard.avoid_nodes_hard, *shard.avoid_nodes_soft))
         env = self.runner_env(shard, node, report_path)
         shard_id = shard.shard_id
@@ -309,7 +318,7 @@ class LocalExecutor:
             return  # deleted meanwhile
         code = process.runner.wait()
         report = self.read_report(process)
-        self.sweeper.remove(process.report_path)
+        self.garbage.append(process.report_path)
         if report is not None:
             for exit_code, text in report.errors.items():
                 self.failure_examples.setdefault(exit_code, text)
@@ -346,7 +355,7 @@ class LocalExecutor:
             return
         self._end([process])
         self.shard_seconds += max(0.0, self.clock() - process.started_at)
-        self.sweeper.remove(process.report_path)
+        self.garbage.append(process.report_path)
 
     def _end(self, processes: Sequence[_Process]) -> None:
         """SIGTERM, a grace period for final reports, then SIGKILL of what is left."""
@@ -407,10 +416,6 @@ class LocalExecutor:
         for stale in self.scratch.glob("shard-*.report"):
             stale.unlink(missing_ok=True)
         atexit.register(self.kill_all)
-        # The threads that read the runners' ends hand them to this loop at once, not after
-        # the interpreter's usual 5 ms (a shard's end waits for the GIL otherwise).
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, SWITCH_SECONDS))
         try:
             while True:
                 if self.stop_requested:
@@ -431,11 +436,12 @@ class LocalExecutor:
                 self.wait(decision.next_wakeup)
                 self.progress(decision)
         finally:
-            sys.setswitchinterval(switch)
             self.kill_all()
             atexit.unregister(self.kill_all)
             self.launcher.close()
-            self.sweeper.close()
+            self.sweep()
+            if self.own_reports and self.reports is not None:
+                shutil.rmtree(self.reports, ignore_errors=True)
         assert decision is not None
         return RunResult(
             decision=decision,
@@ -470,8 +476,16 @@ class LocalExecutor:
         self.finished.clear()
         return decision
 
+    def sweep(self) -> None:
+        """Remove the reports of ended shards (read already)."""
+        for path in self.garbage:
+            path.unlink(missing_ok=True)
+        self.garbage.clear()
+
     def wait(self, wakeup: float | None) -> None:
         """Block until a shard ends, a decision is due, or a short while passes."""
+        # While the runners work (and cheap where the reports are in memory).
+        self.sweep()
         timeout = MAX_IDLE_SECONDS
         if wakeup is not None:
             timeout = min(timeout, max(0.0, wakeup - self.clock()))
