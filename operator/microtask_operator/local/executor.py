@@ -7,7 +7,8 @@ output to the shard's log there. In command mode shards go to persistent workers
 after shard; in Python mode runners are forked from a warm fork server; either way they are
 spawned as new interpreters where that is not possible (see launcher.py). The loop wakes the
 moment a runner ends; between ends, it reads the running shards' reports (the runner rewrites
-its report before each microtask), so progress moves per microtask, not per shard.
+its report before each microtask), so progress moves per microtask, not per shard. The reports
+live in a folder of the run's own in /dev/shm where there is one (else in the run's scratch).
 
 Asked to stop, the executor launches nothing more, asks every runner to stop (SIGTERM: the runner
 stops its microtask and writes its final report), kills what is still there after a grace period,
