@@ -47,6 +47,7 @@ from ..core.types import (
     DeleteShard,
     ObservedShard,
     Pool,
+    Progress,
     ShardPhase,
     ShardPlan,
     SpeculationPolicy,
@@ -100,6 +101,9 @@ class _Process:
     started_at: float
     #: What the shard's report showed as succeeded when last read (for the progress display).
     seen: IndexSet = IndexSet.EMPTY
+    #: How many of its microtasks the report showed as ended (succeeded or failed) when last read:
+    #: the shard's progress, by which the core tells a straggler early. None: not read yet.
+    ended: int | None = None
 
 
 def _reports_folder(scratch: Path) -> tuple[Path, bool]:
@@ -391,7 +395,15 @@ class LocalExecutor:
 
     def observed(self) -> list[ObservedShard]:
         shards = list(self.finished.values())
+        # Progress only serves speculation: without it, no report is read for the core.
+        with_progress = self.job.spec.speculation.enabled
+        if with_progress:
+            self.read_running_reports()
+        now = self.clock()
         for shard_id, p in self.running.items():
+            progress = None
+            if with_progress and p.ended is not None:
+                progress = Progress(done=p.ended, seconds=max(0.0, now - p.started_at))
             shards.append(
                 ObservedShard(
                     shard_id=shard_id,
@@ -403,6 +415,7 @@ class LocalExecutor:
                     copy_of=p.plan.copy_of,
                     node=p.node,
                     started_at=p.started_at,
+                    progress=progress,
                 )
             )
         return shards
@@ -513,20 +526,29 @@ class LocalExecutor:
         for shard_id in ended:
             self.collect(shard_id, stopped=shard_id in orphaned)
 
+    def read_running_reports(self) -> None:
+        """Note what the running shards' reports show (for the display and the core)."""
+        # A few times a second at most: at one microtask per shard, reading them at every
+        # decision would cost as much as the decisions.
+        now = time.monotonic()
+        if now - self.reports_read_at < REPORT_READ_SECONDS:
+            return
+        self.reports_read_at = now
+        for process in self.running.values():
+            report = self.read_report(process)
+            if report is None:
+                continue
+            indexes = process.plan.indexes
+            process.seen = report.succeeded & indexes
+            failed = sum(len(ones & indexes) for ones in report.failed.values())
+            process.ended = len(process.seen) + failed
+
     def progress(self, decision: Decision) -> None:
         """Tell the display where the microtasks stand, running shards' reports included."""
         if self.on_progress is None:
             return
         final = decision.state.succeeded | decision.state.failed
-        # The reports are read a few times a second at most: at one microtask per shard, reading
-        # them at every decision would cost as much as the decisions.
-        now = time.monotonic()
-        if now - self.reports_read_at >= REPORT_READ_SECONDS:
-            self.reports_read_at = now
-            for process in self.running.values():
-                report = self.read_report(process)
-                if report is not None:
-                    process.seen = report.succeeded & process.plan.indexes
+        self.read_running_reports()
         done_in_flight = IndexSet.EMPTY
         for process in self.running.values():
             if process.seen:
