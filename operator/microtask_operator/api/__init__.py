@@ -3,7 +3,8 @@
 * `model` — the pydantic models (`MicrotaskJob`, `MicrotaskJobSpec`, `MicrotaskJobStatus`...);
 * `limits` — the safety limits the model and the loader enforce;
 * `names` — group, version, kind, CRD names; `conditions` — phases, condition types, reasons;
-* `loading` — hostile-input-safe YAML loading and validation with located problems;
+* `documents` — reading possibly hostile files into YAML documents; `problems` — what is wrong,
+  with its place; `loading` — validation of the documents and the entry points (`load_file`);
 * `items` — counting microtasks and the runner's MICROTASK_ITEMS; `convert` — `to_core_spec`;
 * `crd` — the CustomResourceDefinition generated from the model.
 

@@ -100,19 +100,20 @@ def load_cluster(path: str | Path) -> ClusterSpec:
     import yaml
 
     # The job files' guards, shared rather than copied (they are private to the API loader).
-    from microtask_operator.api.loading import Problem, _decode, _prescan, _yaml_problem
+    from microtask_operator.api.documents import decode, prescan, yaml_problem
+    from microtask_operator.api.problems import Problem
 
     source = str(path)
-    decoded = _decode(_read_bounded(Path(path), source))
+    decoded = decode(_read_bounded(Path(path), source))
     if isinstance(decoded, Problem):
         raise ClusterFileError(source, [decoded.message])
-    problem = _prescan(decoded, yaml.SafeLoader)
+    problem = prescan(decoded, yaml.SafeLoader)
     if problem is not None:
         raise ClusterFileError(source, [problem.message])
     try:
         documents = [d for d in yaml.safe_load_all(decoded) if d is not None]
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as error:
-        raise ClusterFileError(source, [_yaml_problem(error, decoded)]) from None
+        raise ClusterFileError(source, [yaml_problem(error, decoded)]) from None
     if len(documents) > 1:
         raise ClusterFileError(
             source, [f"holds {len(documents)} YAML documents; a cluster file holds one"]
