@@ -18,7 +18,7 @@ from microtask_operator.api.items import (
     total_microtasks,
 )
 from microtask_operator.api.loading import InvalidSpecError, parse_job, validate_job
-from microtask_operator.api.model import Condition, MicrotaskJob, MicrotaskJobStatus
+from microtask_operator.api.model import MicrotaskJob, MicrotaskJobStatus, StatusCondition
 from microtask_operator.core.types import Accelerator, CoreSpec
 from microtask_runner.indexset import IndexSet
 
@@ -137,7 +137,8 @@ def test_condition_vocabulary() -> None:
     }
     assert conditions.Reason is conditions.ConditionReason
     # `kubectl explain` lists every condition type the operator sets.
-    for field in (Condition.model_fields["type"], MicrotaskJobStatus.model_fields["conditions"]):
+    fields = (StatusCondition.model_fields["type"], MicrotaskJobStatus.model_fields["conditions"])
+    for field in fields:
         described = field.description or ""
         missing = [t.value for t in conditions.ConditionType if t.value not in described]
         assert missing == [], f"not described: {missing}"

@@ -39,7 +39,6 @@ from microtask_operator.api import limits
 
 __all__ = [
     "BadNodes",
-    "Condition",
     "ConfigMapItems",
     "Container",
     "CpuPlacement",
@@ -56,12 +55,13 @@ __all__ = [
     "Placement",
     "PodSpec",
     "PodTemplate",
-    "PoolDurations",
+    "PoolTiming",
+    "QueuedRetry",
     "RangeItems",
     "Rebalance",
     "Retry",
-    "RetryBatch",
     "Speculation",
+    "StatusCondition",
     "TemplateMetadata",
     "Timeouts",
     "Toleration",
@@ -944,7 +944,7 @@ class InFlightBatch(_Strict):
     """Index set, e.g. `0-99,120`."""
 
 
-class RetryBatch(_Strict):
+class QueuedRetry(_Strict):
     """Failed microtasks waiting for their next attempt."""
 
     attempts: Count
@@ -985,7 +985,7 @@ class NodeFailure(_Strict):
     node only if they later succeed elsewhere."""
 
 
-class PoolDurations(_Strict):
+class PoolTiming(_Strict):
     """Finished microtasks of a pool and the time they took."""
 
     count: Count
@@ -1081,7 +1081,7 @@ class IndexSetsStatus(_Strict):
     """The offloaded fields, e.g. `failedIndexes`, `retryQueue.0.indexes`, `source.indexes`."""
 
 
-class Condition(_Strict):
+class StatusCondition(_Strict):
     """A Kubernetes-style condition."""
 
     type: str
@@ -1127,7 +1127,7 @@ class MicrotaskJobStatus(_Strict):
     """Index set of the succeeded microtasks."""
     failed_indexes: str | None = None
     """Index set of the permanently failed microtasks."""
-    retry_queue: list[RetryBatch] | None = None
+    retry_queue: list[QueuedRetry] | None = None
     """Failed microtasks waiting for a retry, by attempt count."""
     in_flight: list[InFlightBatch] | None = None
     """Microtasks in shards in flight, by attempt number."""
@@ -1143,7 +1143,7 @@ class MicrotaskJobStatus(_Strict):
     """Nodes the job currently avoids."""
     node_failures: list[NodeFailure] | None = None
     """Failures of shards by node (bad-node tracking)."""
-    durations: dict[str, PoolDurations] | None = None
+    durations: dict[str, PoolTiming] | None = None
     """Finished microtasks and their total time, by pool."""
     gpu_fallback_until: DateTime | None = None
     """auto: new shards go to the CPU pool until then."""
@@ -1172,7 +1172,7 @@ class MicrotaskJobStatus(_Strict):
     """When the job succeeded or failed."""
     message: str | None = None
     """One line for humans about the current state."""
-    conditions: list[Condition] | None = Field(
+    conditions: list[StatusCondition] | None = Field(
         default=None,
         json_schema_extra={
             "x-kubernetes-list-type": "map",
