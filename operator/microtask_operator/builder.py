@@ -456,42 +456,24 @@ def _store_root(mtj: MicrotaskJob, url: str | None) -> str | None:
     return own
 
 
-def build_job(
+def _wire_worker(
+    pod: dict[str, Any],
     mtj: MicrotaskJob,
-    meta: OwnerMeta | Mapping[str, str],
     plan: ShardPlan,
-    settings: Settings,
     *,
-    store: str | None = None,
-    source: Items | None = None,
-    items_config_map: str | None = None,
-) -> dict[str, Any]:
-    """The `batch/v1` Job running `plan`'s shard of `mtj`.
-
-    `meta` is the MicrotaskJob's name, namespace and uid as stored (the ownerReference needs the
-    uid). `store` is the job's result store root as its status names it (`status.output.url`;
-    None: the job's own store from `spec.output`); `source` holds a rerun's items
-    (`status.source.items`); `items_config_map` is the job's copy of its configMapRef items
-    (`status.items.configMap`), mounted instead of the ConfigMap the spec names. Raises
-    ItemsError when the shard's items cannot be given to it.
-    """
+    settings: Settings,
+    items: Items,
+    items_config_map: str | None,
+    name: str,
+    store: str | None,
+    source: Items | None,
+) -> None:
+    """Make the pod's first container the shard's worker: the runner around the user's command,
+    the runner's environment (escaped: Kubernetes expands `$(VAR)` in values), the items, the
+    result store, the GPU request, and the fields a reader looks for first, first."""
     spec = mtj.spec
-    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-    items = effective_items(mtj, source)
-    template = spec.template.model_dump(by_alias=True, exclude_unset=True)
-    shard_labels = _shard_labels(name, uid, plan, spec.queue_name)
     indexes = plan.indexes.to_compact()
-
-    pod_meta: dict[str, Any] = template.get("metadata") or {}
-    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **shard_labels}
-    pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), labels.INDEXES: indexes}
-    pod: dict[str, Any] = template["spec"]
-    pod["restartPolicy"] = "Never"
-    if spec.priority_class_name:
-        pod["priorityClassName"] = spec.priority_class_name
-    _place(pod, mtj, plan, settings)
-
-    # The worker: the runner runs the user's command once per microtask.
+    # The runner runs the user's command once per microtask.
     worker: dict[str, Any] = pod["containers"][0]
     user_command = [*(worker.pop("command", None) or []), *(worker.pop("args", None) or [])]
     worker["command"] = list(settings.runner_command)
@@ -534,6 +516,54 @@ def build_job(
         **{key: worker[key] for key in first if key in worker},
         **{key: value for key, value in worker.items() if key not in first},
     }
+
+
+def build_job(
+    mtj: MicrotaskJob,
+    meta: OwnerMeta | Mapping[str, str],
+    plan: ShardPlan,
+    settings: Settings,
+    *,
+    store: str | None = None,
+    source: Items | None = None,
+    items_config_map: str | None = None,
+) -> dict[str, Any]:
+    """The `batch/v1` Job running `plan`'s shard of `mtj`.
+
+    `meta` is the MicrotaskJob's name, namespace and uid as stored (the ownerReference needs the
+    uid). `store` is the job's result store root as its status names it (`status.output.url`;
+    None: the job's own store from `spec.output`); `source` holds a rerun's items
+    (`status.source.items`); `items_config_map` is the job's copy of its configMapRef items
+    (`status.items.configMap`), mounted instead of the ConfigMap the spec names. Raises
+    ItemsError when the shard's items cannot be given to it.
+    """
+    spec = mtj.spec
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    items = effective_items(mtj, source)
+    template = spec.template.model_dump(by_alias=True, exclude_unset=True)
+    shard_labels = _shard_labels(name, uid, plan, spec.queue_name)
+    indexes = plan.indexes.to_compact()
+
+    pod_meta: dict[str, Any] = template.get("metadata") or {}
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **shard_labels}
+    pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), labels.INDEXES: indexes}
+    pod: dict[str, Any] = template["spec"]
+    pod["restartPolicy"] = "Never"
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    _place(pod, mtj, plan, settings)
+
+    _wire_worker(
+        pod,
+        mtj,
+        plan,
+        settings=settings,
+        items=items,
+        items_config_map=items_config_map,
+        name=name,
+        store=store,
+        source=source,
+    )
     _restrict(pod, settings)
 
     job_spec: dict[str, Any] = {
