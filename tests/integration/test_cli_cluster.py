@@ -310,7 +310,16 @@ def test_watch_times_out_survives_cut_watches_and_reports_deletion(
         )
     )
     user = cli(cluster, tmp_path, through_proxy)
-    body = microtask_job("slow", total=24, per_shard=2, parallelism=2, command=SLOW)
+    # Its microtasks wait for a gate, opened once the second watch has met its first fault: on a
+    # loaded machine the job could otherwise end before that watch starts, and meet no fault.
+    gate = tmp_path / "gate"
+    gated = [
+        "python3",
+        "-c",
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.1)\ntime.sleep(0.5)",
+    ]
+    body = microtask_job("slow", total=24, per_shard=2, parallelism=2, command=gated)
     with running_operator(cluster) as op:
         user.expect(0, "submit", str(job_file(tmp_path, body)))
         timed_out = user.expect(124, "watch", "slow", "--timeout", "1.5", timeout=30)
@@ -324,6 +333,10 @@ def test_watch_times_out_survives_cut_watches_and_reports_deletion(
             410, verb="watch", resource="microtaskjobs", name="slow", times=2
         )
         watcher = user.start("watch", "slow")
+        opened = time.monotonic() + 60
+        while unavailable.hits == 0 and watcher.poll() is None and time.monotonic() < opened:
+            time.sleep(0.1)
+        gate.touch()
         cut = 0
         deadline = time.monotonic() + 60
         while watcher.poll() is None and time.monotonic() < deadline:
@@ -333,7 +346,8 @@ def test_watch_times_out_survives_cut_watches_and_reports_deletion(
         assert watcher.returncode == 0, f"exit {watcher.returncode}\n{out}\n{err}"
         assert cut >= 2, "no watch was open to cut"
         # The second 410 is met only if the job is still running when the first re-list ends;
-        # on a loaded machine the job may finish first, and the re-list then says so.
+        # on a loaded machine the job may finish first (the gate is open by then), and the
+        # re-list then says so.
         assert unavailable.hits == 1 and gone.hits in (1, 2), (unavailable.hits, gone.hits)
         assert "lost the API server, retrying: Error from server (ServiceUnavailable)" in err
         assert "the API server answers again" in err
