@@ -118,6 +118,8 @@ def running_operator(
         "HOME": os.environ.get("HOME", "/tmp"),
         "LANG": "C.UTF-8",
         "KUBECONFIG": str(kubeconfig or cluster.operator_kubeconfig),
+        # A checkout run with its own sources first on the path runs its own operator too.
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         **(env or {}),
     }
     log_path = cluster.operator_kubeconfig.with_name(f"operator-{port}.log")

@@ -86,3 +86,23 @@ def test_the_settle_time_can_be_set_apart() -> None:
     assert OperatorConfig.from_env({}).settle_seconds is None
     with pytest.raises(ConfigError, match="MICROTASK_SETTLE_SECONDS"):
         OperatorConfig.from_env({"MICROTASK_SETTLE_SECONDS": "-1"})
+
+
+def test_no_diff_base_is_built_for_the_shards_jobs_and_pods() -> None:
+    """Only MicrotaskJobs have change handlers and daemons: nothing of a Job or pod is copied."""
+    settings = kopf.OperatorSettings()
+    OperatorConfig().apply_to_kopf(settings)
+    storage = settings.persistence.diffbase_storage
+    for api_version, kind in (("batch/v1", "Job"), ("v1", "Pod"), ("v1", "Node")):
+        body = {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": "a", "labels": {"x": "y"}},
+            "spec": {"anything": _NoCopy()},
+        }
+        assert storage.build(body=kopf.Body(body)) == {}  # type: ignore[arg-type]
+    # A body whose kind is unknown is built as kopf would.
+    unknown = {"metadata": {"name": "a"}, "spec": {"parallelism": 2}}
+    assert storage.build(body=kopf.Body(unknown)) == {  # type: ignore[arg-type]
+        "spec": {"parallelism": 2}
+    }

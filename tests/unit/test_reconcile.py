@@ -404,11 +404,77 @@ def test_pods_refused_by_admission_fail_the_job_fast_quoting_the_refusal() -> No
     assert "pod_refusals" not in world.api.calls
     assert world.status["phase"] != "Failed"
     world.step(seconds=4)
+    # The Events are listed behind that reconcile; what they say is applied by the next one.
+    assert world.api.calls.count("pod_refusals") == 1
+    assert world.status["phase"] != "Failed"
+    world.step(seconds=0.1)
     assert world.status["phase"] == "Failed"
     failed = world.condition("Failed")
     assert failed is not None and failed["reason"] == "PodsRefused"
     assert "violates PodSecurity" in failed["message"]
     assert world.api.jobs == {}  # cancelled
+
+
+def test_the_events_of_a_late_pod_are_listed_behind_the_reconcile() -> None:
+    world = World(RANGE)
+    world.step()
+    gate = asyncio.Event()
+    woken: list[bool] = []
+    world.reconciler.wake = lambda: woken.append(True)
+    real = world.api.pod_refusals
+
+    async def slow(namespace: str, job_name: str, *, uid: str | None = None) -> str | None:
+        await gate.wait()
+        return await real(namespace, job_name, uid=uid)
+
+    world.api.pod_refusals = slow  # type: ignore[method-assign]
+    world.api.refusal = 'pods "j-s0-abcde" is forbidden: violates PodSecurity "restricted:latest"'
+
+    async def scenario() -> None:
+        world.now += 6
+        # It returns, its status written, while the list hangs.
+        await asyncio.wait_for(world.reconciler.reconcile(world.body), timeout=10)
+        assert world.api.status_patches and woken == []
+        world.after_reconcile()
+        world.now += 1
+        await asyncio.wait_for(world.reconciler.reconcile(world.body), timeout=10)
+        assert world.api.calls.count("pod_refusals") == 0  # one check at a time
+        gate.set()
+        await world.reconciler.flush()
+        assert woken == [True]  # found: the loop is woken to act on it
+        world.after_reconcile()
+        world.now += 0.1
+        await world.reconciler.reconcile(world.body)
+        await world.reconciler.flush()
+
+    asyncio.run(scenario())
+    world.after_reconcile()
+    assert world.status["phase"] == "Failed"
+
+
+def test_a_refusal_found_for_a_shard_whose_pod_came_meanwhile_is_dropped() -> None:
+    world = World(RANGE)
+    world.step()
+    world.api.refusal = 'pods "j-s0-abcde" is forbidden: violates PodSecurity "restricted:latest"'
+    world.step(seconds=6)  # the check runs behind this reconcile and finds the refusal
+    assert world.api.calls.count("pod_refusals") == 1
+    for shard in (0, 1):
+        world.pods[f"j-s{shard}"] = [_running_pod(f"j-s{shard}-abcde", to_rfc3339(world.now))]
+    world.step(seconds=0.1)
+    assert world.status["phase"] == "Running"
+    assert world.condition("Failed") is None
+
+
+def _running_pod(name: str, stamp: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": stamp},
+        "spec": {"nodeName": "cpu-0"},
+        "status": {
+            "phase": "Running",
+            "startTime": stamp,
+            "containerStatuses": [{"state": {"running": {"startedAt": stamp}}}],
+        },
+    }
 
 
 def test_a_job_the_api_server_refuses_for_good_fails_the_job_quoting_it() -> None:

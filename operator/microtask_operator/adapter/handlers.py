@@ -339,6 +339,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                 jobs=jobs_of, pods=pods_of, nodes=nodes, phase_of=phase_of, job_of=job_of
             ),
             emit=emit,
+            wake=watched.wake.set,
         )
         failures = 0
         try:

@@ -10,6 +10,7 @@ counted in `microtask_api_requests_total`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -79,6 +81,20 @@ def _status_message(error: ApiException) -> str:
     return str(body.get("message") or "") if isinstance(body, dict) else ""
 
 
+def _read_to_end(call: Callable[[], T]) -> T:
+    """Make the call, and read an unparsed answer (`_preload_content=False`) to its end.
+
+    Only a response read to its end gives its connection back to the pool. Left unread, it was
+    closed when the response was collected: every call paid for a new TCP and TLS connection,
+    on both sides, which under load cost more than the API server's own work.
+    """
+    result = call()
+    if isinstance(result, urllib3.HTTPResponse):
+        result.data  # noqa: B018 (read, and kept: some callers parse it)
+        result.release_conn()
+    return result
+
+
 class KubeApi:
     """Blocking client calls run in threads so the operator's event loop never stalls."""
 
@@ -98,8 +114,9 @@ class KubeApi:
         self.backoff = backoff
 
     async def _call(
-        self, verb: str, what: str, fn: Callable[[], T], ok: frozenset[int] = frozenset()
+        self, verb: str, what: str, call: Callable[[], T], ok: frozenset[int] = frozenset()
     ) -> T | None:
+        fn = functools.partial(_read_to_end, call)
         delay = self.backoff
         for attempt in range(self.attempts):
             try:

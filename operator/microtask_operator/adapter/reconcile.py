@@ -139,6 +139,12 @@ class Reconciler:
     announced: dict[str, str] = field(default_factory=dict)
     marked: bool = False  # the start is noted in an annotation
     refusal_checked: float | None = None
+    # The check of a stuck shard's Events, running behind the reconcile, and what it found: the
+    # shard's Job name and the refusal (`_refusals`).
+    refusal_check: asyncio.Task[None] | None = field(default=None, init=False)
+    refusal_found: tuple[str, str] | None = field(default=None, init=False)
+    # Wakes the job's loop (a refusal found behind the reconcile).
+    wake: Callable[[], None] = lambda: None
     # Index-set text kept inline in the status (None: MICROTASK_STATUS_INLINE_CHARS or 8 KiB).
     inline_chars: int | None = None
     writer: StatusWriter = field(init=False)
@@ -249,7 +255,7 @@ class Reconciler:
         )
         launch = items.launch
 
-        observed = await self._refusals(self._observe(str(meta.get("uid", "")), now), now)
+        observed = self._refusals(self._observe(str(meta.get("uid", "")), now), now)
         state = self._state(status, meta, observed)
         view = cluster_view(self.cluster.nodes())
         decision = plan(spec, state, observed, view, now, launch=launch)
@@ -447,8 +453,14 @@ class Reconciler:
 
         return annotate()
 
-    async def _refusals(self, observed: list[ObservedShard], now: float) -> list[ObservedShard]:
-        """Shards whose Job made no pod for a while: are their pods refused for good?"""
+    def _refusals(self, observed: list[ObservedShard], now: float) -> list[ObservedShard]:
+        """Shards whose Job made no pod for a while: are their pods refused for good?
+
+        The Events that say so are listed behind the reconcile (`_check_refusal`), which wakes
+        the loop when it finds a final refusal; the next reconcile applies it to the shard if
+        that shard still has no pod. Under load, pods are late often and the list was slow: it
+        held the reconcile that found the shard late, and the status write with it.
+        """
         stuck = [
             s
             for s in observed
@@ -456,9 +468,19 @@ class Reconciler:
             and s.pending_reason == "NoPod"
             and now - s.created_at >= REFUSAL_CHECK_AFTER
         ]
+        found, self.refusal_found = self.refusal_found, None
+        if found is not None:
+            name, refusal = found
+            refused = next((s for s in stuck if job_name(self.name, s.shard_id) == name), None)
+            if refused is not None:
+                return [
+                    dataclasses.replace(s, refusal=refusal) if s is refused else s for s in observed
+                ]
         if not stuck:
             return observed
         if self.refusal_checked is not None and now - self.refusal_checked < REFUSAL_CHECK_EVERY:
+            return observed
+        if self.refusal_check is not None and not self.refusal_check.done():
             return observed
         self.refusal_checked = now
         oldest = min(stuck, key=lambda s: (s.created_at, s.shard_id))
@@ -472,10 +494,24 @@ class Reconciler:
             ),
             None,
         )
-        refusal = await self.api.pod_refusals(self.namespace, name, uid=job_uid)
-        if not refusal:
-            return observed
-        return [dataclasses.replace(s, refusal=refusal) if s is oldest else s for s in observed]
+        self.refusal_check = asyncio.get_running_loop().create_task(
+            self._check_refusal(name, job_uid)
+        )
+        return observed
+
+    async def _check_refusal(self, name: str, job_uid: str | None) -> None:
+        """List the Job's Events; a final refusal is kept for the next reconcile, woken at once."""
+        try:
+            refusal = await self.api.pod_refusals(self.namespace, name, uid=job_uid)
+        except ApiError as error:  # asked again after REFUSAL_CHECK_EVERY
+            log.info("will retry: %s", error)
+            return
+        except Exception:  # a bug: never lost silently
+            log.exception("%s/%s: checking the pods of %s failed", self.namespace, self.name, name)
+            return
+        if refusal:
+            self.refusal_found = (name, refusal)
+            self.wake()
 
     async def _core_spec(self, job: MicrotaskJob, rerun: Rerun | None, items: Verdict) -> Any:
         if rerun is not None:
@@ -673,9 +709,11 @@ class Reconciler:
         self.cleanup = asyncio.get_running_loop().create_task(run())
 
     async def flush(self) -> None:
-        """Wait until the clean-up under way is done (the loop ends; a test looks)."""
-        if self.cleanup is not None and not self.cleanup.done():
-            await asyncio.wait([self.cleanup])
+        """Wait until the clean-up and the refusal check under way are done (the loop ends; a
+        test looks)."""
+        running = [t for t in (self.cleanup, self.refusal_check) if t is not None and not t.done()]
+        if running:
+            await asyncio.wait(running)
 
     async def _suspend(self, action: SuspendShard) -> None:
         try:
