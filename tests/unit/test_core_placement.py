@@ -410,6 +410,18 @@ def test_near_the_end_a_shard_is_short_on_the_slowest_node_too() -> None:
         per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, slowest=3.0, **common
     )
     assert tail == 6
+    # With a 30 s start-up, never under two start-ups of work at the pool's usual pace (on the
+    # slow node such a shard runs longer, but one microtask behind 30 s of start-up would not).
+    floor = shardsize.shard_size(
+        per_microtask=1.0,
+        target_seconds=60,
+        unplaced=250,
+        rate=25,
+        slowest=3.0,
+        startup_seconds=30,
+        **common,
+    )
+    assert floor == 60
     # Far from the end, the slow node changes nothing: the target holds.
     bulk = shardsize.shard_size(
         per_microtask=1.0, target_seconds=60, unplaced=15_000, rate=25, slowest=3.0, **common

@@ -74,9 +74,10 @@ def shard_size(
     seconds = max(target_seconds, STARTUP_MULTIPLE * (startup_seconds or 0.0))
     size = math.floor(seconds / per_microtask)
     if rate > 0:
-        tail = TAIL_SHARE * unplaced / rate
-        tail = max(tail, TAIL_STARTUP_MULTIPLE * (startup_seconds or 0.0))
-        size = min(size, math.floor(tail / max(per_microtask, slowest or 0.0)))
+        tail = math.floor(TAIL_SHARE * unplaced / rate / max(per_microtask, slowest or 0.0))
+        # (The floor on the pool's usual pace: on its slowest node a shard runs longer anyway.)
+        least = math.floor(TAIL_STARTUP_MULTIPLE * (startup_seconds or 0.0) / per_microtask)
+        size = min(size, max(tail, least))
     return max(1, min(largest, size))
 
 
