@@ -290,3 +290,16 @@ def test_a_last_attempt_after_one_spent_on_a_known_bad_node_is_not_the_last(
         assert decision.state.failed == IndexSet.EMPTY
         # Retried at the attempt it just had (never past maxAttempts).
         assert [(b.attempts, b.indexes) for b in decision.state.retry] == [(2, ix("0"))]
+
+
+def test_a_failure_elsewhere_leaves_the_suspicion_on_a_node_known_to_fail_work() -> None:
+    nodes = {"a": suspecting("3", failures=4), "b": suspecting("3")}
+    result, confirmed, programs = badnodes.judge(
+        nodes, "c", succeeded=IndexSet.EMPTY, failed=ix("3"), now=20.0, known_bad_after=4
+    )
+    assert result["a"].suspect == ix("3")  # known to fail work: still suspected
+    assert result["b"].suspect == IndexSet.EMPTY  # one failure of its own: the program's
+    assert (confirmed, programs) == ([], ix("3"))
+    # Without the threshold, as before: both are cleared.
+    result, _, _ = badnodes.judge(nodes, "c", succeeded=IndexSet.EMPTY, failed=ix("3"), now=20.0)
+    assert result["a"].suspect == IndexSet.EMPTY

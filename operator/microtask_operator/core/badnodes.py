@@ -95,6 +95,7 @@ def judge(
     succeeded: IndexSet,
     failed: IndexSet,
     now: float,
+    known_bad_after: int | None = None,
 ) -> tuple[dict[str, NodeRecord], list[str], IndexSet]:
     """Settle earlier suspicions with what a shard on `node` just did.
 
@@ -103,6 +104,11 @@ def judge(
     here again is the program's: the suspicion is dropped. One suspected here that succeeded
     here was a passing hiccup. Returns the new records, the nodes whose suspicion was confirmed,
     and the microtasks found to be the program's (not to be suspected here either).
+
+    A node excluded, or with `known_bad_after` failures of its own or more (the planner says one:
+    a node on probation after an exclusion keeps one), keeps its suspicions when they fail again
+    elsewhere: one more failure proves nothing about a node that fails work of its own, and the
+    attempt spent there may then be given back (the planner's `charge`).
     """
     result = dict(nodes)
     confirmed: list[str] = []
@@ -133,6 +139,11 @@ def judge(
             continue
         hit = record.suspect & succeeded
         again = record.suspect & failed
+        if again and (
+            record.level is not None
+            or (known_bad_after is not None and record.failures >= known_bad_after)
+        ):
+            again = IndexSet.EMPTY
         if not hit and not again:
             continue
         programs = programs | again

@@ -501,7 +501,12 @@ class _Planner:
         if shard.node is None:
             return IndexSet.EMPTY
         self.nodes, confirmed, programs = badnodes.judge(
-            self.nodes, shard.node, succeeded=ok, failed=charged, now=self.now
+            self.nodes,
+            shard.node,
+            succeeded=ok,
+            failed=charged,
+            now=self.now,
+            known_bad_after=1,
         )
         for name in confirmed:
             # A failed shard of that node's pool, counted now that it is known to be one.
