@@ -247,3 +247,59 @@ def test_without_bad_node_tracking_retries_go_anywhere() -> None:
     [again] = [c.plan for c in retry.actions if isinstance(c, CreateShard)]
     assert again.attempt == 2
     assert (again.avoid_nodes_hard, again.avoid_nodes_soft) == ((), ())
+
+
+# -- attempts spent on a bad node ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("failures_there", "failed_for_good"), [(4, False), (1, True)])
+def test_a_last_attempt_after_one_spent_on_a_known_bad_node_is_not_the_last(
+    failures_there: int, failed_for_good: bool
+) -> None:
+    """Microtask 0 failed its first attempt on `a` (on probation after an exclusion, failures of
+    its own), then twice by bad luck elsewhere. The attempt `a` took is given back, so the job
+    does not fail for it; on a node with a single failure of its own, it is not."""
+    from core_driver import report_for
+    from microtask_operator.core.planner import plan
+    from microtask_operator.core.types import ObservedShard
+
+    spec = CoreSpec(
+        total=4, microtasks_per_shard=4, parallelism=1, retry=RetryPolicy(max_attempts=3)
+    )
+    record = NodeRecord(failures=failures_there, last_failure=990.0, shards=10, suspect=ix("0"))
+    state = CoreState(succeeded=ix("1-3"), next_shard=8, nodes={"a": record})
+    last = ObservedShard(
+        shard_id=7,
+        indexes=ix("0"),
+        attempt=3,
+        pool=Pool.CPU,
+        created_at=900.0,
+        phase=ShardPhase.SUCCEEDED,
+        node="b",
+        started_at=900.0,
+        finished_at=950.0,
+        report=report_for(ix("0"), 3, lambda i, a: 1),
+        exit_code=10,
+    )
+    decision = plan(spec, state, [last], ABC, 1000.0)
+    if failed_for_good:
+        assert decision.phase == "Failed"
+        assert decision.state.failed == ix("0")
+    else:
+        assert decision.phase == "Running"
+        assert decision.state.failed == IndexSet.EMPTY
+        # Retried at the attempt it just had (never past maxAttempts).
+        assert [(b.attempts, b.indexes) for b in decision.state.retry] == [(2, ix("0"))]
+
+
+def test_a_failure_elsewhere_leaves_the_suspicion_on_a_node_known_to_fail_work() -> None:
+    nodes = {"a": suspecting("3", failures=4), "b": suspecting("3")}
+    result, confirmed, programs = badnodes.judge(
+        nodes, "c", succeeded=IndexSet.EMPTY, failed=ix("3"), now=20.0, known_bad_after=4
+    )
+    assert result["a"].suspect == ix("3")  # known to fail work: still suspected
+    assert result["b"].suspect == IndexSet.EMPTY  # one failure of its own: the program's
+    assert (confirmed, programs) == ([], ix("3"))
+    # Without the threshold, as before: both are cleared.
+    result, _, _ = badnodes.judge(nodes, "c", succeeded=IndexSet.EMPTY, failed=ix("3"), now=20.0)
+    assert result["a"].suspect == IndexSet.EMPTY

@@ -370,3 +370,160 @@ def test_a_copy_queues_for_the_faster_pool_behind_copies_where_capacity_is_known
     # Capacity unknown: what waits may be real work, and a copy never queues behind it.
     unknown = PoolLoad(Pool.GPU, capacity=None, live=3, waiting=1, per_microtask=1.0)
     assert planner.pool_for_copy({Pool.GPU: unknown, Pool.CPU: cpu_free}, gpu_shard) == Pool.CPU
+
+
+# -- pod start-up and slow nodes in shard sizes ---------------------------------------------
+
+
+def test_a_long_pod_start_up_makes_shards_longer() -> None:
+    common = {"total": 20_000, "parallelism": 100, "largest": 10_000}
+    plain = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=15_000, rate=25, **common
+    )
+    slow_start = shardsize.shard_size(
+        per_microtask=1.0,
+        target_seconds=60,
+        unplaced=15_000,
+        rate=25,
+        startup_seconds=30,
+        **common,
+    )
+    assert plain == 60
+    # 30 s of start-up before 60 s of work would cost a third of every slot.
+    assert slow_start == shardsize.STARTUP_MULTIPLE * 30
+    # Toward the end the tail rule still shrinks it, but never under two start-ups' time (its
+    # share, twice the 10 s the cluster needs, would be start-up for the most part).
+    tail = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, startup_seconds=30, **common
+    )
+    assert tail == shardsize.TAIL_STARTUP_MULTIPLE * 30
+    short_start = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, startup_seconds=5, **common
+    )
+    assert short_start == 20
+
+
+def test_near_the_end_a_shard_is_short_on_the_slowest_node_too() -> None:
+    common = {"total": 20_000, "parallelism": 100, "largest": 10_000}
+    # 20 s is the tail's share; a node three times slower than the pool's pace would take 60 s.
+    tail = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, slowest=3.0, **common
+    )
+    assert tail == 6
+    # With a 30 s start-up, never under two start-ups of work at the pool's usual pace (on the
+    # slow node such a shard runs longer, but one microtask behind 30 s of start-up would not).
+    floor = shardsize.shard_size(
+        per_microtask=1.0,
+        target_seconds=60,
+        unplaced=250,
+        rate=25,
+        slowest=3.0,
+        startup_seconds=30,
+        **common,
+    )
+    assert floor == 60
+    # Far from the end, the slow node changes nothing: the target holds.
+    bulk = shardsize.shard_size(
+        per_microtask=1.0, target_seconds=60, unplaced=15_000, rate=25, slowest=3.0, **common
+    )
+    assert bulk == 60
+
+
+def _pod(
+    shard_id: int, node: str, progress: Progress | None = None, **changes: object
+) -> ObservedShard:
+    shard = ObservedShard(
+        shard_id=shard_id,
+        indexes=IndexSet.from_range(shard_id * 20, shard_id * 20 + 20),
+        attempt=1,
+        pool=Pool.CPU,
+        created_at=0.0,
+        phase=ShardPhase.RUNNING,
+        node=node,
+        started_at=0.0,
+        progress=progress,
+    )
+    from dataclasses import replace
+
+    return replace(shard, **changes)  # type: ignore[arg-type]
+
+
+def test_start_up_is_measured_from_progress_and_reports() -> None:
+    from core_driver import report_for
+    from microtask_operator.core.planner import startup_seconds
+
+    # Running 40 s, its first microtask began 28 s ago: 12 s of start-up.
+    running = _pod(1, "a", Progress(done=3, seconds=28.0))
+    # Ran 70 s, 20 microtasks of 3 s: 10 s of start-up.
+    report = report_for(IndexSet.from_range(40, 60), 1, ok, 3.0, {})
+    finished = _pod(2, "b", phase=ShardPhase.SUCCEEDED, finished_at=70.0, report=report)
+    # Nothing done yet (still starting, or on its first microtask): says nothing.
+    starting = _pod(3, "c", Progress(done=0, seconds=0.0))
+    # On a lost node: its progress stopped when the node went.
+    stopped = _pod(4, "d", Progress(done=1, seconds=2.0), node_lost_since=5.0)
+    assert startup_seconds([running, starting, stopped], 40.0) == 12.0
+    assert startup_seconds([running, finished], 40.0) == 12.0  # the upper median of two
+    assert startup_seconds([finished], 40.0) == 10.0
+    assert startup_seconds([starting, stopped], 40.0) is None
+
+
+# -- slow nodes are not stragglers -------------------------------------------------------------
+
+
+def test_a_shard_as_slow_as_its_neighbours_is_no_straggler() -> None:
+    # The pool's shards take 1 s per microtask; node "slow" runs everything at 4 s.
+    durations = {Pool.CPU: PoolDurations(shards=5, microtasks=50, seconds=50.0)}
+    policy = SpeculationPolicy(enabled=True, slowdown_factor=3)
+    on_slow = [_pod(i, "slow", Progress(done=3, seconds=12.0)) for i in (1, 2, 3)]
+    straggler = _pod(4, "slow", Progress(done=1, seconds=40.0))  # 10x its node's pace
+    on_fast = [_pod(5, "fast", Progress(done=3, seconds=12.0))]  # alone: judged by the pool
+    live = [*on_slow, straggler, *on_fast]
+    blind, _ = speculation.stragglers(live, durations, policy, 20.0)
+    assert sorted(s.shard_id for s in blind) == [1, 2, 3, 4, 5]
+    found, _ = speculation.stragglers(
+        live, durations, policy, 20.0, paces=speculation.NodePaces(live)
+    )
+    assert sorted(s.shard_id for s in found) == [4, 5]
+
+
+def test_a_slow_nodes_report_counts_in_the_baseline_a_stragglers_does_not() -> None:
+    from core_driver import report_for
+
+    baseline = PoolDurations(shards=5, microtasks=50, seconds=50.0)
+    slow_node = report_for(IndexSet.from_range(0, 10), 1, ok, 3.0, {})
+    # Its neighbours run at 3 s per microtask too: that is the node, not the pod.
+    assert speculation.outlier(baseline, slow_node)
+    assert not speculation.outlier(baseline, slow_node, node_pace=3.0)
+    straggler = report_for(IndexSet.from_range(0, 10), 1, ok, 30.0, {})
+    assert speculation.outlier(baseline, straggler, node_pace=3.0)
+
+
+def test_the_slowest_node_is_judged_by_the_median_of_its_shards() -> None:
+    live = [
+        _pod(1, "a", Progress(done=2, seconds=2.0)),
+        _pod(2, "a", Progress(done=1, seconds=10.0)),  # a straggler on a normal node
+        _pod(3, "b", Progress(done=2, seconds=6.0)),
+        _pod(4, "b", Progress(done=2, seconds=6.0)),
+        _pod(5, "c", Progress(done=1, seconds=50.0)),  # alone on its node: says nothing
+    ]
+    paces = speculation.NodePaces(live)
+    assert paces.slowest(Pool.CPU) == 3.0
+    assert paces.slowest(Pool.GPU) is None
+    assert paces.of(live[1]) == 1.0  # its neighbour's pace
+    assert paces.of(live[4]) is None
+
+
+def test_a_straggler_beside_a_straggler_is_still_caught() -> None:
+    # Two pods on one node both run 15x the pool's pace: the node's pace is trusted only up to
+    # SLOW_NODE_MOST times the pool's, so neither hides the other.
+    durations = {Pool.CPU: PoolDurations(shards=5, microtasks=50, seconds=50.0)}
+    policy = SpeculationPolicy(enabled=True, slowdown_factor=3)
+    live = [_pod(i, "n", Progress(done=2, seconds=30.0)) for i in (1, 2)]
+    found, _ = speculation.stragglers(
+        live, durations, policy, 30.0, paces=speculation.NodePaces(live)
+    )
+    assert sorted(s.shard_id for s in found) == [1, 2]
+    assert speculation.usual_pace(1.0, 10.0) == speculation.SLOW_NODE_MOST
+    assert speculation.usual_pace(1.0, 2.0) == 2.0
+    assert speculation.usual_pace(1.0, 0.5) == 1.0
+    assert speculation.usual_pace(1.0, None) == 1.0

@@ -308,3 +308,46 @@ def test_a_copy_holds_only_what_its_group_has_not_finished() -> None:
     d.step(60)
     later = [s for i, s in d.shards.items() if s.copy_of == 1 and i != copy_id]
     assert later and all(s.indexes == IndexSet.from_range(10, 11) for s in later)
+
+
+def test_a_copy_prefers_another_node_but_may_share_its_originals() -> None:
+    """Stragglers are pods: the node of a straggling shard is only preferred away for its copy
+    (required, a copy of a shard on the only node with free GPUs would wait forever)."""
+    spec = CoreSpec(
+        total=60,
+        microtasks_per_shard=10,
+        parallelism=4,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3, min_samples=3),
+    )
+    d = Driver(spec)
+    d.step()
+    for shard_id in (0, 1, 2):
+        d.finish(shard_id, ok, seconds=1.0)
+    d.step(10)
+    for s in d.running():
+        if s.shard_id != 3:
+            d.finish(s.shard_id, ok, seconds=1.0)
+    d.step(4)
+    late = d.step(2)
+    [copy] = [c.plan for c in creates(late.actions) if c.plan.copy_of is not None]
+    node = d.shards[3].node
+    assert node is not None
+    assert node in copy.avoid_nodes_soft
+    assert node not in copy.avoid_nodes_hard
+
+
+def test_a_few_transient_failures_in_long_shards_suspect_no_node() -> None:
+    """One failure in a hundred, retried and then fine elsewhere, on every node alike: no node
+    is suspected, and the shards' paces still make the pool's baseline."""
+    spec = CoreSpec(
+        total=1200,
+        microtasks_per_shard=100,
+        parallelism=3,
+        retry=RetryPolicy(backoff_seconds=1, max_attempts=3),
+    )
+    d = Driver(spec, cluster=ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c"})}))
+    end = d.run_to_end(lambda i, a: 1 if i % 100 == 7 and a == 1 else 0)
+    assert end.phase == "Succeeded"
+    assert end.state.nodes == {}
+    durations = end.state.durations[Pool.CPU]
+    assert durations.shards == durations.harvested  # every shard measured

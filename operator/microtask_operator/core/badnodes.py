@@ -9,7 +9,9 @@ that fails what succeeds elsewhere is avoided softly (preferred anti-affinity), 
 (required anti-affinity) from `hardAfterFailures`, each exclusion expiring after a while. Exclusion
 never takes more than a fraction of a pool's ready nodes, and always leaves at least one.
 
-What counts as a failure of the node is judged on evidence. A pod that died (no report, a runner
+What counts as a failure of the node is judged on evidence. A shard that failed only a few of
+its microtasks (under `INCIDENTAL_SHARE`) counts as a clean one: transient failures strike
+every node alike, and a long shard almost always meets one. A pod that died (no report, a runner
 error, OOMKilled, a pod-level deadline) counts against its node at once. A microtask the runner
 reported as failed is only a suspicion: the program may fail that item wherever it runs. The
 suspicion is confirmed (one failure of the node) when the microtask later succeeds on another
@@ -34,6 +36,15 @@ HARD = "hard"
 MIN_RATE_GAP = 0.25
 # ...and how unlikely by chance: -ln(1/1000), for one test (see _stands_out).
 SIGNIFICANCE = math.log(1000)
+# A shard that failed fewer than this share of its microtasks says nothing about its node: a
+# transient failure rate of a few per thousand fails one microtask in most shards of a few
+# hundred, on every node alike (counted, it would exclude healthy nodes of a small pool by chance).
+INCIDENTAL_SHARE = 0.1
+
+
+def incidental(failed: int, outcomes: int) -> bool:
+    """Are `failed` failures among a shard's `outcomes` too few to suspect its node?"""
+    return 0 < failed < INCIDENTAL_SHARE * outcomes
 
 
 def record_shard(
@@ -84,6 +95,7 @@ def judge(
     succeeded: IndexSet,
     failed: IndexSet,
     now: float,
+    known_bad_after: int | None = None,
 ) -> tuple[dict[str, NodeRecord], list[str], IndexSet]:
     """Settle earlier suspicions with what a shard on `node` just did.
 
@@ -92,6 +104,11 @@ def judge(
     here again is the program's: the suspicion is dropped. One suspected here that succeeded
     here was a passing hiccup. Returns the new records, the nodes whose suspicion was confirmed,
     and the microtasks found to be the program's (not to be suspected here either).
+
+    A node excluded, or with `known_bad_after` failures of its own or more (the planner says one:
+    a node on probation after an exclusion keeps one), keeps its suspicions when they fail again
+    elsewhere: one more failure proves nothing about a node that fails work of its own, and the
+    attempt spent there may then be given back (the planner's `charge`).
     """
     result = dict(nodes)
     confirmed: list[str] = []
@@ -122,6 +139,11 @@ def judge(
             continue
         hit = record.suspect & succeeded
         again = record.suspect & failed
+        if again and (
+            record.level is not None
+            or (known_bad_after is not None and record.failures >= known_bad_after)
+        ):
+            again = IndexSet.EMPTY
         if not hit and not again:
             continue
         programs = programs | again

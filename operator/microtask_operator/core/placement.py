@@ -5,7 +5,8 @@ pods it holds at once (from `ClusterView.slots`, or learned: pods Pending Unsche
 mean it is full with what runs), how many of the job's shards it holds now, and how long a
 microtask takes there (measured from finished shards, `PoolDurations`).
 
-A shard's expected finish on a pool is its run time there, plus a wait when the pool is full:
+A shard's expected finish on a pool is its run time there (its pod's start-up, once measured,
+then its microtasks), plus a wait when the pool is full:
 its place in the queue times the time a slot takes to free up (a shard's run time over the
 slots). The pool with the earliest finish wins, with one exception that keeps every slot busy:
 while the job has more work left than the cluster clears in the time the shard would take on a
@@ -34,6 +35,7 @@ class PoolLoad:
     live: int  # the job's shards there now (pending or running)
     waiting: int  # of those, Pending Unschedulable: the pool is full
     per_microtask: float | None  # measured seconds per microtask; None: not measured yet
+    startup: float = 0.0  # seconds a shard's pod takes before its first microtask (measured)
 
     def slots(self) -> int:
         """The capacity, or as learned: what runs there when pods wait (at least 1)."""
@@ -49,9 +51,10 @@ class PoolLoad:
         return 0 if self.waiting else 1
 
     def shard_seconds(self, size: int) -> float | None:
+        """A shard's pod time here: its start-up, then its microtasks."""
         if self.per_microtask is None:
             return None
-        return self.per_microtask * size
+        return self.startup + self.per_microtask * size
 
     def finish(self, size: int) -> float | None:
         """Seconds from now until a shard of `size` placed here now would end; None: unknown."""

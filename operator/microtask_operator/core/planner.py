@@ -66,8 +66,9 @@ SUSPENDED = "Suspended"
 
 # At the tail, with idle window slots, a shard this many times slower than usual gets a copy.
 TAIL_SLOWDOWN_FACTOR = 1.5
-# ...and a copy that straggles too may get one more there (a slow node is not that rare).
-TAIL_COPIES_PER_SHARD = 2
+# ...and copies that straggle too may get more there (a slow node is not that rare, and a
+# group whose every member straggles would otherwise hold the job's end).
+TAIL_COPIES_PER_SHARD = 3
 # A GPU shard whose turn seemed near keeps waiting past fallbackAfterSeconds, up to this many
 # times that: estimates can be wrong, the fallback stays the safety net.
 FALLBACK_PATIENCE = 2
@@ -119,6 +120,29 @@ def clean(shard: ObservedShard) -> bool:
     )
 
 
+def startup_seconds(shards: Sequence[ObservedShard], now: float) -> float | None:
+    """How long the shards' pods took to start their first microtask (the median), if seen.
+
+    A running pod whose progress shows a finished microtask started its first one
+    `progress.seconds` ago; a finished pod's runner spent `seconds_total` of its run on
+    microtasks. The rest of the pod's time is start-up (image pull, container start, the
+    runner's own). Pods on lost nodes stopped keeping time: left out.
+    """
+    samples = []
+    for shard in shards:
+        if shard.started_at is None or shard.node_lost_since is not None:
+            continue
+        progress, report = shard.progress, shard.report
+        if shard.finished_at is None and progress is not None and progress.done >= 1:
+            samples.append(now - shard.started_at - progress.seconds)
+        elif shard.finished_at is not None and report is not None and report.count > 0:
+            samples.append(shard.finished_at - shard.started_at - report.seconds_total)
+    if not samples:
+        return None
+    samples.sort()
+    return max(0.0, samples[len(samples) // 2])
+
+
 def _microtasks(count: int) -> str:
     return f"{count} microtask" if count == 1 else f"{count} microtasks"
 
@@ -164,6 +188,8 @@ class _Planner:
         self.conditions = state.conditions
         self.events: list[Event] = []
         seen = bucket(observed, state)
+        self.startup = startup_seconds(seen.live, now)
+        self.paces = speculation.NodePaces(seen.live)
         # Observed shards already harvested or abandoned only need their Jobs gone.
         self.actions.extend(DeleteShard(s.shard_id, "retired") for s in seen.gone)
         self.live: dict[int, ObservedShard] = {s.shard_id: s for s in seen.live}
@@ -329,10 +355,24 @@ class _Planner:
             # a microtask that kept landing there does not fail the job.
             spent -= 1
         permanent = retries.is_permanent(policy, charge.code, spent, from_runner=charge.from_runner)
+        spared = IndexSet.EMPTY
+        if permanent and charge.from_runner and spent > 1:
+            # An earlier attempt was spent on a node now known to fail what succeeds elsewhere
+            # (one on probation after an exclusion, say): that attempt is given back, so bad
+            # luck here after a bad node there does not fail the job.
+            spared = indexes & self.suspected_on_bad_nodes(shard.node)
+            if spared and retries.is_permanent(
+                policy, charge.code, spent - 1, from_runner=charge.from_runner
+            ):
+                spared = IndexSet.EMPTY
+        if spared:
+            delay = retries.backoff_seconds(policy, spent - 1)
+            self.ledger = self.ledger.retry_later(spent - 1, self.now + delay, spared)
+            self.touched = self.touched | spared
         if permanent:
-            self.ledger = self.ledger.fail(indexes)
+            self.ledger = self.ledger.fail(indexes - spared)
             # Failed wherever they ran: no node is to blame for them.
-            self.nodes = badnodes.acquit(self.nodes, indexes)
+            self.nodes = badnodes.acquit(self.nodes, indexes - spared)
         else:
             delay = retries.backoff_seconds(policy, spent)
             self.ledger = self.ledger.retry_later(spent, self.now + delay, indexes)
@@ -344,7 +384,7 @@ class _Planner:
             exit_code=charge.exit_code,
             reason=charge.reason,
             attempts=len(indexes),
-            microtasks=len(indexes) if permanent else 0,
+            microtasks=len(indexes - spared) if permanent else 0,
             sample_index=sample,
             message=charge.message,
         )
@@ -353,7 +393,25 @@ class _Planner:
         )
         if charge.from_runner and retries.is_command_not_found(policy, charge.code):
             self.command_not_found(shard, charge, indexes, sample)
-        return IndexSet.EMPTY if permanent else indexes
+        return spared if permanent else indexes
+
+    def suspected_on_bad_nodes(self, besides: str | None) -> IndexSet:
+        """Microtasks whose failure awaits judgement on a node known to fail work (not `besides`).
+
+        Known: excluded now, or with at least `hardAfterFailures` failures of its own (a node
+        on probation after an exclusion keeps its suspicions, not its level).
+        """
+        policy = self.spec.bad_nodes
+        if not policy.enabled:
+            return IndexSet.EMPTY
+        return IndexSet.from_ranges(
+            r
+            for name, record in self.nodes.items()
+            if name != besides
+            and record.suspect
+            and (record.level is not None or record.failures >= policy.hard_after_failures)
+            for r in record.suspect.ranges
+        )
 
     def tainted(self, node: str | None) -> bool:
         """Has `node` failed work of its own (suspected, excluded, or on probation)?"""
@@ -443,7 +501,12 @@ class _Planner:
         if shard.node is None:
             return IndexSet.EMPTY
         self.nodes, confirmed, programs = badnodes.judge(
-            self.nodes, shard.node, succeeded=ok, failed=charged, now=self.now
+            self.nodes,
+            shard.node,
+            succeeded=ok,
+            failed=charged,
+            now=self.now,
+            known_bad_after=1,
         )
         for name in confirmed:
             # A failed shard of that node's pool, counted now that it is known to be one.
@@ -490,8 +553,10 @@ class _Planner:
         d = self.durations.get(pool, PoolDurations())
         # Speeds come from clean runs: a node that fails everything fast would make its pool
         # look fast, and every healthy shard there a straggler.
-        measured = report is not None and report.count > 0 and not all_charged
-        if measured and report is not None and speculation.outlier(d, report):
+        # (A few transient failures in a long shard leave its pace a clean run's.)
+        few = not pod_died and badnodes.incidental(len(all_charged), outcomes)
+        measured = report is not None and report.count > 0 and (not all_charged or few)
+        if measured and report is not None and speculation.outlier(d, report, self.paces.of(shard)):
             measured = False  # a straggler: the baseline it is judged by would drift up
         self.durations[pool] = PoolDurations(
             shards=d.shards + (1 if measured else 0),
@@ -504,7 +569,11 @@ class _Planner:
         if shard.node is not None:
             programs = self.judge_nodes(shard, ok, all_charged)
             self.nodes = badnodes.record_shard(
-                self.nodes, shard.node, failed=pod_died, suspects=suspects - programs, now=self.now
+                self.nodes,
+                shard.node,
+                failed=pod_died,
+                suspects=IndexSet.EMPTY if few else suspects - programs,
+                now=self.now,
             )
         keep = False
         if failed:
@@ -696,6 +765,7 @@ class _Planner:
                 live=live[pool],
                 waiting=waiting[pool],
                 per_microtask=measured.per_microtask() if measured is not None else None,
+                startup=self.startup or 0.0,
             )
         return loads
 
@@ -823,6 +893,8 @@ class _Planner:
             total=self.spec.total,
             parallelism=self.spec.parallelism,
             largest=self.spec.microtasks_per_shard,
+            startup_seconds=self.startup,
+            slowest=self.paces.slowest(pool),
         )
 
     def fresh(self) -> IndexSet:
@@ -864,6 +936,7 @@ class _Planner:
             # A copy that straggles too gets one more at once when its progress shows it;
             # judged by its run time alone, only at the tail (a slow copy is found late).
             copies_per_shard=TAIL_COPIES_PER_SHARD if tail or self.progress_seen() else 1,
+            paces=self.paces,
         )
         self.wakeups.extend(wakeups)
         loads = self.pool_loads()
@@ -887,6 +960,12 @@ class _Planner:
             rest = shard.indexes - self.final()
             if not rest:
                 continue
+            # Never on a node where this work already runs slowly.
+            busy = {
+                s.node
+                for s in self.live.values()
+                if group_of(s) == group_of(shard) and s.node is not None
+            }
             copy_pool = self.pool_for_copy(loads, shard)
             if copy_pool is None:
                 continue  # no free slot: a copy would only queue behind real work
@@ -901,13 +980,10 @@ class _Planner:
                 hard, soft = badnodes.avoid_lists_for_retry(
                     self.nodes, shard.indexes, pool, self.cluster
                 )
-            # Never on a node where this work already runs slowly.
-            busy = {
-                s.node
-                for s in self.live.values()
-                if group_of(s) == group_of(shard) and s.node is not None
-            }
-            hard = (*hard, *sorted(busy - set(hard)))
+            # Preferably not where this work already runs slowly: a straggling pod may be its
+            # node's doing, but stragglers are pods, and a node of several GPUs may hold the
+            # only free ones (required, it would leave the copy waiting forever).
+            soft = tuple(sorted(set(soft) | (busy - set(hard))))
             plan = ShardPlan(
                 shard_id=self.new_shard_id(),
                 indexes=rest,
@@ -932,11 +1008,15 @@ class _Planner:
         return any(s.progress is not None for s in self.live.values())
 
     def pool_for_copy(
-        self, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard
+        self,
+        loads: dict[Pool, placement.PoolLoad],
+        shard: ObservedShard,
     ) -> Pool | None:
         """A pool with a free slot for a copy of `shard` (the fastest, for `auto`), or None."""
         auto = self.spec.accelerator == Accelerator.AUTO
-        pools = [Pool.GPU, Pool.CPU] if auto else [shard.pool]
+        pools = [
+            p for p in ([Pool.GPU, Pool.CPU] if auto else [shard.pool]) if self.room_for_copy(p)
+        ]
         # A free slot, or the first place in the pool's queue (fill_window then holds the next
         # slot back for it): never behind shards that already wait. Where the capacity is known,
         # what waits is only copies (no work is parked there): a copy may queue behind them
@@ -957,6 +1037,13 @@ class _Planner:
                 pools.index(load.pool),
             ),
         ).pool
+
+    def room_for_copy(self, pool: Pool) -> bool:
+        """Has `pool` a ready node that is not excluded (a copy would wait forever else)?"""
+        ready = self.cluster.ready_nodes.get(pool)
+        if ready is None:
+            return True  # not known: the scheduler will tell
+        return bool(ready - set(badnodes.avoid_lists(self.nodes, pool, self.cluster)[0]))
 
     def finish_elsewhere(
         self, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard

@@ -6,11 +6,16 @@ Three rules, the smallest wins (guided self-scheduling with factoring, sized in 
   window slot): they finish soon and measure the pool's speed;
 * then a shard holds what runs for `targetShardSeconds` on its pool (GPU shards hold more
   microtasks than CPU shards for the same time): pod start-up is paid once per target, and
-  straggler detection waits for a few targets, not a few long shards;
+  straggler detection waits for a few targets, not a few long shards. Where pods are seen to
+  take long to start, a shard runs at least `STARTUP_MULTIPLE` times that start-up: a 30 s
+  start-up before 60 s of work would otherwise cost a third of every slot, which no placement
+  wins back;
 * toward the end, a shard runs at most `TAIL_SHARE` (2) times the time the cluster still needs
-  for the work not yet placed: the last wave is short, so no slot finishes long after the
-  others. (Not shorter: every shard pays a pod start-up, and a wave of tiny shards pays it
-  over and over; what a last shard's bad luck would cost is what speculative copies are for.)
+  for the work not yet placed, on the slowest node of its pool seen so far (the scheduler, not
+  the core, picks the node): the last wave is short, so no slot finishes long after the
+  others. (Not shorter, and never under `TAIL_STARTUP_MULTIPLE` start-ups: every shard pays a
+  pod start-up, and a wave of tiny shards pays it over and over; what a last shard's bad luck
+  would cost is what speculative copies are for.)
 
 A shard never holds more than `largest` microtasks (a fixed `microtasksPerShard` keeps today's
 behaviour: that size, always).
@@ -30,6 +35,12 @@ PROBE_MOST = 16
 # Toward the end, a shard runs at most this many times the time still needed for unplaced work
 # (1 is guided self-scheduling; more means fewer, longer shards in the last waves: less start-up).
 TAIL_SHARE = 2.0
+# A shard runs at least this many times its pod's start-up (when it is measured): start-up then
+# takes at most 1/(1 + STARTUP_MULTIPLE) of a slot's time, about 7%.
+STARTUP_MULTIPLE = 14.0
+# ...and even at the end, at least this many times (below, start-up is most of a pod's time:
+# the slot clears work at a fraction of its speed, and the tail drags on).
+TAIL_STARTUP_MULTIPLE = 2.0
 
 
 def initial_size(total: int, parallelism: int, largest: int) -> int:
@@ -47,18 +58,27 @@ def shard_size(
     total: int,
     parallelism: int,
     largest: int,
+    startup_seconds: float | None = None,
+    slowest: float | None = None,
 ) -> int:
     """Microtasks for a new shard on a pool taking `per_microtask` seconds each (None: unknown).
 
     `unplaced`: microtasks neither done nor in flight; `rate`: microtasks per second the
-    cluster clears with every slot busy (0 when unknown).
+    cluster clears with every slot busy (0 when unknown); `startup_seconds`: how long a shard's
+    pod takes before its first microtask, when measured; `slowest`: seconds per microtask on
+    the pool's slowest node, when seen (the scheduler, not the core, picks the node: near the
+    end a shard must be short there too).
     """
     if per_microtask is None or per_microtask <= 0:
         return initial_size(total, parallelism, largest)
-    seconds = target_seconds
+    seconds = max(target_seconds, STARTUP_MULTIPLE * (startup_seconds or 0.0))
+    size = math.floor(seconds / per_microtask)
     if rate > 0:
-        seconds = min(seconds, TAIL_SHARE * unplaced / rate)
-    return max(1, min(largest, math.floor(seconds / per_microtask)))
+        tail = math.floor(TAIL_SHARE * unplaced / rate / max(per_microtask, slowest or 0.0))
+        # (The floor on the pool's usual pace: on its slowest node a shard runs longer anyway.)
+        least = math.floor(TAIL_STARTUP_MULTIPLE * (startup_seconds or 0.0) / per_microtask)
+        size = min(size, max(tail, least))
+    return max(1, min(largest, size))
 
 
 def shards_at_most(spec: CoreSpec) -> int:

@@ -7,12 +7,17 @@ take. With its progress (microtasks done, seconds since its first began), it sho
 even the microtask it is on, ending now, would leave it that much slower than usual: a pod
 running at a tenth of the usual pace is caught after a few microtasks' time, not after most of
 a shard's.
+
+A shard is judged against the pace of its own node when other shards there show it: a node
+half as fast as the pool's others runs every shard slowly, which is no straggling (its shards
+are copied only at the tail, when a faster free slot would end them sooner: see `outrun`).
+Stragglers are pods, not nodes: the other pods of a straggler's node keep their usual pace.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from microtask_runner.report import Report
 
@@ -23,6 +28,61 @@ from .types import ObservedShard, Pool, ShardPhase, SpeculationPolicy
 PROGRESS_GRID_SECONDS = 10.0
 
 
+# A node is taken for slow (its shards judged by its pace) up to this many times slower than
+# its pool's baseline; beyond, its shards' slowness is a straggler's: a node whose other pods
+# straggle too must not hide one, nor let it into the baseline (which would then hide more).
+SLOW_NODE_MOST = 3.0
+
+
+def usual_pace(per_microtask: float, node_pace: float | None) -> float:
+    """Seconds per microtask a shard is judged by: its pool's, or its slow node's."""
+    if node_pace is None:
+        return per_microtask
+    return max(per_microtask, min(node_pace, SLOW_NODE_MOST * per_microtask))
+
+
+class NodePaces:
+    """The pace of the nodes running the job's shards, from those shards' progress.
+
+    A shard's pace is its progress: seconds since its first microtask began over microtasks
+    done (a shard with none done yet shows nothing). A node's pace is the lower median of the
+    paces of the shards running there: a straggling pod does not make its node look slow.
+    """
+
+    def __init__(self, live: Iterable[ObservedShard] = ()) -> None:
+        self.by_node: dict[str, list[tuple[int, float]]] = {}
+        self.pool_of: dict[str, Pool] = {}
+        for shard in live:
+            progress = shard.progress
+            if (
+                shard.node is None
+                or shard.phase != ShardPhase.RUNNING
+                or shard.node_lost_since is not None
+                or progress is None
+                or progress.done < 1
+            ):
+                continue
+            pace = progress.seconds / progress.done
+            self.by_node.setdefault(shard.node, []).append((shard.shard_id, pace))
+            self.pool_of[shard.node] = shard.pool
+
+    def of(self, shard: ObservedShard) -> float | None:
+        """The pace of `shard`'s node judged by the OTHER shards there (None: none shows it)."""
+        others = [p for sid, p in self.by_node.get(shard.node or "", ()) if sid != shard.shard_id]
+        # The fastest of them: a node is slow when all its other shards are, and a straggling
+        # neighbour (one pod in twenty) must not hide a straggler.
+        return min(others) if others else None
+
+    def slowest(self, pool: Pool) -> float | None:
+        """The slowest pace of a node of `pool` that runs two shards or more, if any."""
+        paces = [
+            sorted(p for _, p in shards)[(len(shards) - 1) // 2]
+            for node, shards in self.by_node.items()
+            if self.pool_of[node] is pool and len(shards) >= 2
+        ]
+        return max(paces) if paces else None
+
+
 def stragglers(
     live: Sequence[ObservedShard],
     durations: Mapping[Pool, PoolDurations],
@@ -30,6 +90,7 @@ def stragglers(
     now: float,
     factor: float | None = None,
     copies_per_shard: int = 1,
+    paces: NodePaces | None = None,
 ) -> tuple[list[ObservedShard], list[float]]:
     """Shards that deserve a copy now (slowest first), and when the others would qualify.
 
@@ -56,6 +117,9 @@ def stragglers(
         per_microtask = baseline.per_microtask()
         if per_microtask is None:
             continue
+        # On a node that is slow for every shard, the usual pace is the node's.
+        if paces is not None:
+            per_microtask = usual_pace(per_microtask, paces.of(newest))
         slowdown = factor or policy.slowdown_factor
         expected = per_microtask * len(newest.indexes)
         threshold = newest.started_at + slowdown * expected
@@ -88,12 +152,18 @@ OUTLIER_FACTOR = 2.5
 OUTLIER_MIN_SAMPLES = 5
 
 
-def outlier(baseline: PoolDurations, report: Report) -> bool:
-    """Is this finished shard's report a straggler's, not one for the pool's baseline?"""
+def outlier(baseline: PoolDurations, report: Report, node_pace: float | None = None) -> bool:
+    """Is this finished shard's report a straggler's, not one for the pool's baseline?
+
+    `node_pace`: seconds per microtask of the other shards running on its node, if seen. A
+    shard as slow as its neighbours ran on a slow node: that is the pool's pace too, and left
+    out, slow nodes would never count and the baseline would be the fast nodes' alone.
+    """
     per_microtask = baseline.per_microtask()
     if per_microtask is None or baseline.shards < OUTLIER_MIN_SAMPLES or report.count <= 0:
         return False
-    return report.seconds_total / report.count > OUTLIER_FACTOR * per_microtask
+    usual = usual_pace(per_microtask, node_pace)
+    return report.seconds_total / report.count > OUTLIER_FACTOR * usual
 
 
 # A copy on another pool is made only when it is expected to end this many times sooner.
