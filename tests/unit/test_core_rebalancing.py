@@ -35,6 +35,36 @@ def auto_spec(**kw: object) -> CoreSpec:
     return CoreSpec(**base)  # type: ignore[arg-type]
 
 
+def _four_slots_one_straggler() -> Driver:
+    """60 microtasks in shards of 10 on 4 slots, speculation after 3 samples at 3x: started."""
+    spec = CoreSpec(
+        total=60,
+        microtasks_per_shard=10,
+        parallelism=4,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3, min_samples=3),
+    )
+    d = Driver(spec)
+    d.step()
+    return d
+
+
+def _straggler_and_its_copy() -> tuple[Driver, int]:
+    """Two shards of 10; shard 0 ends at once, shard 1 straggles and gets a copy: its id."""
+    spec = CoreSpec(
+        total=20,
+        microtasks_per_shard=10,
+        parallelism=3,
+        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
+    )
+    d = Driver(spec)
+    d.step()
+    d.finish(0, ok)
+    d.step(10)
+    d.step(40)
+    [copy_id] = [i for i, s in d.shards.items() if s.copy_of == 1]
+    return d, copy_id
+
+
 def test_auto_starts_on_gpu_and_falls_back_to_cpu_when_unschedulable_too_long() -> None:
     d = Driver(auto_spec())
     first = d.step()
@@ -142,14 +172,7 @@ def test_evicted_retry_shard_keeps_its_attempt_count() -> None:
 
 
 def test_straggler_gets_one_copy_on_another_node_and_the_first_finisher_wins() -> None:
-    spec = CoreSpec(
-        total=60,
-        microtasks_per_shard=10,
-        parallelism=4,
-        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3, min_samples=3),
-    )
-    d = Driver(spec)
-    d.step()
+    d = _four_slots_one_straggler()
     # Shards 0-2 finish in 10 s (1 s per microtask); shard 3 hangs.
     for shard_id in (0, 1, 2):
         d.finish(shard_id, ok, seconds=1.0)
@@ -173,18 +196,7 @@ def test_straggler_gets_one_copy_on_another_node_and_the_first_finisher_wins() -
 
 
 def test_both_copies_finishing_together_count_once() -> None:
-    spec = CoreSpec(
-        total=20,
-        microtasks_per_shard=10,
-        parallelism=3,
-        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
-    )
-    d = Driver(spec)
-    d.step()
-    d.finish(0, ok)
-    d.step(10)
-    d.step(40)
-    [copy_id] = [i for i, s in d.shards.items() if s.copy_of == 1]
+    d, copy_id = _straggler_and_its_copy()
     d.finish(1, ok)
     d.finish(copy_id, ok)
     end = d.step(1)
@@ -284,18 +296,7 @@ def test_a_node_failing_everything_is_avoided_by_new_shards() -> None:
 
 
 def test_a_copy_holds_only_what_its_group_has_not_finished() -> None:
-    spec = CoreSpec(
-        total=20,
-        microtasks_per_shard=10,
-        parallelism=3,
-        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
-    )
-    d = Driver(spec)
-    d.step()
-    d.finish(0, ok)
-    d.step(10)
-    d.step(40)
-    [copy_id] = [i for i, s in d.shards.items() if s.copy_of == 1]
+    d, copy_id = _straggler_and_its_copy()
     # The copy ends with one failure on a node with failures of its own while the original
     # still runs: its 9 successes are kept, the original decides the rest...
     node = d.shards[copy_id].node
@@ -313,14 +314,7 @@ def test_a_copy_holds_only_what_its_group_has_not_finished() -> None:
 def test_a_copy_prefers_another_node_but_may_share_its_originals() -> None:
     """Stragglers are pods: the node of a straggling shard is only preferred away for its copy
     (required, a copy of a shard on the only node with free GPUs would wait forever)."""
-    spec = CoreSpec(
-        total=60,
-        microtasks_per_shard=10,
-        parallelism=4,
-        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3, min_samples=3),
-    )
-    d = Driver(spec)
-    d.step()
+    d = _four_slots_one_straggler()
     for shard_id in (0, 1, 2):
         d.finish(shard_id, ok, seconds=1.0)
     d.step(10)
