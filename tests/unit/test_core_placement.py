@@ -375,57 +375,36 @@ def test_a_copy_queues_for_the_faster_pool_behind_copies_where_capacity_is_known
 # -- pod start-up and slow nodes in shard sizes ---------------------------------------------
 
 
-def test_a_long_pod_start_up_makes_shards_longer() -> None:
+def _size(**kw: float) -> int:
+    """A shard's size for 20,000 microtasks of 1 s on 100 slots, aiming at 60 s shards."""
     common = {"total": 20_000, "parallelism": 100, "largest": 10_000}
-    plain = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=15_000, rate=25, **common
-    )
-    slow_start = shardsize.shard_size(
-        per_microtask=1.0,
-        target_seconds=60,
-        unplaced=15_000,
-        rate=25,
-        startup_seconds=30,
-        **common,
-    )
+    return shardsize.shard_size(per_microtask=1.0, target_seconds=60, **common, **kw)
+
+
+def test_a_long_pod_start_up_makes_shards_longer() -> None:
+    plain = _size(unplaced=15_000, rate=25)
+    slow_start = _size(unplaced=15_000, rate=25, startup_seconds=30)
     assert plain == 60
     # 30 s of start-up before 60 s of work would cost a third of every slot.
     assert slow_start == shardsize.STARTUP_MULTIPLE * 30
     # Toward the end the tail rule still shrinks it, but never under two start-ups' time (its
     # share, twice the 10 s the cluster needs, would be start-up for the most part).
-    tail = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, startup_seconds=30, **common
-    )
+    tail = _size(unplaced=250, rate=25, startup_seconds=30)
     assert tail == shardsize.TAIL_STARTUP_MULTIPLE * 30
-    short_start = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, startup_seconds=5, **common
-    )
+    short_start = _size(unplaced=250, rate=25, startup_seconds=5)
     assert short_start == 20
 
 
 def test_near_the_end_a_shard_is_short_on_the_slowest_node_too() -> None:
-    common = {"total": 20_000, "parallelism": 100, "largest": 10_000}
     # 20 s is the tail's share; a node three times slower than the pool's pace would take 60 s.
-    tail = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=250, rate=25, slowest=3.0, **common
-    )
+    tail = _size(unplaced=250, rate=25, slowest=3.0)
     assert tail == 6
     # With a 30 s start-up, never under two start-ups of work at the pool's usual pace (on the
     # slow node such a shard runs longer, but one microtask behind 30 s of start-up would not).
-    floor = shardsize.shard_size(
-        per_microtask=1.0,
-        target_seconds=60,
-        unplaced=250,
-        rate=25,
-        slowest=3.0,
-        startup_seconds=30,
-        **common,
-    )
+    floor = _size(unplaced=250, rate=25, slowest=3.0, startup_seconds=30)
     assert floor == 60
     # Far from the end, the slow node changes nothing: the target holds.
-    bulk = shardsize.shard_size(
-        per_microtask=1.0, target_seconds=60, unplaced=15_000, rate=25, slowest=3.0, **common
-    )
+    bulk = _size(unplaced=15_000, rate=25, slowest=3.0)
     assert bulk == 60
 
 

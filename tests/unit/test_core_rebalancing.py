@@ -35,29 +35,25 @@ def auto_spec(**kw: object) -> CoreSpec:
     return CoreSpec(**base)  # type: ignore[arg-type]
 
 
-def _four_slots_one_straggler() -> Driver:
-    """60 microtasks in shards of 10 on 4 slots, speculation after 3 samples at 3x: started."""
+def _speculating(total: int, parallelism: int, slowdown: float, samples: int) -> Driver:
+    """A started job of `total` microtasks in shards of 10, with speculation on."""
+    policy = SpeculationPolicy(enabled=True, slowdown_factor=slowdown, min_samples=samples)
     spec = CoreSpec(
-        total=60,
-        microtasks_per_shard=10,
-        parallelism=4,
-        speculation=SpeculationPolicy(enabled=True, slowdown_factor=3, min_samples=3),
+        total=total, microtasks_per_shard=10, parallelism=parallelism, speculation=policy
     )
     d = Driver(spec)
     d.step()
     return d
 
 
+def _four_slots_one_straggler() -> Driver:
+    """60 microtasks on 4 slots, speculation after 3 samples at 3x: started."""
+    return _speculating(60, 4, slowdown=3, samples=3)
+
+
 def _straggler_and_its_copy() -> tuple[Driver, int]:
     """Two shards of 10; shard 0 ends at once, shard 1 straggles and gets a copy: its id."""
-    spec = CoreSpec(
-        total=20,
-        microtasks_per_shard=10,
-        parallelism=3,
-        speculation=SpeculationPolicy(enabled=True, slowdown_factor=2, min_samples=1),
-    )
-    d = Driver(spec)
-    d.step()
+    d = _speculating(20, 3, slowdown=2, samples=1)
     d.finish(0, ok)
     d.step(10)
     d.step(40)
