@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from microtask_operator.core.decision import apply
 from microtask_operator.core.planner import Decision, plan
 from microtask_operator.core.state import CoreState
 from microtask_operator.core.types import (
@@ -16,6 +17,7 @@ from microtask_operator.core.types import (
     CoreSpec,
     CreateShard,
     DeleteShard,
+    Event,
     ObservedShard,
     Pool,
     ShardPhase,
@@ -28,6 +30,11 @@ from microtask_runner.report import Report
 Outcome = Callable[[int, int], int]
 # Deletes that cancel a shard, whatever it was doing (the job ended).
 CANCELS = frozenset({"finished", "too_many_failures", "deadline", "refused"})
+
+
+class WriteLost(Exception):
+    """The status write failed: the steps after it do not happen."""
+
 
 CLUSTER = ClusterView(
     ready_nodes={
@@ -84,6 +91,8 @@ class Driver:
     # `status.attempts` must tell, with the launches of running shards cancelled at the end.
     executions: int = 0
     cancelled_running: int = 0
+    events: list[Event] = field(default_factory=list)  # every event emitted, in order
+    losing: bool = False  # the status write of the decision being applied fails
 
     def step(self, dt: float = 0.0) -> Decision:
         self.now += dt
@@ -98,46 +107,65 @@ class Driver:
         return decision
 
     def apply(self, decision: Decision, *, write_lost: bool = False) -> None:
-        if not write_lost:
-            self.state = decision.state
-            self.last = decision
-        for action in decision.actions:
-            if write_lost and not isinstance(action, CreateShard):
-                continue
-            if isinstance(action, CreateShard):
-                p = action.plan
-                assert p.shard_id not in self.shards, f"duplicate shard {p.shard_id}"
-                self.created.append(action)
-                node = self.pick_node(p.pool, p.avoid_nodes_hard)
-                self.shards[p.shard_id] = ObservedShard(
-                    shard_id=p.shard_id,
-                    indexes=p.indexes,
-                    attempt=p.attempt,
-                    pool=p.pool,
-                    created_at=self.now,
-                    phase=ShardPhase.RUNNING,
-                    copy_of=p.copy_of,
-                    node=node,
-                    started_at=self.now,
-                    avoid_nodes_hard=p.avoid_nodes_hard,
-                )
-            elif isinstance(action, DeleteShard):
-                self.deleted.append(action)
-                gone = self.shards.pop(action.shard_id, None)
-                if (
-                    gone is not None
-                    and gone.phase == ShardPhase.RUNNING
-                    and gone.copy_of is None
-                    and action.reason in CANCELS
-                ):
-                    self.cancelled_running += len(gone.indexes)
-            elif isinstance(action, SuspendShard):
-                shard = self.shards[action.shard_id]
-                self.shards[action.shard_id] = replace(shard, suspended=action.suspend)
+        """Carry the decision out in the core's order (`write_lost`: its status write fails)."""
+        self.losing = write_lost
+        try:
+            apply(decision, self)
+        except WriteLost:
+            pass  # what comes after the status write did not happen
+        finally:
+            self.losing = False
         live = [s for s in self.shards.values() if s.shard_id not in self.state.retired]
         groups = {s.copy_of if s.copy_of is not None else s.shard_id for s in live}
         self.max_in_flight = max(self.max_in_flight, len(groups))
         self.max_copies = max(self.max_copies, len(live) - len(groups))
+
+    # -- the body's steps (core.decision.Body) ---------------------------------------------
+
+    def create(self, creates: tuple[CreateShard, ...]) -> None:
+        for action in creates:
+            p = action.plan
+            assert p.shard_id not in self.shards, f"duplicate shard {p.shard_id}"
+            self.created.append(action)
+            node = self.pick_node(p.pool, p.avoid_nodes_hard)
+            self.shards[p.shard_id] = ObservedShard(
+                shard_id=p.shard_id,
+                indexes=p.indexes,
+                attempt=p.attempt,
+                pool=p.pool,
+                created_at=self.now,
+                phase=ShardPhase.RUNNING,
+                copy_of=p.copy_of,
+                node=node,
+                started_at=self.now,
+                avoid_nodes_hard=p.avoid_nodes_hard,
+            )
+
+    def record(self, decision: Decision) -> None:
+        if self.losing:
+            raise WriteLost
+        self.state = decision.state
+        self.last = decision
+
+    def delete(self, deletes: tuple[DeleteShard, ...]) -> None:
+        for action in deletes:
+            self.deleted.append(action)
+            gone = self.shards.pop(action.shard_id, None)
+            if (
+                gone is not None
+                and gone.phase == ShardPhase.RUNNING
+                and gone.copy_of is None
+                and action.reason in CANCELS
+            ):
+                self.cancelled_running += len(gone.indexes)
+
+    def suspend(self, suspends: tuple[SuspendShard, ...]) -> None:
+        for action in suspends:
+            shard = self.shards[action.shard_id]
+            self.shards[action.shard_id] = replace(shard, suspended=action.suspend)
+
+    def emit(self, events: tuple[Event, ...]) -> None:
+        self.events.extend(events)
 
     def pick_node(self, pool: Pool, avoid: Iterable[str]) -> str:
         nodes = sorted(self.cluster.ready_nodes.get(pool, frozenset()) - set(avoid))

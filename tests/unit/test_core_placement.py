@@ -357,7 +357,8 @@ def test_progress_shows_a_straggler_long_before_its_shard_would_end() -> None:
 
 
 def test_a_copy_queues_for_the_faster_pool_behind_copies_where_capacity_is_known() -> None:
-    from microtask_operator.core.planner import _Planner
+    from microtask_operator.core.copies import pool_for_copy
+    from microtask_operator.core.draft import Draft
     from microtask_operator.core.state import CoreState
 
     gpu_shard = shard(1, Pool.GPU, 0.0, 10)
@@ -365,11 +366,11 @@ def test_a_copy_queues_for_the_faster_pool_behind_copies_where_capacity_is_known
     # Both GPU slots busy and a copy waits there: a copy of a 10 s GPU shard still ends there
     # in 20 s (its turn after that copy's), against 50 s on the free CPU slot.
     gpu_busy = PoolLoad(Pool.GPU, capacity=2, live=3, waiting=1, per_microtask=1.0)
-    planner = _Planner(auto_spec(), CoreState(), [], sized_cluster(2, 4), 0.0)
-    assert planner.pool_for_copy({Pool.GPU: gpu_busy, Pool.CPU: cpu_free}, gpu_shard) == Pool.GPU
+    draft = Draft(auto_spec(), CoreState(), [], sized_cluster(2, 4), 0.0)
+    assert pool_for_copy(draft, {Pool.GPU: gpu_busy, Pool.CPU: cpu_free}, gpu_shard) == Pool.GPU
     # Capacity unknown: what waits may be real work, and a copy never queues behind it.
     unknown = PoolLoad(Pool.GPU, capacity=None, live=3, waiting=1, per_microtask=1.0)
-    assert planner.pool_for_copy({Pool.GPU: unknown, Pool.CPU: cpu_free}, gpu_shard) == Pool.CPU
+    assert pool_for_copy(draft, {Pool.GPU: unknown, Pool.CPU: cpu_free}, gpu_shard) == Pool.CPU
 
 
 # -- pod start-up and slow nodes in shard sizes ---------------------------------------------

@@ -15,7 +15,7 @@ from microtask_runner.report import Report, ReportError
 
 from .. import labels
 from ..core.timefmt import from_rfc3339
-from ..core.types import ClusterView, ObservedShard, Pool, ShardPhase
+from ..core.types import ClusterView, ObservedShard, PendingReason, Pool, ShardPhase
 
 # The runner's exit codes that mean "the shard ran; read the report for each microtask".
 RUNNER_RAN = frozenset({0, 10})
@@ -206,7 +206,11 @@ def observe(
         queue = (meta.get("labels") or {}).get(labels.KUEUE_QUEUE_NAME)
         return ObservedShard(
             phase=ShardPhase.PENDING,
-            pending_reason=("Queued" if queue else "Suspended") if queued else "NoPod",
+            pending_reason=(
+                (PendingReason.QUEUED if queue else PendingReason.SUSPENDED)
+                if queued
+                else PendingReason.NO_POD
+            ),
             pending_since=created,
             **base,
         )
@@ -288,10 +292,10 @@ def _observe_pod(
 
     # Pending: not scheduled, or scheduled and still pulling/creating.
     scheduled = _condition(pod, "PodScheduled")
-    pending_reason = "Pending"
+    pending_reason: str = PendingReason.PENDING
     pending_since = _time(pod_meta.get("creationTimestamp")) or base["created_at"]
     if scheduled is not None and scheduled.get("status") == "False":
-        pending_reason = str(scheduled.get("reason") or "Unschedulable")
+        pending_reason = str(scheduled.get("reason") or PendingReason.UNSCHEDULABLE)
         pending_since = _time(scheduled.get("lastTransitionTime")) or pending_since
     elif waiting is not None and waiting.get("reason") in WAITING_PENDING_REASONS:
         pending_reason = str(waiting.get("reason"))

@@ -41,6 +41,7 @@ from ..api.sources import (
 )
 from ..builder import build_job, job_name
 from ..core import conditions
+from ..core.conditions import Phase
 from ..core.planner import Decision, plan
 from ..core.state import CoreState, StateError
 from ..core.timefmt import from_rfc3339, to_rfc3339
@@ -49,6 +50,7 @@ from ..core.types import (
     DeleteShard,
     Event,
     ObservedShard,
+    PendingReason,
     ShardPhase,
     SuspendShard,
 )
@@ -184,7 +186,11 @@ class Reconciler:
             )[:2000]
             # A job that already runs keeps its phase: its Jobs in flight are harvested once the
             # spec is valid again; one that never started fails until it is fixed.
-            phase = str(status.get("phase") or "Running") if status.get("startTime") else "Failed"
+            phase = (
+                Phase(str(status.get("phase") or Phase.RUNNING))
+                if status.get("startTime")
+                else Phase.FAILED
+            )
             return await self._hold(
                 now,
                 meta,
@@ -204,7 +210,7 @@ class Reconciler:
                 return await self._hold(
                     now,
                     meta,
-                    "Failed" if blocked else "Pending",
+                    Phase.FAILED if blocked else Phase.PENDING,
                     conditions.WAITING_FOR_DEPENDENCIES,
                     not blocked,
                     verdict.reason,
@@ -240,7 +246,7 @@ class Reconciler:
                 return await self._hold(
                     now,
                     meta,
-                    "Pending",
+                    Phase.PENDING,
                     conditions.INVALID,
                     True,
                     "ItemsUnavailable",
@@ -372,7 +378,7 @@ class Reconciler:
 
     def _timed_out(self, status: Mapping[str, Any]) -> bool:
         """Did this job give up waiting for its dependencies (a final verdict)?"""
-        return status.get("phase") == "Failed" and any(
+        return status.get("phase") == Phase.FAILED and any(
             c.get("type") == conditions.FAILED
             and c.get("reason") == conditions.REASON_DEPENDENCY_TIMEOUT
             for c in status.get("conditions") or []
@@ -388,7 +394,7 @@ class Reconciler:
             return self.state
         # Failed without ever starting (invalid, a dependency failed, a cycle): once it can run
         # after all, it starts from scratch.
-        held = status.get("phase") == "Failed" and not status.get("startTime")
+        held = status.get("phase") == Phase.FAILED and not status.get("startTime")
         started_at = ((meta.get("annotations") or {}).get(STARTED_AT)) or None
         recovered: tuple[str, str] | None = None
         if self.unloadable is not None:
@@ -424,7 +430,7 @@ class Reconciler:
             start = from_rfc3339(started_at) if started_at else None
             # Shard ids already used are never reused: the planner continues after the largest.
             state = dataclasses.replace(
-                state, start_time=start, phase="Running" if start else "Pending"
+                state, start_time=start, phase=Phase.RUNNING if start else Phase.PENDING
             )
             self.flags[conditions.RECOVERED] = (True, reason, message)
             self.emit(Event(reason, message, warning=True))
@@ -465,7 +471,7 @@ class Reconciler:
             s
             for s in observed
             if s.phase == ShardPhase.PENDING
-            and s.pending_reason == "NoPod"
+            and s.pending_reason == PendingReason.NO_POD
             and now - s.created_at >= REFUSAL_CHECK_AFTER
         ]
         found, self.refusal_found = self.refusal_found, None
@@ -565,13 +571,13 @@ class Reconciler:
         """Hold a rerun whose source cannot be used: wait for it, or fail until the spec changes."""
         if problem.final:
             return await self._hold(
-                now, meta, "Failed", conditions.INVALID, True, problem.reason, problem.message
+                now, meta, Phase.FAILED, conditions.INVALID, True, problem.reason, problem.message
             )
         waiting = problem.reason in (SourceReason.NOT_FOUND, SourceReason.NOT_FINISHED)
         return await self._hold(
             now,
             meta,
-            "Pending",
+            Phase.PENDING,
             conditions.WAITING_FOR_DEPENDENCIES if waiting else conditions.INVALID,
             True,
             problem.reason,
@@ -838,7 +844,7 @@ class Reconciler:
         self,
         now: float,
         meta: Mapping[str, Any],
-        phase: str,
+        phase: Phase,
         condition_type: str,
         holds: bool,
         reason: str,
@@ -856,7 +862,7 @@ class Reconciler:
         )
         if failed_condition:
             conds = conditions.set_condition(conds, conditions.FAILED, True, reason, message, now)
-        elif phase != "Failed" and conditions.is_true(conds, conditions.FAILED):
+        elif phase != Phase.FAILED and conditions.is_true(conds, conditions.FAILED):
             # Failed only while held (a dependency cycle since broken): it may start after all.
             conds = conditions.set_condition(
                 conds, conditions.FAILED, False, conditions.REASON_RESOLVED, "", now
@@ -864,7 +870,7 @@ class Reconciler:
         conds = conditions.set_condition(conds, conditions.READY, False, reason, message, now)
         base = CoreState(phase=phase, message=message, conditions=conds).to_status()
         status = {
-            "phase": phase,
+            "phase": str(phase),
             "message": message,
             "conditions": base["conditions"],
             "observedGeneration": int(meta.get("generation") or 0),
@@ -880,14 +886,14 @@ class Reconciler:
                 Event(
                     reason,
                     message,
-                    warning=phase == "Failed" or condition_type == conditions.INVALID,
+                    warning=phase == Phase.FAILED or condition_type == conditions.INVALID,
                 )
             )
         if not (self.last_status or {}).get("startTime"):
             self.state = None  # never started: start from scratch once it can run
         if retry:
             wake = now + self.resync_seconds
-        return Outcome(wake, phase == "Failed")
+        return Outcome(wake, phase == Phase.FAILED)
 
     def _record(self, decision: Decision) -> None:
         self.metrics.record(self.namespace, decision.deltas, job=self.name)

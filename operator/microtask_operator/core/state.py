@@ -15,7 +15,7 @@ from typing import Any
 from microtask_runner.indexset import IndexSet
 
 from . import failures
-from .conditions import Condition
+from .conditions import Condition, Phase
 from .failures import FailureEntry
 from .resources import ResourceSeconds
 from .timefmt import from_rfc3339, to_rfc3339
@@ -103,7 +103,7 @@ class CoreState:
     not_run: int | None = None
     start_time: float | None = None
     completion_time: float | None = None
-    phase: str = "Pending"
+    phase: Phase = Phase.PENDING
     message: str = ""
     conditions: tuple[Condition, ...] = ()
     # What the decision that made this state derived from its sets (the ledger: their union,
@@ -121,7 +121,7 @@ class CoreState:
     def to_status(self) -> dict[str, Any]:
         """The persistent part of the status (the planner adds derived counters)."""
         status: dict[str, Any] = {
-            "phase": self.phase,
+            "phase": str(self.phase),
             "succeededIndexes": self.succeeded.to_compact(),
             "failedIndexes": self.failed.to_compact(),
             "retryQueue": [
@@ -284,7 +284,7 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
         not_run=None if status.get("notRun") is None else int(status["notRun"]),
         start_time=_time(status.get("startTime")),
         completion_time=_time(status.get("completionTime")),
-        phase=str(status.get("phase") or "Pending"),
+        phase=Phase(str(status.get("phase") or Phase.PENDING)),
         message=str(status.get("message") or ""),
         conditions=conditions,
     )

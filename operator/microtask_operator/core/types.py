@@ -38,6 +38,20 @@ class ShardPhase(StrEnum):
     LOST = "Lost"  # infrastructure took it away: node lost, evicted, preempted, Job/pod vanished
 
 
+class PendingReason(StrEnum):
+    """Why a shard waits, in the words bodies report and the core acts on.
+
+    Kubernetes' own words for a waiting container (ImagePullBackOff, ...) pass through as they
+    are; the core only acts on these.
+    """
+
+    UNSCHEDULABLE = "Unschedulable"  # no node can take its pod now (full, or none fits)
+    QUEUED = "Queued"  # held by a queue (Kueue) on purpose: its turn comes
+    SUSPENDED = "Suspended"  # its Job is suspended (by spec.suspend, or a queue)
+    NO_POD = "NoPod"  # its Job exists, no pod yet (the operator looks for a refusal)
+    PENDING = "Pending"  # its pod waits, no reason given
+
+
 class Reason(StrEnum):
     """Why the core moved work (the `reason` label of rebalance metrics and events)."""
 
@@ -137,7 +151,8 @@ class ObservedShard:
     node: str | None = None
     started_at: float | None = None  # when its pod started running
     finished_at: float | None = None
-    pending_reason: str | None = None  # e.g. Unschedulable, ImagePullBackOff, Queued, Suspended
+    # A PendingReason, or Kubernetes' own word for a waiting container (ImagePullBackOff, ...).
+    pending_reason: str | None = None
     pending_since: float | None = None
     node_lost_since: float | None = None  # its node went NotReady/Unknown at this time
     report: Report | None = None  # the runner's report (termination message), if any

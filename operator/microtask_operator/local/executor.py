@@ -37,6 +37,7 @@ from microtask_runner.contract import log_name
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report, ReportError
 
+from ..core.decision import apply
 from ..core.planner import Decision, plan
 from ..core.shardsize import shards_at_most
 from ..core.state import CoreState
@@ -45,12 +46,14 @@ from ..core.types import (
     CoreSpec,
     CreateShard,
     DeleteShard,
+    Event,
     ObservedShard,
     Pool,
     Progress,
     ShardPhase,
     ShardPlan,
     SpeculationPolicy,
+    SuspendShard,
 )
 from .launcher import SPAWN_RUNNER, ForkedRunner, Launcher, RunnerProcess
 from .processes import kill_tree, signal_group
@@ -439,11 +442,7 @@ class LocalExecutor:
                 now = self.clock()
                 decision = plan(self.job.spec, state, self.observed(), self.cluster, now)
                 state = decision.state
-                # The core's order: creates, then the status write, then deletes.
-                self.create(decision, now)
-                if self.on_decision is not None:
-                    self.on_decision(decision)
-                self.delete(decision)
+                apply(decision, _Applied(self, now))
                 self.progress(decision)
                 if decision.done and not self.running:
                     break
@@ -465,16 +464,6 @@ class LocalExecutor:
             shard_seconds=self.shard_seconds,
             failure_examples=self.failure_examples,
         )
-
-    def create(self, decision: Decision, now: float) -> None:
-        for action in decision.actions:
-            if isinstance(action, CreateShard) and not self.stop_requested:
-                self.start(action.plan, now)
-
-    def delete(self, decision: Decision) -> None:
-        for action in decision.actions:
-            if isinstance(action, DeleteShard):
-                self.stop(action.shard_id)
 
     def wind_down(self, state: CoreState) -> Decision:
         """Stop every runner, then one last decision over what they reported, launching nothing."""
@@ -564,3 +553,30 @@ class LocalExecutor:
                 queued=int(status.get("queued", 0)),
             )
         )
+
+
+@dataclass
+class _Applied:
+    """The executor as the body a decision is applied to, in the core's order."""
+
+    executor: LocalExecutor
+    now: float  # when the decision was made
+
+    def create(self, creates: tuple[CreateShard, ...]) -> None:
+        for action in creates:
+            if not self.executor.stop_requested:
+                self.executor.start(action.plan, self.now)
+
+    def record(self, decision: Decision) -> None:
+        if self.executor.on_decision is not None:
+            self.executor.on_decision(decision)
+
+    def delete(self, deletes: tuple[DeleteShard, ...]) -> None:
+        for action in deletes:
+            self.executor.stop(action.shard_id)
+
+    def suspend(self, suspends: tuple[SuspendShard, ...]) -> None:
+        pass  # never asked: `microtask run` refuses a job with spec.suspend
+
+    def emit(self, events: tuple[Event, ...]) -> None:
+        pass  # the display shows progress and the summary, not events

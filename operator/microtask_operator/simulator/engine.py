@@ -7,8 +7,9 @@ from streams seeded by `seed`, so a run is a pure function of its inputs.
 After each batch of simultaneous events the core's `plan()` is called with what a body would
 observe (every shard pod that still exists with its runner's progress, the Ready nodes per
 pool), and its actions are applied
-the way a body applies them: a CreateShard becomes a pod that the simulated scheduler places
-(or leaves Pending/Unschedulable), a DeleteShard kills the pod. `plan()` is then called again at
+in the core's order (`core.decision.apply`), as every body applies them: a CreateShard becomes
+a pod that the simulated scheduler places (or leaves Pending/Unschedulable), a DeleteShard kills
+the pod. `plan()` is then called again at
 the same instant until it has nothing more to do, since a real body would be called back by the
 changes its own actions cause.
 
@@ -18,25 +19,24 @@ reused, a job declared finished with work outstanding... are recorded as anomali
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
+from ..core.decision import Decision, apply
 from ..core.state import CoreState
 from ..core.types import (
-    Action,
     ClusterView,
     CoreSpec,
     CreateShard,
     DeleteShard,
     Event,
     ObservedShard,
+    PendingReason,
     Pool,
     Progress,
-    Reason,
     ShardPhase,
     ShardPlan,
     SuspendShard,
@@ -60,39 +60,7 @@ _POD_END, _NODE_LOST, _NODE_DELETED = POD_END, NODE_LOST, NODE_DELETED
 _WAKEUP = FIRST_OWN_KIND
 
 
-class DeltasLike(Protocol):
-    """The part of `Decision.deltas` the simulator reads."""
-
-    @property
-    def succeeded(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def speculative_copies(self) -> int: ...
-    @property
-    def rebalances(self) -> Mapping[Reason, int]: ...
-
-
-class DecisionLike(Protocol):
-    """The part of the core's `Decision` the simulator reads."""
-
-    @property
-    def actions(self) -> Sequence[Action]: ...
-    @property
-    def state(self) -> CoreState: ...
-    @property
-    def status(self) -> Mapping[str, object]: ...
-    @property
-    def deltas(self) -> DeltasLike: ...
-    @property
-    def phase(self) -> str: ...
-    @property
-    def done(self) -> bool: ...
-    @property
-    def next_wakeup(self) -> float | None: ...
-
-
-Planner = Callable[[CoreSpec, CoreState, Sequence[ObservedShard], ClusterView, float], DecisionLike]
+Planner = Callable[[CoreSpec, CoreState, Sequence[ObservedShard], ClusterView, float], Decision]
 
 
 def default_planner() -> Planner:
@@ -259,7 +227,11 @@ class CoreSimulation(EventLoop):
             node=pod.node.name if pod.node else None,
             started_at=pod.started_at,
             finished_at=pod.finished_at,
-            pending_reason=("Suspended" if pod.suspended else "Unschedulable") if pending else None,
+            pending_reason=(
+                (PendingReason.SUSPENDED if pod.suspended else PendingReason.UNSCHEDULABLE)
+                if pending
+                else None
+            ),
             pending_since=pod.created_at if pending else None,
             node_lost_since=pod.node_lost_since,
             report=pod.report,
@@ -269,14 +241,14 @@ class CoreSimulation(EventLoop):
             avoid_nodes_hard=plan.avoid_nodes_hard,
         )
 
-    def settle(self) -> DecisionLike:
+    def settle(self) -> Decision:
         """plan() until the core has nothing more to do at this instant."""
         for _ in range(MAX_ROUNDS_PER_INSTANT):
             self.plan_calls += 1
             decision = self.planner(self.spec, self.state, self.observed(), self.view, self.now)
-            self.state = decision.state
-            self.account(decision)
-            if not self.apply(decision.actions):
+            body = _Applied(self)
+            apply(decision, body)
+            if not body.changed:
                 return decision
             self.schedule()
         raise SimulationError(
@@ -284,7 +256,7 @@ class CoreSimulation(EventLoop):
             f"{MAX_ROUNDS_PER_INSTANT} plan() calls at the same instant with no new observation"
         )
 
-    def account(self, decision: DecisionLike) -> None:
+    def account(self, decision: Decision) -> None:
         deltas = decision.deltas
         self.counted_succeeded += deltas.succeeded
         self.counted_failed += deltas.failed
@@ -300,21 +272,6 @@ class CoreSimulation(EventLoop):
             if self.excluded.get(name) != "hard":
                 self.excluded[name] = level
         self.levels = levels
-
-    def apply(self, actions: Sequence[Action]) -> bool:
-        """Apply actions as a body does; True when the simulated world changed."""
-        changed = False
-        for action in actions:
-            if isinstance(action, CreateShard):
-                self.create(action.plan)
-                changed = True
-            elif isinstance(action, DeleteShard):
-                changed = self.delete(action) or changed
-            elif isinstance(action, SuspendShard):
-                changed = self.suspend(action) or changed
-            elif isinstance(action, Event):
-                continue
-        return changed
 
     def create(self, plan: ShardPlan) -> None:
         if plan.shard_id in self.created_ids:
@@ -469,7 +426,7 @@ class CoreSimulation(EventLoop):
     def outstanding(self) -> int:
         return self.spec.total - len(self.state.succeeded) - len(self.state.failed)
 
-    def result(self, decision: DecisionLike, message: str) -> SimulationResult:
+    def result(self, decision: Decision, message: str) -> SimulationResult:
         state = self.state
         everything = IndexSet.from_range(0, self.spec.total)
         if state.succeeded & state.failed:
@@ -540,6 +497,34 @@ class CoreSimulation(EventLoop):
             message="; ".join(notes),
             status=status,
         )
+
+
+class _Applied:
+    """The simulated world as the body a decision is applied to, in the core's order."""
+
+    def __init__(self, sim: CoreSimulation) -> None:
+        self.sim = sim
+        self.changed = False  # the simulated world changed: plan() is called again
+
+    def create(self, creates: tuple[CreateShard, ...]) -> None:
+        for action in creates:
+            self.sim.create(action.plan)
+            self.changed = True
+
+    def record(self, decision: Decision) -> None:
+        self.sim.state = decision.state
+        self.sim.account(decision)
+
+    def delete(self, deletes: tuple[DeleteShard, ...]) -> None:
+        for action in deletes:
+            self.changed = self.sim.delete(action) or self.changed
+
+    def suspend(self, suspends: tuple[SuspendShard, ...]) -> None:
+        for action in suspends:
+            self.changed = self.sim.suspend(action) or self.changed
+
+    def emit(self, events: tuple[Event, ...]) -> None:
+        pass  # nobody reads a simulation's events
 
 
 def simulate(

@@ -1,0 +1,181 @@
+"""Filling the window: retries that are due, then fresh work, placed and sized per pool.
+
+The window bounds the groups in flight (a shard and its copies take one slot). Each new shard
+goes to the pool `placement` chooses and holds the microtasks `shardsize` gives that pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from . import badnodes, placement, shardsize
+from .draft import Draft
+from .types import Accelerator, PendingReason, Pool, ShardPhase, ShardPlan
+
+
+def fill_window(draft: Draft) -> None:
+    # A copy still waiting for a node holds a slot back, so it is the next pod to get one.
+    waiting_copies = sum(
+        1 for s in draft.live.values() if s.copy_of is not None and s.phase == ShardPhase.PENDING
+    )
+    free = draft.spec.parallelism - draft.groups_in_flight() - waiting_copies
+    if free <= 0:
+        return
+    # Never queue for launch what a live shard already runs.
+    # Queued and in flight shared nothing after __init__: only what was queued or launched
+    # since can be both, and looking at that alone spares a pass over the whole window.
+    draft.ledger = draft.ledger.unqueue(draft.touched & draft.in_flight())
+    loads = pool_loads(draft)
+    room = free_room(draft, loads)
+    if room is not None:
+        # Every usable pool's capacity is known: work launched beyond its free slots would
+        # only be parked in a queue (and moved to the slow pool, GPU-sized, if it waits
+        # too long); left unplaced, it goes where a slot frees up, sized for that pool.
+        free = min(free, room)
+        if free <= 0:
+            return
+    unplaced = max(0, draft.spec.total - len(draft.final()) - len(draft.in_flight()))
+    size = min(size_for(draft, loads, pool, unplaced) for pool in usable_pools(draft))
+    ready, draft.ledger = draft.ledger.take_ready(draft.now, size, free)
+    for batch in draft.ledger.retry:
+        if batch.not_before > draft.now:
+            draft.wakeups.append(batch.not_before)
+    for spent, indexes in ready:
+        pool = place(draft, loads, len(indexes))
+        avoid = badnodes.avoid_lists(draft.nodes, pool, draft.cluster)
+        if draft.spec.bad_nodes.enabled:
+            avoid = badnodes.avoid_lists_for_retry(draft.nodes, indexes, pool, draft.cluster)
+        draft.launch(ShardPlan(draft.new_shard_id(), indexes, spent + 1, pool, None, *avoid))
+    free -= len(ready)
+    if free <= 0:
+        return
+    largest = draft.spec.microtasks_per_shard
+    # The next fresh microtasks, found past the work accounted for: never the whole rest.
+    fresh = draft.ledger.first_fresh(draft.universe, draft.in_flight(), free * largest)
+    avoid_by_pool = {pool: badnodes.avoid_lists(draft.nodes, pool, draft.cluster) for pool in Pool}
+    while fresh and free > 0:
+        pool = place(draft, loads, size)
+        chunk, fresh = fresh.take(size_for(draft, loads, pool, unplaced))
+        unplaced -= len(chunk)
+        hard, soft = avoid_by_pool[pool]
+        draft.launch(ShardPlan(draft.new_shard_id(), chunk, 1, pool, None, hard, soft))
+        free -= 1
+
+
+def pool_loads(draft: Draft) -> dict[Pool, placement.PoolLoad]:
+    """Each pool as placement sees it now (see core/placement.py)."""
+    live = dict.fromkeys(Pool, 0)
+    waiting = dict.fromkeys(Pool, 0)
+    for shard in draft.live.values():
+        live[shard.pool] += 1
+        if (
+            shard.phase == ShardPhase.PENDING
+            and shard.pending_reason == PendingReason.UNSCHEDULABLE
+        ):
+            waiting[shard.pool] += 1
+    loads = {}
+    for pool in Pool:
+        measured = draft.durations.get(pool)
+        excluded = frozenset(badnodes.avoid_lists(draft.nodes, pool, draft.cluster)[0])
+        loads[pool] = placement.PoolLoad(
+            pool=pool,
+            capacity=draft.cluster.capacity(pool, excluded),
+            live=live[pool],
+            waiting=waiting[pool],
+            per_microtask=measured.per_microtask() if measured is not None else None,
+            startup=draft.startup or 0.0,
+        )
+    return loads
+
+
+def pool_for_new_work(
+    draft: Draft, loads: dict[Pool, placement.PoolLoad] | None = None, size: int | None = None
+) -> Pool:
+    if draft.spec.accelerator == Accelerator.GPU:
+        return Pool.GPU
+    if draft.spec.accelerator == Accelerator.CPU:
+        return Pool.CPU
+    if draft.cluster.capacity(Pool.GPU) is None:
+        # The GPU pool's capacity is unknown: after a fallback, trust that it is full for a
+        # while rather than queue there again and wait out fallbackAfterSeconds once more.
+        if draft.gpu_fallback_until is not None and draft.now < draft.gpu_fallback_until:
+            draft.wakeups.append(draft.gpu_fallback_until)
+            return Pool.CPU
+        if draft.gpu_fallback_until is not None and waiting_for_capacity(draft, Pool.GPU):
+            return Pool.CPU
+    if loads is None:
+        loads = pool_loads(draft)
+    remaining = draft.spec.total - len(draft.final())
+    return placement.choose(
+        [loads[Pool.GPU], loads[Pool.CPU]],
+        size or draft.spec.microtasks_per_shard,
+        max(0, remaining),
+        busy_until=busy_until(draft),
+    )
+
+
+def busy_until(draft: Draft) -> float:
+    """Seconds until the shards running now are expected to end (0 when none is measured)."""
+    if draft.busy is None:
+        latest = draft.now
+        for shard in draft.live.values():
+            measured = draft.durations.get(shard.pool)
+            per = measured.per_microtask() if measured is not None else None
+            if shard.started_at is None or per is None:
+                continue
+            latest = max(latest, shard.started_at + per * len(shard.indexes))
+        draft.busy = latest - draft.now
+    return draft.busy
+
+
+def place(draft: Draft, loads: dict[Pool, placement.PoolLoad], size: int) -> Pool:
+    """The pool for one more new shard; `loads` then counts it there."""
+    pool = pool_for_new_work(draft, loads, size)
+    load = loads[pool]
+    loads[pool] = replace(load, live=load.live + 1)
+    return pool
+
+
+def free_room(draft: Draft, loads: dict[Pool, placement.PoolLoad]) -> int | None:
+    """Free slots in the usable pools, None when a pool's capacity is unknown.
+
+    (Unknown capacity is learned from pods that wait: there, launching past it is how the
+    core finds out, and what makes a slot that frees up busy again before the next call.)
+    """
+    pools = usable_pools(draft)
+    if any(loads[pool].capacity is None for pool in pools):
+        return None
+    return sum(loads[pool].free() for pool in pools)
+
+
+def usable_pools(draft: Draft) -> tuple[Pool, ...]:
+    if draft.spec.accelerator == Accelerator.AUTO:
+        return (Pool.GPU, Pool.CPU)
+    return (Pool.GPU,) if draft.spec.accelerator == Accelerator.GPU else (Pool.CPU,)
+
+
+def size_for(draft: Draft, loads: dict[Pool, placement.PoolLoad], pool: Pool, unplaced: int) -> int:
+    """Microtasks in a new shard on `pool` (see core/shardsize.py)."""
+    target = draft.spec.target_shard_seconds
+    if target is None:
+        return draft.spec.microtasks_per_shard
+    return shardsize.shard_size(
+        per_microtask=loads[pool].per_microtask,
+        target_seconds=target,
+        unplaced=unplaced,
+        rate=sum(loads[p].rate() for p in usable_pools(draft)),
+        total=draft.spec.total,
+        parallelism=draft.spec.parallelism,
+        largest=draft.spec.microtasks_per_shard,
+        startup_seconds=draft.startup,
+        slowest=draft.paces.slowest(pool),
+    )
+
+
+def waiting_for_capacity(draft: Draft, pool: Pool | None = None) -> bool:
+    return any(
+        s.phase == ShardPhase.PENDING
+        and s.pending_reason == PendingReason.UNSCHEDULABLE
+        and (pool is None or s.pool == pool)
+        for s in draft.live.values()
+    )
