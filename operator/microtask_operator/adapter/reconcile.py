@@ -42,12 +42,11 @@ from ..api.sources import (
 from ..builder import build_job, job_name
 from ..core import conditions
 from ..core.conditions import Phase
+from ..core.decision import APPLY_ORDER, Step
 from ..core.planner import Decision, plan
 from ..core.state import CoreState, StateError
 from ..core.timefmt import from_rfc3339, to_rfc3339
 from ..core.types import (
-    CreateShard,
-    DeleteShard,
     Event,
     ObservedShard,
     PendingReason,
@@ -280,33 +279,40 @@ class Reconciler:
         else:
             self.flags[conditions.RECONCILE_ERROR] = (False, conditions.REASON_RESOLVED, "")
 
-        # 1. Creates: a failure stops here; the next reconcile starts from what exists. A Job the
-        # API server refuses for good (invalid, or denied by admission) fails the job, quoted;
-        # the Jobs created before it are part of that decision (cancelled, not left running).
-        created, refused = await self._create(manifests, now)
-        if refused is not None:
-            decision = plan(spec, state, [*observed, *created, refused], view, now, launch=False)
-
-        # 2. Status, once: it records harvests before their Jobs go away.
-        new_status = self._full_status(decision, meta, now, store=store, rerun=rerun, items=items)
-        await self._write_status(new_status, seen)
-        self.state = decision.state
-        self._record(decision)
-
-        # 3. The start annotation, deletes and suspends: behind the reconcile (`_clean_up`).
-        work = [
-            self._mark_started(meta, new_status),
-            self._delete(
-                [a.shard_id for a in decision.actions if isinstance(a, DeleteShard)],
-                str(meta.get("uid") or ""),
-                now,
-            ),
-            *(self._suspend(a) for a in decision.actions if isinstance(a, SuspendShard)),
-        ]
-        self._clean_up([w for w in work if w is not None])
-        for action in decision.actions:
-            if isinstance(action, Event):
-                self.emit(action)
+        # The core's order (core.decision.APPLY_ORDER), each step the adapter's own: a create
+        # refused for good re-plans before the status is written, and the start annotation,
+        # deletes and suspends run behind the reconcile (`_clean_up`), handed over before the
+        # events are.
+        behind: list[Coroutine[Any, Any, None] | None] = []
+        for step in APPLY_ORDER:
+            match step:
+                case Step.CREATE:
+                    # A failure stops here; the next reconcile starts from what exists. A Job
+                    # the API server refuses for good (invalid, or denied by admission) fails
+                    # the job, quoted; the Jobs created before it are part of that decision
+                    # (cancelled, not left running).
+                    created, refused = await self._create(manifests, now)
+                    if refused is not None:
+                        shards = [*observed, *created, refused]
+                        decision = plan(spec, state, shards, view, now, launch=False)
+                case Step.RECORD:
+                    # Once: it records harvests before their Jobs go away.
+                    new_status = self._full_status(
+                        decision, meta, now, store=store, rerun=rerun, items=items
+                    )
+                    await self._write_status(new_status, seen)
+                    self.state = decision.state
+                    self._record(decision)
+                    behind.append(self._mark_started(meta, new_status))
+                case Step.DELETE:
+                    uid = str(meta.get("uid") or "")
+                    behind.append(self._delete([a.shard_id for a in decision.deletes], uid, now))
+                case Step.SUSPEND:
+                    behind.extend(self._suspend(a) for a in decision.suspends)
+                case Step.EMIT:
+                    self._clean_up([w for w in behind if w is not None])
+                    for event in decision.events:
+                        self.emit(event)
         self._announce()
         return Outcome(decision.next_wakeup, decision.done, settle=self._finishing())
 
@@ -344,9 +350,7 @@ class Reconciler:
         items: FixedItems,
     ) -> tuple[list[tuple[Any, dict[str, Any]]], str | None]:
         built: list[tuple[Any, dict[str, Any]]] = []
-        for action in decision.actions:
-            if not isinstance(action, CreateShard):
-                continue
+        for action in decision.creates:
             try:
                 manifest = build_job(
                     job,
