@@ -23,6 +23,7 @@ from microtask_operator.adapter.reconcile import Cluster, Reconciler
 from microtask_operator.api import indexsets
 from microtask_operator.api.indexsets import apply_patch
 from microtask_operator.api.items import ItemsError
+from microtask_operator.core.decision import APPLY_ORDER, Step
 from microtask_operator.core.timefmt import to_rfc3339
 from microtask_operator.core.types import Event, Pool
 from microtask_operator.metrics import Metrics
@@ -819,3 +820,41 @@ def test_many_harvested_shards_are_deleted_a_bounded_number_per_request(
         f"{L.JOB}=j,{L.JOB_UID}={UID},{L.SHARD} in (2,3)",
     ]
     assert world.api.jobs == {}
+
+
+def _steps_taken(world: World) -> list[Step]:
+    """The reconciler's steps, noted as it takes them (the work behind it runs later)."""
+    taken: list[Step] = []
+    reconciler = world.reconciler
+    for name, step in [
+        ("_create", Step.CREATE),
+        ("_write_status", Step.RECORD),
+        ("_delete", Step.DELETE),
+        ("_suspend", Step.SUSPEND),
+        ("emit", Step.EMIT),
+    ]:
+        original = getattr(reconciler, name)
+
+        def noted(*args: Any, _original: Any = original, _step: Step = step, **kw: Any) -> Any:
+            taken.append(_step)
+            return _original(*args, **kw)
+
+        setattr(reconciler, name, noted)
+    return taken
+
+
+def test_the_reconcile_takes_its_steps_in_the_core_order() -> None:
+    world = World({**RANGE, "parallelism": 3})
+    world.step()
+    world.finish(0, 0, 5)  # harvested: deleted; a new shard takes its slot
+    world.finish(1, 5, 5, failed=IndexSet.from_range(5, 6))  # an event says it failed
+    taken = _steps_taken(world)
+    world.step()
+    assert {Step.CREATE, Step.RECORD, Step.DELETE, Step.EMIT} <= set(taken)
+    assert taken == sorted(taken, key=APPLY_ORDER.index)
+    # Suspended: the shards in flight are suspended after the status says so.
+    world.body["spec"]["suspend"] = True
+    taken.clear()
+    world.step()
+    assert Step.SUSPEND in taken and Step.EMIT in taken
+    assert taken == sorted(taken, key=APPLY_ORDER.index)
