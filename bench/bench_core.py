@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Iterator
 
+from microtask_operator.core.conditions import Phase
 from microtask_operator.core.planner import plan
 from microtask_operator.core.state import CoreState, RetryBatch
 from microtask_operator.core.types import (
@@ -96,7 +97,7 @@ def _start(holes: bool) -> tuple[CoreSpec, CoreState, dict[int, ObservedShard]]:
         next_shard=WINDOW,
         attempts=DONE,
         start_time=0.0,
-        phase="Running",
+        phase=Phase.RUNNING,
     )
     return spec, state, live
 

@@ -4,6 +4,7 @@ and a dying straggler beside its healthy copy."""
 from __future__ import annotations
 
 from core_driver import TEN, TWO_CPU_ONE_GPU, Driver, creates
+from microtask_operator.core.conditions import Phase
 from microtask_operator.core.planner import plan
 from microtask_operator.core.state import CoreState
 from microtask_operator.core.types import (
@@ -54,7 +55,7 @@ def test_a_fallback_whose_status_write_was_lost_is_not_moved_twice() -> None:
         fallback_after_seconds=10,
     )
     state = CoreState(
-        next_shard=1, attempts=10, phase="Running", start_time=0.0, in_flight={1: TEN}
+        next_shard=1, attempts=10, phase=Phase.RUNNING, start_time=0.0, in_flight={1: TEN}
     )
     pending_gpu = ObservedShard(
         0,
@@ -80,7 +81,7 @@ def test_a_fallback_whose_status_write_was_lost_is_not_moved_twice() -> None:
 def test_a_lost_retry_shard_relaunched_before_a_lost_status_write_is_not_doubled() -> None:
     spec = CoreSpec(total=10, microtasks_per_shard=10, parallelism=2)
     state = CoreState(
-        next_shard=1, attempts=20, phase="Running", start_time=0.0, in_flight={2: TEN}
+        next_shard=1, attempts=20, phase=Phase.RUNNING, start_time=0.0, in_flight={2: TEN}
     )
     lost = ObservedShard(0, TEN, 2, Pool.CPU, 0.0, ShardPhase.LOST, node="a", started_at=1.0)
     first = plan(spec, state, [lost], CPU, 5.0)
@@ -100,7 +101,7 @@ def test_a_dying_straggler_does_not_kill_its_healthy_copy() -> None:
         speculation=SpeculationPolicy(enabled=True),
     )
     state = CoreState(
-        next_shard=2, attempts=10, phase="Running", start_time=0.0, in_flight={1: TEN}
+        next_shard=2, attempts=10, phase=Phase.RUNNING, start_time=0.0, in_flight={1: TEN}
     )
     original = ObservedShard(
         0,
