@@ -22,6 +22,7 @@ QUEUED_REASONS = frozenset({PendingReason.QUEUED, PendingReason.SUSPENDED})
 
 
 def fall_back(draft: Draft) -> None:
+    """Move GPU shards of an `auto` job waiting past fallbackAfterSeconds to the CPU pool."""
     if draft.spec.accelerator != Accelerator.AUTO:
         return
     loads: dict[Pool, placement.PoolLoad] | None = None

@@ -18,6 +18,7 @@ from .types import Event, ObservedShard, Pool, Reason, ShardPhase
 
 
 def harvest_finished(draft: Draft) -> None:
+    """Harvest each group (a shard and its copies) whose race a finished member decides."""
     groups: dict[int, list[ObservedShard]] = {}
     for shard in draft.live.values():
         groups.setdefault(group_of(shard), []).append(shard)
@@ -64,6 +65,7 @@ def keep_successes(
 
 
 def harvest(draft: Draft, shard: ObservedShard) -> None:
+    """Merge a finished shard's outcomes, charge its failures, and learn from its run."""
     draft.forget(shard.shard_id)
     report = shard.report
     inside = draft.inside(shard)
@@ -173,6 +175,7 @@ def tainted(draft: Draft, node: str | None) -> bool:
 
 
 def update_nodes(draft: Draft) -> None:
+    """Exclude nodes that keep failing work, and let exclusions that ran out lapse."""
     draft.nodes, changed = badnodes.update_levels(
         draft.nodes, draft.spec.bad_nodes, draft.cluster, draft.now, draft.durations
     )

@@ -13,6 +13,7 @@ from .types import ShardPhase
 
 
 def recover_lost(draft: Draft) -> None:
+    """Give back the work of lost shards, and of shards whose node is lost past the grace."""
     grace = draft.spec.node_lost_grace_seconds
     for shard in list(draft.live.values()):
         cause = shard.failure_reason if shard.phase == ShardPhase.LOST else None

@@ -14,6 +14,7 @@ from .types import Accelerator, PendingReason, Pool, ShardPhase, ShardPlan
 
 
 def fill_window(draft: Draft) -> None:
+    """Launch what the window has room for: retries that are due first, then fresh work."""
     # A copy still waiting for a node holds a slot back, so it is the next pod to get one.
     waiting_copies = sum(
         1 for s in draft.live.values() if s.copy_of is not None and s.phase == ShardPhase.PENDING
@@ -22,7 +23,7 @@ def fill_window(draft: Draft) -> None:
     if free <= 0:
         return
     # Never queue for launch what a live shard already runs.
-    # Queued and in flight shared nothing after __init__: only what was queued or launched
+    # Queued and in flight shared nothing when the draft was made: only what was queued or launched
     # since can be both, and looking at that alone spares a pass over the whole window.
     draft.ledger = draft.ledger.unqueue(draft.touched & draft.in_flight())
     loads = pool_loads(draft)
