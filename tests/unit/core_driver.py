@@ -16,6 +16,7 @@ from microtask_operator.core.types import (
     ClusterView,
     CoreSpec,
     CreateShard,
+    DeleteReason,
     DeleteShard,
     Event,
     ObservedShard,
@@ -29,7 +30,14 @@ from microtask_runner.report import Report
 # outcome(index, attempt) -> exit code (0 = success)
 Outcome = Callable[[int, int], int]
 # Deletes that cancel a shard, whatever it was doing (the job ended).
-CANCELS = frozenset({"finished", "too_many_failures", "deadline", "refused"})
+CANCELS = frozenset(
+    {
+        DeleteReason.FINISHED,
+        DeleteReason.TOO_MANY_FAILURES,
+        DeleteReason.DEADLINE,
+        DeleteReason.REFUSED,
+    }
+)
 
 
 class WriteLost(Exception):

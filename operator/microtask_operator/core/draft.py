@@ -21,6 +21,7 @@ from .types import (
     ClusterView,
     CoreSpec,
     CreateShard,
+    DeleteReason,
     DeleteShard,
     Event,
     ObservedShard,
@@ -77,7 +78,7 @@ class Draft:
         self.startup = startup_seconds(seen.live, now)
         self.paces = speculation.NodePaces(seen.live)
         # Observed shards already harvested or abandoned only need their Jobs gone.
-        self.deletes.extend(DeleteShard(s.shard_id, "retired") for s in seen.gone)
+        self.deletes.extend(DeleteShard(s.shard_id, DeleteReason.RETIRED) for s in seen.gone)
         self.live: dict[int, ObservedShard] = {s.shard_id: s for s in seen.live}
         self._in_flight: IndexSet | None = None
         self.busy: float | None = None  # computed once, when placement first needs it (window)
@@ -154,7 +155,9 @@ class Draft:
     def final(self) -> IndexSet:
         return self.ledger.final
 
-    def retire(self, shard: ObservedShard, reason: str, *, keep: bool = False) -> None:
+    def retire(
+        self, shard: ObservedShard, reason: DeleteReason | Reason, *, keep: bool = False
+    ) -> None:
         self.retired = self.retired | IndexSet.from_range(shard.shard_id, shard.shard_id + 1)
         self.forget(shard.shard_id)
         if keep:
@@ -252,7 +255,7 @@ class Draft:
         """Window slots in use: a shard and its speculative copies take one slot together."""
         return len({group_of(s) for s in self.live.values()})
 
-    def cancel_all(self, reason: str) -> None:
+    def cancel_all(self, reason: DeleteReason) -> None:
         for shard in list(self.live.values()):
             if shard.copy_of is None and shard.started_at is None:
                 # Its pod never started: none of its microtasks ran there.

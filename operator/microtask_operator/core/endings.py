@@ -16,7 +16,7 @@ from .conditions import TERMINAL_PHASES, Phase
 from .decision import Decision
 from .draft import Draft
 from .finish import finish
-from .types import Event, ObservedShard
+from .types import DeleteReason, Event, ObservedShard
 
 # A refusal quoted in the status message and the event is cut to this many characters.
 MAX_REFUSAL_CHARS = 1000
@@ -26,7 +26,7 @@ def already_finished(draft: Draft) -> Decision | None:
     """A job that ended stays ended: whatever is still in flight is cancelled."""
     if draft.previous_phase not in TERMINAL_PHASES:
         return None
-    draft.cancel_all("finished")
+    draft.cancel_all(DeleteReason.FINISHED)
     # A finished job keeps the reason it failed for, whatever it was.
     kept = conditions.get_condition(draft.conditions, conditions.FAILED)
     reason = kept.reason if kept is not None and kept.status == "True" else None
@@ -39,7 +39,7 @@ def failed_too_often(draft: Draft) -> Decision | None:
     if len(draft.ledger.failed) <= retries.allowed_failures(spec.retry, spec.total):
         return None
     draft.not_run = len(draft.fresh())
-    draft.cancel_all("too_many_failures")
+    draft.cancel_all(DeleteReason.TOO_MANY_FAILURES)
     draft.message = with_not_run(draft, too_many_failures(draft))
     return finish(draft, Phase.FAILED, conditions.REASON_TOO_MANY_FAILURES)
 
@@ -49,7 +49,7 @@ def all_done(draft: Draft) -> Decision | None:
     if len(draft.final()) < draft.spec.total:
         return None
     draft.not_run = len(draft.fresh())
-    draft.cancel_all("finished")
+    draft.cancel_all(DeleteReason.FINISHED)
     return finish(draft, Phase.SUCCEEDED)
 
 
@@ -71,7 +71,7 @@ def past_deadline(draft: Draft) -> Decision | None:
         draft.wakeups.append(deadline)
         return None
     draft.not_run = len(draft.fresh())
-    draft.cancel_all("deadline")
+    draft.cancel_all(DeleteReason.DEADLINE)
     unfinished = draft.universe - draft.final()
     draft.ledger = draft.ledger.fail(unfinished).drop_queue()
     draft.message = with_not_run(
@@ -88,7 +88,7 @@ def refuse(draft: Draft, refused: Sequence[ObservedShard]) -> Decision:
     words = failures.cut(first.refusal or "", MAX_REFUSAL_CHARS)
     never = IndexSet.from_ranges(r for s in refused for r in s.indexes.ranges)
     draft.not_run = len((draft.fresh() | never) - draft.final())
-    draft.cancel_all("refused")
+    draft.cancel_all(DeleteReason.REFUSED)
     text = f"the cluster refuses the pods of shard {first.shard_id}: {words}"
     draft.events.append(Event(conditions.REASON_PODS_REFUSED, text, warning=True))
     draft.message = with_not_run(draft, text)

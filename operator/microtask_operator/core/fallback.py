@@ -12,7 +12,16 @@ from microtask_runner.indexset import IndexSet
 from . import badnodes, placement, window
 from .draft import Draft
 from .observed import group_of
-from .types import Accelerator, ObservedShard, PendingReason, Pool, Reason, ShardPhase, ShardPlan
+from .types import (
+    Accelerator,
+    DeleteReason,
+    ObservedShard,
+    PendingReason,
+    Pool,
+    Reason,
+    ShardPhase,
+    ShardPlan,
+)
 
 # A GPU shard whose turn seemed near keeps waiting past fallbackAfterSeconds, up to this many
 # times that: estimates can be wrong, the fallback stays the safety net.
@@ -60,7 +69,7 @@ def fall_back(draft: Draft) -> None:
             continue
         draft.gpu_fallback_until = draft.now + draft.spec.fallback_cooldown_seconds
         draft.waste(shard)  # (nothing, unless it ran before it went back to pending)
-        draft.retire(shard, "fallback")
+        draft.retire(shard, DeleteReason.FALLBACK)
         rest = shard.indexes - draft.final() - draft.in_flight()
         if shard.copy_of is None:
             # A move keeps the attempt the shard's launch counted. What a decision whose
@@ -111,7 +120,7 @@ def unpin(draft: Draft) -> None:
         if draft.cluster.ready_nodes[first.pool] <= set(avoid[0]):
             continue  # today's lists would keep it off every node too
         for shard in members:
-            draft.retire(shard, "unpinned")
+            draft.retire(shard, DeleteReason.UNPINNED)
         rest = indexes - draft.final() - draft.in_flight()
         if any(s.copy_of is None for s in members):
             draft.uncount((indexes - rest) & draft.sighted)

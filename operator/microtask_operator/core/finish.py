@@ -12,7 +12,7 @@ from .conditions import Phase
 from .decision import Decision
 from .draft import Draft
 from .state import CoreState
-from .types import DeleteShard, Event, Pool, ShardPhase
+from .types import DeleteReason, DeleteShard, Event, Pool, ShardPhase
 
 
 def finish(draft: Draft, phase: Phase, reason: str | None = None) -> Decision:
@@ -179,4 +179,4 @@ def trim_kept(draft: Draft) -> None:
         oldest = draft.kept.first()
         assert oldest is not None
         draft.kept = draft.kept - IndexSet.from_range(oldest, oldest + 1)
-        draft.deletes.append(DeleteShard(oldest, "retired"))
+        draft.deletes.append(DeleteShard(oldest, DeleteReason.RETIRED))

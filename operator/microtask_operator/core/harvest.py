@@ -14,7 +14,7 @@ from . import attribution, badnodes, charging, speculation
 from .draft import Draft
 from .observed import clean, group_of
 from .state import PoolDurations
-from .types import Event, ObservedShard, Pool, Reason, ShardPhase
+from .types import DeleteReason, Event, ObservedShard, Pool, Reason, ShardPhase
 
 
 def harvest_finished(draft: Draft) -> None:
@@ -45,12 +45,14 @@ def harvest_finished(draft: Draft) -> None:
         for other in members:
             if other is not winner:
                 draft.waste(other)
-                draft.retire(other, "speculation_loser")
+                draft.retire(other, DeleteReason.SPECULATION_LOSER)
         harvest(draft, winner)
 
 
 def keep_successes(
-    draft: Draft, shard: ObservedShard, reason: str = "speculation_loser"
+    draft: Draft,
+    shard: ObservedShard,
+    reason: DeleteReason | Reason = DeleteReason.SPECULATION_LOSER,
 ) -> IndexSet:
     """Retire a shard that did not finish its run, keeping only what it reports as done."""
     report = shard.report
@@ -134,7 +136,7 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
         if error_text and draft.message == message_before:
             # (Unless a plainer message was set: a command that cannot run.)
             draft.message = f"last failure: {error_text}"[:512]
-    draft.retire(shard, "harvested", keep=keep)
+    draft.retire(shard, DeleteReason.HARVESTED, keep=keep)
 
 
 def judge_nodes(draft: Draft, shard: ObservedShard, ok: IndexSet, charged: IndexSet) -> IndexSet:

@@ -30,7 +30,7 @@ def recover_lost(draft: Draft) -> None:
             s for s in draft.live.values() if s is not shard and group_of(s) == group_of(shard)
         ]
         ran = attribution.interrupted(shard, draft.inside(shard))
-        ok = harvest.keep_successes(draft, shard, reason.value)
+        ok = harvest.keep_successes(draft, shard, reason)
         if siblings:
             continue  # a copy runs on and decides the rest
         # The work goes back without spending an attempt: the infrastructure took it away,

@@ -63,6 +63,20 @@ class Reason(StrEnum):
     BAD_NODE = "bad_node"
 
 
+class DeleteReason(StrEnum):
+    """Why the core deletes a shard's Job, unless it moved the work (then its rebalance Reason)."""
+
+    HARVESTED = "harvested"  # its outcomes are recorded
+    RETIRED = "retired"  # harvested or abandoned earlier, or no longer kept for debugging
+    SPECULATION_LOSER = "speculation_loser"  # another member of its group won the race
+    FALLBACK = "fallback"  # its work moved to the CPU pool
+    UNPINNED = "unpinned"  # its work relaunched with today's avoid lists
+    FINISHED = "finished"  # the job ended
+    TOO_MANY_FAILURES = "too_many_failures"  # the job failed: too many microtasks failed
+    DEADLINE = "deadline"  # the job failed: timeouts.jobSeconds ran out
+    REFUSED = "refused"  # the job failed: the cluster refuses its pods
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 3
@@ -223,7 +237,7 @@ class CreateShard:
 @dataclass(frozen=True)
 class DeleteShard:
     shard_id: int
-    reason: str  # harvested | fallback | node_lost | speculation_loser | cancelled | ...
+    reason: DeleteReason | Reason
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ..core.types import (
     ClusterView,
     CoreSpec,
     CreateShard,
+    DeleteReason,
     DeleteShard,
     Event,
     ObservedShard,
@@ -298,7 +299,7 @@ class CoreSimulation(EventLoop):
             # Killed while running: everything it did is thrown away.
             self.wasted += self.stop_pod(pod)
         elif (
-            action.reason == "speculation_loser"
+            action.reason == DeleteReason.SPECULATION_LOSER
             and pod.phase is not ShardPhase.LOST
             and pod.execution is not None
         ):
