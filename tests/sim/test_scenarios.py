@@ -280,7 +280,7 @@ def test_policy_flags_really_turn_policies_off() -> None:
 def test_mixed_cluster_with_adaptive_shards_ends_within_a_third_of_the_bound() -> None:
     """GPU, CPU and slow CPU nodes, a node that fails everything, 5% stragglers at 10x,
     transient failures and a GPU node lost; the job as written (`microtasksPerShard: auto`,
-    150 s shards). Seeds 1-3 end at 1.29, 1.26 and 1.23x the bound."""
+    150 s shards). Seeds 1-3 end at 1.26, 1.24 and 1.21x the bound."""
     from pathlib import Path
 
     from microtask_operator.simulator import load_cluster
@@ -330,3 +330,49 @@ def test_mixed_cluster_with_the_default_shard_sizes_ends_within_the_bound_target
         assert result.phase == "Succeeded" and not result.anomalies
         assert_each_microtask_ends_once(result)
     assert max(r.ratio for r in results) <= 1.3
+
+
+# -- a GPU-heavy cluster: GPUs ten times as fast as CPU slots ---------------------------------
+
+
+def test_gpu_heavy_cluster_ends_within_a_quarter_of_the_bound() -> None:
+    """8 GPUs at 0.5 s a microtask beside 16 CPU slots at 5 s and 8 at 10 s, a node that fails
+    everything fast, 5% stragglers at 10x, transient failures, a GPU node lost 500 s in; every
+    slot in the window, shards sized as they run (60 s). GPU time is most of the capacity, so
+    what it loses counts: start-ups of GPU copies, stragglers holding GPUs while their copies
+    run, work parked in the GPU queue in ever smaller shards. Seeds 1-3 end at 1.23, 1.23 and
+    1.21x the bound (before those were dealt with: 1.35, 1.37 and 1.19)."""
+    from microtask_operator.simulator.jobfile import load_job
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "clusters"
+    spec = replace(
+        load_job(examples / "jobs" / "mixed.yaml").spec,
+        total=15_000,
+        parallelism=8 + 16 + 8 + 4,
+        target_shard_seconds=60.0,
+    )
+    world = cluster(
+        [
+            gpu_nodes(4, gpus=2),
+            cpu_nodes(4),
+            cpu_nodes(2, name="cpu-slow", speed=0.5),
+            cpu_nodes(1, name="cpu-bad", bad=True, badExitCode=1, badSecondsPerMicrotask=0.2),
+        ],
+        workload={
+            "secondsPerMicrotask": {"gpu": 0.5, "cpu": 5.0},
+            "jitter": 0.3,
+            "failureRate": 0.003,
+            "exitCodes": {1: 1},
+            "stragglerRate": 0.05,
+            "stragglerSlowdown": 10,
+            "podStartupSeconds": 10,
+        },
+        losses=[{"node": "gpu-3", "at": 500, "deletedAfter": 300}],
+    )
+
+    results = [simulate(spec, world, seed=seed) for seed in (1, 2, 3)]
+
+    for result in results:
+        assert result.phase == "Succeeded"
+        assert_each_microtask_ends_once(result)
+    assert max(r.ratio for r in results) <= 1.25

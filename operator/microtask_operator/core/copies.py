@@ -12,7 +12,7 @@ from dataclasses import replace
 from . import badnodes, placement, speculation, window
 from .draft import Draft
 from .observed import group_of
-from .types import Accelerator, ObservedShard, Pool, Reason, ShardPlan
+from .types import Accelerator, DeleteReason, ObservedShard, Pool, Reason, ShardPlan
 
 # At the tail, with idle window slots, a shard this many times slower than usual gets a copy.
 TAIL_SLOWDOWN_FACTOR = 1.5
@@ -30,6 +30,10 @@ def speculate(draft: Draft) -> None:
     policy = draft.spec.speculation
     if not policy.enabled:
         return
+    for slow in speculation.outpaced(list(draft.live.values()), draft.final()):
+        # Its copy ends it far sooner: the copy holds its work, its slot takes other work.
+        draft.waste(slow)
+        draft.retire(slow, DeleteReason.SPECULATION_LOSER)
     tail = not draft.has_fresh() and not any(b.not_before <= draft.now for b in draft.ledger.retry)
     cap = max(1, math.floor(policy.max_fraction * draft.spec.parallelism))
     budget = cap - copies_in_flight(draft)
@@ -51,6 +55,7 @@ def speculate(draft: Draft) -> None:
         # judged by its run time alone, only at the tail (a slow copy is found late).
         copies_per_shard=TAIL_COPIES_PER_SHARD if tail or progress_seen(draft) else 1,
         paces=draft.paces,
+        startup=draft.startup,
     )
     draft.wakeups.extend(wakeups)
     loads = window.pool_loads(draft)
@@ -64,9 +69,15 @@ def speculate(draft: Draft) -> None:
                 draft.now,
                 lambda s: finish_elsewhere(draft, loads, s),
                 copies_per_shard=TAIL_COPIES_PER_SHARD,
+                paces=draft.paces,
+                startup=draft.startup or 0.0,
             )
             if s.shard_id not in chosen
         ]
+    # A shard whose node went NotReady is the lost-node recovery's when that comes first:
+    # it relaunches the work as new shards sized for the slots free then, where one copy
+    # would run it all on one slot (the tail of the job, when a node goes late).
+    candidates = [s for s in candidates if not recovered_soon(draft, loads, s)]
     for shard in candidates[: max(0, budget)]:
         # Only what the group has not finished: a member that ended with failures on a
         # node of its own failures left its successes kept, and a copy of a shard that is
@@ -116,6 +127,17 @@ def speculate(draft: Draft) -> None:
             f"shard {shard.shard_id} on node {shard.node} has run {elapsed:.0f}s; "
             f"copy {plan.shard_id} started elsewhere",
         )
+
+
+def recovered_soon(
+    draft: Draft, loads: dict[Pool, placement.PoolLoad], shard: ObservedShard
+) -> bool:
+    """Will the lost-node recovery relaunch `shard`'s work before a copy would end?"""
+    if shard.node_lost_since is None:
+        return False
+    recovery = shard.node_lost_since + draft.spec.node_lost_grace_seconds
+    copy = finish_elsewhere(draft, loads, shard)
+    return copy is None or recovery <= draft.now + copy
 
 
 def progress_seen(draft: Draft) -> bool:

@@ -51,17 +51,20 @@ def clean(shard: ObservedShard) -> bool:
 def startup_seconds(shards: Sequence[ObservedShard], now: float) -> float | None:
     """How long the shards' pods took to start their first microtask (the median), if seen.
 
-    A running pod whose progress shows a finished microtask started its first one
-    `progress.seconds` ago; a finished pod's runner spent `seconds_total` of its run on
-    microtasks. The rest of the pod's time is start-up (image pull, container start, the
-    runner's own). Pods on lost nodes stopped keeping time: left out.
+    A running pod whose progress shows a microtask begun (one finished, or time on the first)
+    started its first one `progress.seconds` ago; a finished pod's runner spent `seconds_total`
+    of its run on microtasks. The rest of the pod's time is start-up (image pull, container
+    start, the runner's own). Pods on lost nodes stopped keeping time: left out. (A pod on its
+    first microtask counts: at a job's end every pod may be a new one, and shards sized without
+    the start-up would be tiny.)
     """
     samples = []
     for shard in shards:
         if shard.started_at is None or shard.node_lost_since is not None:
             continue
         progress, report = shard.progress, shard.report
-        if shard.finished_at is None and progress is not None and progress.done >= 1:
+        begun = progress is not None and (progress.done >= 1 or progress.seconds > 0)
+        if shard.finished_at is None and progress is not None and begun:
             samples.append(now - shard.started_at - progress.seconds)
         elif shard.finished_at is not None and report is not None and report.count > 0:
             samples.append(shard.finished_at - shard.started_at - report.seconds_total)

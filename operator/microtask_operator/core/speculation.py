@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
 from .state import PoolDurations
@@ -91,12 +92,17 @@ def stragglers(
     factor: float | None = None,
     copies_per_shard: int = 1,
     paces: NodePaces | None = None,
+    startup: float | None = None,
 ) -> tuple[list[ObservedShard], list[float]]:
     """Shards that deserve a copy now (slowest first), and when the others would qualify.
 
     A shard and its copies form a group; the group's newest member is the one judged (a copy
     that straggles too may get a copy of its own, up to `copies_per_shard` copies in a group).
-    The original is returned for copying, so every copy names the same original.
+    The original is returned for copying, so every copy names the same original. `startup`:
+    the seconds a pod takes before its first microtask (measured), which no straggler slows:
+    judged by its run time alone, a shard still starting up is not late yet. Unknown (None: no
+    pod of the job has shown it yet), a pod whose progress shows it still starting is left
+    alone: a start-up of unknown length is no sign of straggling.
     """
     groups: dict[int, list[ObservedShard]] = {}
     for shard in live:
@@ -122,8 +128,11 @@ def stragglers(
             per_microtask = usual_pace(per_microtask, paces.of(newest))
         slowdown = factor or policy.slowdown_factor
         expected = per_microtask * len(newest.indexes)
-        threshold = newest.started_at + slowdown * expected
         progress = newest.progress
+        starting = progress is not None and progress.done == 0 and progress.seconds <= 0
+        if startup is None and starting:
+            continue  # judged when it begins its first microtask (its progress brings a call)
+        threshold = newest.started_at + (startup or 0.0) + slowdown * expected
         if progress is not None and progress.done < len(newest.indexes):
             # Slower than `slowdown` times the usual pace even if its current microtask ended
             # now; and when it would be, if it finishes nothing more until then.
@@ -138,7 +147,8 @@ def stragglers(
                 threshold, math.ceil(at / PROGRESS_GRID_SECONDS) * PROGRESS_GRID_SECONDS
             )
         if now >= threshold:
-            found.append(((now - newest.started_at) / max(expected, 1e-9), original))
+            late = (now - newest.started_at - (startup or 0.0)) / max(expected, 1e-9)
+            found.append((late, original))
         else:
             wakeups.append(threshold)
     found.sort(key=lambda pair: (-pair[0], pair[1].shard_id))
@@ -176,6 +186,8 @@ def outrun(
     now: float,
     elsewhere: Callable[[ObservedShard], float | None],
     copies_per_shard: int = 1,
+    paces: NodePaces | None = None,
+    startup: float = 0.0,
 ) -> list[ObservedShard]:
     """At the tail: shards a copy on a free slot would finish well before (latest first).
 
@@ -183,7 +195,9 @@ def outrun(
     (the first to finish wins, as for stragglers) ends the job sooner. A group's time left is
     its most promising member's: the rest of its expected run, or, once past that, as long
     again as it has run. `elsewhere(shard)`: the seconds a copy would take on the best free
-    slot, None if none. The original is returned for copying.
+    slot, None if none. The original is returned for copying. A member's expected run is its
+    pod's `startup` and its microtasks at its node's pace when `paces` shows it: a shard of a
+    half-speed node is not late at the pool's usual time, and a copy starting up is not late.
     """
     groups: dict[int, list[ObservedShard]] = {}
     for shard in live:
@@ -201,8 +215,10 @@ def outrun(
                 continue  # not started (or ended): nothing to judge it by
             if per_microtask is None:
                 break  # a pool not measured: no judgement
+            if paces is not None:
+                per_microtask = usual_pace(per_microtask, paces.of(member))
             elapsed = now - member.started_at
-            expected = per_microtask * len(member.indexes)
+            expected = startup + per_microtask * len(member.indexes)
             lefts.append(expected - elapsed if elapsed < expected else elapsed)
         else:
             if not lefts:
@@ -214,3 +230,62 @@ def outrun(
                 found.append((left, original))
     found.sort(key=lambda pair: (-pair[0], pair[1].shard_id))
     return [shard for _, shard in found]
+
+
+# A straggler gives way to its copy once the copy is expected to end this many times sooner
+# (the copy's pace is measured, the straggler's is at best what it has shown so far).
+GIVE_WAY_MARGIN = 2.0
+
+
+def time_left(shard: ObservedShard) -> float | None:
+    """Seconds `shard` needs to end at the pace its progress shows (None: no progress seen).
+
+    A shard with nothing done yet is taken to finish its current microtask now: the most
+    hopeful reading, so a straggler is never judged slower than it is.
+    """
+    progress = shard.progress
+    if progress is None or shard.phase != ShardPhase.RUNNING or shard.node_lost_since is not None:
+        return None
+    done = max(1, progress.done)  # (none yet: its first microtask ends now at the earliest)
+    return progress.seconds / done * max(0, len(shard.indexes) - done)
+
+
+def outpaced(live: Sequence[ObservedShard], final: IndexSet) -> list[ObservedShard]:
+    """Group members that a running copy will beat by far: their slot is better used elsewhere.
+
+    A straggler keeps its slot while its copy runs, at a tenth of its pace, say, and loses the
+    race anyway. Once a newer member of its group shows progress that ends it `GIVE_WAY_MARGIN`
+    times sooner than the straggler's own best pace would, the straggler is given up: the copy
+    holds all of its microtasks, and the slot goes to other work. Members without progress are
+    not judged (nothing is known of a copy still starting up), nor members on a lost node (the
+    lost-node recovery deals with those). `final`: the job's microtasks done or given up.
+    """
+    groups: dict[int, list[ObservedShard]] = {}
+    for shard in live:
+        key = shard.copy_of if shard.copy_of is not None else shard.shard_id
+        groups.setdefault(key, []).append(shard)
+    found: list[ObservedShard] = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        lefts = {m.shard_id: time_left(m) for m in members}
+        for member in members:
+            left = lefts[member.shard_id]
+            if left is None:
+                continue
+            # Only a newer member that holds all of this one's unfinished work may take over.
+            rivals = [
+                lefts[other.shard_id]
+                for other in members
+                if other is not member
+                and (other.started_at or 0.0) > (member.started_at or 0.0)
+                and lefts[other.shard_id] is not None
+                and other.progress is not None
+                and other.progress.done >= 1
+                and (member.indexes - final).issubset(other.indexes)
+            ]
+            best = min((r for r in rivals if r is not None), default=None)
+            if best is not None and best * GIVE_WAY_MARGIN < left:
+                found.append(member)
+    found.sort(key=lambda s: s.shard_id)
+    return found

@@ -56,6 +56,14 @@ def fill_window(draft: Draft) -> None:
     avoid_by_pool = {pool: badnodes.avoid_lists(draft.nodes, pool, draft.cluster) for pool in Pool}
     while fresh and free > 0:
         pool = place(draft, loads, size)
+        load = loads[pool]
+        if room is not None and load.capacity is not None and load.live > load.capacity:
+            # Every free slot left is on a pool where the shard would end later than
+            # queued for a busy one: the work waits unplaced for that slot to free up,
+            # then goes there sized for what is left (queued now, it would be sized for
+            # what is left now, and the last shards split into ever smaller ones).
+            loads[pool] = replace(load, live=load.live - 1)
+            break
         chunk, fresh = fresh.take(size_for(draft, loads, pool, unplaced))
         unplaced -= len(chunk)
         hard, soft = avoid_by_pool[pool]
