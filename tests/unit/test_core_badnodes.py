@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 from core_driver import Driver
 from microtask_operator.core import badnodes
-from microtask_operator.core.state import MAX_SUSPECT_RANGES, CoreState, NodeRecord
+from microtask_operator.core.state import (
+    MAX_SUSPECT_RANGES,
+    MAX_SUSPECTED_RANGES,
+    CoreState,
+    NodeRecord,
+)
 from microtask_operator.core.types import (
     BadNodePolicy,
     ClusterView,
@@ -205,12 +210,48 @@ def test_a_program_failing_for_good_leaves_no_suspicion() -> None:
     assert end.state.nodes == {}
 
 
-def test_suspicions_are_bounded() -> None:
-    scattered = IndexSet.from_indexes(range(0, 400, 2))
-    nodes = badnodes.record_shard({}, "a", failed=False, suspects=scattered, now=1.0)
-    assert len(nodes["a"].suspect.ranges) == MAX_SUSPECT_RANGES
-    assert nodes["a"].suspect <= scattered
-    assert (nodes["a"].failures, nodes["a"].shards) == (0, 0)
+def test_suspicions_are_bounded_job_wide_the_least_failing_nodes_giving_theirs_up_first() -> None:
+    def scattered(start: int, count: int) -> IndexSet:
+        return IndexSet.from_indexes(range(start, start + 2 * count, 2))
+
+    # Alone, a node may hold more than its share...
+    alone = badnodes.record_shard({}, "a", failed=False, suspects=scattered(0, 200), now=1.0)
+    assert alone["a"].suspect == scattered(0, 200)
+    assert (alone["a"].failures, alone["a"].shards) == (0, 0)
+    # ...and beside others, the one with failures of its own keeps its suspicions: the others
+    # give theirs up, down to their share.
+    others = {f"n{k}": suspecting(str(scattered(10_000 * (k + 1), 40))) for k in range(10)}
+    tainted = {**others, "a": suspecting("", failures=3)}
+    budget = MAX_SUSPECTED_RANGES - 10 * 40 + 200
+    nodes = badnodes.record_shard(
+        tainted, "a", failed=False, suspects=scattered(0, budget), now=1.0
+    )
+    assert nodes["a"].suspect == scattered(0, budget)
+    assert sum(len(r.suspect.ranges) for r in nodes.values()) == MAX_SUSPECTED_RANGES
+    assert all(len(nodes[n].suspect.ranges) >= MAX_SUSPECT_RANGES for n in others)
+    assert all(nodes[n].suspect <= others[n].suspect for n in others)
+    # Past the whole budget, every node keeps its share, the newest suspicions first.
+    flood = scattered(0, 2 * MAX_SUSPECTED_RANGES)
+    nodes = badnodes.record_shard(tainted, "a", failed=False, suspects=flood, now=1.0)
+    assert sum(len(r.suspect.ranges) for r in nodes.values()) <= MAX_SUSPECTED_RANGES
+    assert all(len(nodes[n].suspect.ranges) == MAX_SUSPECT_RANGES for n in others)
+    assert nodes["a"].suspect.last() == flood.last()
+
+
+def test_node_records_take_a_bounded_share_of_the_status_whatever_fails() -> None:
+    """Every node full of scattered suspicions at ten million microtasks: the node records stay
+    within a quarter of the status's 64 KiB."""
+    import json
+
+    nodes: dict[str, NodeRecord] = {}
+    for k in range(60):  # more nodes than are kept
+        flood = IndexSet.from_indexes(range(9_000_000 + k, 9_000_000 + k + 2000 * 7, 7))
+        nodes = badnodes.record_shard(
+            nodes, f"node-{k:02d}", failed=k % 3 == 0, suspects=flood, now=float(k)
+        )
+    assert sum(len(r.suspect.ranges) for r in nodes.values()) <= MAX_SUSPECTED_RANGES
+    status = CoreState(nodes=nodes).to_status()
+    assert len(json.dumps(status["nodeFailures"]).encode()) <= 16 * 1024
 
 
 # -- where a retry goes --------------------------------------------------------------------------
@@ -290,6 +331,59 @@ def test_a_last_attempt_after_one_spent_on_a_known_bad_node_is_not_the_last(
         assert decision.state.failed == IndexSet.EMPTY
         # Retried at the attempt it just had (never past maxAttempts).
         assert [(b.attempts, b.indexes) for b in decision.state.retry] == [(2, ix("0"))]
+
+
+def test_an_attempt_spent_on_a_bad_node_is_given_back_however_much_else_fails_there() -> None:
+    """Microtask 0 failed on `a` before `a` was excluded, then once elsewhere. While its third
+    attempt runs on `b`, twenty more shards fail on `a` (their pods were there already): a
+    bounded suspicion of each would push out microtask 0's. Its third attempt fails too: the
+    one spent on `a` is given back all the same, and the job goes on."""
+    from core_driver import report_for
+    from microtask_operator.core.planner import plan
+    from microtask_operator.core.types import ObservedShard
+
+    spec = CoreSpec(
+        total=50, microtasks_per_shard=1, parallelism=30, retry=RetryPolicy(max_attempts=3)
+    )
+    on_a = IndexSet.from_indexes(range(10, 50, 2))
+    record = NodeRecord(
+        failures=5, last_failure=990.0, level="hard", until=2000.0, shards=5, suspect=ix("0")
+    )
+    state = CoreState(
+        succeeded=IndexSet.from_range(1, 50) - on_a,
+        next_shard=30,
+        nodes={"a": record},
+        in_flight={1: on_a, 3: ix("0")},
+    )
+
+    def shard(shard_id: int, index: int, attempt: int, node: str, *, ended: bool) -> ObservedShard:
+        indexes = IndexSet.from_range(index, index + 1)
+        return ObservedShard(
+            shard_id=shard_id,
+            indexes=indexes,
+            attempt=attempt,
+            pool=Pool.CPU,
+            created_at=900.0,
+            phase=ShardPhase.SUCCEEDED if ended else ShardPhase.RUNNING,
+            node=node,
+            started_at=900.0,
+            finished_at=950.0 if ended else None,
+            report=report_for(indexes, attempt, lambda i, a: 1) if ended else None,
+            exit_code=10 if ended else None,
+        )
+
+    failing_on_a = [shard(1 + k, i, 1, "a", ended=True) for k, i in enumerate(on_a)]
+    first = plan(spec, state, [*failing_on_a, shard(29, 0, 3, "b", ended=False)], ABC, 1000.0)
+    assert first.state.nodes["a"].suspect == ix("0")
+    assert first.state.nodes["a"].failures > record.failures  # each failed shard counts at once
+    # Those attempts on `a`, known bad, cost nothing.
+    assert [(b.attempts, b.indexes) for b in first.state.retry] == [(0, on_a)]
+
+    second = plan(spec, first.state, [shard(29, 0, 3, "b", ended=True)], ABC, 1001.0)
+    assert second.phase == "Running"
+    assert second.state.failed == IndexSet.EMPTY
+    assert (2, ix("0")) in [(b.attempts, b.indexes) for b in second.state.retry]
+    assert second.state.nodes["a"].suspect == IndexSet.EMPTY  # given back once, not again
 
 
 def test_a_failure_elsewhere_leaves_the_suspicion_on_a_node_known_to_fail_work() -> None:

@@ -17,17 +17,28 @@ reported as failed is only a suspicion: the program may fail that item wherever 
 suspicion is confirmed (one failure of the node) when the microtask later succeeds on another
 node, and dropped when it fails again elsewhere or for good, or succeeds on the same node. So a
 program that fails some items deterministically excludes nobody, however often it is retried.
+
+Attempts spent on a node known bad are given back (`known_bad`, `refunds`): a failure there costs
+none and counts against the node at once, and one suffered there before the node was known is
+given back, once, when the microtask fails again elsewhere. That needs the suspicion until then,
+so the bound on suspicions is job-wide, and the nodes that fail least give theirs up first.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 
 from microtask_runner.indexset import IndexSet
 
-from .state import MAX_NODE_RECORDS, MAX_SUSPECT_RANGES, NodeRecord, PoolDurations
+from .state import (
+    MAX_NODE_RECORDS,
+    MAX_SUSPECT_RANGES,
+    MAX_SUSPECTED_RANGES,
+    NodeRecord,
+    PoolDurations,
+)
 from .types import BadNodePolicy, ClusterView, Pool
 
 SOFT = "soft"
@@ -47,6 +58,31 @@ def incidental(failed: int, outcomes: int) -> bool:
     return 0 < failed < INCIDENTAL_SHARE * outcomes
 
 
+def known_bad(
+    nodes: Mapping[str, NodeRecord],
+    policy: BadNodePolicy,
+    cluster: ClusterView,
+    pools: Mapping[Pool, PoolDurations] | None = None,
+) -> frozenset[str]:
+    """Nodes known to fail what succeeds elsewhere: excluded, or found so again on probation.
+
+    (A node on probation after an exclusion has no level until the next decision judges it; one
+    with `hardAfterFailures` failures that stands out from its pool is known already.)
+    """
+    if not policy.enabled:
+        return frozenset()
+    pool_of = {n: p for p, names in cluster.ready_nodes.items() for n in names}
+    return frozenset(
+        name
+        for name, record in nodes.items()
+        if record.level is not None
+        or (
+            record.failures >= policy.hard_after_failures
+            and _stands_out(record, (pools or {}).get(pool_of[name]) if name in pool_of else None)
+        )
+    )
+
+
 def record_shard(
     nodes: Mapping[str, NodeRecord],
     node: str,
@@ -54,6 +90,7 @@ def record_shard(
     failed: bool,
     now: float,
     suspects: IndexSet = IndexSet.EMPTY,
+    node_is_bad: bool = False,
 ) -> dict[str, NodeRecord]:
     """Count one harvested shard on `node`; nodes are tracked from their first failure on.
 
@@ -62,9 +99,16 @@ def record_shard(
     suspicions only is counted when one of them is confirmed: until then, it is no evidence
     either way (counted as a success, it would water down the failure rate of a node that fails
     everything while the evidence comes in).
+
+    `node_is_bad`: `node` is already `known_bad`. Its suspicions are a failure of the node at
+    once: the planner charged no attempt for them (see its `charge`), so there is nothing to give
+    back later, and the node's evidence still grows. Nothing is then added to its suspicions,
+    which therefore only shrink once a node is known bad: none is pushed out of the bound.
     """
     result = dict(nodes)
     previous = result.get(node)
+    if suspects and node_is_bad:
+        failed, suspects = True, IndexSet.EMPTY
     if previous is None and not failed and not suspects:
         return result
     if previous is None:
@@ -75,7 +119,7 @@ def record_shard(
         failures=previous.failures + (1 if failed else 0),
         last_failure=now if failure_seen else previous.last_failure,
         shards=previous.shards + (1 if failed or not suspects else 0),
-        suspect=_bounded(previous.suspect, suspects),
+        suspect=previous.suspect | suspects,
     )
     if len(result) > MAX_NODE_RECORDS:
         # Forget the nodes with the oldest, fewest failures first.
@@ -85,7 +129,35 @@ def record_shard(
         )
         for name, _ in ranked[: len(result) - MAX_NODE_RECORDS]:
             del result[name]
-    return result
+    return _within_budget(result, node, suspects)
+
+
+def _within_budget(nodes: dict[str, NodeRecord], node: str, new: IndexSet) -> dict[str, NodeRecord]:
+    """Keep MAX_SUSPECTED_RANGES ranges of suspicions in all, taking from the least failing.
+
+    Nodes with the fewest failures of their own give up theirs first (their suspicions are the
+    least likely to give an attempt back), down to MAX_SUSPECT_RANGES each; `node` keeps its
+    `new` suspicions first.
+    """
+    total = sum(len(r.suspect.ranges) for r in nodes.values())
+    if total <= MAX_SUSPECTED_RANGES:
+        return nodes
+    ranked = sorted(
+        nodes.items(),
+        key=lambda kv: (kv[1].level is not None, kv[1].failures, -len(kv[1].suspect.ranges)),
+    )
+    for name, record in ranked:
+        excess = total - MAX_SUSPECTED_RANGES
+        if excess <= 0:
+            break
+        size = len(record.suspect.ranges)
+        limit = max(MAX_SUSPECT_RANGES, size - excess)
+        if size <= limit:
+            continue
+        kept = _bounded(record.suspect, new if name == node else IndexSet.EMPTY, limit)
+        nodes[name] = replace(record, suspect=kept)
+        total -= size - len(kept.ranges)
+    return nodes
 
 
 def judge(
@@ -162,6 +234,43 @@ def judge(
     return result, confirmed, programs
 
 
+def refunds(
+    nodes: Mapping[str, NodeRecord], indexes: IndexSet, bad: Collection[str], *, besides: str | None
+) -> tuple[dict[str, NodeRecord], list[IndexSet]]:
+    """Attempts of `indexes` to give back: those spent on `bad` nodes other than `besides`.
+
+    Each such attempt is given back once: its suspicion is settled here (dropped from the node's
+    record). Returns the new records and, by count, the microtasks owed that many attempts:
+    `[owed at least 1, owed at least 2, ...]`.
+    """
+    result = dict(nodes)
+    owed: list[IndexSet] = []
+    if not indexes:
+        return result, owed
+    for name, record in nodes.items():
+        if name == besides or not record.suspect or name not in bad:
+            continue
+        hit = record.suspect & indexes
+        if not hit:
+            continue
+        result[name] = replace(record, suspect=record.suspect - hit)
+        carry = hit
+        for depth, already in enumerate(owed):
+            owed[depth] = already | carry
+            carry = already & carry
+            if not carry:
+                break
+        if carry:
+            owed.append(carry)
+    return result, owed
+
+
+def by_count(indexes: IndexSet, owed: list[IndexSet]) -> list[IndexSet]:
+    """`indexes` split by attempts owed (`refunds`' list): [owed none, owed one, two...]."""
+    bounds = [indexes, *owed, IndexSet.EMPTY]
+    return [bounds[n] - bounds[n + 1] for n in range(len(bounds) - 1)]
+
+
 def acquit(nodes: Mapping[str, NodeRecord], indexes: IndexSet) -> dict[str, NodeRecord]:
     """Drop suspicions about microtasks that failed for good: their failures are the program's."""
     result = dict(nodes)
@@ -173,18 +282,17 @@ def acquit(nodes: Mapping[str, NodeRecord], indexes: IndexSet) -> dict[str, Node
     return result
 
 
-def _bounded(previous: IndexSet, new: IndexSet) -> IndexSet:
-    """`previous | new`, at most MAX_SUSPECT_RANGES ranges: the new suspicions first.
+def _bounded(merged: IndexSet, new: IndexSet, limit: int) -> IndexSet:
+    """`merged` (holding `new`) cut to `limit` ranges: the `new` suspicions first, then the last.
 
     (The retries of the newest failures are the ones still to come; dropping them would let
     them run again where they failed.)
     """
-    merged = previous | new
-    if len(merged.ranges) <= MAX_SUSPECT_RANGES:
+    if len(merged.ranges) <= limit:
         return merged
-    kept = IndexSet.from_ranges(new.ranges[-MAX_SUSPECT_RANGES:])
-    room = MAX_SUSPECT_RANGES - len(kept.ranges)
-    older = (previous - kept).ranges
+    kept = IndexSet.from_ranges(new.ranges[-limit:])
+    room = limit - len(kept.ranges)
+    older = (merged - kept).ranges
     if room > 0 and older:
         kept = kept | IndexSet.from_ranges(older[-room:])
     return kept
@@ -252,6 +360,9 @@ def update_levels(
                 level=None,
                 until=None,
                 failures=min(record.failures, max(0, policy.soft_after_failures - 1)),
+                # Its rate restarts too: shards it failed before would otherwise be diluted by
+                # the old ones, and a node that still fails everything would never stand out.
+                shards=min(record.shards, max(0, policy.soft_after_failures - 1)),
                 last_failure=now,
             )
             continue

@@ -14,43 +14,40 @@ from .draft import Draft
 from .types import Event, ObservedShard
 
 
-def charge(draft: Draft, shard: ObservedShard, charge: Charge) -> IndexSet:
+def charge(draft: Draft, shard: ObservedShard, charge: Charge, *, free: bool = False) -> IndexSet:
     """Microtasks that failed an attempt: retry after backoff, or fail for good.
 
-    Returns those queued for a retry.
+    Attempts spent on a node known to fail what succeeds elsewhere are given back, so a
+    microtask that landed there does not fail the job: at once when it failed there (`free`,
+    see `spares`), or when it fails again elsewhere (the node judged since), each attempt
+    once. Returns those queued for a retry.
     """
     indexes = charge.indexes - draft.final()
     if not indexes:
         return IndexSet.EMPTY
     policy = draft.spec.retry
     spent = shard.attempt
-    if charge.from_runner and shard.attempt > 1 and judged_bad(draft, shard.node):
-        # The node is known to fail what succeeds elsewhere: the attempt is given back, so
-        # a microtask that kept landing there does not fail the job.
+    if charge.from_runner and free:
         spent -= 1
-    permanent = retries.is_permanent(policy, charge.code, spent, from_runner=charge.from_runner)
-    spared = IndexSet.EMPTY
-    if permanent and charge.from_runner and spent > 1:
-        # An earlier attempt was spent on a node now known to fail what succeeds elsewhere
-        # (one on probation after an exclusion, say): that attempt is given back, so bad
-        # luck here after a bad node there does not fail the job.
-        spared = indexes & suspected_on_bad_nodes(draft, shard.node)
-        if spared and retries.is_permanent(
-            policy, charge.code, spent - 1, from_runner=charge.from_runner
-        ):
-            spared = IndexSet.EMPTY
-    if spared:
-        delay = retries.backoff_seconds(policy, spent - 1)
-        draft.ledger = draft.ledger.retry_later(spent - 1, draft.now + delay, spared)
-        draft.touched = draft.touched | spared
-    if permanent:
-        draft.ledger = draft.ledger.fail(indexes - spared)
+    draft.nodes, owed = badnodes.refunds(draft.nodes, indexes, known_bad(draft), besides=shard.node)
+    retried = IndexSet.EMPTY
+    failed = IndexSet.EMPTY
+    # By attempts spent: those owed none, then those owed one, two...
+    for given_back, part in enumerate(badnodes.by_count(indexes, owed)):
+        if not part:
+            continue
+        attempts = max(0, spent - given_back)
+        if retries.is_permanent(policy, charge.code, attempts, from_runner=charge.from_runner):
+            failed = failed | part
+        else:
+            delay = retries.backoff_seconds(policy, attempts)
+            draft.ledger = draft.ledger.retry_later(attempts, draft.now + delay, part)
+            retried = retried | part
+    draft.touched = draft.touched | retried
+    if failed:
+        draft.ledger = draft.ledger.fail(failed)
         # Failed wherever they ran: no node is to blame for them.
-        draft.nodes = badnodes.acquit(draft.nodes, indexes - spared)
-    else:
-        delay = retries.backoff_seconds(policy, spent)
-        draft.ledger = draft.ledger.retry_later(spent, draft.now + delay, indexes)
-        draft.touched = draft.touched | indexes
+        draft.nodes = badnodes.acquit(draft.nodes, failed)
     sample = charge.indexes.first()
     assert sample is not None
     draft.failure_summary = failures.record(
@@ -58,7 +55,7 @@ def charge(draft: Draft, shard: ObservedShard, charge: Charge) -> IndexSet:
         exit_code=charge.exit_code,
         reason=charge.reason,
         attempts=len(indexes),
-        microtasks=len(indexes - spared) if permanent else 0,
+        microtasks=len(failed),
         sample_index=sample,
         message=charge.message,
     )
@@ -67,34 +64,24 @@ def charge(draft: Draft, shard: ObservedShard, charge: Charge) -> IndexSet:
     )
     if charge.from_runner and retries.is_command_not_found(policy, charge.code):
         command_not_found(draft, shard, charge, indexes, sample)
-    return spared if permanent else indexes
+    return retried
 
 
-def suspected_on_bad_nodes(draft: Draft, besides: str | None) -> IndexSet:
-    """Microtasks whose failure awaits judgement on a node known to fail work (not `besides`).
+def spares(draft: Draft, shard: ObservedShard) -> bool:
+    """Is a failure reported on `shard`'s node free: the node known bad, with others to go?
 
-    Known: excluded now, or with at least `hardAfterFailures` failures of its own (a node
-    on probation after an exclusion keeps its suspicions, not its level).
+    (Where its pool has no other node, retries would land there again and again, free.)
     """
-    policy = draft.spec.bad_nodes
-    if not policy.enabled:
-        return IndexSet.EMPTY
-    return IndexSet.from_ranges(
-        r
-        for name, record in draft.nodes.items()
-        if name != besides
-        and record.suspect
-        and (record.level is not None or record.failures >= policy.hard_after_failures)
-        for r in record.suspect.ranges
-    )
-
-
-def judged_bad(draft: Draft, node: str | None) -> bool:
-    """Is `node` excluded (softly or hard) as failing what succeeds elsewhere?"""
-    if node is None or not draft.spec.bad_nodes.enabled:
+    bad = known_bad(draft)
+    if shard.node not in bad:
         return False
-    record = draft.nodes.get(node)
-    return record is not None and record.level is not None
+    ready = draft.cluster.ready_nodes.get(shard.pool)
+    return ready is None or not ready <= bad
+
+
+def known_bad(draft: Draft) -> frozenset[str]:
+    """Nodes known to fail what succeeds elsewhere (see badnodes.known_bad)."""
+    return badnodes.known_bad(draft.nodes, draft.spec.bad_nodes, draft.cluster, draft.durations)
 
 
 def command_not_found(

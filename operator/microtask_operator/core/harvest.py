@@ -78,8 +78,11 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
     retried = IndexSet.EMPTY
     suspects = IndexSet.EMPTY  # reported failures: the program's, or the node's?
     pod_died = False  # the node's at once
+    # On a node known to fail work, reported failures cost no attempt and are the node's at
+    # once (decided once: the charges and the node's record must agree).
+    free = charging.spares(draft, shard)
     for charge in verdict.charges:
-        again = charging.charge(draft, shard, charge)
+        again = charging.charge(draft, shard, charge, free=free)
         retried = retried | again
         if charge.from_runner:
             suspects = suspects | again
@@ -107,7 +110,7 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
         shards=d.shards + (1 if measured else 0),
         microtasks=d.microtasks + (report.count if report is not None and measured else 0),
         seconds=d.seconds + (report.seconds_total if report is not None and measured else 0.0),
-        failed_shards=d.failed_shards + (1 if pod_died else 0),
+        failed_shards=d.failed_shards + (1 if pod_died or (free and suspects and not few) else 0),
         harvested=d.harvested + 1,
     )
     draft.deltas.shard_durations.append((pool, draft.run_time(shard)))
@@ -119,6 +122,7 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
             failed=pod_died,
             suspects=IndexSet.EMPTY if few else suspects - programs,
             now=draft.now,
+            node_is_bad=free,
         )
     keep = False
     if failed:

@@ -24,9 +24,13 @@ from .types import Pool
 # Bounds that keep status small; chosen far above what a healthy job needs.
 MAX_RETRY_BATCHES = 32
 MAX_NODE_RECORDS = 50
-# Ranges of suspected microtasks kept per node: a node failing whole shards needs few; scattered
-# failures are the program's more often than not, and losing some only slows judgement down.
+# Ranges of suspected microtasks (failures awaiting judgement), job-wide: a node failing whole
+# shards needs one range per shard until its victims succeed elsewhere, and an attempt spent on it
+# is given back only while the suspicion is kept, so the node failing most may take the others'
+# share; each node keeps MAX_SUSPECT_RANGES whatever the others hold. (Scattered failures are the
+# program's more often than not, and losing some of those only slows judgement down.)
 MAX_SUSPECT_RANGES = 16
+MAX_SUSPECTED_RANGES = MAX_NODE_RECORDS * MAX_SUSPECT_RANGES
 
 
 class StateError(ValueError):
