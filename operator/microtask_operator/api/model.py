@@ -999,6 +999,8 @@ class PoolTiming(_Strict):
     failed_shards: Count | None = None
     """Failed shards counted against their node (the pool's failure rate): pods that died, and
     confirmed suspicions."""
+    startup_seconds: float | None = Field(default=None, ge=0)
+    """Seconds the pool's pods took before their first microtask, as last measured."""
 
 
 class FailureKind(_Strict):

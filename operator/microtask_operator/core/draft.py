@@ -15,7 +15,7 @@ from microtask_runner.indexset import IndexSet
 from . import failures, lost, resources, speculation
 from .decision import Deltas
 from .ledger import Ledger
-from .observed import bucket, group_of, startup_seconds
+from .observed import bucket, group_of, remember_startup
 from .state import CoreState
 from .types import (
     ClusterView,
@@ -75,7 +75,7 @@ class Draft:
         self.conditions = state.conditions
         self.events: list[Event] = []
         seen = bucket(observed, state)
-        self.startup = startup_seconds(seen.live, now)
+        self.durations, self.startup = remember_startup(self.durations, seen.live, now)
         self.paces = speculation.NodePaces(seen.live)
         # Observed shards already harvested or abandoned only need their Jobs gone.
         self.deletes.extend(DeleteShard(s.shard_id, DeleteReason.RETIRED) for s in seen.gone)

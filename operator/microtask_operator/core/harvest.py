@@ -112,6 +112,7 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
         seconds=d.seconds + (report.seconds_total if report is not None and measured else 0.0),
         failed_shards=d.failed_shards + (1 if pod_died or (free and suspects and not few) else 0),
         harvested=d.harvested + 1,
+        startup_seconds=d.startup_seconds,
     )
     draft.deltas.shard_durations.append((pool, draft.run_time(shard)))
     if shard.node is not None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
-from .state import CoreState
-from .types import ObservedShard
+from .state import CoreState, PoolDurations
+from .types import ObservedShard, Pool
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,57 @@ def startup_seconds(shards: Sequence[ObservedShard], now: float) -> float | None
     first microtask counts: at a job's end every pod may be a new one, and shards sized without
     the start-up would be tiny.)
     """
-    samples = []
+    samples = [s for shard in shards if (s := _startup_sample(shard, now)) is not None]
+    return _median(samples)
+
+
+def remember_startup(
+    durations: Mapping[Pool, PoolDurations], shards: Sequence[ObservedShard], now: float
+) -> tuple[dict[Pool, PoolDurations], float | None]:
+    """The pod start-up to plan with now, and `durations` with each pool's start-up as seen now.
+
+    While pods show it, it is their median (see `startup_seconds`); a pool's own median is kept
+    in its `PoolDurations` (once it has one: from its first harvest). When no live pod shows it
+    (a job's last shards are all new pods, or pods on a lost node), the start-up kept is used:
+    a pod takes as long to start at the end of a job as it did before, and shards sized
+    without it would be tiny. Of the pools', the longer one (a new shard may go to either).
+    """
+    by_pool: dict[Pool, list[float]] = {}
     for shard in shards:
-        if shard.started_at is None or shard.node_lost_since is not None:
-            continue
-        progress, report = shard.progress, shard.report
-        begun = progress is not None and (progress.done >= 1 or progress.seconds > 0)
-        if shard.finished_at is None and progress is not None and begun:
-            samples.append(now - shard.started_at - progress.seconds)
-        elif shard.finished_at is not None and report is not None and report.count > 0:
-            samples.append(shard.finished_at - shard.started_at - report.seconds_total)
+        sample = _startup_sample(shard, now)
+        if sample is not None:
+            by_pool.setdefault(shard.pool, []).append(sample)
+    kept = dict(durations)
+    for pool, samples in by_pool.items():
+        seen = _median(samples)
+        assert seen is not None
+        measured = kept.get(pool)
+        # (Rounded as the status keeps it: a status write only when it really changes.)
+        seen = round(seen, 1)
+        # Kept once the pool has a record (its first harvest opens it): an empty record would
+        # read as a pool with nothing wrong in it to the bad-node judgement.
+        if measured is not None and measured.startup_seconds != seen:
+            kept[pool] = replace(measured, startup_seconds=seen)
+    live = _median([s for samples in by_pool.values() for s in samples])
+    if live is not None:
+        return kept, live
+    known = [d.startup_seconds for d in kept.values() if d.startup_seconds is not None]
+    return kept, max(known) if known else None
+
+
+def _startup_sample(shard: ObservedShard, now: float) -> float | None:
+    if shard.started_at is None or shard.node_lost_since is not None:
+        return None
+    progress, report = shard.progress, shard.report
+    begun = progress is not None and (progress.done >= 1 or progress.seconds > 0)
+    if shard.finished_at is None and progress is not None and begun:
+        return now - shard.started_at - progress.seconds
+    if shard.finished_at is not None and report is not None and report.count > 0:
+        return shard.finished_at - shard.started_at - report.seconds_total
+    return None
+
+
+def _median(samples: list[float]) -> float | None:
     if not samples:
         return None
     samples.sort()

@@ -15,7 +15,10 @@ Three rules, the smallest wins (guided self-scheduling with factoring, sized in 
   the core, picks the node): the last wave is short, so no slot finishes long after the
   others. (Not shorter, and never under `TAIL_STARTUP_MULTIPLE` start-ups: every shard pays a
   pod start-up, and a wave of tiny shards pays it over and over; what a last shard's bad luck
-  would cost is what speculative copies are for.)
+  would cost is what speculative copies are for.) Except for the last wave itself: when the
+  pool's free slots clear all the work left in less than that, they share it (each pays its
+  one start-up at the same time, and no second wave follows), where the floor would hold it
+  on a few slots, one shard after another, with the others idle.
 
 A shard never holds more than `largest` microtasks (a fixed `microtasksPerShard` keeps today's
 behaviour: that size, always).
@@ -60,6 +63,7 @@ def shard_size(
     largest: int,
     startup_seconds: float | None = None,
     slowest: float | None = None,
+    free_rate: float = 0.0,
 ) -> int:
     """Microtasks for a new shard on a pool taking `per_microtask` seconds each (None: unknown).
 
@@ -67,7 +71,8 @@ def shard_size(
     cluster clears with every slot busy (0 when unknown); `startup_seconds`: how long a shard's
     pod takes before its first microtask, when measured; `slowest`: seconds per microtask on
     the pool's slowest node, when seen (the scheduler, not the core, picks the node: near the
-    end a shard must be short there too).
+    end a shard must be short there too); `free_rate`: microtasks per second the pool's slots
+    free now (this shard's included) clear together, 0 when unknown.
     """
     if per_microtask is None or per_microtask <= 0:
         return initial_size(total, parallelism, largest)
@@ -76,7 +81,13 @@ def shard_size(
     if rate > 0:
         tail = math.floor(TAIL_SHARE * unplaced / rate / max(per_microtask, slowest or 0.0))
         # (The floor on the pool's usual pace: on its slowest node a shard runs longer anyway.)
-        least = math.floor(TAIL_STARTUP_MULTIPLE * (startup_seconds or 0.0) / per_microtask)
+        pace = max(per_microtask, slowest or 0.0)
+        floor = TAIL_STARTUP_MULTIPLE * (startup_seconds or 0.0)
+        least = math.floor(floor / per_microtask)
+        wave = unplaced / free_rate if free_rate > 0 else math.inf
+        if wave < floor:
+            # The last wave: the free slots share what is left, each its part of `wave`.
+            least = math.ceil(wave / pace)
         size = min(size, max(tail, least))
     return max(1, min(largest, size))
 

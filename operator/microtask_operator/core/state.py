@@ -74,6 +74,9 @@ class PoolDurations:
     seconds: float = 0.0
     failed_shards: int = 0  # harvested shards with a failed microtask (the pool's failure rate)
     harvested: int = 0  # all harvested shards
+    # Seconds the pool's pods took before their first microtask, as last measured: kept, since
+    # at a job's end no live pod may show it and new shards would be sized without it.
+    startup_seconds: float | None = None
 
     def per_microtask(self) -> float | None:
         if self.microtasks <= 0:
@@ -166,6 +169,11 @@ class CoreState:
                     "seconds": round(d.seconds, 3),
                     "harvested": d.harvested,
                     "failedShards": d.failed_shards,
+                    **(
+                        {"startupSeconds": round(d.startup_seconds, 1)}
+                        if d.startup_seconds is not None
+                        else {}
+                    ),
                 }
                 for pool, d in sorted(self.durations.items())
             },
@@ -247,6 +255,9 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
             seconds=float(d["seconds"]),
             failed_shards=int(d.get("failedShards", 0)),
             harvested=int(d.get("harvested", 0)),
+            startup_seconds=(
+                None if d.get("startupSeconds") is None else float(d["startupSeconds"])
+            ),
         )
         for pool, d in (status.get("durations") or {}).items()
     }

@@ -178,7 +178,19 @@ def size_for(draft: Draft, loads: dict[Pool, placement.PoolLoad], pool: Pool, un
         largest=draft.spec.microtasks_per_shard,
         startup_seconds=draft.startup,
         slowest=draft.paces.slowest(pool),
+        free_rate=free_rate(loads[pool]),
     )
+
+
+def free_rate(load: placement.PoolLoad) -> float:
+    """Microtasks per second the pool's free slots clear, the one a new shard takes included.
+
+    (`load` may count the new shard there already: its slot is counted free all the same.)
+    Only the pool's own: placement, not size, decides whether work goes to another pool.
+    """
+    if load.per_microtask is None or load.per_microtask <= 0 or load.capacity is None:
+        return 0.0  # not measured, or of unknown size: no last wave to share
+    return (load.free() + (1 if load.live > 0 else 0)) / load.per_microtask
 
 
 def waiting_for_capacity(draft: Draft, pool: Pool | None = None) -> bool:
