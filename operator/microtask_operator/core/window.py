@@ -193,6 +193,26 @@ def free_rate(load: placement.PoolLoad) -> float:
     return (load.free() + (1 if load.live > 0 else 0)) / load.per_microtask
 
 
+def last_wave_seconds(draft: Draft, microtasks: int, lost: dict[Pool, int]) -> float | None:
+    """Seconds the free slots need to run `microtasks` together, their pods' start-up included.
+
+    `lost`: the shards per pool that sit on NotReady nodes (counted live, though their slots
+    are not among the ready ones). None when a usable pool is not measured or its size unknown,
+    or no slot is free.
+    """
+    loads = pool_loads(draft)
+    rate = 0.0
+    for pool in usable_pools(draft):
+        load = loads[pool]
+        if load.per_microtask is None or load.per_microtask <= 0 or load.capacity is None:
+            return None
+        free = max(0, load.capacity - (load.live - lost.get(pool, 0)))
+        rate += free / load.per_microtask
+    if rate <= 0:
+        return None
+    return (draft.startup or 0.0) + microtasks / rate
+
+
 def waiting_for_capacity(draft: Draft, pool: Pool | None = None) -> bool:
     return any(
         s.phase == ShardPhase.PENDING
