@@ -13,7 +13,8 @@ from .types import ObservedShard, Pool, ShardPhase
 
 
 def recover_lost(draft: Draft) -> None:
-    """Give back the work of lost shards, and of shards whose node is lost past the grace."""
+    """Give back the work of lost shards, and of shards whose node is lost past the grace (or
+    sooner, at the job's end: see `sooner_than_grace`)."""
     grace = draft.spec.node_lost_grace_seconds
     early = sooner_than_grace(draft)
     for shard in list(draft.live.values()):
