@@ -802,7 +802,9 @@ class Rebalance(_Strict):
     """Moving work away from trouble."""
 
     node_lost_grace_seconds: Seconds = 30.0
-    """A shard whose node is NotReady this long is relaunched elsewhere (no attempt is spent)."""
+    """A shard whose node is NotReady this long is relaunched elsewhere (no attempt is spent);
+    sooner at the job's end, when its work is all that is left and idle slots would finish it
+    before the grace is over."""
     bad_nodes: BadNodes = Field(default_factory=BadNodes)
     """Job-wide tracking of nodes that keep failing work."""
 
