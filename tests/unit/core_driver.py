@@ -136,17 +136,8 @@ class Driver:
             assert p.shard_id not in self.shards, f"duplicate shard {p.shard_id}"
             self.created.append(action)
             node = self.pick_node(p.pool, p.avoid_nodes_hard)
-            self.shards[p.shard_id] = ObservedShard(
-                shard_id=p.shard_id,
-                indexes=p.indexes,
-                attempt=p.attempt,
-                pool=p.pool,
-                created_at=self.now,
-                phase=ShardPhase.RUNNING,
-                copy_of=p.copy_of,
-                node=node,
-                started_at=self.now,
-                avoid_nodes_hard=p.avoid_nodes_hard,
+            self.shards[p.shard_id] = replace(
+                p.as_pending(self.now), phase=ShardPhase.RUNNING, node=node, started_at=self.now
             )
 
     def record(self, decision: Decision) -> None:
