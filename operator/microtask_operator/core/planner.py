@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from . import copies, endings, fallback, harvest, recovery, suspension, window
+from . import copies, endings, fallback, harvest, recovery, splitting, suspension, window
 from .conditions import Condition, Phase
 from .decision import APPLY_ORDER, Decision, Deltas, Step, apply, apply_async
 from .draft import Draft
@@ -37,7 +37,7 @@ ENDINGS: tuple[Callable[[Draft], Decision | None], ...] = (
 
 
 def decide(draft: Draft) -> Decision:
-    """The sequence of policies: harvest, recover, judge nodes, end or hold, move, launch."""
+    """The sequence of policies: harvest, recover, judge nodes, end or hold, move, split, launch."""
     ended = endings.already_finished(draft)
     if ended is not None:
         return ended
@@ -59,6 +59,7 @@ def decide(draft: Draft) -> Decision:
     if not draft.may_launch:
         return finish(draft, running_phase(draft))
     _note_start(draft)
+    splitting.split_tail(draft)
     window.fill_window(draft)
     copies.speculate(draft)
     return finish(draft, running_phase(draft))

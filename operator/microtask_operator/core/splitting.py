@@ -1,0 +1,142 @@
+"""Splitting the last long shards of a job across the slots its end leaves idle.
+
+At a job's end the free slots have nothing left to start, while a shard that began late (a copy
+that waited for a GPU, say) still has much of its work ahead on one slot: it alone decides the
+makespan. When its unfinished work, spread over the free slots, would end several times sooner
+than the shard itself will, the shard (with its copies) is given up and the work relaunched as
+new shards sized for those slots, as the window's last wave is (see `window.last_wave_seconds`).
+
+What the shard did but no report tells runs again: a running pod's successes are not known
+before it ends, so only a far sooner end is worth it. It needs the shards' progress (the pace
+each member runs at, from the runner's progress) and shards sized by the core
+(`microtasksPerShard: auto`): an explicit shard size keeps its shards whole, and without
+progress a copy on a free slot (`copies`) is the move.
+"""
+
+from __future__ import annotations
+
+from microtask_runner.indexset import IndexSet
+
+from . import attribution, failures, harvest, window
+from .draft import Draft
+from .observed import group_of
+from .types import ObservedShard, Reason, ShardPhase
+
+# A group is split only when its work spread over the free slots ends this many times sooner
+# than its best member would end it (its done work runs again; estimates are estimates).
+SPLIT_MARGIN = 2.0
+# A member's pace is judged as if this many more microtasks had run at its pool's usual pace.
+PRIOR_MICROTASKS = 2
+
+
+def split_tail(draft: Draft) -> None:
+    """At the job's end, give the free slots the unfinished work of groups that hold it up."""
+    spec = draft.spec
+    if not spec.speculation.enabled or spec.target_shard_seconds is None:
+        return
+    if not draft.may_launch or draft.has_fresh():
+        return
+    if any(b.not_before <= draft.now for b in draft.ledger.retry):
+        return
+    if draft.groups_in_flight() >= spec.parallelism:
+        return  # no window slot to give the work to
+    final = draft.final()
+    groups: dict[int, list[ObservedShard]] = {}
+    for shard in draft.live.values():
+        groups.setdefault(group_of(shard), []).append(shard)
+    candidates: list[tuple[float, int, list[ObservedShard], IndexSet]] = []
+    for key, members in groups.items():
+        left = group_time_left(draft, members)
+        if left is None:
+            continue
+        rest = IndexSet.EMPTY
+        for member in members:
+            rest = rest | (draft.inside(member) - final)
+        if len(rest) >= 2:
+            candidates.append((left, key, members, rest))
+    # The longest first: each split adds its work to what the free slots must run together,
+    # and the job cannot end before the longest group left whole.
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    taken = 0
+    for i, (left, _, members, rest) in enumerate(candidates):
+        seconds = split_seconds(draft, taken + len(rest))
+        others = candidates[i + 1][0] if i + 1 < len(candidates) else 0.0
+        if seconds is None or max(seconds, others) * SPLIT_MARGIN >= left:
+            break
+        taken += len(rest)
+        split(draft, members, rest, left, seconds)
+
+
+def split_seconds(draft: Draft, microtasks: int) -> float | None:
+    """Seconds the free slots need for `microtasks` relaunched together (None: not known).
+
+    Their last wave, and at least one whole microtask on the fastest pool after the start-up.
+    """
+    seconds = window.last_wave_seconds(draft, microtasks, {})
+    loads = window.pool_loads(draft)
+    paces = [
+        load.per_microtask
+        for pool in window.usable_pools(draft)
+        if (load := loads[pool]).per_microtask is not None and load.free() > 0
+    ]
+    if seconds is None or not paces:
+        return None
+    return max(seconds, (draft.startup or 0.0) + min(paces))
+
+
+def group_time_left(draft: Draft, members: list[ObservedShard]) -> float | None:
+    """Seconds the group's most promising member needs, when every running member shows it.
+
+    None when a member's end cannot be judged: no progress seen, nothing done yet, or on a
+    NotReady node (the lost-node recovery decides about that one).
+    """
+    lefts: list[float] = []
+    for member in members:
+        if member.node_lost_since is not None:
+            return None
+        if member.phase == ShardPhase.PENDING:
+            continue  # a copy waiting for a node ends later than any running member
+        if member.phase != ShardPhase.RUNNING:
+            return None  # it ended: the harvest decides the group
+        progress = member.progress
+        baseline = draft.durations.get(member.pool)
+        usual = baseline.per_microtask() if baseline is not None else None
+        if progress is None or progress.done < 1 or usual is None:
+            return None
+        # Its pace so far, pulled toward its pool's usual pace as if PRIOR_MICROTASKS more had
+        # run at it: a first microtask a little slow is no sign, a tenth of the pace is.
+        pace = (progress.seconds + PRIOR_MICROTASKS * usual) / (progress.done + PRIOR_MICROTASKS)
+        lefts.append(pace * max(0, len(member.indexes) - progress.done))
+    return min(lefts) if lefts else None
+
+
+def split(
+    draft: Draft, members: list[ObservedShard], rest: IndexSet, left: float, seconds: float
+) -> None:
+    """Give up the group's members and relaunch its unfinished work as fresh shards."""
+    ran = IndexSet.EMPTY
+    for member in members:
+        ran = ran | ran_so_far(draft, member)
+        harvest.keep_successes(draft, member, Reason.STRAGGLER)
+    # The original's launch counted its microtasks: those it never reached are no attempt.
+    holder = next((m for m in members if m.copy_of is None), members[0])
+    back = draft.requeue_unfinished(holder, rest, ran=ran)
+    names = ", ".join(str(m.shard_id) for m in sorted(members, key=lambda m: m.shard_id))
+    draft.rebalanced(
+        Reason.STRAGGLER,
+        f"shard {names} would need {left:.0f}s more; {failures.microtasks(len(back))} "
+        f"relaunched over the free slots (about {seconds:.0f}s)",
+    )
+
+
+def ran_so_far(draft: Draft, member: ObservedShard) -> IndexSet:
+    """The member's microtasks that ran: as many as its progress shows, and the current one.
+
+    A runner takes its microtasks in order; the ones after them never ran there.
+    """
+    interrupted = attribution.interrupted(member, draft.inside(member))
+    progress = member.progress
+    if progress is None:
+        return interrupted
+    count = progress.done + (1 if progress.done < len(member.indexes) else 0)
+    return interrupted | member.indexes.take(count)[0]

@@ -1,0 +1,134 @@
+"""The last long shard of a job, split across the slots its end leaves idle (core/splitting.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from microtask_operator.core import planner
+from microtask_operator.core.state import CoreState, PoolDurations
+from microtask_operator.core.types import (
+    Accelerator,
+    ClusterView,
+    CoreSpec,
+    ObservedShard,
+    Pool,
+    Progress,
+    Reason,
+    ShardPhase,
+    SpeculationPolicy,
+)
+from microtask_runner.indexset import IndexSet
+
+NOW = 1000.0
+NODES = frozenset(f"cpu-{i}" for i in range(10))
+CLUSTER = ClusterView(ready_nodes={Pool.CPU: NODES}, slots=dict.fromkeys(NODES, 1))
+SPEC = CoreSpec(
+    total=100,
+    microtasks_per_shard=10,
+    target_shard_seconds=60.0,
+    parallelism=10,
+    accelerator=Accelerator.CPU,
+    speculation=SpeculationPolicy(enabled=True),
+)
+# 1 s a microtask on the CPU pool, pods start in 2 s; 0-79 are done, 80-99 run in shard 9.
+STATE = CoreState(
+    succeeded=IndexSet.from_range(0, 80),
+    next_shard=10,
+    attempts=100,
+    durations={Pool.CPU: PoolDurations(shards=9, microtasks=80, seconds=80.0, startup_seconds=2.0)},
+    start_time=0.0,
+)
+LAST = IndexSet.from_range(80, 100)
+
+
+def last_shard(progress: Progress | None, **changes: object) -> ObservedShard:
+    shard = ObservedShard(
+        shard_id=9,
+        indexes=LAST,
+        attempt=1,
+        pool=Pool.CPU,
+        created_at=NOW - 40.0,
+        phase=ShardPhase.RUNNING,
+        node="cpu-9",
+        started_at=NOW - 40.0,
+        progress=progress,
+    )
+    return replace(shard, **changes)  # type: ignore[arg-type]
+
+
+def decide(*shards: ObservedShard, spec: CoreSpec = SPEC) -> planner.Decision:
+    return planner.plan(spec, STATE, list(shards), CLUSTER, NOW)
+
+
+def test_a_shard_far_from_its_end_is_split_over_the_idle_slots() -> None:
+    # 2 of 20 done in 38 s: at that pace (judged as if 2 more had run at the usual 1 s),
+    # 180 s to go; spread over the 10 idle slots, the 20 microtasks take a few seconds.
+    decision = decide(last_shard(Progress(done=2, seconds=38.0)))
+    assert [d.shard_id for d in decision.deletes] == [9]
+    assert decision.deletes[0].reason == Reason.STRAGGLER
+    made = [c.plan for c in decision.creates]
+    assert len(made) > 1
+    covered = IndexSet.EMPTY
+    for plan in made:
+        assert plan.copy_of is None and plan.attempt == 1
+        assert covered.isdisjoint(plan.indexes)
+        covered = covered | plan.indexes
+    assert covered == LAST
+    assert decision.state.rebalances == {"straggler": 1}
+    # The 3 it ran (2 done, 1 under way) stay counted; the 17 it never reached are no attempts
+    # there, and the relaunch counts all 20 once more.
+    assert decision.state.attempts == 100 - 17 + 20
+    assert any("relaunched over the free slots" in e.message for e in decision.events)
+
+
+def test_a_shard_near_its_end_runs_on() -> None:
+    # 17 of 20 done at the usual pace: 3 s to go, sooner than any relaunch would end.
+    decision = decide(last_shard(Progress(done=17, seconds=17.0)))
+    assert not decision.deletes and not decision.creates
+
+
+def test_an_end_the_progress_does_not_show_is_not_judged() -> None:
+    # No progress seen (the operator's case: a copy on a free slot is its move), or nothing
+    # done yet (its pace unknown): the shard runs on.
+    assert not decide(last_shard(None)).deletes
+    assert not decide(last_shard(Progress(done=0, seconds=5.0))).deletes
+
+
+def test_not_while_other_work_holds_the_end_as_long() -> None:
+    # Another shard, ending as late, leaves the split nothing to gain.
+    other = replace(
+        last_shard(Progress(done=1, seconds=10.0)),
+        shard_id=8,
+        indexes=IndexSet.from_range(60, 80),
+        node="cpu-8",
+    )
+    state = replace(STATE, succeeded=IndexSet.from_range(0, 60))
+    shards = [last_shard(Progress(done=1, seconds=10.0)), other]
+    decision = planner.plan(SPEC, state, shards, CLUSTER, NOW)
+    assert not decision.deletes
+
+
+def test_an_explicit_shard_size_keeps_shards_whole() -> None:
+    spec = replace(SPEC, target_shard_seconds=None)
+    assert not decide(last_shard(Progress(done=2, seconds=38.0)), spec=spec).deletes
+
+
+def test_without_speculation_nothing_is_split() -> None:
+    spec = replace(SPEC, speculation=SpeculationPolicy(enabled=False))
+    assert not decide(last_shard(Progress(done=2, seconds=38.0)), spec=spec).deletes
+
+
+def test_a_copy_and_its_original_are_split_together() -> None:
+    original = last_shard(Progress(done=2, seconds=38.0))
+    copy = replace(
+        last_shard(Progress(done=1, seconds=30.0)),
+        shard_id=10,
+        copy_of=9,
+        node="cpu-0",
+        started_at=NOW - 31.0,
+    )
+    state = replace(STATE, next_shard=11)
+    decision = planner.plan(SPEC, state, [original, copy], CLUSTER, NOW)
+    assert sorted(d.shard_id for d in decision.deletes) == [9, 10]
+    covered = IndexSet.from_ranges(r for c in decision.creates for r in c.plan.indexes.ranges)
+    assert covered == LAST
