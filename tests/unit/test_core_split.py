@@ -88,23 +88,38 @@ def test_a_shard_near_its_end_runs_on() -> None:
 
 
 def test_an_end_the_progress_does_not_show_is_not_judged() -> None:
-    # No progress seen (the operator's case: a copy on a free slot is its move), or nothing
-    # done yet (its pace unknown): the shard runs on.
+    # No progress seen (the operator's case: a copy on a free slot is its move): it runs on.
     assert not decide(last_shard(None)).deletes
-    assert not decide(last_shard(Progress(done=0, seconds=5.0))).deletes
+    # Nothing done yet, but its first microtask has run for 30 s where one takes 1 s.
+    assert [d.shard_id for d in decide(last_shard(Progress(done=0, seconds=30.0))).deletes] == [9]
+    # Its pod still starting: nothing to judge it by.
+    assert not decide(last_shard(Progress(done=0, seconds=0.0))).deletes
 
 
-def test_not_while_other_work_holds_the_end_as_long() -> None:
-    # Another shard, ending as late, leaves the split nothing to gain.
-    other = replace(
-        last_shard(Progress(done=1, seconds=10.0)),
-        shard_id=8,
-        indexes=IndexSet.from_range(60, 80),
-        node="cpu-8",
+def other_shard(progress: Progress) -> ObservedShard:
+    return replace(
+        last_shard(progress), shard_id=8, indexes=IndexSet.from_range(60, 80), node="cpu-8"
     )
+
+
+def test_groups_that_hold_the_end_together_are_split_together() -> None:
     state = replace(STATE, succeeded=IndexSet.from_range(0, 60))
-    shards = [last_shard(Progress(done=1, seconds=10.0)), other]
+    slow = Progress(done=1, seconds=10.0)
+    shards = [last_shard(slow), other_shard(slow)]
     decision = planner.plan(SPEC, state, shards, CLUSTER, NOW)
+    assert sorted(d.shard_id for d in decision.deletes) == [8, 9]
+    covered = IndexSet.from_ranges(r for c in decision.creates for r in c.plan.indexes.ranges)
+    assert covered == IndexSet.from_range(60, 100)
+
+
+def test_not_when_the_free_slots_would_not_end_it_far_sooner() -> None:
+    # Three slots, two busy: the one free slot would take 40 s for both shards' work, and 20 s
+    # for one of them while the other still needs its 76 s.
+    nodes = frozenset({"cpu-7", "cpu-8", "cpu-9"})
+    cluster = ClusterView(ready_nodes={Pool.CPU: nodes}, slots=dict.fromkeys(nodes, 1))
+    state = replace(STATE, succeeded=IndexSet.from_range(0, 60))
+    slow = Progress(done=1, seconds=10.0)
+    decision = planner.plan(SPEC, state, [last_shard(slow), other_shard(slow)], cluster, NOW)
     assert not decision.deletes
 
 

@@ -15,6 +15,8 @@ progress a copy on a free slot (`copies`) is the move.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from microtask_runner.indexset import IndexSet
 
 from . import attribution, failures, harvest, window
@@ -52,43 +54,54 @@ def split_tail(draft: Draft) -> None:
         rest = IndexSet.EMPTY
         for member in members:
             rest = rest | (draft.inside(member) - final)
-        if len(rest) >= 2:
-            candidates.append((left, key, members, rest))
-    # The longest first: each split adds its work to what the free slots must run together,
-    # and the job cannot end before the longest group left whole.
+        candidates.append((left, key, members, rest))
+    # The longest first. Splitting the k longest ends them all in the time the free slots
+    # need for their work together, and the job no sooner than the longest group left whole:
+    # the most groups for which that is SPLIT_MARGIN times sooner than the k-th would end.
     candidates.sort(key=lambda c: (-c[0], c[1]))
+    relaunch = relaunch_seconds(draft)
+    if relaunch is None:
+        return
+    chosen = 0
     taken = 0
-    for i, (left, _, members, rest) in enumerate(candidates):
-        seconds = split_seconds(draft, taken + len(rest))
-        others = candidates[i + 1][0] if i + 1 < len(candidates) else 0.0
-        if seconds is None or max(seconds, others) * SPLIT_MARGIN >= left:
-            break
+    for i, (left, _, _, rest) in enumerate(candidates):
+        if len(rest) < 2:
+            break  # one microtask left: nothing to spread (its copy is the move)
         taken += len(rest)
+        others = candidates[i + 1][0] if i + 1 < len(candidates) else 0.0
+        if max(relaunch(taken), others) * SPLIT_MARGIN < left:
+            chosen = i + 1
+    seconds = relaunch(sum(len(rest) for _, _, _, rest in candidates[:chosen]))
+    for left, _, members, rest in candidates[:chosen]:
         split(draft, members, rest, left, seconds)
 
 
-def split_seconds(draft: Draft, microtasks: int) -> float | None:
-    """Seconds the free slots need for `microtasks` relaunched together (None: not known).
+def relaunch_seconds(draft: Draft) -> Callable[[int], float] | None:
+    """Seconds the free slots need for so many microtasks relaunched together (None: unknown).
 
-    Their last wave, and at least one whole microtask on the fastest pool after the start-up.
+    Their last wave (`window.last_wave_seconds`), and at least one start-up and one whole
+    microtask on the fastest pool with a free slot.
     """
-    seconds = window.last_wave_seconds(draft, microtasks, {})
     loads = window.pool_loads(draft)
     paces = [
         load.per_microtask
         for pool in window.usable_pools(draft)
         if (load := loads[pool]).per_microtask is not None and load.free() > 0
     ]
-    if seconds is None or not paces:
+    one = window.last_wave_seconds(draft, 1, {})
+    if one is None or not paces:
         return None
-    return max(seconds, (draft.startup or 0.0) + min(paces))
+    startup = draft.startup or 0.0
+    per_microtask = one - startup  # the free slots' rate, inverted
+    least = startup + min(paces)
+    return lambda microtasks: max(least, startup + microtasks * per_microtask)
 
 
 def group_time_left(draft: Draft, members: list[ObservedShard]) -> float | None:
     """Seconds the group's most promising member needs, when every running member shows it.
 
-    None when a member's end cannot be judged: no progress seen, nothing done yet, or on a
-    NotReady node (the lost-node recovery decides about that one).
+    None when a member's end cannot be judged: no progress seen, its pod still starting, or on
+    a NotReady node (the lost-node recovery decides about that one).
     """
     lefts: list[float] = []
     for member in members:
@@ -101,10 +114,11 @@ def group_time_left(draft: Draft, members: list[ObservedShard]) -> float | None:
         progress = member.progress
         baseline = draft.durations.get(member.pool)
         usual = baseline.per_microtask() if baseline is not None else None
-        if progress is None or progress.done < 1 or usual is None:
+        if progress is None or usual is None or (progress.done == 0 and progress.seconds <= 0):
             return None
         # Its pace so far, pulled toward its pool's usual pace as if PRIOR_MICROTASKS more had
-        # run at it: a first microtask a little slow is no sign, a tenth of the pace is.
+        # run at it: a first microtask a little slow is no sign, a tenth of the pace is (and
+        # nothing done yet, its first microtask counts as running since it began).
         pace = (progress.seconds + PRIOR_MICROTASKS * usual) / (progress.done + PRIOR_MICROTASKS)
         lefts.append(pace * max(0, len(member.indexes) - progress.done))
     return min(lefts) if lefts else None
