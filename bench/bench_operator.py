@@ -14,8 +14,10 @@ to the API server directly (not through the tests' fault proxy):
   follows a reconcile's status write (the deletes of harvested Jobs, the start annotation,
   suspends) runs behind it, as Events do: its mean, from `microtask_reconcile_cleanup_seconds`,
   is in the batch summary. So are, to tell where a reconcile's time goes, the API server's own
-  mean time per kind of the operator's requests (from receipt to answer, in the audit log), the
-  operator's CPU time, and the CPU time the whole machine was busy (everything shares its cores).
+  mean time per kind of the operator's requests (from receipt to answer, in the audit log), its
+  time per reconcile on the calls a reconcile waits for (the part of the mean spent inside the
+  API server), the CPU time of the operator and of the control plane, and the CPU time the whole
+  machine was busy (everything shares its cores).
 * `operator.api_writes_per_microtask_100`: one MicrotaskJob of 2,000 microtasks (1,000 with
   --quick) at 100 per shard; the writes (create, patch, delete, deletecollection, update) the
   operator counted in `microtask_api_requests_total` during its run, per microtask, against the
@@ -95,7 +97,12 @@ class Batch:
     first_jobs_seconds: float
     requests: dict[str, int]  # the operator's requests by verb and resource (the audit log)
     server_ms: dict[str, float]  # the API server's mean time for each kind of them (the audit log)
+    # The API server's own time per reconcile on the calls a reconcile waits for (its Job
+    # creates, sent together: the longest; its status write): the part of `mean_seconds` spent
+    # inside the API server, the rest is the operator's and the way there and back.
+    server_seconds_per_reconcile: float
     operator_cpu_seconds: float  # CPU time the operator process used during the batch
+    control_plane_cpu_seconds: float  # CPU time of etcd, the API server, controllers, scheduler
     machine_busy_seconds: float  # CPU time the whole machine was busy (all cores, all processes)
 
 
@@ -119,6 +126,7 @@ def run_batch(
 ) -> Batch:
     """Create the MicrotaskJobs at once, wait until all succeeded, delete them; what it cost."""
     cpu0 = _cpu_seconds(op.process.pid)
+    plane0 = _control_plane_cpu(cluster)
     machine0 = _machine_busy()
     count0, sum0 = _reconciles(op)
     cleanups0, cleanup_sum0 = _reconciles(op, CLEANUP)
@@ -168,6 +176,7 @@ def run_batch(
     time.sleep(EVENTS_SETTLE_SECONDS)
     count1, sum1 = _reconciles(op)
     operator_cpu = _cpu_seconds(op.process.pid) - cpu0
+    plane = _control_plane_cpu(cluster) - plane0
     machine = _machine_busy() - machine0
     cleanups1, cleanup_sum1 = _reconciles(op, CLEANUP)
     writes = _writes(op) - writes0
@@ -188,7 +197,9 @@ def run_batch(
         first_jobs_seconds=first_jobs,
         requests=dict(requests.most_common()),
         server_ms={k: round(v * 1000, 1) for k, v in server.items()},
+        server_seconds_per_reconcile=round(_server_in_reconciles(audited) / max(reconciles, 1), 4),
         operator_cpu_seconds=round(operator_cpu, 2),
+        control_plane_cpu_seconds=round(plane, 2),
         machine_busy_seconds=round(machine, 2),
     )
 
@@ -197,6 +208,11 @@ def _cpu_seconds(pid: int) -> float:
     """CPU time (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _control_plane_cpu(cluster: Cluster) -> float:
+    """CPU time the control plane's processes have used so far."""
+    return sum(_cpu_seconds(p.pid) for p in cluster.plane.processes.values() if p.poll() is None)
 
 
 def _machine_busy() -> float:
@@ -216,6 +232,36 @@ def _server_seconds(events: Sequence[dict[str, Any]]) -> dict[str, float]:
         seconds = (_instant(done) - _instant(received)).total_seconds()
         spent.setdefault(_request_kind(event), []).append(seconds)
     return {k: sum(v) / len(v) for k, v in sorted(spent.items())}
+
+
+def _server_in_reconciles(events: Sequence[dict[str, Any]]) -> float:
+    """The API server's time on the calls reconciles wait for, summed over the reconciles.
+
+    A reconcile waits for its Job creates, sent together (the longest of them counts), and then
+    for its status write; what follows the write runs behind it. A create belongs to the next
+    status write of its MicrotaskJob (a Job is named `<MicrotaskJob>-s<shard>`).
+    """
+    writes: dict[str, list[float]] = {}  # MicrotaskJob -> when each status write was received
+    total = 0.0
+    creates: list[tuple[str, float, float]] = []
+    for event in events:
+        ref = event.get("objectRef") or {}
+        received, done = event.get("requestReceivedTimestamp"), event.get("stageTimestamp")
+        if not received or not done:
+            continue
+        start = _instant(received).timestamp()
+        seconds = _instant(done).timestamp() - start
+        kind = _request_kind(event)
+        if kind == "patch microtaskjobs/status":
+            writes.setdefault(str(ref.get("name")), []).append(start)
+            total += seconds
+        elif kind == "create jobs":
+            creates.append((str(ref.get("name")).rpartition("-s")[0], start, seconds))
+    longest: dict[tuple[str, float], float] = {}
+    for job, start, seconds in creates:
+        record = min((w for w in writes.get(job, ()) if w >= start), default=float("inf"))
+        longest[job, record] = max(longest.get((job, record), 0.0), seconds)
+    return total + sum(longest.values())
 
 
 def _instant(text: str) -> datetime:
