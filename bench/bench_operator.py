@@ -16,8 +16,8 @@ to the API server directly (not through the tests' fault proxy):
   is in the batch summary. So are, to tell where a reconcile's time goes, the API server's own
   mean time per kind of the operator's requests (from receipt to answer, in the audit log), its
   time per reconcile on the calls a reconcile waits for (the part of the mean spent inside the
-  API server), the CPU time of the operator and of the control plane, and the CPU time the whole
-  machine was busy (everything shares its cores).
+  API server), the CPU time of the operator, of the control plane, of our kubelet and of the
+  pods' processes, and the CPU time the whole machine was busy (everything shares its cores).
 * `operator.api_writes_per_microtask_100`: one MicrotaskJob of 2,000 microtasks (1,000 with
   --quick) at 100 per shard; the writes (create, patch, delete, deletecollection, update) the
   operator counted in `microtask_api_requests_total` during its run, per microtask, against the
@@ -103,6 +103,8 @@ class Batch:
     server_seconds_per_reconcile: float
     operator_cpu_seconds: float  # CPU time the operator process used during the batch
     control_plane_cpu_seconds: float  # CPU time of etcd, the API server, controllers, scheduler
+    kubelet_cpu_seconds: float  # CPU time of this process: our kubelet (and the bench's polls)
+    pods_cpu_seconds: float  # CPU time of the pods' processes that ended (reaped by our kubelet)
     machine_busy_seconds: float  # CPU time the whole machine was busy (all cores, all processes)
 
 
@@ -127,6 +129,7 @@ def run_batch(
     """Create the MicrotaskJobs at once, wait until all succeeded, delete them; what it cost."""
     cpu0 = _cpu_seconds(op.process.pid)
     plane0 = _control_plane_cpu(cluster)
+    kubelet0, pods0 = _own_cpu()
     machine0 = _machine_busy()
     count0, sum0 = _reconciles(op)
     cleanups0, cleanup_sum0 = _reconciles(op, CLEANUP)
@@ -177,6 +180,7 @@ def run_batch(
     count1, sum1 = _reconciles(op)
     operator_cpu = _cpu_seconds(op.process.pid) - cpu0
     plane = _control_plane_cpu(cluster) - plane0
+    kubelet, pods = (a - b for a, b in zip(_own_cpu(), (kubelet0, pods0), strict=True))
     machine = _machine_busy() - machine0
     cleanups1, cleanup_sum1 = _reconciles(op, CLEANUP)
     writes = _writes(op) - writes0
@@ -200,6 +204,8 @@ def run_batch(
         server_seconds_per_reconcile=round(_server_in_reconciles(audited) / max(reconciles, 1), 4),
         operator_cpu_seconds=round(operator_cpu, 2),
         control_plane_cpu_seconds=round(plane, 2),
+        kubelet_cpu_seconds=round(kubelet, 2),
+        pods_cpu_seconds=round(pods, 2),
         machine_busy_seconds=round(machine, 2),
     )
 
@@ -208,6 +214,14 @@ def _cpu_seconds(pid: int) -> float:
     """CPU time (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> tuple[float, float]:
+    """CPU time of this process so far, and of its children that ended (the pods' processes;
+    the control plane's run until the end)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def _control_plane_cpu(cluster: Cluster) -> float:
