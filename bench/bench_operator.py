@@ -98,8 +98,8 @@ class Batch:
     requests: dict[str, int]  # the operator's requests by verb and resource (the audit log)
     server_ms: dict[str, float]  # the API server's mean time for each kind of them (the audit log)
     # The API server's own time per reconcile on the calls a reconcile waits for (its Job
-    # creates, sent together: the longest; its status write): the part of `mean_seconds` spent
-    # inside the API server, the rest is the operator's and the way there and back.
+    # creates and its status write): the part of `mean_seconds` spent inside the API server,
+    # the rest is the operator's and the way there and back.
     server_seconds_per_reconcile: float
     operator_cpu_seconds: float  # CPU time the operator process used during the batch
     control_plane_cpu_seconds: float  # CPU time of etcd, the API server, controllers, scheduler
@@ -251,9 +251,9 @@ def _server_seconds(events: Sequence[dict[str, Any]]) -> dict[str, float]:
 def _server_in_reconciles(events: Sequence[dict[str, Any]]) -> float:
     """The API server's time on the calls reconciles wait for, summed over the reconciles.
 
-    A reconcile waits for its Job creates, sent together (the longest of them counts), and then
-    for its status write; what follows the write runs behind it. A create belongs to the next
-    status write of its MicrotaskJob (a Job is named `<MicrotaskJob>-s<shard>`).
+    A reconcile waits for its Job creates, sent one after another in shard order, and then for
+    its status write; what follows the write runs behind it. A create belongs to the next status
+    write of its MicrotaskJob (a Job is named `<MicrotaskJob>-s<shard>`).
     """
     writes: dict[str, list[float]] = {}  # MicrotaskJob -> when each status write was received
     total = 0.0
@@ -271,11 +271,10 @@ def _server_in_reconciles(events: Sequence[dict[str, Any]]) -> float:
             total += seconds
         elif kind == "create jobs":
             creates.append((str(ref.get("name")).rpartition("-s")[0], start, seconds))
-    longest: dict[tuple[str, float], float] = {}
     for job, start, seconds in creates:
-        record = min((w for w in writes.get(job, ()) if w >= start), default=float("inf"))
-        longest[job, record] = max(longest.get((job, record), 0.0), seconds)
-    return total + sum(longest.values())
+        if any(w >= start for w in writes.get(job, ())):
+            total += seconds  # (a create no status write followed was no reconcile's)
+    return total
 
 
 def _instant(text: str) -> datetime:
