@@ -762,24 +762,28 @@ class _Held:
         #: "<end tail of a quick success>\n<prefix>"
         self.quick_end = quick_end
         self.end_tail = quick_end[: -len(prefix)]
-        self._block = (-1, b"")
+        self._block: tuple[int, bytes | memoryview] = (-1, b"")
 
-    def take(self) -> bytes:
+    def take(self) -> list[bytes | memoryview]:
+        """The held lines in pieces, in order, and forget them (``Console.hold``).
+
+        The pieces between the first and the last line are views of a block's cached text,
+        not copies: a block is written from the buffer it was just made in, while that is
+        still in the cache (a write of one big joined buffer costs several times more).
+        """
         first, current = self.first, self.current
         if current <= first:
-            return b""
+            return []
         self.first = current
-        return b"".join(
-            [
-                f"{self.prefix}{first}{self.end_tail}".encode(),
-                *self._pairs(first + 1, current),
-                f"{self.prefix}{current}{self.begin_tail}".encode(),
-            ]
-        )
+        return [
+            f"{self.prefix}{first}{self.end_tail}".encode(),
+            *self._pairs(first + 1, current),
+            f"{self.prefix}{current}{self.begin_tail}".encode(),
+        ]
 
-    def _pairs(self, low: int, high: int) -> list[bytes]:
+    def _pairs(self, low: int, high: int) -> list[bytes | memoryview]:
         """begin(i) end(i) for i in ``low..high-1``, in pieces."""
-        parts = []
+        parts: list[bytes | memoryview] = []
         while low < high:
             block = low // _BLOCK
             top = min(high, (block + 1) * _BLOCK)
@@ -795,7 +799,7 @@ class _Held:
                 cached, text = self._block
                 if cached != block:
                     template = block_template(self.prefix, self.begin_tail, self.end_tail)
-                    text = str(block).encode().join(template)
+                    text = memoryview(str(block).encode().join(template))
                     self._block = (block, text)
                 size = len(text) // _BLOCK
                 parts.append(text[(low - block * _BLOCK) * size : (top - block * _BLOCK) * size])
@@ -934,6 +938,9 @@ def run_shard(
         records_start = to_wall + last
         sync_at = last + _SYNC_SECONDS
         sync_index = records_from + _SYNC_COUNT
+        # Held lines go out a block at a time between syncs (see ``_Held.take``).
+        blocks = held is not None
+        check_at = min(sync_index, (records_from // _BLOCK + 1) * _BLOCK) if blocks else sync_index
         longest = 0.0
         digit_at = cur_at + _NUMBER_CHARS - 1
 
@@ -953,18 +960,24 @@ def run_shard(
 
         index = last_index
         for index in it:
-            if last >= sync_at or index >= sync_index:
-                settle(index)
-                books.sync()
-                pending.settle(outcomes)
-                progress.write(current=index)
-                cur_map, cur_at = progress.file.current_slot()
-                digit_at = cur_at + _NUMBER_CHARS - 1
-                if held is not None:
+            if last >= sync_at or index >= check_at:
+                if last >= sync_at or index >= sync_index:
+                    settle(index)
+                    books.sync()
+                    pending.settle(outcomes)
+                    progress.write(current=index)
+                    cur_map, cur_at = progress.file.current_slot()
+                    digit_at = cur_at + _NUMBER_CHARS - 1
+                    if held is not None:
+                        CONSOLE.release_held()
+                    synced = clock()
+                    sync_at = synced + _SYNC_SECONDS
+                    sync_index = index + _SYNC_COUNT
+                elif held is not None:
                     CONSOLE.release_held()
-                synced = clock()
-                sync_at = synced + _SYNC_SECONDS
-                sync_index = index + _SYNC_COUNT
+                check_at = sync_index
+                if blocks:
+                    check_at = min(sync_index, (index // _BLOCK + 1) * _BLOCK)
             # The report names the microtask: its last digit is all that changes, mostly.
             digit = index % 10
             if digit and cur_map is not None:

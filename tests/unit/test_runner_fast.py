@@ -342,8 +342,8 @@ def test_held_delimiter_lines_are_the_lines_one_by_one() -> None:
             + [f"{begin_line(i, 3)}\n{end_line(i, 3, 0, 0.0)}\n" for i in range(first + 1, current)]
             + [f"{begin_line(current, 3)}\n"]
         )
-        assert held.take().decode() == expected
-        assert held.take() == b""
+        assert b"".join(held.take()).decode() == expected
+        assert held.take() == []
 
 
 WATCH = """
