@@ -943,6 +943,10 @@ def run_shard(
         check_at = min(sync_index, (records_from // _BLOCK + 1) * _BLOCK) if blocks else sync_index
         longest = 0.0
         digit_at = cur_at + _NUMBER_CHARS - 1
+        # Up to ``ten_at`` (exclusive) an index differs from the one before in its last digit
+        # alone, the character ``index - char_base``; -1: no map, every index is set in full.
+        ten_at = -1 if cur_map is None else (last_index // 10 + 1) * 10
+        char_base = ten_at - 58
 
         def settle(end: int) -> None:
             """Hand the streak's successes before ``end`` to the records and the outcomes."""
@@ -968,6 +972,9 @@ def run_shard(
                     progress.write(current=index)
                     cur_map, cur_at = progress.file.current_slot()
                     digit_at = cur_at + _NUMBER_CHARS - 1
+                    # The write named ``index`` in full: a digit store until the next ten.
+                    ten_at = -1 if cur_map is None else (index // 10 + 1) * 10
+                    char_base = ten_at - 58
                     if held is not None:
                         CONSOLE.release_held()
                     synced = clock()
@@ -979,11 +986,13 @@ def run_shard(
                 if blocks:
                     check_at = min(sync_index, (index // _BLOCK + 1) * _BLOCK)
             # The report names the microtask: its last digit is all that changes, mostly.
-            digit = index % 10
-            if digit and cur_map is not None:
-                cur_map[digit_at] = 48 + digit
+            if index < ten_at:
+                cur_map[digit_at] = index - char_base  # type: ignore[index]
             else:
                 set_current(index)
+                if cur_map is not None:
+                    ten_at = (index // 10 + 1) * 10
+                    char_base = ten_at - 58  # ten_at - 10 is "0" (48)
             if held is None:
                 lines(f"{prefix}{index - 1}{quick_end}{index}{begin_tail}".encode())
             else:
@@ -1005,11 +1014,15 @@ def run_shard(
             signals.in_call = False
             now = clock()
             seconds = now - last
-            if (value is not None and keep) or signals.received is not None or seconds >= 0.0005:
+            if (value is not None and keep) or signals.received is not None:
                 settle(index)
                 finished = _SUCCEEDED if value is None or not keep else encode_value(index, value)
                 return index, finished, last, seconds
-            if seconds > longest:  # noqa: PLR1730 (a compare, not a call, per microtask)
+            # Only a new longest can be a slow one: mostly one compare per microtask.
+            if seconds > longest:
+                if seconds >= 0.0005:
+                    settle(index)
+                    return index, _SUCCEEDED, last, seconds  # a value is kept above
                 longest = seconds
             if flag is not None:
                 if flag[0] or streams.stdout is not out or streams.stderr is not err:

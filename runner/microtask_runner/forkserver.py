@@ -6,6 +6,9 @@ starts this server once instead (``python -m microtask_runner.forkserver``, with
 environment and working directory) and asks it for each shard's runner:
 
     request (stdin, one JSON line):  {"argv": [...], "env": {...}, "cwd": "...", "log": "..."}
+                                     "env" holds only the variables that differ from the
+                                     server's environment (what it was started with), and
+                                     "unset" (optional) lists those to remove
     replies (stdout, one line each): "ready PID" once, then "spawned PID" (or "failed MESSAGE")
                                      per request, and "exit PID CODE" when a child ends
                                      (CODE as subprocess reports it: -N for signal N)
@@ -31,10 +34,9 @@ A persistent worker (``python -m microtask_runner.forkserver --worker``) goes on
 command mode, where a shard runs nothing of the user's in the runner's own process: it runs shard
 after shard itself, so a shard costs neither a fork nor the imports a fresh child would redo:
 
-    request (stdin, one JSON line):  as above, but "env" holds only the variables that differ
-                                     from the worker's environment (what it was started with,
-                                     then the previous shard's), and "unset" (optional) lists
-                                     those to remove
+    request (stdin, one JSON line):  as above, but "env" and "unset" are against the worker's
+                                     environment now (what it was started with, then the
+                                     previous shard's)
     replies (stdout, one line each): "ready PID" once, then "done CODE" per shard (CODE as the
                                      runner's exit code)
 
@@ -100,14 +102,12 @@ def _run_child(request: dict[str, Any]) -> int:
     os.dup2(log, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 256)
     os.chdir(str(request["cwd"]))
-    env = {str(k): str(v) for k, v in dict(request["env"]).items()}
-    # Only what differs from the server's environment (the first shard's, mostly the same): a
-    # putenv per variable costs more than the rest of the set-up.
-    for key in [key for key in os.environ if key not in env]:
-        del os.environ[key]
-    for key, value in env.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+    # The request holds only what differs from the server's environment (the first shard's,
+    # mostly the same): a variable set, or even read, costs more here than in the executor.
+    for key in request.get("unset", ()):
+        os.environ.pop(str(key), None)
+    for key, value in dict(request["env"]).items():
+        os.environ[str(key)] = str(value)
     argv = [str(a) for a in request["argv"]]
     sys.argv = ["microtask-runner", *argv]
     # Like `python -m` in the shard's folder: its modules come first on the import path, and
