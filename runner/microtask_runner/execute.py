@@ -25,6 +25,7 @@ back to the general loop.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs: signal without enums)
 import contextlib
 import math
 import os
@@ -156,9 +157,10 @@ class Signals:
     def install(self) -> None:
         """Install the handlers (only possible in the main thread)."""
         try:
+            # ``_signal``: ``signal.signal`` converts to and from enums, per call and per shard.
             for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._on_stop)
-            self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+                self._previous[signum] = _signal.signal(signum, self._on_stop)
+            self._previous[signal.SIGALRM] = _signal.signal(signal.SIGALRM, self._on_alarm)
             self.can_time_out = True
         except ValueError:
             # Not the main thread (embedded use): no signal handling.
@@ -169,7 +171,7 @@ class Signals:
         if signal.SIGALRM in self._previous:
             signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         self._previous.clear()
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -544,8 +546,21 @@ def _spawnable() -> bool:
 
     Popen closes every descriptor above 2 in the child; posix_spawn closes the
     non-inheritable ones only. Python opens everything non-inheritable, so this holds unless
-    the runner was given inheritable descriptors of its own (checked once per shard).
+    the runner was given inheritable descriptors of its own: checked once per process (a
+    worker running shard after shard has what it was started with, and opens nothing
+    inheritable above 2).
     """
+    pid = os.getpid()
+    if _SPAWNABLE_IN[0] != pid:
+        _SPAWNABLE_IN[:] = [pid, _check_spawnable()]
+    return bool(_SPAWNABLE_IN[1])
+
+
+#: [pid, whether posix_spawn is right there] (``_spawnable``)
+_SPAWNABLE_IN: list[int | bool] = [-1, False]
+
+
+def _check_spawnable() -> bool:
     if not hasattr(os, "posix_spawn") or sys.platform != "linux":
         return False
     try:

@@ -268,32 +268,32 @@ def serve(pycache: str | None = None) -> int:
 
 
 class _Requests:
-    """The worker's stdin, read by a thread: whole request lines, and its end noticed at once."""
+    """The worker's stdin: whole request lines, read by the worker itself between shards, and
+    its end noticed at once, also while a shard runs (a thread waits for the hang-up)."""
 
     def __init__(self, fd: int) -> None:
-        import queue
         import threading
 
         self.fd = fd
+        self.buffer = b""
         self.lock = threading.Lock()
-        self.lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.busy = False
         self.ended = False
-        threading.Thread(target=self._read, daemon=True, name="requests").start()
+        threading.Thread(target=self._watch, daemon=True, name="requests").start()
 
-    def _read(self) -> None:
-        buffer = b""
+    def _watch(self) -> None:
+        """Wait for the executor to hang up, reading nothing: the requests are the worker's."""
+        import select
+
+        poller = select.poll()
+        # No event asked for: only the hang-up (or an error) ends the wait, never a request.
+        poller.register(self.fd, 0)
         with contextlib.suppress(OSError):
-            while data := os.read(self.fd, _CHUNK):
-                buffer += data
-                while (cut := buffer.find(b"\n")) >= 0:
-                    line, buffer = buffer[:cut], buffer[cut + 1 :]
-                    if line.strip():
-                        self.lines.put(line)
+            while not poller.poll():
+                pass
         with self.lock:
             self.ended = True
             busy = self.busy
-        self.lines.put(None)
         if busy:
             # The executor is gone: stop the shard as its SIGTERM would (the runner stops the
             # microtask and writes its final report), so it does not run on unseen.
@@ -302,9 +302,20 @@ class _Requests:
 
     def next(self) -> bytes | None:
         """The next request, marked as running; None when the executor is gone."""
-        line = self.lines.get()
+        while True:
+            while (cut := self.buffer.find(b"\n")) < 0:
+                try:
+                    data = os.read(self.fd, _CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    return None
+                self.buffer += data
+            line, self.buffer = self.buffer[:cut], self.buffer[cut + 1 :]
+            if line.strip():
+                break
         with self.lock:
-            if line is None or self.ended:
+            if self.ended:
                 return None
             self.busy = True
         return line
