@@ -227,6 +227,11 @@ def _warm() -> None:
     compiles. Nothing of the user's runs here (their module is imported by each child)."""
     import mmap  # noqa: F401 (the live report's map)
 
+    # The quick loop's output watch (``console.py``): a C extension that each child would
+    # otherwise load for itself, hundreds of page copies per shard.
+    with contextlib.suppress(ImportError):
+        import fcntl  # noqa: F401
+
     contract.warm()
     execute.warm()
 
