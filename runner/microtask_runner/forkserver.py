@@ -59,7 +59,7 @@ import gc
 import importlib
 import json
 import os
-import selectors
+import select
 import signal
 import sys
 import traceback
@@ -250,17 +250,19 @@ def serve(pycache: str | None = None) -> int:
     # A handler (not SIG_DFL) so SIGCHLD writes to the wake-up fd and ends the select.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     server = _Server()
-    selector = selectors.DefaultSelector()
-    selector.register(0, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
+    # A bare poll: after each fork, every page the server writes is copied (the child shares
+    # them all), so its loop makes as few objects as it can.
+    poller = select.poll()
+    poller.register(0, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     _warm()
     # What the server imported stays shared with every child instead of being copied on write.
     gc.freeze()
     _reply(f"ready {os.getpid()}")
     try:
         while True:
-            for key, _ in selector.select():
-                if key.fd == wake_r:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(wake_r, 512):
                             pass
