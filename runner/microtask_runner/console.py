@@ -51,6 +51,9 @@ _PARTIAL_MS = 50
 
 #: idents of the running capture threads
 _CAPTURE_THREADS: set[int] = set()
+#: One lock per capture thread not ended yet, held until it has closed everything it holds
+#: (``wait_for_captures``).
+_CAPTURES_RUNNING: list[_thread.LockType] = []
 
 
 def _flush_python_streams() -> None:
@@ -312,8 +315,14 @@ class _Capture:
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
         except (ImportError, AttributeError, OSError, ValueError):
             blocked = None
+        ended = _thread.allocate_lock()
+        ended.acquire()
+        _CAPTURES_RUNNING.append(ended)
         try:
-            _thread.start_new_thread(self._thread, ())
+            _thread.start_new_thread(self._thread, (ended,))
+        except BaseException:
+            _CAPTURES_RUNNING.remove(ended)
+            raise
         finally:
             if blocked is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -363,7 +372,7 @@ class _Capture:
             self.watching = None
             self.unwatched = True
 
-    def _thread(self) -> None:
+    def _thread(self, ended: _thread.LockType) -> None:
         ident = _thread.get_ident()
         _CAPTURE_THREADS.add(ident)
         try:
@@ -376,6 +385,8 @@ class _Capture:
                     for fd in (self.wake_r, self.wake_w):
                         with contextlib.suppress(OSError):
                             os.close(fd)
+            _CAPTURES_RUNNING.remove(ended)
+            ended.release()
 
     def drain(self) -> None:
         """Pass on whatever the pipes hold now (the console's lock is held)."""
@@ -401,6 +412,8 @@ class _Capture:
             if not data:
                 # Every writer is gone (only after restore): nothing more will come.
                 del self.pipes[read]
+                with contextlib.suppress(OSError):
+                    os.close(read)  # no longer in ``pipes``: ``_close`` would miss it
                 self._flush_partial()
                 return
             self._pass_on(stream, data)
@@ -499,6 +512,16 @@ def _hook(layer: object, flag: list[bool], undo: list[Callable[[], object]]) -> 
 
 
 CONSOLE = Console()
+
+
+def wait_for_captures(seconds: float = 2.0) -> bool:
+    """Wait until every capture thread released so far has ended and closed its descriptors
+    (``release`` does not wait for it); False if one is still running after ``seconds``."""
+    for ended in list(_CAPTURES_RUNNING):
+        if not ended.acquire(timeout=seconds):
+            return False
+        ended.release()
+    return True
 
 
 def log(message: str) -> None:
