@@ -51,9 +51,6 @@ _PARTIAL_MS = 50
 
 #: idents of the running capture threads
 _CAPTURE_THREADS: set[int] = set()
-#: One lock per capture thread not ended yet, held until it has closed everything it holds
-#: (``wait_for_captures``).
-_CAPTURES_RUNNING: list[_thread.LockType] = []
 
 
 def _flush_python_streams() -> None:
@@ -315,14 +312,8 @@ class _Capture:
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
         except (ImportError, AttributeError, OSError, ValueError):
             blocked = None
-        ended = _thread.allocate_lock()
-        ended.acquire()
-        _CAPTURES_RUNNING.append(ended)
         try:
-            _thread.start_new_thread(self._thread, (ended,))
-        except BaseException:
-            _CAPTURES_RUNNING.remove(ended)
-            raise
+            _thread.start_new_thread(self._thread, ())
         finally:
             if blocked is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -372,7 +363,7 @@ class _Capture:
             self.watching = None
             self.unwatched = True
 
-    def _thread(self, ended: _thread.LockType) -> None:
+    def _thread(self) -> None:
         ident = _thread.get_ident()
         _CAPTURE_THREADS.add(ident)
         try:
@@ -385,8 +376,6 @@ class _Capture:
                     for fd in (self.wake_r, self.wake_w):
                         with contextlib.suppress(OSError):
                             os.close(fd)
-            _CAPTURES_RUNNING.remove(ended)
-            ended.release()
 
     def drain(self) -> None:
         """Pass on whatever the pipes hold now (the console's lock is held)."""
@@ -512,16 +501,6 @@ def _hook(layer: object, flag: list[bool], undo: list[Callable[[], object]]) -> 
 
 
 CONSOLE = Console()
-
-
-def wait_for_captures(seconds: float = 2.0) -> bool:
-    """Wait until every capture thread released so far has ended and closed its descriptors
-    (``release`` does not wait for it); False if one is still running after ``seconds``."""
-    for ended in list(_CAPTURES_RUNNING):
-        if not ended.acquire(timeout=seconds):
-            return False
-        ended.release()
-    return True
 
 
 def log(message: str) -> None:

@@ -13,17 +13,15 @@ environment and working directory) and asks it for each shard's runner:
                                      per request, and "exit PID CODE" when a child ends
                                      (CODE as subprocess reports it: -N for signal N)
 
-Each child is a fresh fork of a server that has never run a shard of the job, so nothing one shard
-does (its environment, working directory, signal handlers, captured file descriptors, imported user
+Each child is a fresh fork of a server that has never run a shard, so nothing one shard does (its
+environment, working directory, signal handlers, captured file descriptors, imported user
 modules) reaches the next. The child takes a process group of its own (in the server's session,
 which has no terminal), puts its stdin on /dev/null and its stdout and stderr on the shard's log,
 takes the shard's environment and working directory, restores the signal dispositions a new
 interpreter has, and runs ``cli.main`` as the command would. The server only reaps its children
 and passes their exit codes on.
 
-The server imports and compiles once what every child needs (``_warm``; nothing of the user's),
-and rehearses a few small shards of the runner's own no-op (``_rehearse``, nothing kept of them) so
-that the runner's code is specialised once here rather than in every child.
+The server imports and compiles once what every child needs (``_warm``; nothing of the user's).
 With ``--pycache DIR`` and bytecode writing off (``PYTHONDONTWRITEBYTECODE``), the children
 share compiled modules in DIR (``sys.pycache_prefix``), so the user's module is compiled once
 per run instead of once per shard.
@@ -68,7 +66,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from . import cli, console, contract, execute
+from . import cli, contract, execute
 from .execute import EXIT_RUNNER_ERROR
 
 __all__ = ["main", "serve"]
@@ -238,84 +236,6 @@ def _warm() -> None:
     execute.warm()
 
 
-#: The rehearsal's shards (``_rehearse``): enough calls of the per-shard code for Python's
-#: adaptive interpreter to specialise it, and enough microtasks for the quick loop's.
-_REHEARSALS = 10
-_REHEARSAL_INDEXES = "0-199"
-
-
-def _rehearse() -> None:
-    """Run a few small shards of the runner's own no-op here, with nothing kept of them.
-
-    Python specialises code as it runs it, by rewriting it in place: code that first runs in a
-    forked child is slow there, and each page rewritten is one more page copied per shard.
-    Rehearsed here, every child starts with the runner's code warm. Nothing of the user's
-    runs (their module is imported by each child), and the rehearsal leaves nothing behind:
-    its output goes to /dev/null, its files are removed, the environment, the import path, the
-    modules and the descriptors are as before, and its capture thread is gone before the first
-    fork.
-    """
-    shm = "/dev/shm"
-    base = shm if os.access(shm, os.W_OK | os.X_OK) else (os.environ.get("TMPDIR") or "/tmp")
-    folder = os.path.join(base, f"microtask-rehearsal-{os.getpid()}")
-    values = {
-        contract.ENV_INDEXES: _REHEARSAL_INDEXES,
-        contract.ENV_CALLABLE: "microtask_runner.demo:noop",
-        contract.ENV_ITEMS: '{"range":{"start":0,"step":1}}',
-        contract.ENV_REPORT_PATH: os.path.join(folder, "report"),
-        contract.ENV_OUTPUT_URL: folder,
-        contract.ENV_JOB: "rehearsal",
-        contract.ENV_SHARD: "0",
-        contract.ENV_ATTEMPT: "1",
-        contract.ENV_LOG_COPY: "false",
-    }
-    saved = {key: os.environ.get(key) for key in [*values, contract.ENV_TIMEOUT_SECONDS]}
-    path = list(sys.path)
-    modules = set(sys.modules)
-    package = sys.modules[__package__ or "microtask_runner"]
-    had_demo = hasattr(package, "demo")
-    stdout, stderr = os.dup(1), os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        # A warm-up only: whatever goes wrong, the children do without it.
-        with contextlib.suppress(Exception):
-            os.mkdir(folder)
-            os.environ.pop(contract.ENV_TIMEOUT_SECONDS, None)
-            os.environ.update(values)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            for _ in range(_REHEARSALS):
-                cli.main(["--"])
-    finally:
-        os.dup2(stdout, 1)
-        os.dup2(stderr, 2)
-        for fd in (stdout, stderr, null):
-            os.close(fd)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
-        if not had_demo and hasattr(package, "demo"):
-            delattr(package, "demo")
-        _remove(folder)
-        # A fork must not copy a thread holding a lock, nor its descriptors.
-        console.wait_for_captures()
-
-
-def _remove(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        for root, folders, files in os.walk(folder, topdown=False):
-            for name in files:
-                os.unlink(os.path.join(root, name))
-            for name in folders:
-                os.rmdir(os.path.join(root, name))
-        os.rmdir(folder)
-
-
 def serve(pycache: str | None = None) -> int:
     """The server's loop, over stdin and stdout (see the module doc).
 
@@ -336,9 +256,7 @@ def serve(pycache: str | None = None) -> int:
     poller.register(0, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     _warm()
-    _rehearse()
     # What the server imported stays shared with every child instead of being copied on write.
-    gc.collect()
     gc.freeze()
     _reply(f"ready {os.getpid()}")
     try:

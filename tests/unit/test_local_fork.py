@@ -173,59 +173,6 @@ def test_nothing_a_shard_does_reaches_the_next_one_on_the_same_slot(tmp_path: Pa
         assert probe["path0"] == str(tmp_path)  # like `python -m` started in the job's folder
 
 
-REHEARSAL = """
-import json, os, signal, sys, _thread
-from microtask_runner import forkserver
-
-def state():
-    return {
-        "env": dict(os.environ),
-        "modules": sorted(sys.modules),
-        "path": list(sys.path),
-        "fds": sorted(os.listdir("/proc/self/fd")),
-        "fd1": os.readlink("/proc/self/fd/1"),
-        "handlers": [
-            str(signal.getsignal(s))
-            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGIO)
-        ],
-        "threads": _thread._count(),
-        "demo": hasattr(sys.modules["microtask_runner"], "demo"),
-    }
-
-before = state()
-forkserver._rehearse()
-after = state()
-folder = f"microtask-rehearsal-{os.getpid()}"
-bases = [base for base in ("/dev/shm", "/tmp") if os.path.isdir(base)]
-left = any(folder in name for base in bases for name in os.listdir(base))
-print(json.dumps({"same": before == after, "left": left, "before": before, "after": after}))
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
-def test_the_fork_servers_rehearsal_leaves_nothing_behind(tmp_path: Path) -> None:
-    # The server runs a few shards of the runner's own no-op before its first fork (warm code
-    # in every child); a child must still find a server that has never run a shard of the job.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTASK_")}
-    env["MICROTASK_CALLABLE"] = "some_module:work"  # the job's, untouched by the rehearsal
-    proc = subprocess.run(
-        [sys.executable, "-c", REHEARSAL],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    result = json.loads(proc.stdout)
-    before, after = result["before"], result["after"]
-    assert result["same"], {k: (before[k], after[k]) for k in before if before[k] != after[k]}
-    assert not result["left"]
-    assert result["after"]["env"]["MICROTASK_CALLABLE"] == "some_module:work"
-    assert "microtask_runner.demo" not in result["after"]["modules"]
-    assert not list(tmp_path.iterdir())
-
-
 def test_without_bytecode_writing_the_shards_share_compiled_modules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
