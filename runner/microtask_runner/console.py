@@ -79,6 +79,22 @@ def _write_all(fd: int, data: bytes) -> None:
         pass
 
 
+def _writev_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """``_write_all`` of the pieces one after the other, in one system call mostly."""
+    for at in range(0, len(pieces), _IOV_MAX):
+        batch = pieces[at : at + _IOV_MAX]
+        try:
+            written = os.writev(fd, batch)
+        except OSError:  # a closed stdout must not stop the shard
+            return
+        if written < sum(len(piece) for piece in batch):
+            _write_all(fd, b"".join(batch)[written:])
+
+
+#: Pieces per ``writev`` (the least IOV_MAX of the systems Python runs on is 16; Linux's 1024).
+_IOV_MAX = 512 if sys.platform == "linux" else 16
+
+
 class Console:
     """Writes to stdout and stderr, with a copy of everything to ``copy`` when it is set."""
 
@@ -90,16 +106,17 @@ class Console:
         #: stream (1 or 2) -> the descriptor its data really goes to
         self._targets = {_STDOUT: _STDOUT, _STDERR: _STDERR}
         self._capture: _Capture | None = None
-        #: the delimiter lines held back (``hold``): returns them (bytes) and forgets them
-        self._held: Callable[[], bytes] | None = None
+        #: the delimiter lines held back (``hold``): returns them (in pieces) and forgets them
+        self._held: Callable[[], list[bytes | memoryview]] | None = None
 
     @property
     def captured(self) -> bool:
         """Whether fds 1 and 2 are captured now (``quiet`` can tell output apart)."""
         return self._capture is not None
 
-    def hold(self, take: Callable[[], bytes] | None) -> None:
-        """From now on, ``take()`` (under the lock) gives delimiter lines held back so far.
+    def hold(self, take: Callable[[], list[bytes | memoryview]] | None) -> None:
+        """From now on, ``take()`` (under the lock) gives delimiter lines held back so far, in
+        pieces to write one after the other.
 
         They go out before any other output, and at ``release_held``. None: nothing is held
         any more (after a last ``release_held``).
@@ -115,11 +132,11 @@ class Console:
     def _emit_held(self) -> None:
         take = self._held
         if take is not None:
-            data = take()
-            if data:
-                _write_all(self._targets[_STDOUT], data)
+            pieces = take()
+            if pieces:
+                _writev_all(self._targets[_STDOUT], pieces)
                 if self._copy is not None:
-                    self._copy(data)
+                    self._copy(b"".join(pieces))
 
     def quiet(self) -> bool:
         """After a microtask: True if it wrote nothing to the captured fds (or their pipes).
@@ -384,6 +401,8 @@ class _Capture:
             if not data:
                 # Every writer is gone (only after restore): nothing more will come.
                 del self.pipes[read]
+                with contextlib.suppress(OSError):
+                    os.close(read)  # no longer in ``pipes``: ``_close`` would miss it
                 self._flush_partial()
                 return
             self._pass_on(stream, data)

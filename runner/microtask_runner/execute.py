@@ -25,6 +25,7 @@ back to the general loop.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs: signal without enums)
 import contextlib
 import math
 import os
@@ -156,9 +157,10 @@ class Signals:
     def install(self) -> None:
         """Install the handlers (only possible in the main thread)."""
         try:
+            # ``_signal``: ``signal.signal`` converts to and from enums, per call and per shard.
             for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._on_stop)
-            self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+                self._previous[signum] = _signal.signal(signum, self._on_stop)
+            self._previous[signal.SIGALRM] = _signal.signal(signal.SIGALRM, self._on_alarm)
             self.can_time_out = True
         except ValueError:
             # Not the main thread (embedded use): no signal handling.
@@ -169,7 +171,7 @@ class Signals:
         if signal.SIGALRM in self._previous:
             signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         self._previous.clear()
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -544,8 +546,21 @@ def _spawnable() -> bool:
 
     Popen closes every descriptor above 2 in the child; posix_spawn closes the
     non-inheritable ones only. Python opens everything non-inheritable, so this holds unless
-    the runner was given inheritable descriptors of its own (checked once per shard).
+    the runner was given inheritable descriptors of its own: checked once per process (a
+    worker running shard after shard has what it was started with, and opens nothing
+    inheritable above 2).
     """
+    pid = os.getpid()
+    if _SPAWNABLE_IN[0] != pid:
+        _SPAWNABLE_IN[:] = [pid, _check_spawnable()]
+    return bool(_SPAWNABLE_IN[1])
+
+
+#: [pid, whether posix_spawn is right there] (``_spawnable``)
+_SPAWNABLE_IN: list[int | bool] = [-1, False]
+
+
+def _check_spawnable() -> bool:
     if not hasattr(os, "posix_spawn") or sys.platform != "linux":
         return False
     try:
@@ -762,24 +777,28 @@ class _Held:
         #: "<end tail of a quick success>\n<prefix>"
         self.quick_end = quick_end
         self.end_tail = quick_end[: -len(prefix)]
-        self._block = (-1, b"")
+        self._block: tuple[int, bytes | memoryview] = (-1, b"")
 
-    def take(self) -> bytes:
+    def take(self) -> list[bytes | memoryview]:
+        """The held lines in pieces, in order, and forget them (``Console.hold``).
+
+        The pieces between the first and the last line are views of a block's cached text,
+        not copies: a block is written from the buffer it was just made in, while that is
+        still in the cache (a write of one big joined buffer costs several times more).
+        """
         first, current = self.first, self.current
         if current <= first:
-            return b""
+            return []
         self.first = current
-        return b"".join(
-            [
-                f"{self.prefix}{first}{self.end_tail}".encode(),
-                *self._pairs(first + 1, current),
-                f"{self.prefix}{current}{self.begin_tail}".encode(),
-            ]
-        )
+        return [
+            f"{self.prefix}{first}{self.end_tail}".encode(),
+            *self._pairs(first + 1, current),
+            f"{self.prefix}{current}{self.begin_tail}".encode(),
+        ]
 
-    def _pairs(self, low: int, high: int) -> list[bytes]:
+    def _pairs(self, low: int, high: int) -> list[bytes | memoryview]:
         """begin(i) end(i) for i in ``low..high-1``, in pieces."""
-        parts = []
+        parts: list[bytes | memoryview] = []
         while low < high:
             block = low // _BLOCK
             top = min(high, (block + 1) * _BLOCK)
@@ -795,7 +814,7 @@ class _Held:
                 cached, text = self._block
                 if cached != block:
                     template = block_template(self.prefix, self.begin_tail, self.end_tail)
-                    text = str(block).encode().join(template)
+                    text = memoryview(str(block).encode().join(template))
                     self._block = (block, text)
                 size = len(text) // _BLOCK
                 parts.append(text[(low - block * _BLOCK) * size : (top - block * _BLOCK) * size])
@@ -934,8 +953,15 @@ def run_shard(
         records_start = to_wall + last
         sync_at = last + _SYNC_SECONDS
         sync_index = records_from + _SYNC_COUNT
+        # Held lines go out a block at a time between syncs (see ``_Held.take``).
+        blocks = held is not None
+        check_at = min(sync_index, (records_from // _BLOCK + 1) * _BLOCK) if blocks else sync_index
         longest = 0.0
         digit_at = cur_at + _NUMBER_CHARS - 1
+        # Up to ``ten_at`` (exclusive) an index differs from the one before in its last digit
+        # alone, the character ``index - char_base``; -1: no map, every index is set in full.
+        ten_at = -1 if cur_map is None else (last_index // 10 + 1) * 10
+        char_base = ten_at - 58
 
         def settle(end: int) -> None:
             """Hand the streak's successes before ``end`` to the records and the outcomes."""
@@ -953,24 +979,35 @@ def run_shard(
 
         index = last_index
         for index in it:
-            if last >= sync_at or index >= sync_index:
-                settle(index)
-                books.sync()
-                pending.settle(outcomes)
-                progress.write(current=index)
-                cur_map, cur_at = progress.file.current_slot()
-                digit_at = cur_at + _NUMBER_CHARS - 1
-                if held is not None:
+            if last >= sync_at or index >= check_at:
+                if last >= sync_at or index >= sync_index:
+                    settle(index)
+                    books.sync()
+                    pending.settle(outcomes)
+                    progress.write(current=index)
+                    cur_map, cur_at = progress.file.current_slot()
+                    digit_at = cur_at + _NUMBER_CHARS - 1
+                    # The write named ``index`` in full: a digit store until the next ten.
+                    ten_at = -1 if cur_map is None else (index // 10 + 1) * 10
+                    char_base = ten_at - 58
+                    if held is not None:
+                        CONSOLE.release_held()
+                    synced = clock()
+                    sync_at = synced + _SYNC_SECONDS
+                    sync_index = index + _SYNC_COUNT
+                elif held is not None:
                     CONSOLE.release_held()
-                synced = clock()
-                sync_at = synced + _SYNC_SECONDS
-                sync_index = index + _SYNC_COUNT
+                check_at = sync_index
+                if blocks:
+                    check_at = min(sync_index, (index // _BLOCK + 1) * _BLOCK)
             # The report names the microtask: its last digit is all that changes, mostly.
-            digit = index % 10
-            if digit and cur_map is not None:
-                cur_map[digit_at] = 48 + digit
+            if index < ten_at:
+                cur_map[digit_at] = index - char_base  # type: ignore[index]
             else:
                 set_current(index)
+                if cur_map is not None:
+                    ten_at = (index // 10 + 1) * 10
+                    char_base = ten_at - 58  # ten_at - 10 is "0" (48)
             if held is None:
                 lines(f"{prefix}{index - 1}{quick_end}{index}{begin_tail}".encode())
             else:
@@ -992,11 +1029,15 @@ def run_shard(
             signals.in_call = False
             now = clock()
             seconds = now - last
-            if (value is not None and keep) or signals.received is not None or seconds >= 0.0005:
+            if (value is not None and keep) or signals.received is not None:
                 settle(index)
                 finished = _SUCCEEDED if value is None or not keep else encode_value(index, value)
                 return index, finished, last, seconds
-            if seconds > longest:  # noqa: PLR1730 (a compare, not a call, per microtask)
+            # Only a new longest can be a slow one: mostly one compare per microtask.
+            if seconds > longest:
+                if seconds >= 0.0005:
+                    settle(index)
+                    return index, _SUCCEEDED, last, seconds  # a value is kept above
                 longest = seconds
             if flag is not None:
                 if flag[0] or streams.stdout is not out or streams.stderr is not err:

@@ -6,6 +6,9 @@ starts this server once instead (``python -m microtask_runner.forkserver``, with
 environment and working directory) and asks it for each shard's runner:
 
     request (stdin, one JSON line):  {"argv": [...], "env": {...}, "cwd": "...", "log": "..."}
+                                     "env" holds only the variables that differ from the
+                                     server's environment (what it was started with), and
+                                     "unset" (optional) lists those to remove
     replies (stdout, one line each): "ready PID" once, then "spawned PID" (or "failed MESSAGE")
                                      per request, and "exit PID CODE" when a child ends
                                      (CODE as subprocess reports it: -N for signal N)
@@ -31,10 +34,9 @@ A persistent worker (``python -m microtask_runner.forkserver --worker``) goes on
 command mode, where a shard runs nothing of the user's in the runner's own process: it runs shard
 after shard itself, so a shard costs neither a fork nor the imports a fresh child would redo:
 
-    request (stdin, one JSON line):  as above, but "env" holds only the variables that differ
-                                     from the worker's environment (what it was started with,
-                                     then the previous shard's), and "unset" (optional) lists
-                                     those to remove
+    request (stdin, one JSON line):  as above, but "env" and "unset" are against the worker's
+                                     environment now (what it was started with, then the
+                                     previous shard's)
     replies (stdout, one line each): "ready PID" once, then "done CODE" per shard (CODE as the
                                      runner's exit code)
 
@@ -57,7 +59,7 @@ import gc
 import importlib
 import json
 import os
-import selectors
+import select
 import signal
 import sys
 import traceback
@@ -100,14 +102,12 @@ def _run_child(request: dict[str, Any]) -> int:
     os.dup2(log, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 256)
     os.chdir(str(request["cwd"]))
-    env = {str(k): str(v) for k, v in dict(request["env"]).items()}
-    # Only what differs from the server's environment (the first shard's, mostly the same): a
-    # putenv per variable costs more than the rest of the set-up.
-    for key in [key for key in os.environ if key not in env]:
-        del os.environ[key]
-    for key, value in env.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+    # The request holds only what differs from the server's environment (the first shard's,
+    # mostly the same): a variable set, or even read, costs more here than in the executor.
+    for key in request.get("unset", ()):
+        os.environ.pop(str(key), None)
+    for key, value in dict(request["env"]).items():
+        os.environ[str(key)] = str(value)
     argv = [str(a) for a in request["argv"]]
     sys.argv = ["microtask-runner", *argv]
     # Like `python -m` in the shard's folder: its modules come first on the import path, and
@@ -227,6 +227,11 @@ def _warm() -> None:
     compiles. Nothing of the user's runs here (their module is imported by each child)."""
     import mmap  # noqa: F401 (the live report's map)
 
+    # The quick loop's output watch (``console.py``): a C extension that each child would
+    # otherwise load for itself, hundreds of page copies per shard.
+    with contextlib.suppress(ImportError):
+        import fcntl  # noqa: F401
+
     contract.warm()
     execute.warm()
 
@@ -245,17 +250,19 @@ def serve(pycache: str | None = None) -> int:
     # A handler (not SIG_DFL) so SIGCHLD writes to the wake-up fd and ends the select.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     server = _Server()
-    selector = selectors.DefaultSelector()
-    selector.register(0, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
+    # A bare poll: after each fork, every page the server writes is copied (the child shares
+    # them all), so its loop makes as few objects as it can.
+    poller = select.poll()
+    poller.register(0, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     _warm()
     # What the server imported stays shared with every child instead of being copied on write.
     gc.freeze()
     _reply(f"ready {os.getpid()}")
     try:
         while True:
-            for key, _ in selector.select():
-                if key.fd == wake_r:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(wake_r, 512):
                             pass
@@ -268,32 +275,32 @@ def serve(pycache: str | None = None) -> int:
 
 
 class _Requests:
-    """The worker's stdin, read by a thread: whole request lines, and its end noticed at once."""
+    """The worker's stdin: whole request lines, read by the worker itself between shards, and
+    its end noticed at once, also while a shard runs (a thread waits for the hang-up)."""
 
     def __init__(self, fd: int) -> None:
-        import queue
         import threading
 
         self.fd = fd
+        self.buffer = b""
         self.lock = threading.Lock()
-        self.lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.busy = False
         self.ended = False
-        threading.Thread(target=self._read, daemon=True, name="requests").start()
+        threading.Thread(target=self._watch, daemon=True, name="requests").start()
 
-    def _read(self) -> None:
-        buffer = b""
+    def _watch(self) -> None:
+        """Wait for the executor to hang up, reading nothing: the requests are the worker's."""
+        import select
+
+        poller = select.poll()
+        # No event asked for: only the hang-up (or an error) ends the wait, never a request.
+        poller.register(self.fd, 0)
         with contextlib.suppress(OSError):
-            while data := os.read(self.fd, _CHUNK):
-                buffer += data
-                while (cut := buffer.find(b"\n")) >= 0:
-                    line, buffer = buffer[:cut], buffer[cut + 1 :]
-                    if line.strip():
-                        self.lines.put(line)
+            while not poller.poll():
+                pass
         with self.lock:
             self.ended = True
             busy = self.busy
-        self.lines.put(None)
         if busy:
             # The executor is gone: stop the shard as its SIGTERM would (the runner stops the
             # microtask and writes its final report), so it does not run on unseen.
@@ -302,9 +309,20 @@ class _Requests:
 
     def next(self) -> bytes | None:
         """The next request, marked as running; None when the executor is gone."""
-        line = self.lines.get()
+        while True:
+            while (cut := self.buffer.find(b"\n")) < 0:
+                try:
+                    data = os.read(self.fd, _CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    return None
+                self.buffer += data
+            line, self.buffer = self.buffer[:cut], self.buffer[cut + 1 :]
+            if line.strip():
+                break
         with self.lock:
-            if line is None or self.ended:
+            if self.ended:
                 return None
             self.busy = True
         return line

@@ -342,8 +342,8 @@ def test_held_delimiter_lines_are_the_lines_one_by_one() -> None:
             + [f"{begin_line(i, 3)}\n{end_line(i, 3, 0, 0.0)}\n" for i in range(first + 1, current)]
             + [f"{begin_line(current, 3)}\n"]
         )
-        assert held.take().decode() == expected
-        assert held.take() == b""
+        assert b"".join(held.take()).decode() == expected
+        assert held.take() == []
 
 
 WATCH = """
@@ -384,3 +384,30 @@ def test_the_watch_sees_every_kind_of_output_without_a_poll(unbuffered: str) -> 
     assert proc.stdout.splitlines()[-1] == (
         "nothing=False fd=True print=True binary=True stderr=True child=True unhooked"
     )
+
+
+CAPTURES = """
+import os, time
+from microtask_runner.console import CONSOLE
+
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(20):
+    CONSOLE.capture()
+    os.write(1, b"x\\n")
+    CONSOLE.release()
+deadline = time.monotonic() + 5
+while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(len(os.listdir("/proc/self/fd")) - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_captures_one_after_another_leave_no_descriptor_open() -> None:
+    # A process running shard after shard captures again and again: each capture's pipes are
+    # closed with it, also those the capture thread saw the end of.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTASK_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPTURES], env=env, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.splitlines()[-1] == "0"

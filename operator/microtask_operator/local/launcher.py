@@ -159,6 +159,24 @@ def start_helper(
             errors.close()
 
 
+def _request(
+    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path, held: Mapping[str, str]
+) -> dict[str, object]:
+    """A shard's request to a fork server or worker whose environment is ``held``: only the
+    variables that differ ("env") and those to remove ("unset", if any)."""
+    changed = {key: value for key, value in env.items() if held.get(key) != value}
+    request: dict[str, object] = {
+        "argv": list(args),
+        "env": changed,
+        "cwd": str(cwd),
+        "log": str(log),
+    }
+    unset = [key for key in held if key not in env]
+    if unset:
+        request["unset"] = unset
+    return request
+
+
 class _Helper:
     """A fork server or a worker: a process we talk to over its stdin and stdout."""
 
@@ -196,6 +214,9 @@ class ForkServer(_Helper):
         stderr: Path | None = None,
     ) -> None:
         self.popen = start_helper(argv, env=env, cwd=cwd, stderr=stderr)
+        #: The server's environment, which every child starts from: a request carries only
+        #: what differs from it.
+        self.env = dict(env)
         self.lock = threading.Lock()
         self.replies: queue.Queue[str | None] = queue.Queue()
         self.children: dict[int, ForkedRunner] = {}
@@ -223,7 +244,7 @@ class ForkServer(_Helper):
     ) -> ForkedRunner:
         """Fork a runner running `microtask-runner ARGS`; ForkServerError when it cannot."""
         runner = ForkedRunner(on_exit)
-        request = {"argv": list(args), "env": dict(env), "cwd": str(cwd), "log": str(log)}
+        request = _request(args, env=env, cwd=cwd, log=log, held=self.env)
         line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
         with self.lock:
             if self.dead:
@@ -360,11 +381,7 @@ class Worker(_Helper):
     ) -> WorkerShard:
         """Hand the worker a shard; ForkServerError if it is gone."""
         shard = WorkerShard(self, on_exit)
-        changed = {key: value for key, value in env.items() if self.env.get(key) != value}
-        unset = [key for key in self.env if key not in env]
-        request = {"argv": list(args), "env": changed, "cwd": str(cwd), "log": str(log)}
-        if unset:
-            request["unset"] = unset
+        request = _request(args, env=env, cwd=cwd, log=log, held=self.env)
         line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
         with self.lock:
             if self.dead or self.retired or self.shard is not None:
