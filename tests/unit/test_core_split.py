@@ -136,7 +136,7 @@ def test_without_speculation_nothing_is_split() -> None:
 def test_a_copy_and_its_original_are_split_together() -> None:
     original = last_shard(Progress(done=2, seconds=38.0))
     copy = replace(
-        last_shard(Progress(done=1, seconds=30.0)),
+        last_shard(Progress(done=5, seconds=150.0)),
         shard_id=10,
         copy_of=9,
         node="cpu-0",
@@ -147,3 +147,5 @@ def test_a_copy_and_its_original_are_split_together() -> None:
     assert sorted(d.shard_id for d in decision.deletes) == [9, 10]
     covered = IndexSet.from_ranges(r for c in decision.creates for r in c.plan.indexes.ranges)
     assert covered == LAST
+    # The original ran 3 (the copy's 6 were never counted): its 17 others are no attempts.
+    assert decision.state.attempts == 100 - 17 + 20

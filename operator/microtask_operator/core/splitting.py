@@ -2,9 +2,10 @@
 
 At a job's end the free slots have nothing left to start, while a shard that began late (a copy
 that waited for a GPU, say) still has much of its work ahead on one slot: it alone decides the
-makespan. When its unfinished work, spread over the free slots, would end several times sooner
-than the shard itself will, the shard (with its copies) is given up and the work relaunched as
-new shards sized for those slots, as the window's last wave is (see `window.last_wave_seconds`).
+makespan. When the unfinished work of the shards that hold up the end, spread over the free
+slots, would end several times sooner than they will, they (with their copies) are given up and
+the work relaunched as new shards sized for those slots, as the window's last wave is (see
+`window.last_wave_seconds`).
 
 What the shard did but no report tells runs again: a running pod's successes are not known
 before it ends, so only a far sooner end is worth it. It needs the shards' progress (the pace
@@ -42,6 +43,9 @@ def split_tail(draft: Draft) -> None:
         return
     if draft.groups_in_flight() >= spec.parallelism:
         return  # no window slot to give the work to
+    relaunch = relaunch_seconds(draft)
+    if relaunch is None:
+        return
     final = draft.final()
     groups: dict[int, list[ObservedShard]] = {}
     for shard in draft.live.values():
@@ -59,9 +63,6 @@ def split_tail(draft: Draft) -> None:
     # need for their work together, and the job no sooner than the longest group left whole:
     # the most groups for which that is SPLIT_MARGIN times sooner than the k-th would end.
     candidates.sort(key=lambda c: (-c[0], c[1]))
-    relaunch = relaunch_seconds(draft)
-    if relaunch is None:
-        return
     chosen = 0
     taken = 0
     for i, (left, _, _, rest) in enumerate(candidates):
@@ -128,12 +129,12 @@ def split(
     draft: Draft, members: list[ObservedShard], rest: IndexSet, left: float, seconds: float
 ) -> None:
     """Give up the group's members and relaunch its unfinished work as fresh shards."""
-    ran = IndexSet.EMPTY
-    for member in members:
-        ran = ran | ran_so_far(draft, member)
-        harvest.keep_successes(draft, member, Reason.STRAGGLER)
-    # The original's launch counted its microtasks: those it never reached are no attempt.
+    # The original's launch counted its microtasks: those it never reached are no attempt
+    # (a copy's runs were never counted, whatever it reached).
     holder = next((m for m in members if m.copy_of is None), members[0])
+    ran = ran_so_far(draft, holder)
+    for member in members:
+        harvest.keep_successes(draft, member, Reason.STRAGGLER)
     back = draft.requeue_unfinished(holder, rest, ran=ran)
     names = ", ".join(str(m.shard_id) for m in sorted(members, key=lambda m: m.shard_id))
     draft.rebalanced(
