@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from core_driver import Driver, creates, ok
+from hypothesis import given
+from hypothesis import strategies as st
 from microtask_operator.core import placement, shardsize, speculation
 from microtask_operator.core.placement import PoolLoad
 from microtask_operator.core.state import PoolDurations
@@ -47,6 +52,46 @@ def test_at_the_end_a_shard_waits_for_a_gpu_rather_than_finish_last_on_a_cpu() -
     assert placement.choose([gpu, cpu], 50, remaining=100) == Pool.GPU
     # ...unless shards already running end later than that CPU shard would.
     assert placement.choose([gpu, cpu], 50, remaining=100, busy_until=300) == Pool.CPU
+
+
+def test_a_free_slow_slot_takes_a_shard_that_ends_by_the_water_level() -> None:
+    gpu = load(Pool.GPU, 6, 6, 1.0)
+    cpu = load(Pool.CPU, 75, 0, 6.0)
+    # One 4-microtask shard at a time, a queue for the GPUs always looks sooner than a CPU
+    # slot (40 s against 54 s, with a 30 s pod start-up)...
+    gpu, cpu = (replace(p, startup=30.0) for p in (gpu, cpu))
+    assert placement.choose([gpu, cpu], 4, remaining=700, busy_until=20) == Pool.GPU
+    # ...but the 700 microtasks left, all of them queued there, end far later than the CPU
+    # shard: with every slot taking its share they are done in about 74 s.
+    slots = [(20.0, 1.0)] * 6 + [(0.0, 6.0)] * 75
+    level = placement.water_level(slots, 700, startup=30.0)
+    assert 70 < level < 80
+    assert placement.choose([gpu, cpu], 4, remaining=700, busy_until=20, level=level) == Pool.CPU
+
+
+def test_water_level_shares_the_work_over_the_slots_by_pace() -> None:
+    # Free slots only: one start-up, then the work at their summed pace.
+    assert placement.water_level([(0.0, 2.0)] * 4, 100, startup=5.0) == 5.0 + 100 / 2
+    # A slot that frees after the level takes no share...
+    assert placement.water_level([(0.0, 1.0), (500.0, 1.0)], 10, startup=0.0) == 10.0
+    # ...one that frees before it does, from the moment it is free (after its start-up).
+    assert placement.water_level([(0.0, 1.0), (4.0, 1.0)], 10, startup=0.0) == 7.0
+    assert placement.water_level([], 10, startup=0.0) == float("inf")
+
+
+@given(
+    slots=st.lists(st.tuples(st.floats(0, 1000), st.floats(0.01, 100)), min_size=1, max_size=40),
+    work=st.floats(0, 100_000),
+    startup=st.floats(0, 60),
+)
+def test_water_level_is_where_the_slots_clear_the_work(
+    slots: list[tuple[float, float]], work: float, startup: float
+) -> None:
+    level = placement.water_level(slots, work, startup)
+    cleared = sum(max(0.0, level - free - startup) / pace for free, pace in slots)
+    assert math.isclose(cleared, work, rel_tol=1e-6, abs_tol=1e-6)
+    assert level >= min(free for free, _ in slots) + startup - 1e-9 * (1 + level)
+    assert placement.water_level(slots, work + 1, startup) > level
 
 
 def test_unmeasured_pools_fill_free_capacity_in_order_of_preference() -> None:

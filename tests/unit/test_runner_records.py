@@ -616,6 +616,10 @@ def test_sigkill_leaves_every_finished_record(
         MICROTASK_INDEXES="0-5", MICROTASK_CALLABLE="mt_records:slow_from_two", STARTED=str(started)
     )
     wait_for(lambda: started.exists() and started.read_text().split() == ["0", "1", "2"])
+    # The runner relays captured output as it arrives (a signal tells it some did), so what
+    # the microtask printed reaches the log copy a moment after the print: once there, a
+    # SIGKILL must not take it back (nothing held in the runner's memory).
+    wait_for(lambda: "working on 2" in log_copy(tmp_path))
     proc.kill()
     proc.communicate(timeout=10)
     assert [r["index"] for r in records(tmp_path)] == [0, 1]

@@ -82,6 +82,7 @@ class Draft:
         self.live: dict[int, ObservedShard] = {s.shard_id: s for s in seen.live}
         self._in_flight: IndexSet | None = None
         self.busy: float | None = None  # computed once, when placement first needs it (window)
+        self.level: float | None = None  # likewise (window.water_level; 0: not known)
         # Microtasks of shards counted when seen, not at their launch (see fallback.fall_back).
         self.sighted = IndexSet.EMPTY
         for shard in seen.unrecorded:

@@ -14,13 +14,19 @@ free, slower pool, the free pool takes it. Queueing for the fast pool then gains
 fast pool is busy with other work until the end anyway) and leaves a slot idle. Only near the
 end, when a slow slot would finish after everything else, does a shard wait for a faster one.
 
+The horizon is no shorter than the job's *water level* (`water_level`): the time by which the
+work not yet running would be done if every slot took its share of it, the busy slots once
+their shards end, each paying one pod start-up. One shard at a time, a queue for the fast pool
+always looks sooner than a free slow slot; all the work left at once queued there does not,
+and a slow slot whose shard ends by the level shortens the job's end.
+
 Until a pool is measured, free capacity is used in the job's order of preference (GPU first):
 that is how the speeds get measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .types import Pool
@@ -76,12 +82,19 @@ class PoolLoad:
         return self.slots() / self.per_microtask
 
 
-def choose(loads: Sequence[PoolLoad], size: int, remaining: float, busy_until: float = 0.0) -> Pool:
+def choose(
+    loads: Sequence[PoolLoad],
+    size: int,
+    remaining: float,
+    busy_until: float = 0.0,
+    level: float = 0.0,
+) -> Pool:
     """The pool for a new shard of `size` microtasks, `loads` in order of preference.
 
-    The horizon a slower free pool may finish within is the longer of the time the cluster
-    needs for the `remaining` microtasks (not done yet) and `busy_until`, the seconds until the
-    shards in flight are expected to end: a shard that ends no later than those is no loss.
+    The horizon a slower free pool may finish within is the longest of the time the cluster
+    needs for the `remaining` microtasks (not done yet), `busy_until`, the seconds until the
+    shards in flight are expected to end, and the water `level` (0: unknown): a shard that ends
+    no later than those is no loss.
     """
     assert loads, "no pool to choose from"
     usable = [load for load in loads if load.slots() > 0]
@@ -103,13 +116,35 @@ def choose(loads: Sequence[PoolLoad], size: int, remaining: float, busy_until: f
     if not free:
         return best.pool
     rate = sum(load.rate() for load in loads)
-    horizon = max(remaining / rate if rate > 0 else float("inf"), busy_until)
+    horizon = max(remaining / rate if rate > 0 else float("inf"), busy_until, level)
     fastest_free = min(free, key=lambda load: (finishes[load.pool], loads.index(load)))
     finish = finishes[fastest_free.pool]
     assert finish is not None
     if finish <= horizon:
         return fastest_free.pool
     return best.pool
+
+
+def water_level(slots: Iterable[tuple[float, float]], work: float, startup: float) -> float:
+    """Seconds from now by which `work` microtasks are done with every slot taking its share.
+
+    `slots`: per slot, the seconds until it is free and its seconds per microtask. A slot then
+    pays one pod `startup` and clears microtasks at its pace until the level: the level is
+    where what the slots clear adds up to `work` (inf without a slot).
+    """
+    # Sorted by when each slot starts clearing work, the cleared work is piecewise linear in
+    # the level: add the slots one by one until the ones started clear `work` by the next start.
+    starts = sorted((max(0.0, free) + startup, 1.0 / pace) for free, pace in slots if pace > 0)
+    cleared_rate = 0.0
+    offset = 0.0  # sum of start x rate over the slots started: cleared(t) = rate * t - offset
+    for index, (start, rate) in enumerate(starts):
+        cleared_rate += rate
+        offset += start * rate
+        level = (work + offset) / cleared_rate
+        following = starts[index + 1][0] if index + 1 < len(starts) else float("inf")
+        if level <= following:
+            return level
+    return float("inf")
 
 
 def worth_moving(waiting: PoolLoad, other: PoolLoad, size: int, position: int) -> bool:

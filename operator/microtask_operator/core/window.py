@@ -120,6 +120,7 @@ def pool_for_new_work(
         size or draft.spec.microtasks_per_shard,
         max(0, remaining),
         busy_until=busy_until(draft),
+        level=water_level(draft, loads) or 0.0,
     )
 
 
@@ -135,6 +136,43 @@ def busy_until(draft: Draft) -> float:
             latest = max(latest, shard.started_at + per * len(shard.indexes))
         draft.busy = latest - draft.now
     return draft.busy
+
+
+def water_level(draft: Draft, loads: dict[Pool, placement.PoolLoad]) -> float | None:
+    """Seconds until the work not running yet would be done, every slot taking its share.
+
+    (See placement.water_level.) The work is what no shard runs: not launched yet, waiting
+    for a node, or on a NotReady node. A running shard's slot frees when its microtasks are
+    expected to end at its pool's pace. None when a usable pool is not measured or its size
+    is unknown; computed once per decision (the shards launched meanwhile only share it out).
+    """
+    if draft.level is not None:
+        return draft.level or None
+    pools = usable_pools(draft)
+    level = 0.0
+    if all(loads[p].per_microtask and loads[p].capacity is not None for p in pools):
+        startup = draft.startup or 0.0
+        work = max(0, draft.spec.total - len(draft.final()) - len(draft.in_flight()))
+        frees: dict[Pool, list[float]] = {pool: [] for pool in pools}
+        for shard in draft.live.values():
+            pace = loads[shard.pool].per_microtask
+            if shard.pool not in frees or pace is None:
+                continue
+            if shard.started_at is None or shard.node_lost_since is not None:
+                if shard.copy_of is None:
+                    work += len(shard.indexes)
+                continue
+            ends = shard.started_at + startup + pace * len(shard.indexes) - draft.now
+            frees[shard.pool].append(max(0.0, ends))
+        slots = []
+        for pool in pools:
+            pace, capacity = loads[pool].per_microtask, loads[pool].capacity
+            assert pace is not None and capacity is not None
+            busy = sorted(frees[pool])[:capacity]
+            slots += [(free, pace) for free in busy + [0.0] * (capacity - len(busy))]
+        level = placement.water_level(slots, work, startup)
+    draft.level = level
+    return level or None
 
 
 def place(draft: Draft, loads: dict[Pool, placement.PoolLoad], size: int) -> Pool:
