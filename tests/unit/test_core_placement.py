@@ -454,6 +454,34 @@ def test_near_the_end_a_shard_is_short_on_the_slowest_node_too() -> None:
     assert bulk == 60
 
 
+def test_a_shard_is_sized_for_the_slowest_node_with_a_free_slot() -> None:
+    from microtask_operator.core.draft import Draft
+    from microtask_operator.core.state import CoreState
+    from microtask_operator.core.window import free_node_pace
+
+    view = ClusterView(
+        ready_nodes={Pool.CPU: frozenset({"fast", "slow"})}, slots={"fast": 3, "slow": 3}
+    )
+
+    def running(shard_id: int, node: str, pace: float) -> ObservedShard:
+        progress = Progress(done=4, seconds=4 * pace)
+        return shard(shard_id, Pool.CPU, 0.0, 10, node=node, progress=progress)
+
+    fast = [running(1, "fast", 5.0), running(2, "fast", 5.0)]
+    slow = [running(3, "slow", 10.0), running(4, "slow", 10.0), running(5, "slow", 10.0)]
+    spec = auto_spec(accelerator=Accelerator.CPU)
+    # Only the fast node has a free slot: the new shard lands there, sized for its pace.
+    draft = Draft(spec, CoreState(), fast + slow, view, 100.0)
+    assert free_node_pace(draft, Pool.CPU) == 5.0
+    # A slot free on the slow node too: it may land there.
+    draft = Draft(spec, CoreState(), fast + slow[:2], view, 100.0)
+    assert free_node_pace(draft, Pool.CPU) == 10.0
+    # A shard waiting for a node takes a free slot first: which one is not known.
+    waiting = replace(fast[0], shard_id=9, node=None, phase=ShardPhase.PENDING, progress=None)
+    draft = Draft(spec, CoreState(), [*fast, *slow, waiting], view, 100.0)
+    assert free_node_pace(draft, Pool.CPU) == 10.0
+
+
 def _pod(
     shard_id: int, node: str, progress: Progress | None = None, **changes: object
 ) -> ObservedShard:

@@ -77,11 +77,18 @@ class NodePaces:
     def slowest(self, pool: Pool) -> float | None:
         """The slowest pace of a node of `pool` that runs two shards or more, if any."""
         paces = [
-            sorted(p for _, p in shards)[(len(shards) - 1) // 2]
-            for node, shards in self.by_node.items()
-            if self.pool_of[node] is pool and len(shards) >= 2
+            pace
+            for node in self.by_node
+            if self.pool_of[node] is pool and (pace := self.node(node)) is not None
         ]
         return max(paces) if paces else None
+
+    def node(self, name: str) -> float | None:
+        """The node's pace, if it runs two shards or more (the lower median of theirs)."""
+        shards = self.by_node.get(name, ())
+        if len(shards) < 2:
+            return None
+        return sorted(p for _, p in shards)[(len(shards) - 1) // 2]
 
 
 def stragglers(

@@ -215,9 +215,41 @@ def size_for(draft: Draft, loads: dict[Pool, placement.PoolLoad], pool: Pool, un
         parallelism=draft.spec.parallelism,
         largest=draft.spec.microtasks_per_shard,
         startup_seconds=draft.startup,
-        slowest=draft.paces.slowest(pool),
+        slowest=free_node_pace(draft, pool),
         free_rate=free_rate(loads[pool]),
     )
+
+
+def free_node_pace(draft: Draft, pool: Pool) -> float | None:
+    """The pace a new shard on `pool` is sized for: of the slowest node with a free slot.
+
+    The scheduler, not the core, picks the node, but only among those with a free slot: when
+    only fast nodes have one, a shard sized for the pool's slowest node would end early there
+    and pay another pod start-up for the rest. Where that is not known (a node's slots, a free
+    node's pace, or shards of the pool waiting for a node, which take free slots first), the
+    pool's slowest node seen so far.
+    """
+    slowest = draft.paces.slowest(pool)
+    names = draft.cluster.ready_nodes.get(pool)
+    slots = draft.cluster.slots
+    if not names or any(name not in slots for name in names):
+        return slowest
+    used: dict[str, int] = {}
+    for shard in draft.live.values():
+        if shard.pool != pool:
+            continue
+        if shard.node is None:
+            return slowest  # waiting for a slot: it takes one of the free ones
+        used[shard.node] = used.get(shard.node, 0) + 1
+    excluded = set(badnodes.avoid_lists(draft.nodes, pool, draft.cluster)[0])
+    paces = []
+    for name in names - excluded:
+        if used.get(name, 0) < slots[name]:
+            pace = draft.paces.node(name)
+            if pace is None:
+                return slowest
+            paces.append(pace)
+    return max(paces) if paces else slowest
 
 
 def free_rate(load: placement.PoolLoad) -> float:
