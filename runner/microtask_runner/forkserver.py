@@ -26,6 +26,14 @@ With ``--pycache DIR`` and bytecode writing off (``PYTHONDONTWRITEBYTECODE``), t
 share compiled modules in DIR (``sys.pycache_prefix``), so the user's module is compiled once
 per run instead of once per shard.
 
+Where bytecode is not written, a server or worker would also compile the runner itself (and the
+standard modules it imports) at every start, which takes longer than all the rest of its start.
+Started as ``python -X pycache_prefix=CACHE -m microtask_runner.forkserver --compiled CACHE ...``
+it reads them compiled from CACHE, a folder kept across runs: whatever it had to compile there
+(the first time, or after an upgrade) it writes to CACHE once it is up (``_keep_compiled``). A
+server then stops using CACHE, before ``--pycache`` applies: the children compile the user's
+modules into the run's folder as before.
+
 When its stdin closes (the executor is gone, however it ended), the server asks its remaining
 children to stop (SIGTERM to their groups: each runner stops its microtask and writes its final
 report) and exits, so no shard outlives ``microtask run`` by much.
@@ -222,6 +230,38 @@ def _share_compiled(folder: str) -> None:
         sys.dont_write_bytecode = False
 
 
+def _keep_compiled(cache: str) -> None:
+    """Write to ``cache`` the compiled form of every module imported so far that it lacks.
+
+    This process was started with ``-X pycache_prefix=CACHE`` and no bytecode writing: the modules
+    it found compiled there were read as they were, the others compiled from their source and
+    kept in memory only. They are written now, once, so that the next start finds them all.
+    """
+    if not (sys.dont_write_bytecode and sys.pycache_prefix == cache):
+        return
+    missing = []
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        cached = getattr(spec, "cached", None)
+        if (
+            isinstance(origin, str)
+            and isinstance(cached, str)
+            and origin.endswith(".py")
+            and cached.startswith(cache)
+            and not os.path.exists(cached)
+        ):
+            missing.append((origin, cached))
+    if not missing:
+        return
+    import py_compile
+
+    for origin, cached in missing:
+        # A cache that cannot be written only means the next start compiles again.
+        with contextlib.suppress(Exception):
+            py_compile.compile(origin, cfile=cached, doraise=True)
+
+
 def _warm() -> None:
     """Do once here what every child would do for itself: what it imports, the patterns it
     compiles. Nothing of the user's runs here (their module is imported by each child)."""
@@ -236,11 +276,17 @@ def _warm() -> None:
     execute.warm()
 
 
-def serve(pycache: str | None = None) -> int:
+def serve(pycache: str | None = None, compiled: str | None = None) -> int:
     """The server's loop, over stdin and stdout (see the module doc).
 
     ``pycache``: a folder for compiled modules, where bytecode is not written (``--pycache``).
+    ``compiled``: the folder this process read the runner compiled from (``--compiled``).
     """
+    if compiled:
+        _keep_compiled(compiled)
+        if sys.pycache_prefix == compiled:
+            # The user's modules are compiled as every shard of the run does (``--pycache``).
+            sys.pycache_prefix = None
     if pycache:
         _share_compiled(pycache)
     wake_r, wake_w = os.pipe()
@@ -370,8 +416,11 @@ def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool:
     return code & 0xFF
 
 
-def work() -> int:
-    """The persistent worker's loop (see the module doc)."""
+def work(compiled: str | None = None) -> int:
+    """The persistent worker's loop (see the module doc).
+
+    ``compiled``: the folder this process read the runner compiled from (``--compiled``).
+    """
     # The request and reply pipes move off 0 and 1 (non-inheritable: no microtask holds them).
     requests = _Requests(os.dup(0))
     replies = os.dup(1)
@@ -390,6 +439,8 @@ def work() -> int:
     import subprocess  # noqa: F401
     import tempfile
 
+    if compiled:
+        _keep_compiled(compiled)
     # One spool for the commands' result files, lent to shard after shard.
     spool = tempfile.mkdtemp(prefix="microtask-results-")
     try:
@@ -415,12 +466,15 @@ def work() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    compiled: str | None = None
+    if len(args) >= 2 and args[0] == "--compiled":
+        compiled, args = args[1], args[2:]
     try:
         if args == ["--worker"]:
-            return work()
+            return work(compiled)
         if len(args) == 2 and args[0] == "--pycache":
-            return serve(args[1])
-        return serve()
+            return serve(args[1], compiled)
+        return serve(compiled=compiled)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -55,7 +55,7 @@ from ..core.types import (
     SpeculationPolicy,
     SuspendShard,
 )
-from .launcher import SPAWN_RUNNER, ForkedRunner, Launcher, RunnerProcess
+from .launcher import SPAWN_RUNNER, ForkedRunner, Launcher, RunnerProcess, compiled_cache
 from .processes import kill_tree, signal_group
 from .rundir import RunDir
 
@@ -196,6 +196,7 @@ class LocalExecutor:
             fork=standard,
             server_log=run_dir.scratch / "fork-server.log",
             pycache=self.scratch / "pycache",
+            compiled=compiled_cache() if standard else None,
             persistent=standard and persistent and not job.callable,
             # No more workers than shards can be in flight, or than the job has.
             slots=min(
