@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from microtask_operator.core.types import CoreSpec, RetryPolicy
 from microtask_operator.local.executor import LocalExecutor, LocalJob, RunResult, Snapshot
-from microtask_operator.local.launcher import FORK_SERVER, WORKER, Launcher, helper_argv
+from microtask_operator.local.launcher import (
+    FORK_SERVER,
+    WORKER,
+    ForkServer,
+    Launcher,
+    helper_argv,
+)
 from microtask_operator.local.rundir import RunDir
 from microtask_runner.indexset import IndexSet
 from test_local_support import (
@@ -344,6 +350,34 @@ def test_the_fork_server_dying_mid_run_loses_and_double_counts_nothing(tmp_path:
     assert executor.launcher.deaths == 1
     assert executor.launcher.spawned == 0
     assert not alive(killed[0])
+
+
+def test_the_child_forked_ahead_runs_nothing_without_its_request(tmp_path: Path) -> None:
+    server = ForkServer(FORK_SERVER, env=dict(os.environ), cwd=tmp_path)
+    try:
+        # The next request's child waits already, on nothing of the server's.
+        deadline = time.monotonic() + 5
+        while not (ahead := descendants(server.pid)):
+            assert time.monotonic() < deadline, "no child forked ahead"
+            time.sleep(0.01)
+        (spare,) = ahead
+        held = [os.readlink(fd) for fd in Path(f"/proc/{spare}/fd").iterdir()]
+        assert server.popen.stdin is not None and server.popen.stdout is not None
+        talk = {
+            os.readlink(f"/proc/self/fd/{f.fileno()}")
+            for f in (server.popen.stdin, server.popen.stdout)
+        }
+        # Its own request pipe only: none of the server's, whose end the executor must see.
+        assert len([target for target in held if target.startswith("pipe:")]) == 1
+        assert not talk & set(held)
+        assert os.getpgid(spare) == spare
+        # The server dies before any request: the child exits, and no runner is left unseen.
+        os.kill(server.pid, signal.SIGKILL)
+        assert_gone({spare})
+        assert not list(tmp_path.iterdir())
+    finally:
+        server.kill()
+        server.close(timeout=1.0)
 
 
 def test_a_fork_server_that_keeps_dying_gives_way_to_spawning(tmp_path: Path) -> None:
