@@ -452,8 +452,14 @@ def _flush_streams() -> None:
             stream.flush()
 
 
-def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool: str) -> int:
-    """One shard in this process, with its own environment, folder and log; its exit code."""
+def _run_in_worker(
+    request: dict[str, Any], *, devnull: int, errors: int, spool: str, environment: dict[str, str]
+) -> int:
+    """One shard in this process, with its own environment, folder and log; its exit code.
+
+    ``environment``: a copy of ``os.environ`` that the worker keeps, changed alongside it, so
+    that the runner reads a plain dict (every read of ``os.environ`` decodes its variable).
+    """
     code = EXIT_RUNNER_ERROR
     log = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -467,10 +473,13 @@ def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool:
         # is this shard's.
         for key in request.get("unset", ()):
             os.environ.pop(str(key), None)
-        os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+            environment.pop(str(key), None)
+        changes = {str(k): str(v) for k, v in dict(request["env"]).items()}
+        os.environ.update(changes)
+        environment.update(changes)
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["microtask-runner", *argv]
-        code = cli.main(argv, spool=spool)
+        code = cli.main(argv, spool=spool, env=environment)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception:
@@ -511,6 +520,7 @@ def work(compiled: str | None = None) -> int:
         _keep_compiled(compiled)
     # One spool for the commands' result files, lent to shard after shard.
     spool = tempfile.mkdtemp(prefix="microtask-results-")
+    environment = dict(os.environ)
     try:
         reply(f"ready {os.getpid()}")
         while (line := requests.next()) is not None:
@@ -522,7 +532,9 @@ def work(compiled: str | None = None) -> int:
                 with contextlib.suppress(OSError):
                     os.write(errors, f"bad request: {exc}\n".encode())
                 return EXIT_RUNNER_ERROR  # the executor sees the worker die with its shard
-            code = _run_in_worker(request, devnull=devnull, errors=errors, spool=spool)
+            code = _run_in_worker(
+                request, devnull=devnull, errors=errors, spool=spool, environment=environment
+            )
             requests.idle()
             reply(f"done {code}")
             if code >= 128:
