@@ -394,14 +394,21 @@ def _runner_error(file: ReportFile, message: str) -> int:
     return EXIT_RUNNER_ERROR
 
 
-def main(argv: Sequence[str] | None = None, *, spool: str | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    spool: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Run the shard described by the arguments and environment; return the exit code.
 
     ``spool``: a directory for the commands' result files lent by a process that runs shard
-    after shard (see forkserver.py); by default the shard makes its own.
+    after shard (see forkserver.py); by default the shard makes its own. ``env``: the same
+    as ``os.environ``, as a plain copy such a process keeps (cheaper to read); by default
+    ``os.environ`` itself.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    env = os.environ
+    env = os.environ if env is None else env
     option_args, command = _split_argv(args)
     try:
         options = _parse_options(option_args)

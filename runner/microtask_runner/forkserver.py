@@ -21,10 +21,24 @@ takes the shard's environment and working directory, restores the signal disposi
 interpreter has, and runs ``cli.main`` as the command would. The server only reaps its children
 and passes their exit codes on.
 
+The next request's child is forked ahead, while the server waits (``_Server.prepare``): it takes
+its group, its dispositions and /dev/null at once, then waits for its request on a pipe of its
+own, so a request costs the server a reply and a write instead of a fork while the executor
+waits. The request reaches the child only after the reply that gives the executor its pid; a
+child whose server dies or ends first gets none and exits without running anything.
+
 The server imports and compiles once what every child needs (``_warm``; nothing of the user's).
 With ``--pycache DIR`` and bytecode writing off (``PYTHONDONTWRITEBYTECODE``), the children
 share compiled modules in DIR (``sys.pycache_prefix``), so the user's module is compiled once
 per run instead of once per shard.
+
+Where bytecode is not written, a server or worker would also compile the runner itself (and the
+standard modules it imports) at every start, which takes longer than all the rest of its start.
+Started as ``python -X pycache_prefix=CACHE -m microtask_runner.forkserver --compiled CACHE ...``
+it reads them compiled from CACHE, a folder kept across runs: whatever it had to compile there
+(the first time, or after an upgrade) it writes to CACHE once it is up (``_keep_compiled``). A
+server then stops using CACHE, before ``--pycache`` applies: the children compile the user's
+modules into the run's folder as before.
 
 When its stdin closes (the executor is gone, however it ended), the server asks its remaining
 children to stop (SIGTERM to their groups: each runner stops its microtask and writes its final
@@ -81,8 +95,11 @@ def _reply(line: str) -> None:
         view = view[os.write(1, view) :]
 
 
-def _run_child(request: dict[str, Any]) -> int:
-    """In the forked child: become the shard's runner; returns its exit code."""
+def _prepare_child(keep: int) -> None:
+    """In a child forked ahead of its request: what a shard's runner needs whatever the shard.
+
+    ``keep``: the descriptor its request comes through, the only one of the server's it keeps.
+    """
     # A group of its own (the server does the same from its side, so a signal sent to the group
     # as soon as the pid is known cannot miss); the server's session has no terminal already.
     with contextlib.suppress(OSError):
@@ -94,13 +111,26 @@ def _run_child(request: dict[str, Any]) -> int:
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     _signal.signal(_signal.SIGHUP, _signal.SIG_DFL)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    # Over the server's request and reply pipes: the child holds neither once these are done.
+    # Off the server's request and reply pipes at once: a server that dies while this child
+    # waits must be seen to die by the executor (its stdout closes).
+    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    top = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 256
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(top, keep + 1))
+    # What the server's finders cached about folders may be older than the shard's files. (Done
+    # before the request: a finder refreshes at its first use after this, which comes later.)
+    importlib.invalidate_caches()
+
+
+def _run_child(request: dict[str, Any]) -> int:
+    """In the forked child, prepared (``_prepare_child``): become the shard's runner; returns
+    its exit code."""
+    log = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 256)
+    os.close(log)
     os.chdir(str(request["cwd"]))
     # The request holds only what differs from the server's environment (the first shard's,
     # mostly the same): a variable set, or even read, costs more here than in the executor.
@@ -110,13 +140,32 @@ def _run_child(request: dict[str, Any]) -> int:
         os.environ[str(key)] = str(value)
     argv = [str(a) for a in request["argv"]]
     sys.argv = ["microtask-runner", *argv]
-    # Like `python -m` in the shard's folder: its modules come first on the import path, and
-    # what the server's finders cached about folders may be older than the shard's files.
+    # Like `python -m` in the shard's folder: its modules come first on the import path.
     cwd = os.getcwd()
     if not sys.path or sys.path[0] != cwd:
         sys.path.insert(0, cwd)
-    importlib.invalidate_caches()
     return cli.main(argv)
+
+
+def _spare(requests: int) -> None:
+    """The child forked ahead: prepare, wait for the request, run it; never returns.
+
+    The request is the go: it comes once the executor knows this child's pid. Without one (the
+    server died first, or ends), the child exits without running anything, so there is never a
+    runner the executor does not know of, and that it would run again elsewhere.
+    """
+    try:
+        _prepare_child(requests)
+        data = b""
+        while chunk := os.read(requests, _CHUNK):
+            data += chunk
+        os.close(requests)
+        request = json.loads(data) if data else None
+    except BaseException:
+        os._exit(EXIT_RUNNER_ERROR)
+    if not isinstance(request, dict):
+        os._exit(EXIT_RUNNER_ERROR)
+    _child(request)
 
 
 def _child(request: dict[str, Any]) -> None:
@@ -147,6 +196,33 @@ class _Server:
     def __init__(self) -> None:
         self.children: set[int] = set()
         self.buffer = b""
+        #: The next request's child, forked ahead (``prepare``): its pid and the write end of
+        #: the pipe its request goes to.
+        self.spare: tuple[int, int] | None = None
+
+    def prepare(self) -> str | None:
+        """Fork the next request's child now, while nobody waits for it: a request then costs
+        a reply and a write, and the child is already off the server's descriptors.
+
+        Returns why it could not (the request that finds no child forks for itself).
+        """
+        if self.spare is not None:
+            return None
+        request_r, request_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(request_r)
+            os.close(request_w)
+            return exc.strerror or str(exc)
+        if pid == 0:
+            os.close(request_w)
+            _spare(request_r)
+        os.close(request_r)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        self.spare = (pid, request_w)
+        return None
 
     def spawn(self, line: bytes) -> None:
         try:
@@ -156,42 +232,38 @@ class _Server:
         except ValueError as exc:
             _reply(f"failed bad request: {exc}")
             return
-        # The child waits for a go from the server, given once the executor has its pid: a
-        # server dying in between (no go, the pipe closes) leaves no runner the executor does
-        # not know of, and that it would run again elsewhere.
-        go_r, go_w = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.close(go_r)
-            os.close(go_w)
-            _reply(f"failed cannot fork: {exc.strerror or exc}")
+        error = self.prepare()
+        if self.spare is None:
+            _reply(f"failed cannot fork: {error}")
             return
-        if pid == 0:
-            os.close(go_w)
-            if not os.read(go_r, 1):
-                os._exit(EXIT_RUNNER_ERROR)
-            os.close(go_r)
-            _child(request)
-        os.close(go_r)
+        (pid, request_w), self.spare = self.spare, None
         try:
-            with contextlib.suppress(OSError):
-                os.setpgid(pid, pid)
             self.children.add(pid)
-            # Always before this child's "exit": the executor learns the pid first.
+            # Always before this child's "exit": the executor learns the pid first, and only
+            # then does the child get its request.
             _reply(f"spawned {pid}")
-            os.write(go_w, b"!")
+            view = memoryview(line)
+            while view:
+                view = view[os.write(request_w, view) :]
+        except OSError:
+            pass  # the child is gone: its exit says so
         finally:
-            os.close(go_w)
+            os.close(request_w)
+        self.prepare()
 
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.spare is not None:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                # Gone before any request: nobody knows of it; the next one is forked anew.
+                os.close(self.spare[1])
+                self.spare = None
+                continue
             self.children.discard(pid)
             _reply(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
 
@@ -208,6 +280,9 @@ class _Server:
         return True
 
     def stop_children(self) -> None:
+        if self.spare is not None:
+            os.close(self.spare[1])  # no request will come: it exits
+            self.spare = None
         for pid in self.children:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
@@ -220,6 +295,38 @@ def _share_compiled(folder: str) -> None:
     if sys.dont_write_bytecode and sys.pycache_prefix is None:
         sys.pycache_prefix = folder
         sys.dont_write_bytecode = False
+
+
+def _keep_compiled(cache: str) -> None:
+    """Write to ``cache`` the compiled form of every module imported so far that it lacks.
+
+    This process was started with ``-X pycache_prefix=CACHE`` and no bytecode writing: the modules
+    it found compiled there were read as they were, the others compiled from their source and
+    kept in memory only. They are written now, once, so that the next start finds them all.
+    """
+    if not (sys.dont_write_bytecode and sys.pycache_prefix == cache):
+        return
+    missing = []
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        cached = getattr(spec, "cached", None)
+        if (
+            isinstance(origin, str)
+            and isinstance(cached, str)
+            and origin.endswith(".py")
+            and cached.startswith(cache)
+            and not os.path.exists(cached)
+        ):
+            missing.append((origin, cached))
+    if not missing:
+        return
+    import py_compile
+
+    for origin, cached in missing:
+        # A cache that cannot be written only means the next start compiles again.
+        with contextlib.suppress(Exception):
+            py_compile.compile(origin, cfile=cached, doraise=True)
 
 
 def _warm() -> None:
@@ -236,11 +343,17 @@ def _warm() -> None:
     execute.warm()
 
 
-def serve(pycache: str | None = None) -> int:
+def serve(pycache: str | None = None, compiled: str | None = None) -> int:
     """The server's loop, over stdin and stdout (see the module doc).
 
     ``pycache``: a folder for compiled modules, where bytecode is not written (``--pycache``).
+    ``compiled``: the folder this process read the runner compiled from (``--compiled``).
     """
+    if compiled:
+        _keep_compiled(compiled)
+        if sys.pycache_prefix == compiled:
+            # The user's modules are compiled as every shard of the run does (``--pycache``).
+            sys.pycache_prefix = None
     if pycache:
         _share_compiled(pycache)
     wake_r, wake_w = os.pipe()
@@ -260,6 +373,7 @@ def serve(pycache: str | None = None) -> int:
     gc.freeze()
     _reply(f"ready {os.getpid()}")
     try:
+        server.prepare()
         while True:
             for fd, _ in poller.poll():
                 if fd == wake_r:
@@ -338,8 +452,14 @@ def _flush_streams() -> None:
             stream.flush()
 
 
-def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool: str) -> int:
-    """One shard in this process, with its own environment, folder and log; its exit code."""
+def _run_in_worker(
+    request: dict[str, Any], *, devnull: int, errors: int, spool: str, environment: dict[str, str]
+) -> int:
+    """One shard in this process, with its own environment, folder and log; its exit code.
+
+    ``environment``: a copy of ``os.environ`` that the worker keeps, changed alongside it, so
+    that the runner reads a plain dict (every read of ``os.environ`` decodes its variable).
+    """
     code = EXIT_RUNNER_ERROR
     log = os.open(str(request["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -353,10 +473,13 @@ def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool:
         # is this shard's.
         for key in request.get("unset", ()):
             os.environ.pop(str(key), None)
-        os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+            environment.pop(str(key), None)
+        changes = {str(k): str(v) for k, v in dict(request["env"]).items()}
+        os.environ.update(changes)
+        environment.update(changes)
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["microtask-runner", *argv]
-        code = cli.main(argv, spool=spool)
+        code = cli.main(argv, spool=spool, env=environment)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception:
@@ -370,8 +493,11 @@ def _run_in_worker(request: dict[str, Any], *, devnull: int, errors: int, spool:
     return code & 0xFF
 
 
-def work() -> int:
-    """The persistent worker's loop (see the module doc)."""
+def work(compiled: str | None = None) -> int:
+    """The persistent worker's loop (see the module doc).
+
+    ``compiled``: the folder this process read the runner compiled from (``--compiled``).
+    """
     # The request and reply pipes move off 0 and 1 (non-inheritable: no microtask holds them).
     requests = _Requests(os.dup(0))
     replies = os.dup(1)
@@ -390,8 +516,11 @@ def work() -> int:
     import subprocess  # noqa: F401
     import tempfile
 
+    if compiled:
+        _keep_compiled(compiled)
     # One spool for the commands' result files, lent to shard after shard.
     spool = tempfile.mkdtemp(prefix="microtask-results-")
+    environment = dict(os.environ)
     try:
         reply(f"ready {os.getpid()}")
         while (line := requests.next()) is not None:
@@ -403,7 +532,9 @@ def work() -> int:
                 with contextlib.suppress(OSError):
                     os.write(errors, f"bad request: {exc}\n".encode())
                 return EXIT_RUNNER_ERROR  # the executor sees the worker die with its shard
-            code = _run_in_worker(request, devnull=devnull, errors=errors, spool=spool)
+            code = _run_in_worker(
+                request, devnull=devnull, errors=errors, spool=spool, environment=environment
+            )
             requests.idle()
             reply(f"done {code}")
             if code >= 128:
@@ -415,12 +546,15 @@ def work() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    compiled: str | None = None
+    if len(args) >= 2 and args[0] == "--compiled":
+        compiled, args = args[1], args[2:]
     try:
         if args == ["--worker"]:
-            return work()
+            return work(compiled)
         if len(args) == 2 and args[0] == "--pycache":
-            return serve(args[1])
-        return serve()
+            return serve(args[1], compiled)
+        return serve(compiled=compiled)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

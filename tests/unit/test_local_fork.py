@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from microtask_operator.core.types import CoreSpec, RetryPolicy
 from microtask_operator.local.executor import LocalExecutor, LocalJob, RunResult, Snapshot
-from microtask_operator.local.launcher import Launcher
+from microtask_operator.local.launcher import (
+    FORK_SERVER,
+    WORKER,
+    ForkServer,
+    Launcher,
+    helper_argv,
+)
 from microtask_operator.local.rundir import RunDir
 from microtask_runner.indexset import IndexSet
 from test_local_support import (
@@ -195,6 +201,63 @@ def test_without_bytecode_writing_the_shards_share_compiled_modules(
         assert not executor.reports.exists()
 
 
+@pytest.mark.parametrize("mode", ["python", "command"])
+def test_without_bytecode_writing_servers_and_workers_keep_the_runner_compiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "microtask" / "pycache"
+
+    def run(folder: str) -> LocalExecutor:
+        if mode == "python":
+            job = make_job(tmp_path, total=2, per_shard=1, workers=1, callable="mt_probe:probe")
+        else:
+            job = make_job(tmp_path, total=2, per_shard=1, workers=1, command="true")
+        executor = make_executor(tmp_path, job, workers=1, folder=folder)
+        assert executor.run().decision.status["phase"] == "Succeeded"
+        return executor
+
+    executor = run("first")
+    kept = {path: path.stat().st_mtime_ns for path in cache.rglob("*.pyc")}
+    # The runner's own modules, compiled once for the next start; nothing of the user's.
+    assert any(path.match("microtask_runner/cli.*.pyc") for path in kept)
+    assert not any("mt_probe" in path.name for path in kept)
+    if mode == "python":
+        assert list(executor.scratch.joinpath("pycache").rglob("mt_probe*.pyc"))
+    assert not (tmp_path / "__pycache__").exists()
+    # The next run reads them as they are.
+    run("second")
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept
+
+
+def test_a_helper_reads_the_runner_compiled_only_where_bytecode_is_not_written(
+    tmp_path: Path,
+) -> None:
+    server = [*FORK_SERVER, "--pycache", "/run"]
+    off = {"PYTHONDONTWRITEBYTECODE": "1"}
+    assert helper_argv(server, off, tmp_path) == [
+        sys.executable,
+        "-X",
+        f"pycache_prefix={tmp_path}",
+        "-m",
+        "microtask_runner.forkserver",
+        "--compiled",
+        str(tmp_path),
+        "--pycache",
+        "/run",
+    ]
+    assert helper_argv(WORKER, off, tmp_path)[-3:] == ["--compiled", str(tmp_path), "--worker"]
+    # Bytecode written as usual, the user's own prefix, no cache, another command: as given.
+    assert helper_argv(server, {}, tmp_path) == server
+    assert helper_argv(server, {**off, "PYTHONPYCACHEPREFIX": "/mine"}, tmp_path) == server
+    assert helper_argv(server, off, None) == server
+    other = [sys.executable, "-c", "pass"]
+    assert helper_argv(other, off, tmp_path) == other
+
+
 def test_reports_left_by_a_killed_run_are_removed_by_the_next(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir():
@@ -287,6 +350,34 @@ def test_the_fork_server_dying_mid_run_loses_and_double_counts_nothing(tmp_path:
     assert executor.launcher.deaths == 1
     assert executor.launcher.spawned == 0
     assert not alive(killed[0])
+
+
+def test_the_child_forked_ahead_runs_nothing_without_its_request(tmp_path: Path) -> None:
+    server = ForkServer(FORK_SERVER, env=dict(os.environ), cwd=tmp_path)
+    try:
+        # The next request's child waits already, on nothing of the server's.
+        deadline = time.monotonic() + 5
+        while not (ahead := descendants(server.pid)):
+            assert time.monotonic() < deadline, "no child forked ahead"
+            time.sleep(0.01)
+        (spare,) = ahead
+        held = [os.readlink(fd) for fd in Path(f"/proc/{spare}/fd").iterdir()]
+        assert server.popen.stdin is not None and server.popen.stdout is not None
+        talk = {
+            os.readlink(f"/proc/self/fd/{f.fileno()}")
+            for f in (server.popen.stdin, server.popen.stdout)
+        }
+        # Its own request pipe only: none of the server's, whose end the executor must see.
+        assert len([target for target in held if target.startswith("pipe:")]) == 1
+        assert not talk & set(held)
+        assert os.getpgid(spare) == spare
+        # The server dies before any request: the child exits, and no runner is left unseen.
+        os.kill(server.pid, signal.SIGKILL)
+        assert_gone({spare})
+        assert not list(tmp_path.iterdir())
+    finally:
+        server.kill()
+        server.close(timeout=1.0)
 
 
 def test_a_fork_server_that_keeps_dying_gives_way_to_spawning(tmp_path: Path) -> None:

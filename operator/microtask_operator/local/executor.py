@@ -55,7 +55,7 @@ from ..core.types import (
     SpeculationPolicy,
     SuspendShard,
 )
-from .launcher import SPAWN_RUNNER, ForkedRunner, Launcher, RunnerProcess
+from .launcher import SPAWN_RUNNER, ForkedRunner, Launcher, RunnerProcess, compiled_cache
 from .processes import kill_tree, signal_group
 from .rundir import RunDir
 
@@ -196,6 +196,7 @@ class LocalExecutor:
             fork=standard,
             server_log=run_dir.scratch / "fork-server.log",
             pycache=self.scratch / "pycache",
+            compiled=compiled_cache() if standard else None,
             persistent=standard and persistent and not job.callable,
             # No more workers than shards can be in flight, or than the job has.
             slots=min(
@@ -310,8 +311,16 @@ class LocalExecutor:
         self.shards_started += 1
 
     def read_report(self, process: _Process) -> Report | None:
+        # A bare read: a text file object costs several times the read itself, once per shard.
         try:
-            return Report.decode(process.report_path.read_text(encoding="utf-8"))
+            fd = os.open(process.report_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = b""
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+            finally:
+                os.close(fd)
+            return Report.decode(data.decode("utf-8"))
         except (OSError, ReportError, UnicodeDecodeError):
             return None
 

@@ -16,6 +16,12 @@ ends, or the worker's own exit code if it dies on the way. A worker that dies is
 that cannot even start is counted like a dying fork server, and after `MAX_SERVER_DEATHS` of them
 shards are forked again.
 
+Where Python writes no bytecode (``PYTHONDONTWRITEBYTECODE``), every server and worker would
+compile the runner and the standard modules it imports at each start, which takes longer than the
+rest of its start. They read them compiled from a folder kept across runs instead
+(``compiled_cache``, given to them as ``-X pycache_prefix``), and write there what they had to
+compile (see ``microtask_runner.forkserver``); the user's modules are not kept there.
+
 A server that dies is started again; once it has died `MAX_SERVER_DEATHS` times, or where there is
 no `fork` (not POSIX), every shard is spawned as before. The runners a dead server leaves behind
 are reported through `on_exit` as *orphaned*: still running, with nobody left to say how they end,
@@ -53,6 +59,45 @@ REPLY_SECONDS = 10.0
 UNKNOWN_EXIT = -getattr(signal, "SIGKILL", 9)
 #: How often an orphaned runner is checked while someone waits for it.
 ORPHAN_POLL_SECONDS = 0.02
+
+
+def compiled_cache() -> Path | None:
+    """Where servers and workers keep the runner compiled across runs (made when first used):
+    ``$XDG_CACHE_HOME/microtask/pycache``, ``~/.cache`` by default; None without a home."""
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base, "microtask", "pycache").resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def helper_argv(argv: Sequence[str], env: Mapping[str, str], compiled: Path | None) -> list[str]:
+    """The command that starts a server or worker (``argv``) with ``env``: reading the runner
+    compiled from ``compiled`` where bytecode is not written (see the module doc)."""
+    if (
+        compiled is None
+        or tuple(argv[: len(FORK_SERVER)]) != FORK_SERVER
+        or not env.get("PYTHONDONTWRITEBYTECODE")
+        or env.get("PYTHONPYCACHEPREFIX")
+    ):
+        return list(argv)
+    try:
+        compiled.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return list(argv)
+    if not os.access(compiled, os.W_OK | os.X_OK):
+        # Nothing could be kept: every start would compile and then fail to write.
+        return list(argv)
+    rest = argv[len(FORK_SERVER) :]
+    return [
+        argv[0],
+        "-X",
+        f"pycache_prefix={compiled}",
+        *FORK_SERVER[1:],
+        "--compiled",
+        str(compiled),
+        *rest,
+    ]
 
 
 class RunnerProcess(Protocol):
@@ -434,6 +479,7 @@ class Launcher:
         persistent: bool = False,
         worker_argv: Sequence[str] = WORKER,
         slots: int = 1,
+        compiled: Path | None = None,
     ) -> None:
         self.spawn_argv = tuple(spawn_argv)
         self.fork = fork and can_fork()
@@ -451,6 +497,8 @@ class Launcher:
         if pycache is not None and self.server_argv == FORK_SERVER:
             self.server_argv = (*FORK_SERVER, "--pycache", str(pycache))
         self.server_log = server_log
+        #: Where servers and workers keep the runner compiled (``compiled_cache``), if anywhere.
+        self.compiled = compiled
         self.max_deaths = max_deaths
         self.server: ForkServer | None = None
         self.deaths = 0
@@ -502,7 +550,12 @@ class Launcher:
             try:
                 # The first shard's environment: what a new interpreter reads at start-up
                 # (PYTHONPATH, PYTHON*) is the job's, the same for every shard.
-                self.server = ForkServer(self.server_argv, env=env, cwd=cwd, stderr=self.server_log)
+                self.server = ForkServer(
+                    helper_argv(self.server_argv, env, self.compiled),
+                    env=env,
+                    cwd=cwd,
+                    stderr=self.server_log,
+                )
             except (OSError, ForkServerError):
                 self.deaths += 1
                 self.fork = self.deaths < self.max_deaths
@@ -524,7 +577,7 @@ class Launcher:
                 # The shard's environment: what an interpreter reads at start-up is the job's.
                 started.append(
                     Worker(
-                        self.worker_argv,
+                        helper_argv(self.worker_argv, env, self.compiled),
                         env=env,
                         cwd=cwd,
                         stderr=self.server_log,
