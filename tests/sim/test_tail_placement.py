@@ -1,7 +1,13 @@
-"""The work left at a job's end shared over every slot by the water level (core/window.py), in
-the simulator: the example mixed cluster with a 30 s pod start-up, where the work of the lost
-GPU node comes back when little else is left. One shard at a time, the GPU queue always looked
-sooner than a free CPU slot, so the work waited for the GPUs while the CPU slots sat idle."""
+"""The job's end planned by the water level (core/window.py), in the simulator.
+
+The level is when the work not running yet would be done with every slot taking its share,
+the busy ones once free, each paying one pod start-up. Near the end a new shard ends by it on
+the slowest node it may land on, and a free slower slot takes work that it ends by then. The
+cluster: the example mixed one made GPU-heavy (24 GPUs at 0.5 s a microtask, 48 CPU slots at
+4 s, 16 at 8 s, a bad node, a GPU node lost 5 minutes in), where the job lasts about two shard
+targets: without the level, its second half ran shards that spent up to a third of their time
+starting up, each slot one wave after another.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +25,26 @@ from .test_scenarios import assert_each_microtask_ends_once
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 
 
-def test_the_last_work_goes_to_free_slow_slots_that_end_by_the_level(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    spec = load_job(EXAMPLES / "jobs" / "mixed.yaml").spec
+def gpu_heavy() -> dict[str, object]:
     data = yaml.safe_load((EXAMPLES / "mixed.yaml").read_text())
-    data["workload"]["podStartupSeconds"] = 30
-    world = parse_cluster(data)
-    shared = simulate(spec, world, seed=1)
-    assert shared.phase == "Succeeded"
-    assert_each_microtask_ends_once(shared)
+    data["workload"]["secondsPerMicrotask"] = {"gpu": 0.5, "cpu": 4.0}
+    gpu, cpu, slow, _bad = data["nodes"]
+    gpu.update(count=6, gpus=4)
+    cpu["count"] = 12
+    slow["count"] = 4
+    data["nodeLosses"] = [{"node": "gpu-2", "at": 300, "deletedAfter": 300}]
+    return data
+
+
+def test_the_last_waves_end_together_by_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_job(EXAMPLES / "jobs" / "mixed.yaml").spec
+    world = parse_cluster(gpu_heavy())
+    assert spec.parallelism >= sum(node.slots for node in world.nodes)
+    leveled = simulate(spec, world, seed=1)
+    assert leveled.phase == "Succeeded"
+    assert_each_microtask_ends_once(leveled)
 
     monkeypatch.setattr(window, "water_level", lambda draft, loads: None)
-    queued = simulate(spec, world, seed=1)
-    assert_each_microtask_ends_once(queued)
-    assert shared.makespan < queued.makespan
+    shared = simulate(spec, world, seed=1)
+    assert_each_microtask_ends_once(shared)
+    assert leveled.makespan < shared.makespan

@@ -454,6 +454,15 @@ def test_near_the_end_a_shard_is_short_on_the_slowest_node_too() -> None:
     assert bulk == 60
 
 
+def test_near_the_end_a_shard_ends_by_the_water_level() -> None:
+    # The level, when known, takes the place of the tail's share: 60 s from now, on a node
+    # twice as slow as the pool's pace, after a 10 s start-up: 25 microtasks.
+    assert _size(unplaced=250, rate=25, slowest=2.0, startup_seconds=10, level=60.0) == 25
+    # Far from the end the target holds, and near it the floor of two start-ups still does.
+    assert _size(unplaced=15_000, rate=25, startup_seconds=1, level=600.0) == 60
+    assert _size(unplaced=250, rate=25, startup_seconds=10, level=12.0) == 20
+
+
 def test_a_shard_is_sized_for_the_slowest_node_with_a_free_slot() -> None:
     from microtask_operator.core.draft import Draft
     from microtask_operator.core.state import CoreState

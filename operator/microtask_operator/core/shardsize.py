@@ -10,12 +10,16 @@ Three rules, the smallest wins (guided self-scheduling with factoring, sized in 
   take long to start, a shard runs at least `STARTUP_MULTIPLE` times that start-up: a 30 s
   start-up before 60 s of work would otherwise cost a third of every slot, which no placement
   wins back;
-* toward the end, a shard runs at most `TAIL_SHARE` (2) times the time the cluster still needs
-  for the work not yet placed, on the slowest node of its pool seen so far (the scheduler, not
-  the core, picks the node): the last wave is short, so no slot finishes long after the
-  others. (Not shorter, and never under `TAIL_STARTUP_MULTIPLE` start-ups: every shard pays a
-  pod start-up, and a wave of tiny shards pays it over and over; what a last shard's bad luck
-  would cost is what speculative copies are for.) Except for the last wave itself: when the
+* toward the end, a shard ends by the job's *water level* (see core/placement.py: when the work
+  not running yet would be done with every slot taking its share, each paying one start-up),
+  on the slowest node with a free slot (the scheduler, not the core, picks the node among
+  those): the last shards end together, each slot paying one start-up for its last one. Where
+  the level is not known (a pool not measured or of unknown size), a shard runs at most
+  `TAIL_SHARE` (2) times the time the cluster still needs for the work not yet placed: the
+  last wave is short, so no slot finishes long after the others. (Never under
+  `TAIL_STARTUP_MULTIPLE` start-ups: every shard pays a pod start-up, and a wave of tiny shards
+  pays it over and over; what a last shard's bad luck would cost is what speculative copies
+  and splits are for.) Except for the last wave itself: when the
   pool's free slots clear all the work left in less than that, they share it (each pays its
   one start-up at the same time, and no second wave follows), where the floor would hold it
   on a few slots, one shard after another, with the others idle.
@@ -64,30 +68,36 @@ def shard_size(
     startup_seconds: float | None = None,
     slowest: float | None = None,
     free_rate: float = 0.0,
+    level: float | None = None,
 ) -> int:
     """Microtasks for a new shard on a pool taking `per_microtask` seconds each (None: unknown).
 
     `unplaced`: microtasks neither done nor in flight; `rate`: microtasks per second the
     cluster clears with every slot busy (0 when unknown); `startup_seconds`: how long a shard's
     pod takes before its first microtask, when measured; `slowest`: seconds per microtask on
-    the pool's slowest node, when seen (the scheduler, not the core, picks the node: near the
-    end a shard must be short there too); `free_rate`: microtasks per second the pool's slots
-    free now (this shard's included) clear together, 0 when unknown.
+    the slowest node it may land on, when seen (the scheduler, not the core, picks the node:
+    near the end a shard must be short there too); `free_rate`: microtasks per second the
+    pool's slots free now (this shard's included) clear together, 0 when unknown; `level`:
+    the job's water level in seconds from now, None when unknown.
     """
     if per_microtask is None or per_microtask <= 0:
         return initial_size(total, parallelism, largest)
     seconds = max(target_seconds, STARTUP_MULTIPLE * (startup_seconds or 0.0))
     size = math.floor(seconds / per_microtask)
     if rate > 0:
-        tail = math.floor(TAIL_SHARE * unplaced / rate / max(per_microtask, slowest or 0.0))
-        # (The floor on the pool's usual pace: on its slowest node a shard runs longer anyway.)
         pace = max(per_microtask, slowest or 0.0)
+        tail = math.floor(TAIL_SHARE * unplaced / rate / pace)
+        # (The floor on the pool's usual pace: on its slowest node a shard runs longer anyway.)
         floor = TAIL_STARTUP_MULTIPLE * (startup_seconds or 0.0)
         least = math.floor(floor / per_microtask)
         wave = unplaced / free_rate if free_rate > 0 else math.inf
         if wave < floor:
             # The last wave: the free slots share what is left, each its part of `wave`.
             least = math.ceil(wave / pace)
+        if level is not None and level < math.inf:
+            # Ends by the level where the scheduler may put it: with every slot doing so, the
+            # last wave ends together (the floor still spares tiny shards their start-ups).
+            tail = math.floor((level - (startup_seconds or 0.0)) / pace)
         size = min(size, max(tail, least))
     return max(1, min(largest, size))
 

@@ -217,6 +217,7 @@ def size_for(draft: Draft, loads: dict[Pool, placement.PoolLoad], pool: Pool, un
         startup_seconds=draft.startup,
         slowest=free_node_pace(draft, pool),
         free_rate=free_rate(loads[pool]),
+        level=water_level(draft, loads),
     )
 
 
