@@ -257,6 +257,41 @@ class World:
 RANGE = {"items": {"range": {"end": 20}}, "microtasksPerShard": 5, "parallelism": 2}
 
 
+@pytest.fixture(autouse=True)
+def harvested_jobs_deleted_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most tests here watch one harvest's delete: no batching of them but where asked for."""
+    monkeypatch.setattr(reconcile_module, "HARVESTED_DELETES_TOGETHER", 1)
+
+
+def test_harvested_jobs_are_deleted_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconcile_module, "HARVESTED_DELETES_TOGETHER", 3)
+    world = World({**RANGE, "items": {"range": {"end": 40}}, "parallelism": 4})
+    world.step()
+    world.finish(0, 0, 5)
+    world.api.calls.clear()
+    world.step()
+    # One harvested: its Job waits for company (the core asks for it again next time)...
+    assert world.status["succeeded"] == 5
+    assert "delete_jobs" not in world.api.calls and "j-s0" in world.api.jobs
+    world.finish(1, 5, 5)
+    world.step()
+    assert "delete_jobs" not in world.api.calls
+    # ...until three wait: one request for all of them.
+    world.finish(2, 10, 5)
+    world.step()
+    assert world.api.calls.count("delete_jobs") == 1
+    assert world.api.selectors[-1].endswith(f"{L.SHARD} in (0,1,2)")
+    assert not {"j-s0", "j-s1", "j-s2"} & set(world.api.jobs)
+    # One alone goes once it has waited long enough.
+    world.finish(3, 15, 5)
+    world.step()
+    assert world.api.calls.count("delete_jobs") == 1
+    world.step(reconcile_module.HARVESTED_DELETE_WAIT_SECONDS)
+    assert world.api.calls.count("delete_jobs") == 2 and "j-s3" not in world.api.jobs
+    # Counted once all along.
+    assert world.status["succeeded"] == 20
+
+
 def test_a_shard_that_cannot_be_built_holds_new_shards_but_harvests_and_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -47,6 +47,7 @@ from ..core.planner import Decision, plan
 from ..core.state import CoreState, StateError
 from ..core.timefmt import from_rfc3339, to_rfc3339
 from ..core.types import (
+    DeleteReason,
     Event,
     ObservedShard,
     PendingReason,
@@ -75,6 +76,13 @@ REFUSAL_CHECK_AFTER = 5.0
 REFUSAL_CHECK_EVERY = 5.0
 # Shards named in one delete's label selector: it travels in the URL, which must stay short.
 DELETES_PER_REQUEST = 200
+# The Jobs of harvested shards are deleted together: once this many wait, or the first of
+# them has waited this long, or the job ends, or another delete goes anyway. A finished Job
+# holds no node, and a request per reconcile that harvests was a fifth of a run's writes (the
+# core asks again every reconcile until the Job is gone: a held delete needs no bookkeeping
+# beyond the wait, and an operator restarted meanwhile deletes it all the same).
+HARVESTED_DELETES_TOGETHER = 10
+HARVESTED_DELETE_WAIT_SECONDS = 10.0
 
 # The keys of the core's index sets in the status.
 _CORE_SETS = frozenset(
@@ -133,6 +141,7 @@ class Reconciler:
     last_status: dict[str, Any] | None = None
     created: dict[int, tuple[ObservedShard, float]] = field(default_factory=dict)
     deleting: dict[str, float] = field(default_factory=dict)
+    harvested_since: float | None = None  # when a harvested shard's Job delete was first held
     rerun: Rerun | None = None  # items.fromJob, once resolved
     items: ItemsGuard = field(init=False)
     # The conditions the adapter owns, as last decided, and the last problem announced of each.
@@ -306,7 +315,7 @@ class Reconciler:
                     behind.append(self._mark_started(meta, new_status))
                 case Step.DELETE:
                     uid = str(meta.get("uid") or "")
-                    behind.append(self._delete([a.shard_id for a in decision.deletes], uid, now))
+                    behind.append(self._delete(self._batched(decision, now), uid, now))
                 case Step.SUSPEND:
                     behind.extend(self._suspend(a) for a in decision.suspends)
                 case Step.EMIT:
@@ -662,6 +671,27 @@ class Reconciler:
             self.created[shard_plan.shard_id] = (pending, now)
             created.append(pending)
         return created, None
+
+    def _batched(self, decision: Decision, now: float) -> list[int]:
+        """The shards whose Jobs go now: the harvested ones wait for company (see
+        HARVESTED_DELETES_TOGETHER), the others never wait."""
+        harvested = (DeleteReason.HARVESTED, DeleteReason.RETIRED)
+        held = [a.shard_id for a in decision.deletes if a.reason in harvested]
+        others = [a.shard_id for a in decision.deletes if a.reason not in harvested]
+        if not held:
+            self.harvested_since = None
+            return others
+        if self.harvested_since is None:
+            self.harvested_since = now
+        if (
+            others
+            or decision.done
+            or len(held) >= HARVESTED_DELETES_TOGETHER
+            or now - self.harvested_since >= HARVESTED_DELETE_WAIT_SECONDS
+        ):
+            self.harvested_since = None
+            return others + held
+        return others
 
     def _delete(
         self, shard_ids: Sequence[int], uid: str, now: float
