@@ -236,7 +236,8 @@ def free_node_pace(draft: Draft, pool: Pool) -> float | None:
     if not names or any(name not in slots for name in names):
         return slowest
     used: dict[str, int] = {}
-    for shard in draft.live.values():
+    # Newest first: once a fill has launched a shard here, the next call stops at it at once.
+    for shard in reversed(draft.live.values()):
         if shard.pool != pool:
             continue
         if shard.node is None:
