@@ -39,15 +39,18 @@ from microtask_runner.contract import (
     ENV_INDEXES,
     ENV_ITEMS,
     ENV_JOB,
+    ENV_NO_RETRY_EXIT_CODES,
     ENV_NODE,
     ENV_OUTPUT_URL,
     ENV_POOL,
+    ENV_RETRY_AFTER_SECONDS,
     ENV_S3_ENDPOINT,
     ENV_SHARD,
     ENV_TIMEOUT_SECONDS,
 )
 
 from microtask_operator import labels
+from microtask_operator.api.convert import retry_policy
 from microtask_operator.api.items import effective_items, runner_items
 from microtask_operator.api.model import (
     OUTPUT_MOUNT_PATH,
@@ -59,6 +62,7 @@ from microtask_operator.api.model import (
 )
 from microtask_operator.api.names import API_VERSION, KIND
 from microtask_operator.api.sources import pod_store_root, store_url
+from microtask_operator.core.retries import in_pod_env
 from microtask_operator.core.types import Pool, ShardPlan
 from microtask_operator.settings import Settings
 
@@ -97,6 +101,8 @@ _RUNNER_ENV = {
     ENV_NODE,
     ENV_OUTPUT_URL,
     ENV_S3_ENDPOINT,
+    ENV_RETRY_AFTER_SECONDS,
+    ENV_NO_RETRY_EXIT_CODES,
 }
 # The AWS SDKs' names, which the runner reads too; keys of the Secret named by output.s3.
 AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
@@ -499,6 +505,8 @@ def _wire_worker(
         env.append({"name": ENV_TIMEOUT_SECONDS, "value": _number(spec.timeouts.microtask_seconds)})
     if spec.callable_ is not None:
         env.append({"name": ENV_CALLABLE, "value": spec.callable_})
+    retry = in_pod_env(retry_policy(spec.retry), plan.attempt)
+    env.extend({"name": name, "value": value} for name, value in retry.items())
     root = _store_root(mtj, store)
     if root is not None:
         assert spec.output is not None

@@ -40,11 +40,13 @@ from .contract import (
     ENV_ITEMS,
     ENV_JOB,
     ENV_LOG_COPY,
+    ENV_NO_RETRY_EXIT_CODES,
     ENV_NODE,
     ENV_OUTPUT_URL,
     ENV_POOL,
     ENV_REPORT_PATH,
     ENV_RESULT_FILE,
+    ENV_RETRY_AFTER_SECONDS,
     ENV_SHARD,
     ENV_TIMEOUT_SECONDS,
     log_name,
@@ -63,6 +65,7 @@ from .execute import (
     Progress,
     PythonExecutor,
     ReportFile,
+    Retry,
     Signals,
     fail_shard,
     log,
@@ -92,8 +95,10 @@ _SETTINGS = {
     "timeout": ENV_TIMEOUT_SECONDS,
     "callable": ENV_CALLABLE,
     "report": ENV_REPORT_PATH,
+    "retry_after": ENV_RETRY_AFTER_SECONDS,
+    "no_retry": ENV_NO_RETRY_EXIT_CODES,
 }
-_VALUE_OPTIONS = {f"--{name}" for name in _SETTINGS}
+_VALUE_OPTIONS = {f"--{name.replace('_', '-')}" for name in _SETTINGS}
 
 
 class RunnerError(ValueError):
@@ -117,6 +122,11 @@ options:
   --timeout TIMEOUT    per-microtask timeout in seconds [{ENV_TIMEOUT_SECONDS}]
   --callable CALLABLE  module:function to call in-process [{ENV_CALLABLE}]
   --report REPORT      report file [{ENV_REPORT_PATH}, default {DEFAULT_REPORT_PATH}]
+  --retry-after SECONDS
+                       run each failed microtask once more, this long after it failed, at
+                       the end of the shard (when no more failed than succeeded)
+                       [{ENV_RETRY_AFTER_SECONDS}; default: no retries]
+  --no-retry CODES     comma-separated exit codes never retried [{ENV_NO_RETRY_EXIT_CODES}]
   --version            show program's version number and exit
 """
 
@@ -130,6 +140,8 @@ class _Options:
         self.timeout: str | None = None
         self.callable: str | None = None
         self.report: str | None = None
+        self.retry_after: str | None = None
+        self.no_retry: str | None = None
 
 
 class _Exit(Exception):
@@ -154,7 +166,7 @@ def _parse_options(args: Sequence[str]) -> _Options:
                     raise _UsageError(f"usage: argument {name}: expected one argument")
                 value = args[pos]
                 pos += 1
-            setattr(options, name[2:], value)
+            setattr(options, name[2:].replace("-", "_"), value)
         elif token in ("-h", "--help"):
             raise _Exit(_HELP)
         elif token == "--version":
@@ -196,6 +208,7 @@ class Config(Value):
         "output_url",
         "log_copy",
         "unrunnable",
+        "retry",
     )
     indexes: IndexSet
     items: ItemSource
@@ -209,6 +222,8 @@ class Config(Value):
     log_copy: bool
     #: (exit code, error) when the command cannot run at all: every microtask fails with it
     unrunnable: tuple[int, str] | None
+    #: the pod's own retries of failed microtasks; None: the operator retries them
+    retry: Retry | None
 
     def __init__(
         self,
@@ -221,6 +236,7 @@ class Config(Value):
         output_url: str | None = None,
         log_copy: bool = True,
         unrunnable: tuple[int, str] | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self._set(
             indexes=indexes,
@@ -232,6 +248,7 @@ class Config(Value):
             output_url=output_url,
             log_copy=log_copy,
             unrunnable=unrunnable,
+            retry=retry,
         )
 
 
@@ -239,7 +256,7 @@ def _setting(options: Any, env: Mapping[str, str], name: str) -> tuple[str, str]
     """(value or "", where it came from) for the option ``name``."""
     value = getattr(options, name)
     if value is not None:
-        return value, f"--{name}"
+        return value, f"--{name.replace('_', '-')}"
     variable = _SETTINGS[name]
     return env.get(variable, ""), variable
 
@@ -292,7 +309,28 @@ def load_config(options: Any, command: Sequence[str], env: Mapping[str, str]) ->
         output_url=output_url,
         log_copy=env.get(ENV_LOG_COPY, "").strip().lower() != "false",
         unrunnable=_check_command(command[0], env) if command else None,
+        retry=_retry(options, env),
     )
+
+
+def _retry(options: Any, env: Mapping[str, str]) -> Retry | None:
+    """The pod's own retries (``--retry-after``, ``--no-retry``), if asked for."""
+    text, source = _setting(options, env, "retry_after")
+    if not text.strip():
+        return None
+    try:
+        after = float(text)
+    except ValueError:
+        raise RunnerError(f"{source}: {text!r:.40} is not a number of seconds") from None
+    if not (math.isfinite(after) and after >= 0):
+        raise RunnerError(f"{source}: the wait must be a non-negative number of seconds")
+    text, source = _setting(options, env, "no_retry")
+    codes: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not (part.isascii() and part.isdigit() and int(part) <= 255):
+            raise RunnerError(f"{source}: {part!r:.40} is not an exit code (0-255)")
+        codes.add(int(part))
+    return Retry(after, frozenset(codes))
 
 
 def _shard_info(env: Mapping[str, str], indexes: IndexSet, *, store: bool) -> ShardInfo:
@@ -487,6 +525,7 @@ def main(
                 signals=signals,
                 store=store,
                 info=config.info,
+                retry=config.retry,
             )
         except Exception as exc:
             # A bug of ours: keep what was achieved, and say what happened.

@@ -67,10 +67,25 @@ ENV_LOG_COPY = "MICROTASK_LOG_COPY"
 #: local executor sets it: its own files live on the same local disk and a killed runner loses
 #: nothing the kernel holds; the sync is for network volumes on a cluster.
 ENV_STORE_SYNC = "MICROTASK_STORE_SYNC"
+#: Set: the pod retries its own failed microtasks once, this many seconds after each failed, at
+#: the end of the shard (``retries_in_pod`` says when); unset: the operator retries them.
+ENV_RETRY_AFTER_SECONDS = "MICROTASK_RETRY_AFTER_SECONDS"
+#: Comma-separated exit codes the pod never retries itself (the operator would not either).
+ENV_NO_RETRY_EXIT_CODES = "MICROTASK_NO_RETRY_EXIT_CODES"
 #: Set per microtask in command mode: a path the command may write its result to.
 ENV_RESULT_FILE = "MICROTASK_OUTPUT"
 ENV_INDEX = "MICROTASK_INDEX"
 ENV_ITEM = "MICROTASK_ITEM"
+
+
+def retries_in_pod(succeeded: int, failed: int) -> bool:
+    """Whether a pod retries its failed microtasks itself: no more failed than succeeded.
+
+    A pod whose microtasks mostly fail (a broken node, a broken program) leaves its failures to
+    the operator, which judges the node by them and places the retries elsewhere.
+    """
+    return 0 < failed <= succeeded
+
 
 # ------------------------------------------------------------------ result store
 

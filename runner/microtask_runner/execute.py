@@ -38,11 +38,14 @@ from types import FrameType
 from .console import CONSOLE, LOG_PREFIX, log
 from .contract import (
     DELIMITER_PREFIX,
+    ENV_ATTEMPT,
     ENV_INDEX,
     ENV_ITEM,
     ENV_RESULT_FILE,
     MAX_RECORD_ERROR_CHARS,
+    begin_line,
     end_line,
+    retries_in_pod,
 )
 from .indexset import IndexSet
 from .items import ItemSource, item_text
@@ -71,6 +74,7 @@ __all__ = [
     "Progress",
     "PythonExecutor",
     "ReportFile",
+    "Retry",
     "Signals",
     "fail_shard",
     "log",
@@ -723,6 +727,8 @@ class _Books:
         self.outcomes = outcomes
         self.store = store
         self.format = RecordFormat(info)
+        #: index -> when (``time.monotonic``) its run ended in a failure: its retry waits from then
+        self.failed_at: dict[int, float] = {}
 
     def enter(
         self, index: int, *, start: float, seconds: float, finished: Finished, quiet: bool = False
@@ -733,6 +739,7 @@ class _Books:
         if finished.code == 0:
             self.outcomes.add_run(index, index + 1, seconds, seconds)
             return
+        self.failed_at[index] = time.monotonic()
         self.outcomes.add(index, finished.code, seconds, finished.error)
         if not quiet:
             log(
@@ -861,8 +868,11 @@ def run_shard(
     signals: Signals,
     store: ResultStore | None = None,
     info: ShardInfo | None = None,
+    retry: Retry | None = None,
 ) -> int:
     """Run every microtask of the shard; return the runner's exit code.
+
+    With ``retry``, the failed microtasks then run once more (see ``Retry``).
 
     The loop is written for speed: a quick no-op microtask costs a few hundred nanoseconds
     of it on top of one write of its delimiter lines (see the module doc). In Python mode
@@ -1160,10 +1170,96 @@ def run_shard(
             CONSOLE.hold(None)
         if captured_here:
             CONSOLE.release()
-    books.sync()
     pending.settle(outcomes)
+    if retry is not None and not stopped and signals.received is None:
+        books.sync()
+        retry.run(books, items=items, executor=executor, progress=progress, signals=signals)
+    books.sync()
     progress.write(current=None, final=True)
     return _conclude(outcomes, indexes, signals, time.monotonic() - started)
+
+
+class Retry:
+    """A pod's own retries: each failed microtask once more, ``after`` seconds after it failed.
+
+    At the end of the shard, when ``contract.retries_in_pod`` allows (no more failed than
+    succeeded) and the exit code is not in ``skip``. The second run is the next attempt: its
+    delimiter lines and record carry that number, and the report lists the microtask in
+    ``retried`` with the code of its first run, so the operator charges both attempts. A retry
+    saves the pod start-up a new shard would cost, and the wait behind the rest of the job.
+    """
+
+    def __init__(self, after: float, skip: frozenset[int] = frozenset()) -> None:
+        self.after = after
+        self.skip = skip
+
+    def run(
+        self,
+        books: _Books,
+        *,
+        items: ItemSource,
+        executor: Executor,
+        progress: Progress,
+        signals: Signals,
+    ) -> None:
+        outcomes = books.outcomes
+        if not retries_in_pod(outcomes.count - outcomes.failures, outcomes.failures):
+            return
+        failed_at = books.failed_at
+        todo = sorted(
+            (failed_at[index], index, code)
+            for code, indexes in outcomes.report(None).failed.items()
+            if code not in self.skip
+            for index in indexes
+            if index in failed_at
+        )
+        if not todo:
+            return
+        import select  # only now: most shards never get here
+
+        info = books.format.info
+        attempt = info.attempt + 1
+        again = RecordFormat(
+            ShardInfo(
+                job=info.job, shard=info.shard, attempt=attempt, pool=info.pool, node=info.node
+            )
+        )
+        log(f"running {len(todo)} failed microtasks again, each {self.after:g}s after it failed")
+        # What the microtasks see: the attempt they are.
+        os.environ[ENV_ATTEMPT] = str(attempt)
+        if isinstance(executor, CommandExecutor):
+            executor.env[ENV_ATTEMPT] = str(attempt)
+        for ended, index, first in todo:
+            progress.write(current=None)
+            wait = ended + self.after - time.monotonic()
+            while wait > 0 and signals.received is None:
+                select.select([signals.wake_r], [], [], wait)
+                wait = ended + self.after - time.monotonic()
+            if signals.received is not None:
+                return
+            progress.write(current=index)
+            CONSOLE.lines(f"{begin_line(index, attempt)}\n".encode())
+            start = time.time()
+            begin = time.perf_counter()
+            finished = executor.run(index, items.get(index))
+            seconds = time.perf_counter() - begin
+            if finished is None:
+                stopped_by = signals.received or signal.SIGTERM
+                CONSOLE.lines(f"{end_line(index, attempt, 128 + stopped_by, seconds)}\n".encode())
+                return
+            CONSOLE.lines(f"{end_line(index, attempt, finished.code, seconds)}\n".encode())
+            if books.store is not None:
+                books.store.record(again(index, start, seconds, finished))
+                books.sync()
+            outcomes.retake(index, first, finished.code, seconds, finished.error)
+            progress.stale = True
+            if finished.code == 0:
+                log(f"index {index} succeeded on attempt {attempt} ({seconds:.2f}s)")
+            else:
+                log(
+                    f"index {index} failed again (exit {finished.code}, {seconds:.2f}s): "
+                    f"{_first_line(finished.error or '')}"
+                )
 
 
 def _capturable() -> bool:

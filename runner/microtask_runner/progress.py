@@ -232,6 +232,8 @@ class Outcomes:
         # exit code (0 = success) -> half-open ranges, appended in run order
         self._ranges: dict[int, list[tuple[int, int]]] = {}
         self._sets: dict[int, IndexSet] = {}
+        #: exit code of the first run -> indexes that failed and ran again (``retake``)
+        self._retried: dict[int, list[int]] = {}
         self.errors: dict[int, str] = {}
         self.count = 0
         self.failures = 0
@@ -266,6 +268,35 @@ class Outcomes:
         self.count += end - start
         self.seconds_total += seconds_total
         self.seconds_max = max(self.seconds_max, seconds_max)
+
+    def retake(self, index: int, first: int, code: int, seconds: float, error: str | None) -> None:
+        """``index``, which failed with ``first``, ran again in this pod and ended with ``code``."""
+        ranges = self._ranges[first]
+        kept: list[tuple[int, int]] = []
+        for start, end in ranges:
+            if start <= index < end:
+                kept.extend(
+                    part for part in ((start, index), (index + 1, end)) if part[0] < part[1]
+                )
+            else:
+                kept.append((start, end))
+        if kept:
+            self._ranges[first] = kept
+        else:
+            del self._ranges[first]
+        self._sets.pop(first, None)
+        self._retried.setdefault(first, []).append(index)
+        self.failures -= 1
+        self.count -= 1  # ``add`` counts it again, with the second run's time on top
+        self.add(index, code, seconds, error)
+        # Not a run a live report could claim: the report must be encoded again.
+        self.run_start = self.run_end = -1
+
+    def retried(self) -> dict[int, IndexSet]:
+        """Exit code of the first run -> indexes that failed with it and ran again."""
+        return {
+            code: IndexSet.from_indexes(sorted(ix)) for code, ix in sorted(self._retried.items())
+        }
 
     def _extend(self, code: int, start: int, end: int) -> None:
         ranges = self._ranges.setdefault(code, [])
@@ -303,6 +334,7 @@ class Outcomes:
             seconds_max=self.seconds_max,
             count=self.count,
             runner_error=runner_error,
+            retried=self.retried(),
         )
 
 

@@ -159,6 +159,7 @@ class Report(Value):
         "seconds_max",
         "count",
         "runner_error",
+        "retried",
     )
     succeeded: IndexSet
     #: exit code -> indexes that failed with it (timeout = 124)
@@ -175,6 +176,9 @@ class Report(Value):
     count: int
     #: set when the runner itself could not work (bad input, ...)
     runner_error: str | None
+    #: exit code -> indexes that failed with it once and ran again in this pod (an attempt
+    #: more each); their outcome above is that of the second run
+    retried: dict[int, IndexSet]
 
     def __init__(
         self,
@@ -187,6 +191,7 @@ class Report(Value):
         seconds_max: float = 0.0,
         count: int = 0,
         runner_error: str | None = None,
+        retried: dict[int, IndexSet] | None = None,
     ) -> None:
         self._set(
             succeeded=succeeded,
@@ -198,6 +203,7 @@ class Report(Value):
             seconds_max=seconds_max,
             count=count,
             runner_error=runner_error,
+            retried={} if retried is None else retried,
         )
 
     # ----------------------------------------------------------------- views
@@ -206,6 +212,13 @@ class Report(Value):
         """All indexes that failed, whatever the exit code."""
         result = IndexSet.EMPTY
         for indexes in self.failed.values():
+            result = result | indexes
+        return result
+
+    def retried_indexes(self) -> IndexSet:
+        """Indexes that ran twice in this pod (failed, then ran again)."""
+        result = IndexSet.EMPTY
+        for indexes in self.retried.values():
             result = result | indexes
         return result
 
@@ -290,6 +303,7 @@ def encode_live(report: Report, run_from: int) -> LiveReport:
         seconds_max=report.seconds_max,
         count=report.count,
         runner_error=report.runner_error,
+        retried=report.retried,
     )
     encoder = _Encoder(base, budget=MAX_REPORT_BYTES - _LIVE_BYTES)
     text = encoder.encode()
@@ -345,6 +359,7 @@ class _Encoder:
             if report.runner_error is None
             else _cut(_clean(report.runner_error), MAX_RUNNER_ERROR_CHARS)
         )
+        self.retried = {code: _encode_set(s) for code, s in sorted(report.retried.items()) if s}
 
     def render(
         self,
@@ -352,11 +367,16 @@ class _Encoder:
         failed: dict[int, str],
         errors: dict[int, str],
         covered_through: int | None,
+        retried: dict[int, str] | None = None,
     ) -> str:
         r = self.report
         obj: dict[str, Any] = {"v": REPORT_VERSION, "ok": ok}
         if failed:
             obj["fail"] = {str(code): text for code, text in failed.items()}
+        if retried is None:
+            retried = self.retried
+        if retried:
+            obj["again"] = {str(code): text for code, text in retried.items()}
         if errors:
             obj["err"] = {str(code): text for code, text in errors.items()}
         if covered_through is not None:
@@ -406,7 +426,7 @@ class _Encoder:
             if k == 0:
                 first = reported.first()
                 through = -1 if first is None else first - 1
-                return self.render("", {}, {}, through)
+                return self.render("", {}, {}, through, {})
             last = reported.take(k)[0].last()
             assert last is not None
             through = last
@@ -415,7 +435,10 @@ class _Encoder:
             part_failed = {
                 code: _encode_set(s & window) for code, s in sorted(r.failed.items()) if s & window
             }
-            return self.render(part_ok, part_failed, {}, through)
+            part_retried = {
+                code: _encode_set(s & window) for code, s in sorted(r.retried.items()) if s & window
+            }
+            return self.render(part_ok, part_failed, {}, through, part_retried)
 
         empty = with_coverage(0)
         if not self.fits(empty):
@@ -509,6 +532,19 @@ def _dict_field(data: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _sets_by_code(data: dict[str, Any], key: str) -> dict[int, IndexSet]:
+    """An object of failure exit codes -> index sets (``fail``, ``again``), empty sets left out."""
+    result: dict[int, IndexSet] = {}
+    for name, text in _dict_field(data, key).items():
+        code = _code_key(name, repr(key))
+        if code == 0:
+            raise ReportError(f"bad report: exit code 0 listed as a failure in {key!r}")
+        indexes = _set_field(text, f"{key!r} of exit code {code}")
+        if indexes:
+            result[code] = indexes
+    return result
+
+
 def _decode_object(data: Any) -> Report:
     if not isinstance(data, dict):
         raise ReportError("not a runner report: not a JSON object")
@@ -520,14 +556,8 @@ def _decode_object(data: Any) -> Report:
             f"unsupported report version {version!r:.40} (this runner reads {REPORT_VERSION})"
         )
     succeeded = _set_field(data.get("ok", ""), "'ok'")
-    failed: dict[int, IndexSet] = {}
-    for key, text in _dict_field(data, "fail").items():
-        code = _code_key(key, "'fail'")
-        if code == 0:
-            raise ReportError("bad report: exit code 0 listed as a failure")
-        indexes = _set_field(text, f"'fail' of exit code {code}")
-        if indexes:
-            failed[code] = indexes
+    failed = _sets_by_code(data, "fail")
+    retried = _sets_by_code(data, "again")
     errors: dict[int, str] = {}
     for key, text in _dict_field(data, "err").items():
         code = _code_key(key, "'err'")
@@ -562,6 +592,7 @@ def _decode_object(data: Any) -> Report:
         seconds_max=_seconds_field(data, "max"),
         count=0 if count is None else count,
         runner_error=runner_error,
+        retried=retried,
     )
     _check_consistent(report)
     return report
@@ -577,6 +608,11 @@ def _check_consistent(report: Report) -> None:
                 f"(exit code {code} and another)"
             )
         seen = seen | indexes
+    again = report.retried_indexes() - seen
+    if again:
+        raise ReportError(
+            f"bad report: indexes {again.format_bounded(60)} retried without an outcome"
+        )
     last = seen.last()
     if report.covered_through is not None and last is not None and last > report.covered_through:
         raise ReportError(

@@ -70,7 +70,13 @@ def test_sigkilled_operator_loses_nothing_and_repeats_nothing(
                 total=TOTAL,
                 per_shard=PER_SHARD,
                 parallelism=PARALLELISM,
-                retry={"maxAttempts": 3, "backoffSeconds": 0.2, "maxBackoffSeconds": 1},
+                # Retries in retry shards (not in their pods): their Jobs are what kills hit.
+                retry={
+                    "maxAttempts": 3,
+                    "backoffSeconds": 0.2,
+                    "maxBackoffSeconds": 1,
+                    "inPod": False,
+                },
             )
         )
         for point, (before, after) in zip(points, pauses, strict=True):

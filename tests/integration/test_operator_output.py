@@ -78,7 +78,8 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_records_and_logs_land_in_a_volume_store(cluster: Cluster, tmp_path: Path) -> None:
-    # Index 7 fails its first attempt: the store keeps both attempts' records.
+    # Index 7 fails its first attempt: its pod runs it again (retry.inPod), and the store keeps
+    # both attempts' records.
     command = [
         "python3",
         "-c",
@@ -91,6 +92,7 @@ def test_records_and_logs_land_in_a_volume_store(cluster: Cluster, tmp_path: Pat
         status = wait_phase(cluster, "stored")["status"]
         assert status["phase"] == "Succeeded", status
         assert status["output"] == {"url": "volume://results/batches/stored"}
+        assert (status["attempts"], status["succeededAfterRetry"]) == (26, 1)
         op.assert_clean()
 
     root = tmp_path / "batches" / "stored"
@@ -104,9 +106,10 @@ def test_records_and_logs_land_in_a_volume_store(cluster: Cluster, tmp_path: Pat
         assert record["outcome"] == ("failed" if failed else "succeeded")
         assert record["node"] in nodes  # MICROTASK_NODE, from the downward API
         assert record["pool"] == "cpu"
-    # One records file and one log copy per shard attempt: three shards and one retry shard.
+    # One records file and one log copy per shard: three, both attempts of index 7 in one.
     shards = {shard for _, shard, _ in found}
-    assert len(shards) == 4
+    assert len(shards) == 3
+    assert len({shard for _, shard, r in found if r["index"] == 7}) == 1
     logs = sorted(p.name for p in (root / contract.LOGS_DIR).iterdir())
     assert logs == sorted(contract.log_name("stored", s).split("/")[1] for s in shards)
     shown = []

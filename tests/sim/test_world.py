@@ -118,3 +118,34 @@ def test_a_straggler_runs_slowdown_times_longer() -> None:
 
     assert run.straggler
     assert run.duration == pytest.approx(model.size_of(indexes) * 2.0 * 10)
+
+
+def test_a_pod_retries_its_failed_microtasks_after_the_wait() -> None:
+    world = cluster([cpu_nodes(1)], workload={"failureRate": 0.05, "exitCodes": {1: 1, 75: 1}})
+    node = Nodes(world).all[0]
+    indexes = IndexSet.from_range(100, 300)
+    plain = WorkModel(1000, world.workload, 3).execute(indexes, node)
+    model = WorkModel(1000, world.workload, 3)
+
+    run = model.execute(indexes, node, retry_after=30.0, no_retry=frozenset({75}))
+    report = Report.decode(run.report.encode())
+
+    # The same first pass; then the failures of a code the pod retries ran once more.
+    first = plain.report
+    assert set(first.failed) == {1, 75}
+    assert report.retried == {1: first.failed[1]}
+    assert first.failed[75] <= report.failed[75]
+    assert report.reported() == indexes and report.count == first.count
+    assert len(report.failed_indexes()) < len(first.failed_indexes())
+    # Each retry waits its time after its failure, at the end of the pass.
+    last = first.failed[1].last()
+    assert last is not None
+    failed_at = model.size_of(indexes & IndexSet.from_range(0, last + 1)) * 2.0
+    assert run.duration >= max(plain.duration, failed_at + 30.0) + model.sizes[last] * 2.0 - 1e-9
+
+    # Not when most of the shard failed, nor on a bad node (the operator judges the node).
+    bad = cluster([cpu_nodes(1, bad=True)])
+    on_bad = WorkModel(100, bad.workload, 1).execute(
+        IndexSet.from_range(0, 10), Nodes(bad).all[0], retry_after=0.0
+    )
+    assert on_bad.report.retried == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from microtask_operator.core import retries
 from microtask_operator.core.decision import apply
 from microtask_operator.core.planner import Decision, plan
 from microtask_operator.core.state import CoreState
@@ -21,9 +22,11 @@ from microtask_operator.core.types import (
     Event,
     ObservedShard,
     Pool,
+    RetryPolicy,
     ShardPhase,
     SuspendShard,
 )
+from microtask_runner.contract import retries_in_pod
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
@@ -58,22 +61,36 @@ def report_for(
     outcome: Outcome,
     seconds: float = 1.0,
     errors: Mapping[int, str] | None = None,
+    in_pod: RetryPolicy | None = None,
 ) -> Report:
-    ok: list[int] = []
+    """What a runner reports; with `in_pod`, its own retries as the runner makes them."""
+    codes = {i: outcome(i, attempt) for i in indexes}
+    retried: dict[int, list[int]] = {}
+    failures = sum(1 for code in codes.values() if code)
+    if (
+        in_pod is not None
+        and retries.in_pod_delay(in_pod, attempt) is not None
+        and retries_in_pod(len(codes) - failures, failures)
+    ):
+        skip = retries.no_retry_codes(in_pod)
+        for i, code in list(codes.items()):
+            if code and code not in skip:
+                assert attempt + 1 <= in_pod.max_attempts
+                retried.setdefault(code, []).append(i)
+                codes[i] = outcome(i, attempt + 1)
+    ok = [i for i, code in codes.items() if code == 0]
     failed: dict[int, list[int]] = {}
-    for i in indexes:
-        code = outcome(i, attempt)
-        if code == 0:
-            ok.append(i)
-        else:
+    for i, code in codes.items():
+        if code:
             failed.setdefault(code, []).append(i)
     return Report(
         succeeded=IndexSet.from_indexes(ok),
         failed={c: IndexSet.from_indexes(v) for c, v in failed.items()},
-        errors={c: (errors or {}).get(c, f"exit {c}") for c in failed},
+        errors={c: (errors or {}).get(c, f"exit {c}") for c in {*failed, *retried}},
         seconds_total=seconds * len(indexes),
         seconds_max=seconds,
         count=len(indexes),
+        retried={c: IndexSet.from_indexes(v) for c, v in sorted(retried.items())},
     )
 
 
@@ -101,6 +118,8 @@ class Driver:
     cancelled_running: int = 0
     events: list[Event] = field(default_factory=list)  # every event emitted, in order
     losing: bool = False  # the status write of the decision being applied fails
+    # Pods retry their failed microtasks themselves, as the runner does when the spec says so.
+    pods_retry: bool = False
 
     def step(self, dt: float = 0.0) -> Decision:
         self.now += dt
@@ -181,14 +200,12 @@ class Driver:
 
     def finish(self, shard_id: int, outcome: Outcome, seconds: float = 1.0) -> None:
         s = self.shards[shard_id]
+        policy = self.spec.retry if self.pods_retry else None
+        report = report_for(s.indexes, s.attempt, outcome, seconds, self.errors, policy)
         if s.copy_of is None:
-            self.executions += len(s.indexes)
+            self.executions += len(s.indexes) + len(report.retried_indexes())
         self.shards[shard_id] = replace(
-            s,
-            phase=ShardPhase.SUCCEEDED,
-            finished_at=self.now,
-            report=report_for(s.indexes, s.attempt, outcome, seconds, self.errors),
-            exit_code=0,
+            s, phase=ShardPhase.SUCCEEDED, finished_at=self.now, report=report, exit_code=0
         )
 
     def interrupt(self, shard_id: int, done: int, **changes: object) -> None:

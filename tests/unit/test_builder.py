@@ -197,6 +197,8 @@ def test_cpu_shard_job() -> None:
         "MICROTASK_NODE": {"fieldRef": {"fieldPath": "spec.nodeName"}},
         "MICROTASK_INDEXES": "170-179",
         "MICROTASK_ITEMS": '{"range":{"start":1000,"step":2}}',
+        "MICROTASK_RETRY_AFTER_SECONDS": "10.0",
+        "MICROTASK_NO_RETRY_EXIT_CODES": "126,127",
     }
     # No spec.output: no result store, no volume.
     assert "volumes" not in pod and "volumeMounts" not in worker
@@ -428,6 +430,23 @@ def test_timeouts_queue_priority_and_copies() -> None:
     assert env_of(manifest)["MICROTASK_TIMEOUT_SECONDS"] == "2.5"
     whole = build(mtj(timeouts={"microtaskSeconds": 30}))
     assert env_of(whole)["MICROTASK_TIMEOUT_SECONDS"] == "30"
+
+
+def test_the_pods_own_retries_follow_the_retry_policy() -> None:
+    retry = {"maxAttempts": 3, "backoffSeconds": 4, "nonRetryableExitCodes": [2, 9]}
+    first = env_of(build(mtj(retry=retry)))
+    assert first[contract.ENV_RETRY_AFTER_SECONDS] == "4.0"
+    assert first[contract.ENV_NO_RETRY_EXIT_CODES] == "2,9,126,127"
+    # The backoff the operator would wait before the third attempt.
+    second = env_of(build(mtj(retry=retry), plan(attempt=2)))
+    assert second[contract.ENV_RETRY_AFTER_SECONDS] == "8.0"
+    # The last attempt has no retry left to make; nor a pod when retry.inPod is off.
+    off = {**retry, "retryCommandNotFound": True, "inPod": False}
+    for manifest in (build(mtj(retry=retry), plan(attempt=3)), build(mtj(retry=off))):
+        assert contract.ENV_RETRY_AFTER_SECONDS not in env_of(manifest)
+        assert contract.ENV_NO_RETRY_EXIT_CODES not in env_of(manifest)
+    no_codes = env_of(build(mtj(retry={"retryCommandNotFound": True})))
+    assert contract.ENV_NO_RETRY_EXIT_CODES not in no_codes
 
 
 def test_large_scattered_shards_use_the_compact_index_form() -> None:

@@ -47,6 +47,7 @@ def specs(draw: st.DrawFn) -> CoreSpec:
             max_failed_microtasks=draw(st.integers(0, 300)),
             max_failed_fraction=draw(st.none() | st.floats(0, 1)),
             retry_command_not_found=draw(st.booleans()),
+            in_pod=draw(st.booleans()),
         ),
         speculation=SpeculationPolicy(
             enabled=draw(st.booleans()), slowdown_factor=2, min_samples=1
@@ -89,7 +90,7 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
 ) -> None:
     spec, seed, events, restart = story
     outcome = outcome_for(seed)
-    d = Driver(spec, restart_every_step=restart)
+    d = Driver(spec, restart_every_step=restart, pods_retry=True)
     decision = d.step()
     spent = decision.deltas.resources
     succeeded_seen = 0
@@ -175,8 +176,8 @@ def test_every_microtask_ends_exactly_once_within_the_limits(
 def test_restarting_at_every_step_reaches_the_same_outcome(spec: CoreSpec, seed: int) -> None:
     spec = replace(spec, speculation=SpeculationPolicy(enabled=False))
     outcome = outcome_for(seed)
-    plain = Driver(spec).run_to_end(outcome)
-    restarted = Driver(spec, restart_every_step=True).run_to_end(outcome)
+    plain = Driver(spec, pods_retry=True).run_to_end(outcome)
+    restarted = Driver(spec, restart_every_step=True, pods_retry=True).run_to_end(outcome)
     assert plain.phase == restarted.phase
     assert plain.state.succeeded == restarted.state.succeeded
     assert plain.state.failed == restarted.state.failed
@@ -206,6 +207,7 @@ def test_attempts_count_the_runs_that_happened_whatever_writes_are_lost(
         spec,
         restart_every_step=restart,
         write_lost=lambda step: step < len(lost_writes) and lost_writes[step],
+        pods_retry=True,
     )
     decision = d.step()
     script = iter(events)

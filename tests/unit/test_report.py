@@ -27,14 +27,18 @@ def assert_faithful(original: Report, decoded: Report) -> None:
     assert decoded.succeeded.issubset(original.succeeded)
     for code, indexes in decoded.failed.items():
         assert indexes.issubset(original.failed[code])
+    for code, indexes in decoded.retried.items():
+        assert indexes.issubset(original.retried[code])
     for code, text in decoded.errors.items():
         full = original.errors[code]
         assert text == full or (text.endswith("…") and full.startswith(text[:-1]))
     if decoded.covered_through is None:
         assert decoded.reported() == original.reported()
+        assert decoded.retried_indexes() == original.retried_indexes()
     else:
         window = IndexSet.from_range(0, decoded.covered_through + 1)
         assert decoded.reported() == original.reported() & window
+        assert decoded.retried_indexes() == original.retried_indexes() & window
     assert decoded.current == original.current
     assert decoded.count == original.count
     assert decoded.runner_error == original.runner_error or (
@@ -241,6 +245,9 @@ def test_many_exit_codes_with_errors() -> None:
         ('{"v":1,"secs":-1}', "finite"),
         ('{"v":1,"max":"1"}', "must be a number"),
         ('{"v":1,"rerr":1}', "'rerr' must be a string"),
+        ('{"v":1,"ok":"1","again":{"1":"1-2"}}', "retried without an outcome"),
+        ('{"v":1,"ok":"1","again":{"0":"1"}}', "exit code 0"),
+        ('{"v":1,"ok":"1","again":[]}', "'again' must be an object"),
         ('{"v":1,"n":1' + "0" * 5000 + "}", "invalid JSON|out of range"),
     ],
 )
@@ -309,6 +316,12 @@ def reports(draw: st.DrawFn) -> Report:
         else:
             failed.setdefault(code, set()).add(i)
     errors = {code: draw(st.text(max_size=2000)) for code in failed}
+    # Some outcomes came from a second run in the pod, after a failure with one of the codes.
+    retried: dict[int, set[int]] = {}
+    share = draw(st.sampled_from([0.0, 0.1, 1.0]))
+    for i in sorted(ok.union(*failed.values())):
+        if rng.random() < share:
+            retried.setdefault(rng.choice([1, 3, 255]), set()).add(i)
     return Report(
         succeeded=IndexSet.from_indexes(ok),
         failed={code: IndexSet.from_indexes(v) for code, v in failed.items()},
@@ -318,6 +331,7 @@ def reports(draw: st.DrawFn) -> Report:
         seconds_max=draw(st.floats(0, 1e3)),
         count=n,
         runner_error=draw(st.none() | st.text(max_size=3000)),
+        retried={code: IndexSet.from_indexes(v) for code, v in retried.items()},
     )
 
 
@@ -334,5 +348,6 @@ def test_every_report_encodes_within_budget_and_decodes_faithfully(report: Repor
         current=report.current,
         count=report.count,
         runner_error=None if report.runner_error is None else clean(report.runner_error),
+        retried=report.retried,
     )
     assert_faithful(cleaned, decoded)

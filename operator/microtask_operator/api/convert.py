@@ -9,7 +9,7 @@ from typing import Any
 from microtask_runner.indexset import IndexSet
 
 from microtask_operator.api.items import largest_shard, total_microtasks
-from microtask_operator.api.model import AUTO, Items, MicrotaskJob, MicrotaskJobSpec
+from microtask_operator.api.model import AUTO, Items, MicrotaskJob, MicrotaskJobSpec, Retry
 from microtask_operator.core.types import (
     Accelerator,
     BadNodePolicy,
@@ -18,7 +18,7 @@ from microtask_operator.core.types import (
     SpeculationPolicy,
 )
 
-__all__ = ["DEFAULT_TARGET_SHARD_SECONDS", "to_core_spec"]
+__all__ = ["DEFAULT_TARGET_SHARD_SECONDS", "retry_policy", "to_core_spec"]
 
 #: `targetShardSeconds` when not given: a minute amortises a pod's start-up (seconds on a warm
 #: node) many times over, yet leaves a job of an hour on ten slots six waves to balance.
@@ -45,7 +45,6 @@ def to_core_spec(
         total = len(universe)
     elif total is None:
         total = total_microtasks(spec, config_map_data)
-    retry = spec.retry
     speculation = spec.speculation
     bad_nodes = spec.rebalance.bad_nodes
     return CoreSpec(
@@ -60,15 +59,7 @@ def to_core_spec(
         accelerator=Accelerator(spec.placement.accelerator),
         fallback_after_seconds=spec.placement.fallback_after_seconds,
         fallback_cooldown_seconds=spec.placement.fallback_cooldown_seconds,
-        retry=RetryPolicy(
-            max_attempts=retry.max_attempts,
-            backoff_seconds=retry.backoff_seconds,
-            max_backoff_seconds=retry.max_backoff_seconds,
-            non_retryable_exit_codes=frozenset(retry.non_retryable_exit_codes),
-            max_failed_microtasks=retry.max_failed_microtasks,
-            max_failed_fraction=retry.max_failed_fraction,
-            retry_command_not_found=retry.retry_command_not_found,
-        ),
+        retry=retry_policy(spec.retry),
         speculation=SpeculationPolicy(
             enabled=speculation.enabled,
             slowdown_factor=speculation.slowdown_factor,
@@ -89,6 +80,20 @@ def to_core_spec(
         universe=universe,
         cpu_per_pod=cpu_request(spec.template.spec.containers[0].model_extra or {}),
         gpus_per_pod=spec.placement.gpu.count,
+    )
+
+
+def retry_policy(retry: Retry) -> RetryPolicy:
+    """The core's view of `spec.retry`."""
+    return RetryPolicy(
+        max_attempts=retry.max_attempts,
+        backoff_seconds=retry.backoff_seconds,
+        max_backoff_seconds=retry.max_backoff_seconds,
+        non_retryable_exit_codes=frozenset(retry.non_retryable_exit_codes),
+        max_failed_microtasks=retry.max_failed_microtasks,
+        max_failed_fraction=retry.max_failed_fraction,
+        retry_command_not_found=retry.retry_command_not_found,
+        in_pod=retry.in_pod,
     )
 
 

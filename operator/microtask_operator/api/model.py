@@ -729,6 +729,12 @@ class Retry(_Strict):
     retry_command_not_found: bool = False
     """Retry microtasks whose command was not found (exit 127) or cannot be executed (126); off,
     they fail at once: a retry would fail the same way."""
+    in_pod: bool = True
+    """A shard's pod runs each of its failed microtasks once more itself, backoffSeconds after
+    it failed, when no more of its microtasks failed than succeeded (a node or program failing
+    most of them is left to the operator). The second run is the next attempt. It saves a new
+    pod's start-up per retry, and at the end of a job the wait for one. Off: every retry runs in
+    a new shard."""
 
     @field_validator("non_retryable_exit_codes")
     @classmethod

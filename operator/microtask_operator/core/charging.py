@@ -14,12 +14,20 @@ from .draft import Draft
 from .types import Event, ObservedShard
 
 
-def charge(draft: Draft, shard: ObservedShard, charge: Charge, *, free: bool = False) -> IndexSet:
+def charge(
+    draft: Draft,
+    shard: ObservedShard,
+    charge: Charge,
+    *,
+    free: bool = False,
+    twice: IndexSet = IndexSet.EMPTY,
+) -> IndexSet:
     """Microtasks that failed an attempt: retry after backoff, or fail for good.
 
-    Attempts spent on a node known to fail what succeeds elsewhere are given back, so a
-    microtask that landed there does not fail the job: at once when it failed there (`free`,
-    see `spares`), or when it fails again elsewhere (the node judged since), each attempt
+    Those in `twice` ran twice in the pod (its own retry): both attempts are spent. Attempts
+    spent on a node known to fail what succeeds elsewhere are given back, so a microtask that
+    landed there does not fail the job: at once when it failed there (`free`, see `spares`:
+    the pod's attempts), or when it fails again elsewhere (the node judged since), each attempt
     once. Returns those queued for a retry.
     """
     indexes = charge.indexes - draft.final()
@@ -27,22 +35,24 @@ def charge(draft: Draft, shard: ObservedShard, charge: Charge, *, free: bool = F
         return IndexSet.EMPTY
     policy = draft.spec.retry
     spent = shard.attempt
-    if charge.from_runner and free:
+    free_here = charge.from_runner and free
+    if free_here:
         spent -= 1
     draft.nodes, owed = badnodes.refunds(draft.nodes, indexes, known_bad(draft), besides=shard.node)
     retried = IndexSet.EMPTY
     failed = IndexSet.EMPTY
     # By attempts spent: those owed none, then those owed one, two...
     for given_back, part in enumerate(badnodes.by_count(indexes, owed)):
-        if not part:
-            continue
-        attempts = max(0, spent - given_back)
-        if retries.is_permanent(policy, charge.code, attempts, from_runner=charge.from_runner):
-            failed = failed | part
-        else:
-            delay = retries.backoff_seconds(policy, attempts)
-            draft.ledger = draft.ledger.retry_later(attempts, draft.now + delay, part)
-            retried = retried | part
+        for again, piece in ((0, part - twice), (0 if free_here else 1, part & twice)):
+            if not piece:
+                continue
+            attempts = max(0, spent - given_back) + again
+            if retries.is_permanent(policy, charge.code, attempts, from_runner=charge.from_runner):
+                failed = failed | piece
+            else:
+                delay = retries.backoff_seconds(policy, attempts)
+                draft.ledger = draft.ledger.retry_later(attempts, draft.now + delay, piece)
+                retried = retried | piece
     draft.touched = draft.touched | retried
     if failed:
         draft.ledger = draft.ledger.fail(failed)

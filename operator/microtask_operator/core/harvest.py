@@ -10,8 +10,9 @@ from dataclasses import replace
 
 from microtask_runner.indexset import IndexSet
 
-from . import attribution, badnodes, charging, speculation
+from . import attribution, badnodes, charging, failures, speculation
 from .draft import Draft
+from .failures import describe_exit_code
 from .observed import clean, group_of
 from .state import PoolDurations
 from .types import DeleteReason, Event, ObservedShard, Pool, Reason, ShardPhase
@@ -73,7 +74,9 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
     inside = draft.inside(shard)
     verdict = attribution.attribute(shard, inside)
     ok = verdict.ok
-    draft.succeed(ok, shard.attempt)
+    twice = retried_in_pod(draft, shard, inside)
+    draft.succeed(ok - twice, shard.attempt)
+    draft.succeed(ok & twice, shard.attempt + 1)
     message_before = draft.message
     retried = IndexSet.EMPTY
     suspects = IndexSet.EMPTY  # reported failures: the program's, or the node's?
@@ -82,7 +85,7 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
     # once (decided once: the charges and the node's record must agree).
     free = charging.spares(draft, shard)
     for charge in verdict.charges:
-        again = charging.charge(draft, shard, charge, free=free)
+        again = charging.charge(draft, shard, charge, free=free, twice=twice)
         retried = retried | again
         if charge.from_runner:
             suspects = suspects | again
@@ -142,6 +145,38 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
             # (Unless a plainer message was set: a command that cannot run.)
             draft.message = f"last failure: {error_text}"[:512]
     draft.retire(shard, DeleteReason.HARVESTED, keep=keep)
+
+
+def retried_in_pod(draft: Draft, shard: ObservedShard, inside: IndexSet) -> IndexSet:
+    """Microtasks of `inside` that the shard's pod ran twice (the runner's own retry).
+
+    Their first, failed runs are attempts too: counted here, and summed up by exit code with
+    the other failures. Their outcome is the second run's, charged like any other.
+    """
+    report = shard.report
+    if report is None or report.runner_error or not report.retried:
+        return IndexSet.EMPTY
+    reported = report.reported() & inside
+    twice = IndexSet.EMPTY
+    for code, indexes in sorted(report.retried.items()):
+        part = indexes & reported
+        sample = part.first()
+        if sample is None:
+            continue
+        twice = twice | part
+        reason = describe_exit_code(code)
+        draft.failure_summary = failures.record(
+            draft.failure_summary,
+            exit_code=code,
+            reason=reason,
+            attempts=len(part),
+            microtasks=0,
+            sample_index=sample,
+            message=report.errors.get(code, ""),
+        )
+        draft.deltas.failures[reason] = draft.deltas.failures.get(reason, 0) + len(part)
+    draft.ledger = draft.ledger.ran_again(len(twice))
+    return twice
 
 
 def judge_nodes(draft: Draft, shard: ObservedShard, ok: IndexSet, charged: IndexSet) -> IndexSet:

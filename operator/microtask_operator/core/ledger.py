@@ -189,6 +189,13 @@ class Ledger:
         counts = replace(self.counts, attempts=self.counts.attempts + count)
         return replace(self, attempts=self.attempts + count, counts=counts)
 
+    def ran_again(self, count: int) -> Ledger:
+        """Failed attempts their pods retried themselves: attempts, and retries, both."""
+        launched = self.launched(count)
+        return replace(
+            launched, counts=replace(launched.counts, retried=self.counts.retried + count)
+        )
+
     def recount(self, count: int) -> Ledger:
         """Attempts of an earlier decision found miscounted (its status write was lost)."""
         return replace(self, attempts=self.attempts + count)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 from fractions import Fraction
 
+from microtask_runner.contract import ENV_NO_RETRY_EXIT_CODES, ENV_RETRY_AFTER_SECONDS
 from microtask_runner.indexset import IndexSet
 
 from .failures import COMMAND_NOT_FOUND_CODES
@@ -19,6 +20,37 @@ def backoff_seconds(policy: RetryPolicy, attempts: int) -> float:
     # Cap the exponent before computing, so 100 attempts cannot overflow a float.
     delay = policy.backoff_seconds * (2.0 ** min(exponent, 32))
     return float(min(delay, policy.max_backoff_seconds))
+
+
+def in_pod_delay(policy: RetryPolicy, attempt: int) -> float | None:
+    """How long after a failure a pod of a shard of `attempt` runs the microtask again itself.
+
+    None: it does not (`inPod` off, or the retry would exceed `maxAttempts`). The wait is the
+    backoff the operator would wait before the retry; the pod saves the start-up of a new shard.
+    """
+    if not policy.in_pod or attempt >= policy.max_attempts:
+        return None
+    return backoff_seconds(policy, attempt)
+
+
+def no_retry_codes(policy: RetryPolicy) -> frozenset[int]:
+    """Exit codes a pod never retries itself: those `is_permanent` judges final at once."""
+    codes = set(policy.non_retryable_exit_codes)
+    if not policy.retry_command_not_found:
+        codes |= COMMAND_NOT_FOUND_CODES
+    return frozenset(codes)
+
+
+def in_pod_env(policy: RetryPolicy, attempt: int) -> dict[str, str]:
+    """The runner's environment for its own retries in a shard of `attempt` (empty: none)."""
+    delay = in_pod_delay(policy, attempt)
+    if delay is None:
+        return {}
+    env = {ENV_RETRY_AFTER_SECONDS: repr(delay)}
+    codes = no_retry_codes(policy)
+    if codes:
+        env[ENV_NO_RETRY_EXIT_CODES] = ",".join(str(code) for code in sorted(codes))
+    return env
 
 
 def is_permanent(

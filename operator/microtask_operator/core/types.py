@@ -86,6 +86,7 @@ class RetryPolicy:
     max_failed_microtasks: int = 0
     max_failed_fraction: float | None = None  # of the job's microtasks; the larger allowance wins
     retry_command_not_found: bool = False  # 126/127 fail at once unless this is set
+    in_pod: bool = True  # a pod retries its own failed microtasks once (see retries.in_pod_delay)
 
 
 @dataclass(frozen=True)

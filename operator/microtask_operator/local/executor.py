@@ -37,6 +37,7 @@ from microtask_runner.contract import log_name
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report, ReportError
 
+from ..core import retries
 from ..core.decision import apply
 from ..core.planner import Decision, plan
 from ..core.shardsize import shards_at_most
@@ -267,8 +268,13 @@ class LocalExecutor:
                 contract.ENV_STORE_SYNC: "false",
             }
         )
-        env.pop(contract.ENV_TIMEOUT_SECONDS, None)
-        env.pop(contract.ENV_CALLABLE, None)
+        for name in (
+            contract.ENV_TIMEOUT_SECONDS,
+            contract.ENV_CALLABLE,
+            contract.ENV_RETRY_AFTER_SECONDS,
+            contract.ENV_NO_RETRY_EXIT_CODES,
+        ):
+            env.pop(name, None)
         if self.job.timeout_seconds is not None:
             env[contract.ENV_TIMEOUT_SECONDS] = str(self.job.timeout_seconds)
         if self.job.callable:
@@ -290,6 +296,7 @@ class LocalExecutor:
         env[contract.ENV_INDEXES] = shard.indexes.to_compact()
         env[contract.ENV_ITEMS] = self.job.items_env(shard.indexes)
         env[contract.ENV_REPORT_PATH] = str(report_path)
+        env.update(retries.in_pod_env(self.job.spec.retry, shard.attempt))
         return env
 
     def start(self, shard: ShardPlan, now: float) -> None:

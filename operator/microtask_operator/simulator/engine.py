@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
+from ..core import retries
 from ..core.decision import Decision, apply
 from ..core.state import CoreState
 from ..core.types import (
@@ -349,7 +350,13 @@ class CoreSimulation(EventLoop):
         # Runs are counted when they start: a copy that waited for a slot and was deleted
         # unplaced ran nothing.
         self.executions += len(pod.plan.indexes)
-        execution = self.work.execute(pod.plan.indexes, node)
+        policy = self.spec.retry
+        execution = self.work.execute(
+            pod.plan.indexes,
+            node,
+            retries.in_pod_delay(policy, pod.plan.attempt),
+            retries.no_retry_codes(policy),
+        )
         pod.node = node
         pod.phase = ShardPhase.RUNNING
         pod.started_at = self.now
@@ -369,6 +376,10 @@ class CoreSimulation(EventLoop):
         pod.finished_at = self.now
         # Through the wire format, as the operator reads a termination message.
         pod.report = Report.decode(execution.report.encode())
+        # The pod's own retries: its microtasks' next attempt, run where they were.
+        twice = pod.report.retried_indexes()
+        self.executions += len(twice)
+        self.attempt_ranges.setdefault(pod.plan.attempt + 1, []).extend(twice.ranges)
         pod.changed()
         self.reported_succeeded.extend(pod.report.succeeded.ranges)
         self.completed_by_pool[pod.node.pool.value] += len(pod.report.succeeded)

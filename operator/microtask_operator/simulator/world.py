@@ -23,6 +23,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from microtask_runner.contract import retries_in_pod
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
@@ -176,6 +177,8 @@ class WorkModel:
         self.failure_rng = random.Random(f"{seed}:failures")
         self.crash_rng = random.Random(f"{seed}:crashes")
         self.straggler_rng = random.Random(f"{seed}:stragglers")
+        # The pods' own retries draw apart: first runs fail alike whether pods retry or not.
+        self.retry_rng = random.Random(f"{seed}:retries")
         self._codes = list(workload.exit_codes)
         self._weights = list(workload.exit_codes.values())
 
@@ -226,8 +229,18 @@ class WorkModel:
     def seconds_per_size(self, node: SimNode) -> float:
         return self.workload.seconds_per_microtask[node.pool] / node.speed
 
-    def execute(self, indexes: IndexSet, node: SimNode) -> Execution:
-        """Sample one run of `indexes` on `node`: how long it takes and what it reports."""
+    def execute(
+        self,
+        indexes: IndexSet,
+        node: SimNode,
+        retry_after: float | None = None,
+        no_retry: frozenset[int] = frozenset(),
+    ) -> Execution:
+        """Sample one run of `indexes` on `node`: how long it takes and what it reports.
+
+        `retry_after`: the pod retries its failed microtasks itself, as the runner does (see
+        `microtask_runner.execute.Retry`), that long after each failed.
+        """
         startup = self.workload.pod_startup_seconds
         count = len(indexes)
         if node.bad:
@@ -293,6 +306,18 @@ class WorkModel:
 
         useful = self.size_of(completed) * per_size
         run = useful
+        retried: dict[int, IndexSet] = {}
+        if (
+            retry_after is not None
+            and current is None
+            and retries_in_pod(len(succeeded), len(failed_all))
+        ):
+            again = _Retries(self, node, completed, per_size, failed_sets, errors)
+            run = again.run(useful, retry_after, no_retry)
+            useful = run - again.waited
+            succeeded = succeeded | again.succeeded
+            failed_all = failed_all - again.succeeded
+            retried = again.retried
         if current is not None:
             # The crash happens part-way through the current microtask.
             run += self.sizes[current] * per_size * self.crash_rng.random()
@@ -304,6 +329,7 @@ class WorkModel:
             seconds_total=useful,
             seconds_max=self.max_size_of(completed) * per_size,
             count=done,
+            retried=retried,
         )
         if current is not None:
             return Execution(
@@ -327,6 +353,66 @@ class WorkModel:
             useful,
             per_size,
         )
+
+
+class _Retries:
+    """A pod's own retries of its failed microtasks at the end of its run, as the runner's."""
+
+    def __init__(
+        self,
+        work: WorkModel,
+        node: SimNode,
+        completed: IndexSet,
+        per_size: float,
+        failed: dict[int, IndexSet],
+        errors: dict[int, str],
+    ) -> None:
+        self.work = work
+        self.node = node
+        self.completed = completed
+        self.per_size = per_size
+        self.failed = failed  # updated in place: what fails again, with its new code
+        self.errors = errors
+        self.succeeded = IndexSet.EMPTY
+        self.retried: dict[int, IndexSet] = {}
+        self.waited = 0.0
+
+    def run(self, end: float, after: float, skip: frozenset[int]) -> float:
+        """The run's new end (from `end`, its first pass's), each retry `after` its failure."""
+        work = self.work
+        todo = sorted(
+            (index, code)
+            for code, indexes in self.failed.items()
+            if code not in skip
+            for index in indexes
+        )
+        for index, first in todo:
+            ended = work.size_of(self.completed & IndexSet.from_range(0, index + 1)) * self.per_size
+            start = max(end, ended + after)
+            self.waited += start - end
+            end = start + work.sizes[index] * self.per_size
+            one = IndexSet.from_range(index, index + 1)
+            self.retried[first] = self.retried.get(first, IndexSet.EMPTY) | one
+            self._take(first, one)
+            if index in work.permanent:
+                code, error = work.workload.permanent_exit_code, PERMANENT_ERROR
+            elif work.retry_rng.random() < self.node.failure_rate:
+                code = work.retry_rng.choices(work._codes, work._weights)[0]
+                error = TRANSIENT_ERROR
+            else:
+                self.succeeded = self.succeeded | one
+                continue
+            self.failed[code] = self.failed.get(code, IndexSet.EMPTY) | one
+            self.errors.setdefault(code, error)
+        self.retried = dict(sorted(self.retried.items()))
+        return end
+
+    def _take(self, code: int, one: IndexSet) -> None:
+        rest = self.failed[code] - one
+        if rest:
+            self.failed[code] = rest
+        else:
+            del self.failed[code]
 
 
 def _geometric(rng: random.Random, p: float) -> int:

@@ -57,3 +57,11 @@ class Worker:
 
 
 not_callable = 42
+
+
+def busy_at_first(index: int, item: Any) -> None:
+    """Every fourth index (1, 5, 9...) fails its first attempt; index 2 fails every attempt."""
+    attempt = os.environ.get("MICROTASK_ATTEMPT", "1")
+    _record(index, attempt)
+    if index == 2 or (index % 4 == 1 and attempt == "1"):
+        raise RuntimeError(f"busy: index {index}, attempt {attempt}")
