@@ -75,8 +75,9 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
     verdict = attribution.attribute(shard, inside)
     ok = verdict.ok
     twice = retried_in_pod(draft, shard, inside)
-    draft.succeed(ok - twice, shard.attempt)
-    draft.succeed(ok & twice, shard.attempt + 1)
+    if twice:
+        draft.succeed(ok & twice, shard.attempt + 1)
+    draft.succeed(ok - twice if twice else ok, shard.attempt)
     message_before = draft.message
     retried = IndexSet.EMPTY
     suspects = IndexSet.EMPTY  # reported failures: the program's, or the node's?
