@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 #: Patterns of the readers below, compiled on first use: the runner itself never reads them,
 #: and ``re`` is slow to import.
 _PATTERNS = {
-    "records": r"^(?P<first>\d{12})-(?P<job>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)-(?P<shard>\d+)\.jsonl$",
+    "records": (
+        r"^(?P<first>\d{12})-(?P<job>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)-(?P<shard>\d+)"
+        r"(\.a(?P<attempt>\d+))?\.jsonl$"
+    ),
     "begin": r"^::microtask:: index=(?P<index>\d+) attempt=(?P<attempt>\d+) begin$",
     "end": (
         r"^::microtask:: index=(?P<index>\d+) attempt=(?P<attempt>\d+) end exit=(?P<exit>\d+)"
@@ -145,9 +148,15 @@ RECORD_VERSION = 1
 INDEX_DIGITS = 12
 
 
-def records_name(first_index: int, job: str, shard: int) -> str:
-    """The records file of one shard attempt, relative to the store root."""
-    return f"{RECORDS_DIR}/{first_index:0{INDEX_DIGITS}d}-{job}-{shard}.jsonl"
+def records_name(first_index: int, job: str, shard: int, again: int | None = None) -> str:
+    """The records file of one shard attempt, relative to the store root.
+
+    ``again``: the attempt of the pod's own retries (``MICROTASK_RETRY_AFTER_SECONDS``), whose
+    records go to a file of their own, ``...-<shard>.a<attempt>.jsonl`` named by the first
+    index retried: a file's records ascend by index, and the retries come after the rest.
+    """
+    suffix = "" if again is None else f".a{again}"
+    return f"{RECORDS_DIR}/{first_index:0{INDEX_DIGITS}d}-{job}-{shard}{suffix}.jsonl"
 
 
 def log_name(job: str, shard: int) -> str:

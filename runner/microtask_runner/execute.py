@@ -45,6 +45,7 @@ from .contract import (
     MAX_RECORD_ERROR_CHARS,
     begin_line,
     end_line,
+    records_name,
     retries_in_pod,
 )
 from .indexset import IndexSet
@@ -1224,6 +1225,12 @@ class Retry:
                 job=info.job, shard=info.shard, attempt=attempt, pool=info.pool, node=info.node
             )
         )
+        store = books.store
+        if store is not None and info.job is not None and info.shard is not None:
+            # A file of their own: the shard's records file ascends by index.
+            store.push()
+            first = min(index for _, index, _ in todo)
+            store.records = records_name(first, info.job, info.shard, again=attempt)
         log(f"running {len(todo)} failed microtasks again, each {self.after:g}s after it failed")
         # What the microtasks see: the attempt they are.
         os.environ[ENV_ATTEMPT] = str(attempt)
@@ -1248,8 +1255,8 @@ class Retry:
                 CONSOLE.lines(f"{end_line(index, attempt, 128 + stopped_by, seconds)}\n".encode())
                 return
             CONSOLE.lines(f"{end_line(index, attempt, finished.code, seconds)}\n".encode())
-            if books.store is not None:
-                books.store.record(again(index, start, seconds, finished))
+            if store is not None:
+                store.record(again(index, start, seconds, finished))
                 books.sync()
             outcomes.retake(index, first, finished.code, seconds, finished.error)
             progress.stale = True

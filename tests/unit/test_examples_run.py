@@ -64,6 +64,27 @@ def test_the_retry_example_retries_only_the_failed_microtasks(tmp_path: Path) ->
     assert summary["succeededAfterRetry"] == len(failing_first)
     assert f"retried, then succeeded  {len(failing_first)} microtasks" in result.stderr
     assert "transient failure" in result.stderr  # why they were retried is in the summary
+    # Each retried by its own pod (no retry shard): the results show the second attempts, run
+    # in the shard of the first.
+    results = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "microtask_operator.cli",
+            "results",
+            "--store",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    records = [json.loads(line) for line in results.stdout.splitlines()]
+    assert [r["index"] for r in records] == list(range(100))
+    assert all(r["outcome"] == "succeeded" for r in records)
+    assert [r["index"] for r in records if r["attempt"] == 2] == failing_first
+    assert all(r["shard"] == r["index"] // 10 for r in records)
 
 
 def test_a_failing_job_exits_1_and_invalid_input_exits_2(tmp_path: Path) -> None:

@@ -731,6 +731,12 @@ def test_records_names_sort_in_index_order() -> None:
     assert parse_records_name("1-job-7.jsonl") is None
     assert parse_records_name("000000000001-Job-7.jsonl") is None
     assert parse_records_name("000000000001-job-7.log") is None
+    # A pod's own retries, in a file of their own named by the first index retried.
+    again = records_name(3, "job-a", 0, again=2)
+    assert again == "records/000000000003-job-a-0.a2.jsonl"
+    assert parse_records_name(again.rpartition("/")[2]) == (3, "job-a", 0)
+    assert parse_records_name("000000000003-job-a.a2-5.jsonl") == (3, "job-a.a2", 5)
+    assert parse_records_name("000000000003-job-a-0.a.jsonl") is None
     assert log_name("job-a", 3) == "logs/job-a-3.log"
 
 

@@ -9,6 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+from microtask_operator.results.merge import Merge
+from microtask_operator.results.stores import open_store
 from microtask_runner.indexset import IndexSet
 from microtask_runner.report import Report
 
@@ -98,14 +101,24 @@ def test_python_mode_retries_with_records_of_both_attempts(tmp_path: Path) -> No
     assert report.retried == {1: IndexSet.parse("1-2,5,9")}
     assert report.failed == {1: IndexSet.parse("2")}
     assert calls(tmp_path)[12:] == [[1, "2"], [2, "2"], [5, "2"], [9, "2"]]
-    (records,) = (store / "records").iterdir()
-    lines = [json.loads(line) for line in records.read_text().splitlines()]
-    runs = [
-        (r["index"], r["attempt"], r["outcome"])
-        for r in lines
-        if r["index"] in (1, 2) and "last" not in r
+    # The second runs' records in a file of their own: each file's records ascend by index.
+    first, again = sorted((store / "records").iterdir())
+    assert (first.name, again.name) == ("000000000000-demo-7.jsonl", "000000000001-demo-7.a2.jsonl")
+    for path, attempt in ((first, 1), (again, 2)):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert all(r["attempt"] == attempt for r in lines)
+        indexes = [r["index"] for r in lines]
+        assert indexes == sorted(indexes)
+    runs = [(r["index"], r["outcome"]) for r in map(json.loads, again.read_text().splitlines())]
+    assert runs == [(1, "succeeded"), (2, "failed"), (5, "succeeded"), (9, "succeeded")]
+    # Read back as one stream, each index's final record is its last attempt's.
+    merged = {r.index: r for r in Merge(open_store(str(store)), warn=pytest.fail)}
+    assert sorted(merged) == list(range(12))
+    assert [(merged[i].attempt, merged[i].succeeded) for i in (0, 1, 2)] == [
+        (1, True),
+        (2, True),
+        (2, False),
     ]
-    assert runs == [(1, 1, "failed"), (2, 1, "failed"), (1, 2, "succeeded"), (2, 2, "failed")]
 
 
 def test_sigterm_during_the_wait_stops_at_once_and_charges_nothing_more(tmp_path: Path) -> None:
