@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from microtask_operator.core.planner import plan
 from microtask_operator.core.types import (
     Accelerator,
     CoreSpec,
@@ -69,3 +70,20 @@ def job(
         ),
         speculation=SpeculationPolicy(enabled=speculation),
     )
+
+
+class FailuresOn:
+    """A planner for `simulate` that notes the shards which came back from `node` with failed
+    microtasks (`shards`), then plans as the core does."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.shards: set[int] = set()
+
+    def __call__(self, spec, state, observed, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.shards.update(
+            s.shard_id
+            for s in observed
+            if s.node == self.node and s.report is not None and s.report.failed_indexes()
+        )
+        return plan(spec, state, observed, *args, **kwargs)

@@ -558,7 +558,13 @@ FULL_STATUS: dict[str, Any] = {
         {"node": "n1", "level": "soft", "until": "2024-05-01T10:10:00Z", "failures": 2}
     ],
     "nodeFailures": [
-        {"node": "n1", "failures": 2, "lastFailure": "2024-05-01T10:00:00Z", "suspect": "3,7-9"}
+        {
+            "node": "n1",
+            "failures": 2,
+            "lastFailure": "2024-05-01T10:00:00Z",
+            "suspect": "3,7-9",
+            "exclusions": 1,
+        }
     ],
     "durations": {"gpu": {"count": 300, "seconds": 120.5}, "cpu": {"count": 120, "seconds": 600}},
     "gpuFallbackUntil": "2024-05-01T10:05:00Z",
@@ -597,7 +603,7 @@ def test_the_core_writes_exactly_the_status_the_crd_keeps() -> None:
         attempts=14,
         rebalances={"node_lost": 1},
         nodes={
-            "n1": NodeRecord(3, 1500.0, "soft", 2100.0, shards=4),
+            "n1": NodeRecord(3, 1500.0, "soft", 2100.0, shards=4, exclusions=2),
             "n2": NodeRecord(1, 1400.0, shards=2),
         },
         durations={Pool.CPU: PoolDurations(3, 10, 12.5, 1, 3)},

@@ -3,6 +3,8 @@ runner reported as failed only once it succeeds on another node."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from core_driver import Driver
 from microtask_operator.core import badnodes
@@ -11,6 +13,7 @@ from microtask_operator.core.state import (
     MAX_SUSPECTED_RANGES,
     CoreState,
     NodeRecord,
+    PoolDurations,
 )
 from microtask_operator.core.types import (
     BadNodePolicy,
@@ -397,3 +400,78 @@ def test_a_failure_elsewhere_leaves_the_suspicion_on_a_node_known_to_fail_work()
     # Without the threshold, as before: both are cleared.
     result, _, _ = badnodes.judge(nodes, "c", succeeded=IndexSet.EMPTY, failed=ix("3"), now=20.0)
     assert result["a"].suspect == IndexSet.EMPTY
+
+
+# -- a node let back after an exclusion ------------------------------------------------------------
+
+
+FOUR = ClusterView(ready_nodes={Pool.CPU: frozenset({"a", "b", "c", "d"})})
+# A pool that failed 4 of 400 shards: a node failing all of its own stands out at once.
+CLEAN_POOL = {Pool.CPU: PoolDurations(harvested=400, failed_shards=4)}
+
+
+def test_each_exclusion_of_a_node_lasts_twice_the_one_before_up_to_eight_times() -> None:
+    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=4, exclude_seconds=100)
+    record = NodeRecord(failures=4, last_failure=0.0, shards=4)
+    now, lengths = 0.0, []
+    for _ in range(5):
+        nodes, changed = badnodes.update_levels({"a": record}, policy, FOUR, now, CLEAN_POOL)
+        assert changed == [("a", "hard")]
+        until = nodes["a"].until
+        assert until is not None
+        lengths.append(until - now)
+        now = until
+        nodes, changed = badnodes.update_levels(nodes, policy, FOUR, now, CLEAN_POOL)
+        assert changed == [] and badnodes.on_probation(nodes["a"])
+        record = replace(nodes["a"], failures=4, shards=4)  # it fails again at once
+    assert lengths == [100, 200, 400, 800, 800]
+    assert record.exclusions == 5
+
+
+def test_a_soft_exclusion_made_hard_is_the_same_exclusion() -> None:
+    policy = BadNodePolicy(soft_after_failures=2, hard_after_failures=4, exclude_seconds=100)
+    soft = NodeRecord(3, 50.0, "soft", 150.0, shards=3, exclusions=2)
+    nodes, changed = badnodes.update_levels(
+        {"a": replace(soft, failures=4, shards=4)}, policy, FOUR, 60.0, CLEAN_POOL
+    )
+    assert changed == [("a", "hard")]
+    assert (nodes["a"].exclusions, nodes["a"].until) == (2, 60.0 + 200)
+    assert not badnodes.on_probation(nodes["a"])
+
+
+def test_exclusions_round_trip_through_the_status() -> None:
+    state = CoreState(nodes={"a": NodeRecord(1, 5.0, shards=1, exclusions=3), "b": suspecting("4")})
+    status = state.to_status()
+    assert [e.get("exclusions") for e in status["nodeFailures"]] == [3, None]
+    assert CoreState.from_status(status).nodes == state.nodes
+
+
+def test_retries_keep_away_from_a_node_on_probation_while_the_pool_has_others() -> None:
+    nodes = {"a": NodeRecord(failures=1, last_failure=0.0, shards=1, exclusions=1)}
+    assert badnodes.avoid_lists(nodes, Pool.CPU, ABC) == ((), ())  # new work may go there
+    assert badnodes.avoid_lists_for_retry(nodes, ix("5"), Pool.CPU, ABC) == (("a",), ())
+    everyone = dict.fromkeys(("a", "b", "c"), nodes["a"])
+    assert badnodes.avoid_lists_for_retry(everyone, ix("5"), Pool.CPU, ABC) == ((), ("a", "b", "c"))
+
+
+def test_a_node_on_probation_that_fails_a_shard_again_is_excluded_at_once() -> None:
+    """Its failures are not left to await judgement (microtasks succeeding elsewhere, a retry's
+    run later): meanwhile a node that fails fast would fail shard after shard."""
+    spec = CoreSpec(
+        total=30, microtasks_per_shard=10, parallelism=3, retry=RetryPolicy(in_pod=False)
+    )
+    probation = NodeRecord(failures=1, last_failure=900.0, shards=1, exclusions=1)
+    state = CoreState(
+        nodes={"a": probation}, durations={Pool.CPU: PoolDurations(harvested=4000, failed_shards=1)}
+    )
+    d = Driver(spec, cluster=ABC, state=state)
+    d.step()
+    [there] = [s.shard_id for s in d.running() if s.node == "a"]
+    d.finish(there, lambda i, a: 1)
+    judged = d.step(1)
+    record = judged.state.nodes["a"]
+    assert (record.failures, record.level, record.exclusions) == (2, "soft", 2)
+    assert record.until == d.now + 1200
+    assert any("avoided (soft) for 1200s, exclusion 2" in e.message for e in judged.events)
+    # Its microtasks are still suspected there: the attempts they spent may be given back.
+    assert record.suspect == d.shards[there].indexes

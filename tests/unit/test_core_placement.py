@@ -263,6 +263,24 @@ def test_outrun_judges_a_group_by_its_most_promising_member() -> None:
     assert [s.shard_id for s in found] == [1]
 
 
+def test_outrun_counts_a_copy_on_its_way_as_the_groups_most_promising_member() -> None:
+    durations = {
+        Pool.CPU: PoolDurations(shards=10, microtasks=100, seconds=500.0),
+        Pool.GPU: PoolDurations(shards=10, microtasks=100, seconds=100.0),
+    }
+    slow = shard(1, Pool.CPU, 40.0, 10)
+    # Its GPU copy is made (for a free GPU) but its pod has not started yet: it will end in
+    # about 10 s, and a second copy would only race it (three copies of one shard were made at
+    # a job's end, one per decision, while the first waited to start).
+    waiting = shard(
+        2, Pool.GPU, 45.0, 10, copy_of=1, indexes=slow.indexes, phase=ShardPhase.PENDING
+    )
+    waiting = replace(waiting, node=None, started_at=None)
+    found = speculation.outrun([slow], durations, 45.0, lambda s: 10.0, copies_per_shard=3)
+    assert [s.shard_id for s in found] == [1]
+    assert speculation.outrun([slow, waiting], durations, 45.0, lambda s: 10.0, 3) == []
+
+
 def test_a_straggler_report_stays_out_of_the_baseline() -> None:
     from core_driver import report_for
 

@@ -991,6 +991,10 @@ class NodeFailure(_Strict):
     suspect: str | None = None
     """Indexes of microtasks whose failure on this node awaits judgement: they count against the
     node only if they later succeed elsewhere."""
+    exclusions: Count | None = None
+    """Times the node was excluded in this job. Each exclusion lasts twice as long as the one
+    before (up to 8 times `excludeSeconds`); between them the node is on probation: one more
+    failed shard excludes it again, and retries keep away from it."""
 
 
 class PoolTiming(_Strict):

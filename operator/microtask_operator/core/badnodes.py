@@ -51,6 +51,8 @@ SIGNIFICANCE = math.log(1000)
 # transient failure rate of a few per thousand fails one microtask in most shards of a few
 # hundred, on every node alike (counted, it would exclude healthy nodes of a small pool by chance).
 INCIDENTAL_SHARE = 0.1
+# A node excluded again lasts twice as long each time, up to 2**3 = 8 times `excludeSeconds`.
+MAX_EXCLUSION_DOUBLINGS = 3
 
 
 def incidental(failed: int, outcomes: int) -> bool:
@@ -397,11 +399,28 @@ def update_levels(
         if level == record.level:
             result[name] = record
             continue
-        until = (now + policy.exclude_seconds) if level else None
-        result[name] = replace(record, level=level, until=until)
-        if level:
-            changed.append((name, level))
+        if not level:
+            result[name] = replace(record, level=None, until=None)
+            continue
+        # Soft to hard is the same exclusion made stricter; from none, a new one.
+        exclusions = record.exclusions + (1 if record.level is None else 0)
+        until = now + exclusion_seconds(policy, exclusions)
+        result[name] = replace(record, level=level, until=until, exclusions=exclusions)
+        changed.append((name, level))
     return result, changed
+
+
+def exclusion_seconds(policy: BadNodePolicy, exclusions: int) -> float:
+    """How long the `exclusions`-th exclusion of a node lasts: `excludeSeconds`, doubled at each
+    one after the first up to `MAX_EXCLUSION_DOUBLINGS` times (a node that fails again as soon as
+    it is let back is most likely still broken; one repaired meanwhile waits a while longer)."""
+    doublings = min(max(exclusions - 1, 0), MAX_EXCLUSION_DOUBLINGS)
+    return policy.exclude_seconds * float(2**doublings)
+
+
+def on_probation(record: NodeRecord) -> bool:
+    """Was the node excluded before, and is let back now (its record not yet forgotten)?"""
+    return record.level is None and record.exclusions > 0
 
 
 def avoid_lists(
@@ -429,8 +448,10 @@ def avoid_lists_for_retry(
     A retry does not run where its microtasks failed (as Spark does not rerun a failed task
     where it failed): there it would only fail again and prove nothing, however often. Nor, if
     it can help it, on another node with failures awaiting judgement: a second failure there
-    would clear both nodes (the program's, it would seem) when both may be bad. Each group is
-    required while ready nodes of the pool remain outside the lists, else only preferred.
+    would clear both nodes (the program's, it would seem) when both may be bad. Nor on a node on
+    probation after an exclusion: a retry may be a microtask's last attempt, and one lost there
+    would fail it for good before the node is judged again. Each group is required while ready
+    nodes of the pool remain outside the lists, else only preferred.
     """
     hard, soft = avoid_lists(nodes, pool, cluster)
     ready = cluster.ready_nodes.get(pool)
@@ -438,6 +459,7 @@ def avoid_lists_for_retry(
         return hard, soft
     pending = {n: r.suspect for n, r in nodes.items() if r.suspect and n in ready}
     own = {n for n, suspect in pending.items() if not suspect.isdisjoint(indexes)}
+    own |= {n for n, r in nodes.items() if n in ready and on_probation(r)}
     required, preferred = set(hard), set(soft)
     for names in (own, set(pending) - own):
         group = names - required

@@ -107,6 +107,10 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
     # look fast, and every healthy shard there a straggler.
     # (A few transient failures in a long shard leave its pace a clean run's.)
     few = not pod_died and badnodes.incidental(len(all_charged), outcomes)
+    # A node let back after an exclusion that fails a shard again is judged at once: waiting
+    # for its microtasks to succeed elsewhere would let it fail shard after shard meanwhile.
+    # (Its suspicions stay, so the attempts spent there can still be given back.)
+    relapsed = bool(suspects) and not (few or free) and relapsing(draft, shard.node)
     measured = report is not None and report.count > 0 and (not all_charged or few)
     if measured and report is not None and speculation.outlier(d, report, draft.paces.of(shard)):
         measured = False  # a straggler: the baseline it is judged by would drift up
@@ -114,7 +118,8 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
         shards=d.shards + (1 if measured else 0),
         microtasks=d.microtasks + (report.count if report is not None and measured else 0),
         seconds=d.seconds + (report.seconds_total if report is not None and measured else 0.0),
-        failed_shards=d.failed_shards + (1 if pod_died or (free and suspects and not few) else 0),
+        failed_shards=d.failed_shards
+        + (1 if pod_died or relapsed or (free and suspects and not few) else 0),
         harvested=d.harvested + 1,
         startup_seconds=d.startup_seconds,
     )
@@ -124,7 +129,7 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
         draft.nodes = badnodes.record_shard(
             draft.nodes,
             shard.node,
-            failed=pod_died,
+            failed=pod_died or relapsed,
             suspects=IndexSet.EMPTY if few else suspects - programs,
             now=draft.now,
             node_is_bad=free,
@@ -217,6 +222,12 @@ def tainted(draft: Draft, node: str | None) -> bool:
     return record is not None and (record.failures > 0 or record.level is not None)
 
 
+def relapsing(draft: Draft, node: str | None) -> bool:
+    """Is `node` on probation after an exclusion (see badnodes.on_probation)?"""
+    record = draft.nodes.get(node) if node is not None else None
+    return record is not None and badnodes.on_probation(record)
+
+
 def update_nodes(draft: Draft) -> None:
     """Exclude nodes that keep failing work, and let exclusions that ran out lapse."""
     draft.nodes, changed = badnodes.update_levels(
@@ -224,10 +235,12 @@ def update_nodes(draft: Draft) -> None:
     )
     for name, level in changed:
         record = draft.nodes[name]
+        seconds = badnodes.exclusion_seconds(draft.spec.bad_nodes, record.exclusions)
+        again = f", exclusion {record.exclusions} in this job" if record.exclusions > 1 else ""
         draft.rebalanced(
             Reason.BAD_NODE,
             f"node {name} failed {record.failures} shards; avoided ({level}) "
-            f"for {draft.spec.bad_nodes.exclude_seconds:.0f}s",
+            f"for {seconds:.0f}s{again}",
         )
     for record in draft.nodes.values():
         if record.until is not None:

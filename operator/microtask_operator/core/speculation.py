@@ -218,10 +218,15 @@ def outrun(
         for member in members:
             baseline = durations.get(member.pool)
             per_microtask = baseline.per_microtask() if baseline is not None else None
-            if member.phase != ShardPhase.RUNNING or member.started_at is None:
-                continue  # not started (or ended): nothing to judge it by
             if per_microtask is None:
                 break  # a pool not measured: no judgement
+            if member.phase == ShardPhase.PENDING and member.copy_of is not None:
+                # A copy on its way (made for a free slot): it ends that soon once it starts,
+                # and another copy would only race it.
+                lefts.append(startup + per_microtask * len(member.indexes))
+                continue
+            if member.phase != ShardPhase.RUNNING or member.started_at is None:
+                continue  # not started (or ended): nothing to judge it by
             if paces is not None:
                 per_microtask = usual_pace(per_microtask, paces.of(member))
             elapsed = now - member.started_at

@@ -60,6 +60,9 @@ class NodeRecord:
     # Microtasks whose reported failure here awaits judgement: it counts against the node if they
     # later succeed on another node, and is dropped if they fail elsewhere or for good.
     suspect: IndexSet = IndexSet.EMPTY
+    # Times the node was excluded in this job: each exclusion lasts longer than the last, and a
+    # node once excluded is on probation until its record is forgotten (see badnodes).
+    exclusions: int = 0
 
     def rate(self) -> float:
         return self.failures / max(self.shards, self.failures, 1)
@@ -223,6 +226,8 @@ def _node_failure(name: str, record: NodeRecord) -> dict[str, Any]:
     }
     if record.suspect:
         entry["suspect"] = record.suspect.to_compact()
+    if record.exclusions:
+        entry["exclusions"] = record.exclusions
     return entry
 
 
@@ -247,6 +252,7 @@ def _parse_status(status: Mapping[str, Any]) -> CoreState:
             until=_time(exclusion["until"]) if exclusion else None,
             shards=int(entry.get("shards", 0)),
             suspect=_indexes(entry.get("suspect")),
+            exclusions=int(entry.get("exclusions", 0)),
         )
     durations = {
         Pool(pool): PoolDurations(
