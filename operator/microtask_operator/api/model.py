@@ -993,8 +993,8 @@ class NodeFailure(_Strict):
     node only if they later succeed elsewhere."""
     exclusions: Count | None = None
     """Times the node was excluded in this job. Each exclusion lasts twice as long as the one
-    before (up to 8 times `excludeSeconds`); between them the node is on probation: one more
-    failed shard excludes it again, and retries keep away from it."""
+    before (up to 8 times `excludeSeconds`); between them the node is on probation: a shard it
+    fails counts against it at once, and retries keep away from it."""
 
 
 class PoolTiming(_Strict):

@@ -18,6 +18,10 @@ suspicion is confirmed (one failure of the node) when the microtask later succee
 node, and dropped when it fails again elsewhere or for good, or succeeds on the same node. So a
 program that fails some items deterministically excludes nobody, however often it is retried.
 
+A node let back after an exclusion is on probation: a shard it fails counts against it at once
+(not only once its microtasks succeed elsewhere), retries keep away from it, and each further
+exclusion lasts twice as long as the one before (up to 8 times `excludeSeconds`).
+
 Attempts spent on a node known bad are given back (`known_bad`, `refunds`): a failure there costs
 none and counts against the node at once, and one suffered there before the node was known is
 given back, once, when the microtask fails again elsewhere. That needs the suspicion until then,
@@ -418,9 +422,9 @@ def exclusion_seconds(policy: BadNodePolicy, exclusions: int) -> float:
     return policy.exclude_seconds * float(2**doublings)
 
 
-def on_probation(record: NodeRecord) -> bool:
+def on_probation(record: NodeRecord | None) -> bool:
     """Was the node excluded before, and is let back now (its record not yet forgotten)?"""
-    return record.level is None and record.exclusions > 0
+    return record is not None and record.level is None and record.exclusions > 0
 
 
 def avoid_lists(

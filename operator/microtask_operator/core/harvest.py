@@ -110,7 +110,11 @@ def harvest(draft: Draft, shard: ObservedShard) -> None:
     # A node let back after an exclusion that fails a shard again is judged at once: waiting
     # for its microtasks to succeed elsewhere would let it fail shard after shard meanwhile.
     # (Its suspicions stay, so the attempts spent there can still be given back.)
-    relapsed = bool(suspects) and not (few or free) and relapsing(draft, shard.node)
+    relapsed = (
+        bool(suspects)
+        and not (few or free)
+        and badnodes.on_probation(draft.nodes.get(shard.node or ""))
+    )
     measured = report is not None and report.count > 0 and (not all_charged or few)
     if measured and report is not None and speculation.outlier(d, report, draft.paces.of(shard)):
         measured = False  # a straggler: the baseline it is judged by would drift up
@@ -220,12 +224,6 @@ def tainted(draft: Draft, node: str | None) -> bool:
     """Has `node` failed work of its own (suspected, excluded, or on probation)?"""
     record = draft.nodes.get(node) if node is not None else None
     return record is not None and (record.failures > 0 or record.level is not None)
-
-
-def relapsing(draft: Draft, node: str | None) -> bool:
-    """Is `node` on probation after an exclusion (see badnodes.on_probation)?"""
-    record = draft.nodes.get(node) if node is not None else None
-    return record is not None and badnodes.on_probation(record)
 
 
 def update_nodes(draft: Draft) -> None:
