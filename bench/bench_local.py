@@ -40,9 +40,17 @@ def _items(_: IndexSet) -> str:
 
 
 def run_local(
-    total: int, per_shard: int, *, command: list[str], callable: str | None = None
+    total: int,
+    per_shard: int,
+    *,
+    command: list[str],
+    callable: str | None = None,
+    reuse_processes: bool = False,
 ) -> float:
-    """Seconds `microtask run` takes for the job (its folder in a temporary directory)."""
+    """Seconds `microtask run` takes for the job (its folder in a temporary directory).
+
+    ``reuse_processes``: as `microtask run --reuse-processes`.
+    """
     spec = CoreSpec(total=total, microtasks_per_shard=per_shard, parallelism=WORKERS)
     job = LocalJob(name="bench", spec=spec, command=command, items_env=_items, callable=callable)
     with tempfile.TemporaryDirectory() as folder:
@@ -50,7 +58,7 @@ def run_local(
         run_dir.prepare(job.name, fresh=True)
         before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(CHILDREN)
         started = time.perf_counter()
-        result = LocalExecutor(job, WORKERS, run_dir).run()
+        result = LocalExecutor(job, WORKERS, run_dir, reuse_processes=reuse_processes).run()
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(CHILDREN)
     phase = result.decision.status.get("phase")

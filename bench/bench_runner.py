@@ -3,6 +3,8 @@
 * `python_mode.noop_1m`: 1,000,000 no-op microtasks (100,000 with --quick), 10,000 per shard, 2
   workers, through `microtask run`'s local executor; the baseline is
   `Pool(2).imap_unordered(fn, range(n), chunksize=10000)`, measured before and after it;
+* `python_mode.noop_1m_reused`: the same with `microtask run --reuse-processes` (shard after shard
+  in one process per worker, as the Pool's workers do), against the same Pool;
 * `python_mode.noop_1m_vs_dask`: the same run against `dask.bag` with as many partitions (only
   when dask is installed: `pip install "dask[bag]"`);
 * `python_mode.sha256_20k`: 20,000 microtasks (5,000 with --quick) of 1,000 SHA-256 rounds each,
@@ -183,6 +185,17 @@ def figures(quick: bool) -> Iterator[Figure]:
     )
     yield Figure(
         "python_mode.noop_1m", round(seconds, 3), "s", round(pool, 3), "multiprocessing.Pool(2)"
+    )
+    reused, pool = _beside(
+        lambda: run_local(total, chunk, command=[], callable=NOOP, reuse_processes=True),
+        lambda: run_pool(_noop, total, chunk),
+    )
+    yield Figure(
+        "python_mode.noop_1m_reused",
+        round(reused, 3),
+        "s",
+        round(pool, 3),
+        "multiprocessing.Pool(2)",
     )
     dask = run_dask(total, chunk)
     if dask is None:

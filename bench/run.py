@@ -58,6 +58,9 @@ DESCRIPTIONS = {
     "status.bytes_1e7_scattered_inline": "the same status if every index set stayed inline",
     "status.patch_bytes_per_step": "bytes of a status patch per reconcile during a run (mean)",
     "python_mode.noop_1m": "Python mode, 1,000,000 no-op microtasks, 10,000 per shard, 2 workers",
+    "python_mode.noop_1m_reused": (
+        "the same with `microtask run --reuse-processes` (one process per worker, as the Pool)"
+    ),
     "python_mode.noop_1m_vs_dask": "the same run against dask.bag",
     "python_mode.sha256_20k": "Python mode, 20,000 microtasks of 1,000 sha256 rounds",
     "python_mode.runner_alone_noop": "the runner alone, per no-op microtask",

@@ -46,7 +46,10 @@ report) and exits, so no shard outlives ``microtask run`` by much.
 
 A persistent worker (``python -m microtask_runner.forkserver --worker``) goes one step further for
 command mode, where a shard runs nothing of the user's in the runner's own process: it runs shard
-after shard itself, so a shard costs neither a fork nor the imports a fresh child would redo:
+after shard itself, so a shard costs neither a fork nor the imports a fresh child would redo.
+Python mode uses it too when the user asks to reuse processes (`microtask run
+--reuse-processes`): the user's module is then imported by the first shard and kept, as in a
+multiprocessing.Pool worker.
 
     request (stdin, one JSON line):  as above, but "env" and "unset" are against the worker's
                                      environment now (what it was started with, then the

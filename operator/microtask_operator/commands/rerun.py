@@ -100,6 +100,7 @@ def rerun_locally(args: argparse.Namespace, ui: Any) -> int:
         file=args.job,
         workers=args.workers,
         progress_interval=args.progress_interval,
+        reuse_processes=args.reuse_processes,
         hint_args=tuple(hint_args(result, name, output)),
     )
     with StopSignals() as stop:

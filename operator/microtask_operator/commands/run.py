@@ -62,6 +62,14 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
         help="local processes running shards at once (default: the number of CPUs)",
     )
     parser.add_argument(
+        "--reuse-processes",
+        dest="reuse_processes",
+        action="store_true",
+        help="Python mode: each worker process runs shard after shard, your module imported "
+        "once, as multiprocessing.Pool's workers do (what a shard leaves in the process, module "
+        "globals included, is there for the next); default: a fresh process per shard, as a pod",
+    )
+    parser.add_argument(
         "-o",
         "--output-format",
         dest="format",
@@ -294,6 +302,7 @@ def execute(args: argparse.Namespace) -> int:
                 file=args.file,
                 workers=args.workers,
                 progress_interval=args.progress_interval,
+                reuse_processes=args.reuse_processes,
                 hint_args=tuple(hint_args(result, name, output if is_main else None)),
             )
             runs.append(

@@ -172,6 +172,7 @@ class LocalExecutor:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         fork: bool = True,
         persistent: bool = True,
+        reuse_processes: bool = False,
     ) -> None:
         self.job = job
         self.workers = max(1, workers)
@@ -190,7 +191,9 @@ class LocalExecutor:
         self.base_env: dict[str, str] | None = None
         # The fork server runs the standard runner only: another runner command is spawned.
         # Command mode runs nothing of the user's in the runner's process: its shards go to
-        # persistent workers; Python mode imports the user's module, so a fresh fork per shard.
+        # persistent workers; Python mode imports the user's module, so a fresh fork per shard,
+        # unless asked to reuse processes (``reuse_processes``: the module imported once per
+        # worker, and whatever a shard leaves in the process is there for the next).
         standard = fork and self.runner == SPAWN_RUNNER
         self.launcher = Launcher(
             spawn_argv=self.runner,
@@ -198,7 +201,7 @@ class LocalExecutor:
             server_log=run_dir.scratch / "fork-server.log",
             pycache=self.scratch / "pycache",
             compiled=compiled_cache() if standard else None,
-            persistent=standard and persistent and not job.callable,
+            persistent=standard and persistent and (reuse_processes or not job.callable),
             # No more workers than shards can be in flight, or than the job has.
             slots=min(
                 self.workers,

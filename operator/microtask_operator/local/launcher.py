@@ -14,7 +14,9 @@ one. The shard's process handle is then the worker's: its pid (the leader of the
 signalled and killed as a runner would be) and the exit code the worker replies when the shard
 ends, or the worker's own exit code if it dies on the way. A worker that dies is not reused; one
 that cannot even start is counted like a dying fork server, and after `MAX_SERVER_DEATHS` of them
-shards are forked again.
+shards are forked again. Python-mode shards go to persistent workers too when the run reuses
+processes (`microtask run --reuse-processes`): the user's module then stays imported from one
+shard to the next.
 
 Where Python writes no bytecode (``PYTHONDONTWRITEBYTECODE``), every server and worker would
 compile the runner and the standard modules it imports at each start, which takes longer than the

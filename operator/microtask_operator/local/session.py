@@ -54,6 +54,8 @@ class Settings:
     file: str  # as the user typed it (for the next commands shown)
     workers: int
     progress_interval: float
+    # Python mode: shard after shard in one process per worker (`--reuse-processes`).
+    reuse_processes: bool = False
     # Extra arguments that find the same run again (`--output DIR`, `--name NAME`).
     hint_args: tuple[str, ...] = ()
 
@@ -210,6 +212,7 @@ class JobRun:
             on_progress=view.update,
             on_decision=self.on_decision,
             on_stopping=self.on_stopping,
+            reuse_processes=self.settings.reuse_processes,
         )
         self.stop.on_first(executor.request_stop)
         self.stop.on_force(executor.kill_now)
