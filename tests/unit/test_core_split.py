@@ -149,3 +149,63 @@ def test_a_copy_and_its_original_are_split_together() -> None:
     assert covered == LAST
     # The original ran 3 (the copy's 6 were never counted): its 17 others are no attempts.
     assert decision.state.attempts == 100 - 17 + 20
+
+
+# -- stragglers caught early, while work waits for slots -------------------------------------
+
+#: 200 microtasks: 0-79 done, shard 9 (80-99) and shards 10-18 (100-189) run on the 10 slots,
+#: 190-199 wait for one.
+BUSY_SPEC = replace(SPEC, total=200)
+BUSY_STATE = replace(STATE, next_shard=19, attempts=190)
+
+
+def busy_window(straggler: ObservedShard) -> list[ObservedShard]:
+    others = [
+        replace(
+            last_shard(Progress(done=5, seconds=5.0)),
+            shard_id=10 + i,
+            indexes=IndexSet.from_range(100 + 10 * i, 110 + 10 * i),
+            node=f"cpu-{i}",
+            started_at=NOW - 7.0,
+        )
+        for i in range(9)
+    ]
+    return [straggler, *others]
+
+
+def test_a_straggler_caught_early_gives_its_work_back_while_work_waits() -> None:
+    # 2 of 20 in 38 s where one takes 1 s: a copy would hold all 20 on one slot, and wait for
+    # that slot behind the 10 microtasks already waiting.
+    observed = busy_window(last_shard(Progress(done=2, seconds=38.0)))
+    decision = planner.plan(BUSY_SPEC, BUSY_STATE, observed, CLUSTER, NOW)
+    assert [(d.shard_id, d.reason) for d in decision.deletes] == [(9, Reason.STRAGGLER)]
+    assert not decision.creates  # no copy; the work goes to the next free slots
+    assert decision.state.speculative_copies == 0
+    assert decision.state.rebalances == {"straggler": 1}
+    # The 3 it ran stay counted; the 17 it never reached are no attempts (yet).
+    assert decision.state.attempts == 190 - 17
+    assert any("20 microtasks given back" in e.message for e in decision.events)
+    # Next, its slot free: the waiting work and its work go out together, sized anew.
+    state = decision.state
+    rest = busy_window(last_shard(None))[1:]
+    placed = planner.plan(BUSY_SPEC, state, rest, CLUSTER, NOW + 1.0)
+    covered = IndexSet.from_ranges(r for c in placed.creates for r in c.plan.indexes.ranges)
+    assert covered <= IndexSet.from_range(80, 100) | IndexSet.from_range(190, 200)
+    assert all(c.plan.copy_of is None and c.plan.attempt == 1 for c in placed.creates)
+    assert covered
+
+
+def test_a_straggler_that_did_much_of_its_work_is_copied() -> None:
+    # 12 of 20 done, but at 13 s a microtask: the copy holds its work.
+    observed = busy_window(last_shard(Progress(done=12, seconds=156.0), started_at=NOW - 158.0))
+    decision = planner.plan(BUSY_SPEC, BUSY_STATE, observed, CLUSTER, NOW)
+    assert not decision.deletes
+    assert [c.plan.copy_of for c in decision.creates] == [9]
+
+
+def test_with_an_explicit_shard_size_a_straggler_is_copied() -> None:
+    spec = replace(BUSY_SPEC, target_shard_seconds=None)
+    observed = busy_window(last_shard(Progress(done=2, seconds=38.0)))
+    decision = planner.plan(spec, BUSY_STATE, observed, CLUSTER, NOW)
+    assert not decision.deletes
+    assert [c.plan.copy_of for c in decision.creates] == [9]

@@ -1,7 +1,8 @@
 """Launching speculative copies of stragglers (which shards straggle: `speculation`).
 
 Copies go where a slot is free (the fastest pool, for `auto`), off the nodes where the work
-already runs slowly, and only with what the group has not finished.
+already runs slowly, and only with what the group has not finished. Before the job's end, a
+straggler whose progress shows it caught early is given back instead (`splitting.give_back`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from . import badnodes, placement, speculation, window
+from . import badnodes, placement, speculation, splitting, window
 from .draft import Draft
 from .observed import group_of
 from .types import Accelerator, DeleteReason, ObservedShard, Pool, Reason, ShardPlan
@@ -78,6 +79,10 @@ def speculate(draft: Draft) -> None:
     # it relaunches the work as new shards sized for the slots free then, where one copy
     # would run it all on one slot (the tail of the job, when a node goes late).
     candidates = [s for s in candidates if not recovered_soon(draft, loads, s)]
+    if not tail:
+        # While work waits for slots, a straggler caught early goes back to it, sized anew and
+        # placed on the next free slots, rather than copied whole onto one (see splitting).
+        candidates = [s for s in candidates if not splitting.give_back(draft, s)]
     for shard in candidates[: max(0, budget)]:
         # Only what the group has not finished: a member that ended with failures on a
         # node of its own failures left its successes kept, and a copy of a shard that is
