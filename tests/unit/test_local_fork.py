@@ -129,6 +129,25 @@ def probes(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def probe_without_bytecode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The probe module in the job's folder, Python writing no bytecode (as in many images), and
+    a cache folder of the test's own; returns the compiled runner's cache there."""
+    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "microtask" / "pycache"
+
+
+def probes_of_shards(tmp_path: Path, total: int, per_shard: int) -> dict[int, dict[str, Any]]:
+    """Each microtask's probe by index: every one probed once, with its own shard's environment."""
+    seen = probes(tmp_path)
+    assert sorted(p["index"] for p in seen) == list(range(total))
+    for probe in seen:
+        assert probe["shard"] == str(probe["index"] // per_shard)
+    return {p["index"]: p for p in seen}
+
+
 def test_shards_run_in_children_forked_from_one_warm_process(tmp_path: Path) -> None:
     (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
     job = make_job(tmp_path, total=6, per_shard=1, callable="mt_probe:probe")
@@ -165,12 +184,10 @@ def test_nothing_a_shard_does_reaches_the_next_one_on_the_same_slot(tmp_path: Pa
     executor = make_executor(tmp_path, job, workers=1)
     assert executor.run().decision.status["phase"] == "Succeeded"
 
-    seen = {p["index"]: p for p in probes(tmp_path)}
-    assert sorted(seen) == list(range(8))
+    seen = probes_of_shards(tmp_path, 8, 2)
     assert len({p["ppid"] for p in seen.values()}) == 1
     for index, probe in seen.items():
         first = index % 2 == 0  # the first microtask of its shard
-        assert probe["shard"] == str(index // 2)  # the shard's own environment
         # A fresh process per shard: what the previous shard set is not there...
         assert probe["leak"] == (None if first else str(index - 1))
         assert probe["calls"] == (1 if first else 2)  # the user's module imported anew
@@ -182,9 +199,7 @@ def test_nothing_a_shard_does_reaches_the_next_one_on_the_same_slot(tmp_path: Pa
 def test_without_bytecode_writing_the_shards_share_compiled_modules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    probe_without_bytecode(tmp_path, monkeypatch)
     job = make_job(tmp_path, total=4, per_shard=1, workers=1, callable="mt_probe:probe")
     executor = make_executor(tmp_path, job, workers=1)
     assert executor.run().decision.status["phase"] == "Succeeded"
@@ -205,11 +220,7 @@ def test_without_bytecode_writing_the_shards_share_compiled_modules(
 def test_without_bytecode_writing_servers_and_workers_keep_the_runner_compiled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    cache = tmp_path / "cache" / "microtask" / "pycache"
+    cache = probe_without_bytecode(tmp_path, monkeypatch)
 
     def run(folder: str) -> LocalExecutor:
         if mode == "python":

@@ -12,7 +12,14 @@ import pytest
 from microtask_operator.core.types import RetryPolicy
 from microtask_operator.local.executor import LocalExecutor
 from microtask_operator.local.rundir import RunDir
-from test_local_fork import PROBE, make_job, probes, started
+from test_local_fork import (
+    PROBE,
+    make_job,
+    probe_without_bytecode,
+    probes,
+    probes_of_shards,
+    started,
+)
 from test_local_support import run_cli, write
 
 #: A Python-mode worker that SIGKILLs the process it runs in at index 3, the first time only.
@@ -47,12 +54,10 @@ def test_one_process_runs_shard_after_shard_with_the_module_imported_once(tmp_pa
     assert executor.run().decision.status["phase"] == "Succeeded"
     assert started(executor) == {"worker": 4}
 
-    seen = {p["index"]: p for p in probes(tmp_path)}
-    assert sorted(seen) == list(range(8))
+    seen = probes_of_shards(tmp_path, 8, 2)  # each with its shard's own environment
     assert len({p["pid"] for p in seen.values()}) == 1
     for index, probe in seen.items():
         first = index % 2 == 0  # the first microtask of its shard
-        assert probe["shard"] == str(index // 2)  # the shard's own environment
         assert probe["calls"] == index + 1  # imported once: its globals carry on
         # What a microtask left in the process is there for the next, shard or not...
         assert probe["leak"] == (None if index == 0 else str(index - 1))
@@ -65,15 +70,12 @@ def test_one_process_runs_shard_after_shard_with_the_module_imported_once(tmp_pa
 def test_where_bytecode_is_not_written_nothing_of_the_users_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "mt_probe.py").write_text(PROBE, encoding="utf-8")
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = probe_without_bytecode(tmp_path, monkeypatch)
     executor = reusing_executor(tmp_path, total=4, per_shard=1, callable="mt_probe:probe")
     assert executor.run().decision.status["phase"] == "Succeeded"
     assert started(executor) == {"worker": 4}
     # The worker keeps the runner compiled for the next run, never the user's module.
-    kept = list((tmp_path / "cache").rglob("*.pyc"))
+    kept = list(cache.rglob("*.pyc"))
     assert any(path.match("microtask_runner/cli.*.pyc") for path in kept)
     assert not list(tmp_path.rglob("mt_probe*.pyc"))
 
