@@ -185,14 +185,36 @@ def test_a_straggler_caught_early_gives_its_work_back_while_work_waits() -> None
     # The 3 it ran stay counted; the 17 it never reached are no attempts (yet).
     assert decision.state.attempts == 190 - 17
     assert any("20 microtasks given back" in e.message for e in decision.events)
-    # Next, its slot free: the waiting work and its work go out together, sized anew.
-    state = decision.state
+    # The one it was on (82) may be slow by nature: it runs again as a retry, due at once.
+    assert [(b.attempts, b.not_before, b.indexes) for b in decision.state.retry] == [
+        (1, NOW, IndexSet.from_range(82, 83))
+    ]
+    # Next, its slot free: its work goes out again, sized anew, first attempts as first attempts.
     rest = busy_window(last_shard(None))[1:]
-    placed = planner.plan(BUSY_SPEC, state, rest, CLUSTER, NOW + 1.0)
-    covered = IndexSet.from_ranges(r for c in placed.creates for r in c.plan.indexes.ranges)
-    assert covered <= IndexSet.from_range(80, 100) | IndexSet.from_range(190, 200)
-    assert all(c.plan.copy_of is None and c.plan.attempt == 1 for c in placed.creates)
-    assert covered
+    placed = planner.plan(BUSY_SPEC, decision.state, rest, CLUSTER, NOW + 1.0)
+    by_attempt: dict[int, IndexSet] = {}
+    for create in placed.creates:
+        assert create.plan.copy_of is None
+        by_attempt[create.plan.attempt] = (
+            by_attempt.get(create.plan.attempt, IndexSet.EMPTY) | create.plan.indexes
+        )
+    assert by_attempt.get(2, IndexSet.EMPTY) <= IndexSet.from_range(82, 83)
+    assert by_attempt.get(1, IndexSet.EMPTY) <= IndexSet.from_range(80, 100) | IndexSet.from_range(
+        190, 200
+    )
+    assert by_attempt
+
+
+def test_a_retry_is_never_given_back_so_a_slow_microtask_cannot_be_given_back_forever() -> None:
+    # The same straggler on its second attempt: copied, as before.
+    observed = busy_window(last_shard(Progress(done=2, seconds=38.0), attempt=2))
+    decision = planner.plan(BUSY_SPEC, BUSY_STATE, observed, CLUSTER, NOW)
+    assert not decision.deletes
+    assert [c.plan.copy_of for c in decision.creates] == [9]
+    # Nor where a microtask runs only once: a copy interrupts nothing.
+    once = replace(BUSY_SPEC, retry=replace(BUSY_SPEC.retry, max_attempts=1))
+    observed = busy_window(last_shard(Progress(done=2, seconds=38.0)))
+    assert not planner.plan(once, BUSY_STATE, observed, CLUSTER, NOW).deletes
 
 
 def test_a_straggler_that_did_much_of_its_work_is_copied() -> None:

@@ -771,8 +771,9 @@ class Speculation(_Strict):
     """Speculative copies of straggling shards: the first to finish wins, the other is deleted."""
 
     enabled: bool = False
-    """Launch speculative copies of stragglers (with `microtasksPerShard: auto` and progress in
-    view, a straggler caught early while work waits for slots gives its work back instead)."""
+    """Launch speculative copies of stragglers (with `microtasksPerShard: auto`, progress in
+    view and retries allowed, a straggler caught early while work waits for slots gives its
+    work back instead)."""
     slowdown_factor: float = Field(default=3.0, gt=1, le=1000)
     """A shard running this many times longer than the typical shard is a straggler."""
     min_samples: int = Field(default=5, ge=1, le=100_000)

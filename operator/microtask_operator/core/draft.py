@@ -218,11 +218,16 @@ class Draft:
         # in_flight() holds only the others.
         back = unfinished - self.in_flight()
         spent = shard.attempt - 1
-        if spent > 0 and back:
-            self.ledger = self.ledger.queue(spent, self.now, back)
-            self.touched = self.touched | back
+        if spent > 0:
+            self.retry_now(back, spent=spent)
         # spent == 0: nothing to store, fresh work is everything not accounted for.
         return unfinished
+
+    def retry_now(self, indexes: IndexSet, *, spent: int) -> None:
+        """Queue work given back for its next attempt, due at once: `spent` attempts are spent."""
+        if indexes:
+            self.ledger = self.ledger.queue(spent, self.now, indexes)
+            self.touched = self.touched | indexes
 
     def uncount(self, never_ran: IndexSet) -> None:
         """Launched microtasks that did not run are no attempts after all."""

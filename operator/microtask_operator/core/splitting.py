@@ -154,10 +154,16 @@ def give_back(draft: Draft, straggler: ObservedShard) -> bool:
     """Give up a straggler caught early and give its unfinished work back to be placed anew
     (see the module); False when a copy is the move instead.
 
-    Only an original without copies, whose progress shows it has done little, in a job whose
-    shards the core sizes; the caller calls it only while work waits for slots.
+    Only a first attempt without copies, whose progress shows it has done little, in a job whose
+    shards the core sizes and microtasks may run twice; the caller calls it only while work
+    waits for slots. The microtask it was on may be slow by nature rather than its pod: that
+    one runs again as a retry (its attempt spent), and a retry is never given back, so no
+    microtask is given back twice (a copy races it instead).
     """
-    if draft.spec.target_shard_seconds is None or straggler.copy_of is not None:
+    spec = draft.spec
+    if spec.target_shard_seconds is None or spec.retry.max_attempts < 2:
+        return False
+    if straggler.copy_of is not None or straggler.attempt > 1:
         return False
     group = group_of(straggler)
     if any(s is not straggler and group_of(s) == group for s in draft.live.values()):
@@ -165,7 +171,10 @@ def give_back(draft: Draft, straggler: ObservedShard) -> bool:
     progress = straggler.progress
     if progress is None or progress.done > GIVE_BACK_MOST * len(straggler.indexes):
         return False
+    reached = straggler.indexes.take(progress.done)[0]
+    current = straggler.indexes.take(progress.done + 1)[0] - reached
     back = _relaunch(draft, [straggler], straggler.indexes - draft.final())
+    draft.retry_now(current & back, spent=straggler.attempt)
     elapsed = draft.now - (straggler.started_at or straggler.created_at)
     draft.rebalanced(
         Reason.STRAGGLER,
