@@ -2,8 +2,10 @@
 
 Command mode runs `true` once per microtask, as `seq N | xargs -P2 -n1 true` does, so the ratio
 is what the executor and the runner add per microtask and per shard: 2 workers, N microtasks
-(1,000 with --quick, 4,000 otherwise) at 1, 10 and 100 microtasks per shard. Python mode calls a
-no-op function in-process: at 1 microtask per shard it measures the cost of a shard alone.
+(1,000 with --quick, 4,000 otherwise) at 1, 10 and 100 microtasks per shard, and with
+`microtasksPerShard: auto`, the default (shards sized from the measured durations, as
+`api.convert.to_core_spec` sets it up for range items). Python mode calls a no-op function
+in-process: at 1 microtask per shard it measures the cost of a shard alone.
 
 Prints one JSON line per figure, and on stderr where the time went (wall time and CPU per shard,
 the executor's and its runners'); asserts nothing.
@@ -24,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from microtask_operator.api import limits
+from microtask_operator.api.convert import DEFAULT_TARGET_SHARD_SECONDS
 from microtask_operator.core.types import CoreSpec
 from microtask_operator.local.executor import LocalExecutor, LocalJob
 from microtask_operator.local.rundir import RunDir
@@ -39,9 +43,13 @@ def _items(_: IndexSet) -> str:
     return json.dumps({"range": {"start": 0, "step": 1}})
 
 
+#: `microtasksPerShard: auto` (the default) as the core sees it for range items.
+AUTO = None
+
+
 def run_local(
     total: int,
-    per_shard: int,
+    per_shard: int | None,
     *,
     command: list[str],
     callable: str | None = None,
@@ -49,9 +57,18 @@ def run_local(
 ) -> float:
     """Seconds `microtask run` takes for the job (its folder in a temporary directory).
 
-    ``reuse_processes``: as `microtask run --reuse-processes`.
+    ``per_shard``: microtasks per shard, or `AUTO`. ``reuse_processes``: as `microtask run
+    --reuse-processes`.
     """
-    spec = CoreSpec(total=total, microtasks_per_shard=per_shard, parallelism=WORKERS)
+    if per_shard is AUTO:
+        spec = CoreSpec(
+            total=total,
+            microtasks_per_shard=limits.MAX_MICROTASKS_PER_SHARD,
+            target_shard_seconds=DEFAULT_TARGET_SHARD_SECONDS,
+            parallelism=WORKERS,
+        )
+    else:
+        spec = CoreSpec(total=total, microtasks_per_shard=per_shard, parallelism=WORKERS)
     job = LocalJob(name="bench", spec=spec, command=command, items_env=_items, callable=callable)
     with tempfile.TemporaryDirectory() as folder:
         run_dir = RunDir(Path(folder) / "run")
@@ -69,9 +86,9 @@ def run_local(
     shards = max(result.shards, 1)
     own, children = (_cpu(after[i]) - _cpu(before[i]) for i in (0, 1))
     print(
-        f"# {total} microtasks at {per_shard} per shard: {seconds * 1000 / shards:.2f} ms per "
-        f"shard, CPU per shard: executor {own * 1000 / shards:.2f} ms, runners and commands "
-        f"{children * 1000 / shards:.2f} ms",
+        f"# {total} microtasks at {per_shard or 'auto'} per shard ({shards} shards): "
+        f"{seconds * 1000 / shards:.2f} ms per shard, CPU per shard: executor "
+        f"{own * 1000 / shards:.2f} ms, runners and commands {children * 1000 / shards:.2f} ms",
         file=sys.stderr,
         flush=True,
     )
@@ -93,14 +110,14 @@ def run_xargs(total: int, true: str) -> float:
 def figures(quick: bool) -> Iterator[Figure]:
     total = 1000 if quick else 4000
     true = shutil.which("true") or "/bin/true"
-    for per_shard in (10, 1, 100):
+    for per_shard in (10, 1, 100, AUTO):
         # The baseline is measured beside each run (the mean of one before and one after), so a
         # machine shared with other work loads both alike.
         before = run_xargs(total, true)
         seconds = run_local(total, per_shard, command=[true])
         xargs = (before + run_xargs(total, true)) / 2
         yield Figure(
-            f"command_mode.per_shard_{per_shard}",
+            f"command_mode.per_shard_{per_shard or 'auto'}",
             round(seconds, 3),
             "s",
             round(xargs, 3),

@@ -71,6 +71,9 @@ DESCRIPTIONS = {
     "command_mode.per_shard_1": "command mode `true`, 1 microtask per shard, 2 workers",
     "command_mode.per_shard_10": "command mode `true`, 10 microtasks per shard, 2 workers",
     "command_mode.per_shard_100": "command mode `true`, 100 microtasks per shard, 2 workers",
+    "command_mode.per_shard_auto": (
+        "command mode `true`, `microtasksPerShard: auto` (the default), 2 workers"
+    ),
     "operator.reconcile_mean_100_jobs": (
         "mean reconcile latency with 100 small MicrotaskJobs at once, on the real control plane"
     ),
