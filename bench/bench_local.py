@@ -3,9 +3,10 @@
 Command mode runs `true` once per microtask, as `seq N | xargs -P2 -n1 true` does, so the ratio
 is what the executor and the runner add per microtask and per shard: 2 workers, N microtasks
 (1,000 with --quick, 4,000 otherwise) at 1, 10 and 100 microtasks per shard, and with
-`microtasksPerShard: auto`, the default (shards sized from the measured durations, as
-`api.convert.to_core_spec` sets it up for range items). Python mode calls a no-op function
-in-process: at 1 microtask per shard it measures the cost of a shard alone.
+`microtasksPerShard: auto`, the default (shards sized from the measured durations; the core's
+spec comes from a MicrotaskJob that leaves the field out, as `microtask run` reads one). Python
+mode calls a no-op function in-process: at 1 microtask per shard it measures the cost of a shard
+alone.
 
 Prints one JSON line per figure, and on stderr where the time went (wall time and CPU per shard,
 the executor's and its runners'); asserts nothing.
@@ -26,8 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from microtask_operator.api import limits
-from microtask_operator.api.convert import DEFAULT_TARGET_SHARD_SECONDS
+from microtask_operator.api.convert import to_core_spec
+from microtask_operator.api.loading import validate_job
 from microtask_operator.core.types import CoreSpec
 from microtask_operator.local.executor import LocalExecutor, LocalJob
 from microtask_operator.local.rundir import RunDir
@@ -61,12 +62,7 @@ def run_local(
     --reuse-processes`.
     """
     if per_shard is AUTO:
-        spec = CoreSpec(
-            total=total,
-            microtasks_per_shard=limits.MAX_MICROTASKS_PER_SHARD,
-            target_shard_seconds=DEFAULT_TARGET_SHARD_SECONDS,
-            parallelism=WORKERS,
-        )
+        spec = _default_sizing(total)
     else:
         spec = CoreSpec(total=total, microtasks_per_shard=per_shard, parallelism=WORKERS)
     job = LocalJob(name="bench", spec=spec, command=command, items_env=_items, callable=callable)
@@ -93,6 +89,26 @@ def run_local(
         flush=True,
     )
     return seconds
+
+
+def _default_sizing(total: int) -> CoreSpec:
+    """The core's spec of a MicrotaskJob over `total` range items with every default."""
+    body = {
+        "apiVersion": "microtask.dev/v1alpha1",
+        "kind": "MicrotaskJob",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "items": {"range": {"start": 0, "end": total}},
+            "parallelism": WORKERS,
+            "template": {
+                "spec": {"containers": [{"name": "w", "image": "bench", "command": ["true"]}]}
+            },
+        },
+    }
+    job, problems = validate_job(body)
+    if job is None:
+        raise RuntimeError(f"the benchmark job is invalid: {problems}")
+    return to_core_spec(job)
 
 
 def _cpu(usage: resource.struct_rusage) -> float:
